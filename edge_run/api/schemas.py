@@ -1,0 +1,177 @@
+"""The OpenAI wire format, as msgspec Structs.
+
+Request Structs ignore unknown fields (clients send extras); response Structs mirror OpenAI's
+shapes field for field. Constraints live in reusable ``Annotated`` aliases so decode errors name
+the offending path (``at $.messages[0].role``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+__all__ = [
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "Choice",
+    "ChunkChoice",
+    "Delta",
+    "ErrorBody",
+    "ErrorResponse",
+    "ImagePart",
+    "Message",
+    "ModelCard",
+    "ModelList",
+    "PromptTokensDetails",
+    "StreamOptions",
+    "TextPart",
+    "ToolCall",
+    "ToolCallFunction",
+    "Usage",
+]
+
+Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
+Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
+Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+TokenCount = Annotated[int, Meta(ge=1)]
+StopList = Annotated[list[str], Meta(max_length=16)]
+
+
+class TextPart(Struct, tag="text", tag_field="type"):
+    text: str
+
+
+class ImagePart(Struct, tag="image_url", tag_field="type"):
+    image_url: dict[str, object]
+
+
+class ToolCallFunction(Struct):
+    name: str
+    arguments: str
+
+
+class ToolCall(Struct):
+    id: str
+    function: ToolCallFunction
+    type: Literal["function"] = "function"
+
+
+class Message(Struct):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart | ImagePart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(Struct):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(Struct, kw_only=True):
+    """``POST /v1/chat/completions``. ``top_k``, ``min_p`` and ``repeat_penalty`` are llama.cpp extras."""
+
+    model: str
+    messages: Annotated[list[Message], Meta(min_length=1)]
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
+    stop: str | StopList | None = None
+    seed: int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[float, Meta(ge=-100, le=100)]] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] = 1
+    user: str | None = None
+    tools: list[dict[str, object]] | None = None
+    tool_choice: str | dict[str, object] | None = None
+    response_format: dict[str, object] | None = None
+    logprobs: bool | None = None
+    top_k: Annotated[int, Meta(ge=0)] | None = None
+    min_p: Probability | None = None
+    repeat_penalty: Annotated[float, Meta(gt=0.0)] | None = None
+
+
+class PromptTokensDetails(Struct):
+    cached_tokens: int = 0
+
+
+class Usage(Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = msgspec.field(default_factory=PromptTokensDetails)
+
+
+class ChatMessage(Struct):
+    content: str | None
+    role: Literal["assistant"] = "assistant"
+    tool_calls: list[ToolCall] | None = None
+
+
+class Choice(Struct):
+    index: int
+    message: ChatMessage
+    finish_reason: str
+    logprobs: None = None
+
+
+class ChatCompletion(Struct, kw_only=True):
+    id: str
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    object: Literal["chat.completion"] = "chat.completion"
+    system_fingerprint: str | None = None
+
+
+class Delta(Struct, omit_defaults=True):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(Struct):
+    index: int
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(Struct, kw_only=True):
+    id: str
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    usage: Usage | None = None
+
+
+class ModelCard(Struct, kw_only=True):
+    id: str
+    created: int
+    owned_by: str = "edge-run"
+    object: Literal["model"] = "model"
+
+
+class ModelList(Struct):
+    data: list[ModelCard]
+    object: Literal["list"] = "list"
+
+
+class ErrorBody(Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(Struct):
+    error: ErrorBody

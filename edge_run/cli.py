@@ -1,0 +1,237 @@
+"""The ``edge-run`` command line. Thin: parse, call, print."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edge_run import __version__
+from edge_run.config import ConfigError, Settings, load_settings, physical_cores
+from edge_run.errors import ModelNotFound
+from edge_run.paths import Paths
+
+__all__ = ["main"]
+
+
+def _paths() -> Paths:
+    return Paths.resolve()
+
+
+def _settings(paths: Paths, **flags: Any) -> Settings:
+    try:
+        return load_settings(paths, overrides=flags)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge-run")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """edge-run: an authenticated, OpenAI-compatible chat endpoint on your own machine.
+
+    With no command, runs `serve` with the defaults.
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(serve)
+
+
+@main.command()
+@click.option("--model", "-m", help="Model id (catalog or `models add`) or a path to a .gguf file.")
+@click.option("--host", help="Address to bind.  [default: 127.0.0.1]")
+@click.option("--port", "-p", type=int, help="Port to listen on.  [default: 8080]")
+@click.option("--ctx", type=int, help="Context length per slot, in tokens.  [default: 4096]")
+@click.option("--threads", "-t", type=int, help="CPU threads.  [default: physical cores]")
+@click.option("--gpu-layers", type=int, help="Layers to offload to the GPU.  [default: all when supported]")
+@click.option("--slots", type=int, help="Requests decoded in parallel.  [default: 4]")
+@click.option("--max-queue", type=int, help="Requests allowed to wait for a slot before 429.  [default: 64]")
+@click.option("--no-auth", is_flag=True, default=None, help="Serve without API keys (loopback hosts only).")
+def serve(
+    model: str | None,
+    host: str | None,
+    port: int | None,
+    ctx: int | None,
+    threads: int | None,
+    gpu_layers: int | None,
+    slots: int | None,
+    max_queue: int | None,
+    no_auth: bool | None,
+) -> None:
+    """Serve the OpenAI chat API (settings: flags > EDGE_RUN_* env > config.toml)."""
+    import uvicorn
+
+    from edge_run.api.app import create_app
+    from edge_run.engine.engine import Engine, EngineOptions
+    from edge_run.engine.registry import Registry
+    from edge_run.keys import KeyStore
+    from edge_run.models.catalog import load_catalog
+    from edge_run.models.fetch import FetchError
+    from edge_run.models.local import resolve_model
+
+    paths = _paths()
+    settings = _settings(
+        paths,
+        model=model,
+        host=host,
+        port=port,
+        ctx=ctx,
+        threads=threads,
+        gpu_layers=gpu_layers,
+        slots=slots,
+        max_queue=max_queue,
+        auth=False if no_auth else None,
+    )
+    if not settings.auth and not _is_loopback(settings.host):
+        raise click.UsageError(
+            f"refusing to serve {settings.host} without API keys: anyone on the network could use it. "
+            "Drop --no-auth or bind to 127.0.0.1."
+        )
+    keys = None
+    if settings.auth:
+        keys = KeyStore(paths.keys_file, env_key=os.environ.get("EDGE_RUN_API_KEY") or None)
+        if keys.is_empty():
+            key, _ = keys.create("default")
+            click.secho("Created your first API key (shown once, keep it safe):", fg="yellow", err=True)
+            click.secho(f"  {key}", bold=True, err=True)
+            click.echo("  More with `edge-run keys create`; list with `edge-run keys list`.", err=True)
+
+    try:
+        model_id, gguf = resolve_model(settings.model, paths=paths, catalog=load_catalog())
+    except (ModelNotFound, FetchError) as exc:
+        raise click.ClickException(getattr(exc, "message", str(exc))) from exc
+
+    options = EngineOptions(
+        ctx=settings.ctx,
+        threads=settings.threads or physical_cores(),
+        gpu_layers=settings.gpu_layers,
+        slots=settings.slots,
+        max_queue=settings.max_queue,
+        batch=settings.batch,
+    )
+    engine = Engine(model_id, gguf, options)
+    app = create_app(Registry([engine]), keys, max_body_bytes=settings.max_body_bytes)
+    url = f"http://{settings.host}:{settings.port}"
+    click.echo(
+        f"edge-run {__version__} serving `{model_id}` ({gguf.name}), {options.threads} threads", err=True
+    )
+    click.echo(f"  OpenAI base_url: {url}/v1", err=True)
+    click.echo(f"  auth: {'Bearer API key required' if keys else 'OFF (loopback only)'}", err=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+
+
+@main.group()
+def keys() -> None:
+    """Manage the local API keys (stored hashed, file mode 0600)."""
+
+
+def _store():  # type: ignore[no-untyped-def]
+    from edge_run.keys import KeyStore
+
+    return KeyStore(_paths().keys_file)
+
+
+@keys.command("create")
+@click.option("--name", help="A label for the key.  [default: key-N]")
+def keys_create(name: str | None) -> None:
+    """Create a key and print it once."""
+    try:
+        key, record = _store().create(name)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(key)
+    click.echo(f"created `{record.name}` ({record.prefix}...); it is not shown again", err=True)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List keys: name, prefix, created."""
+    import datetime as dt
+
+    records = _store().list()
+    if not records:
+        click.echo("no keys yet: `edge-run keys create`", err=True)
+    for r in records:
+        created = dt.datetime.fromtimestamp(r.created, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        click.echo(f"{r.name}\t{r.prefix}...\t{created}")
+
+
+@keys.command("revoke")
+@click.argument("name_or_prefix")
+def keys_revoke(name_or_prefix: str) -> None:
+    """Revoke a key by name or prefix; a running server stops accepting it at once."""
+    try:
+        record = _store().revoke(name_or_prefix)
+    except (KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc.args[0] if exc.args else exc)) from exc
+    click.echo(f"revoked `{record.name}` ({record.prefix}...)")
+
+
+@main.group()
+def models() -> None:
+    """Manage models: the catalog and your local GGUF files."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """List catalog models and locally added ones."""
+    from edge_run.models.catalog import load_catalog
+    from edge_run.models.fetch import cached_path
+    from edge_run.models.local import LocalRegistry
+
+    paths = _paths()
+    catalog = load_catalog()
+    for entry in catalog.model:
+        state = "downloaded" if cached_path(entry, paths.models_dir) else "not downloaded"
+        default = " (default)" if entry.id == catalog.default else ""
+        click.echo(f"{entry.id}{default}\tcatalog\t{state}")
+    for local in LocalRegistry(paths.registry_file).list():
+        click.echo(f"{local.id}\tlocal\t{local.path}")
+
+
+@models.command("add")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--id", "model_id", required=True, help="The id clients send as `model` (e.g. team/my-model).")
+def models_add(path: Path, model_id: str) -> None:
+    """Register a local GGUF file under an id."""
+    from edge_run.models.local import LocalRegistry
+
+    try:
+        entry = LocalRegistry(_paths().registry_file).add(model_id, path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"added `{entry.id}` -> {entry.path}")
+
+
+@models.command("pull")
+@click.argument("model_id", default="default")
+def models_pull(model_id: str) -> None:
+    """Download a catalog model (default: the default model) and verify its sha256."""
+    from edge_run.models.catalog import load_catalog
+    from edge_run.models.fetch import FetchError, fetch
+
+    entry = load_catalog().get(model_id)
+    if entry is None:
+        raise click.ClickException(f"`{model_id}` is not in the catalog (see `edge-run models list`)")
+    try:
+        path = fetch(entry, _paths().models_dir)
+    except FetchError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(str(path))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

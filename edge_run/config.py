@@ -1,0 +1,90 @@
+"""Settings: defaults < ``config.toml`` < ``EDGE_RUN_*`` environment < command-line flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from edge_run.paths import Paths
+
+__all__ = ["ConfigError", "Settings", "load_settings", "physical_cores"]
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class ConfigError(ValueError):
+    """A setting could not be read; the message names the setting and its source."""
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Everything ``serve`` needs. Unknown keys are refused so typos do not pass silently.
+
+    ``threads`` and ``gpu_layers`` left as ``None`` are sized to the machine at load time.
+    """
+
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    model: str | None = None
+    ctx: Positive = 4096
+    threads: Positive | None = None
+    gpu_layers: int | None = None
+    slots: Positive = 4
+    max_queue: NonNegative = 64
+    batch: Positive = 512
+    auth: bool = True
+    max_body_bytes: Positive = 8 * 1024 * 1024
+
+
+FIELDS = Settings.__struct_fields__
+
+
+def physical_cores() -> int:
+    """Physical cores, never hyper-threads: llama.cpp slows down when threads share a core."""
+    try:
+        pairs = set()
+        phys = core = ""
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "physical id":
+                phys = value.strip()
+            elif key == "core id":
+                core = value.strip()
+                pairs.add((phys, core))
+        if pairs:
+            return len(pairs)
+    except OSError:
+        pass
+    logical = os.cpu_count() or 1
+    return max(1, logical // 2) if logical >= 8 else logical
+
+
+def load_settings(
+    paths: Paths,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge the layers; ``None`` overrides mean "flag not given"."""
+    env = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    if paths.config_file.exists():
+        try:
+            merged.update(tomllib.loads(paths.config_file.read_text()))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{paths.config_file}: {exc}") from exc
+    for name in FIELDS:
+        value = env.get(f"EDGE_RUN_{name.upper()}")
+        if value is not None and value != "":
+            merged[name] = value
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return msgspec.convert(merged, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid setting: {exc}") from exc

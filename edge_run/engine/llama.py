@@ -1,0 +1,258 @@
+"""The llama.cpp adapter: the only module that imports ``llama_cpp``.
+
+Thin wrappers over the low-level C API (model, context, batch, sampler chain). Everything here
+runs on the engine thread, except :meth:`Model.tokenize` and :meth:`Model.piece`, which only read
+the immutable vocabulary.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp as L
+
+from edge_run.errors import EngineFailure
+
+__all__ = ["Batch", "Context", "Model", "Sampler", "SamplerSpec", "gpu_offload_supported", "system_info"]
+
+log = logging.getLogger(__name__)
+
+
+def _init_backend() -> None:
+    """llama.cpp's process-wide init; repeating it is harmless."""
+    if not os.environ.get("EDGE_RUN_LLAMA_LOG"):
+        L.llama_log_set(_quiet_log, ctypes.c_void_p(0))
+    L.llama_backend_init()
+
+
+@L.llama_log_callback
+def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    if level == 4:  # GGML_LOG_LEVEL_ERROR
+        log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+def gpu_offload_supported() -> bool:
+    return bool(L.llama_supports_gpu_offload())
+
+
+def system_info() -> str:
+    return L.llama_print_system_info().decode("utf-8", "replace").strip()
+
+
+class Model:
+    """A loaded GGUF: weights and vocabulary."""
+
+    def __init__(self, path: Path, *, gpu_layers: int) -> None:
+        _init_backend()
+        params = L.llama_model_default_params()
+        params.n_gpu_layers = gpu_layers
+        self.path = path
+        self._ptr = L.llama_model_load_from_file(str(path).encode(), params)
+        if not self._ptr:
+            raise EngineFailure(f"could not load model file {path.name}")
+        self.vocab = L.llama_model_get_vocab(self._ptr)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = L.llama_model_n_ctx_train(self._ptr)
+        self.n_layer = L.llama_model_n_layer(self._ptr)
+        self.gpu_layers = min(gpu_layers, self.n_layer + 1) if gpu_offload_supported() else 0
+        self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
+        self._pieces: dict[int, bytes] = {}
+        self.bos_text = self._special_text(L.llama_vocab_bos(self.vocab))
+        self.eos_text = self._special_text(L.llama_vocab_eos(self.vocab))
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.piece(token, special=True).decode("utf-8", "replace")
+
+    @property
+    def ptr(self) -> L.llama_model_p:
+        return self._ptr
+
+    def meta(self, key: str) -> str | None:
+        size = 1 << 16
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = L.llama_model_meta_val_str(self._ptr, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", "replace")
+            size = n + 1
+
+    def chat_template(self) -> str | None:
+        return self.meta("tokenizer.chat_template")
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (L.llama_token * cap)()
+        n = L.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (L.llama_token * cap)()
+            n = L.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            raise EngineFailure("tokenization failed")
+        return list(buf[:n])
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes of one token; special tokens render as nothing unless asked for."""
+        key = token if not special else -token - 1
+        cached = self._pieces.get(key)
+        if cached is not None:
+            return cached
+        buf = ctypes.create_string_buffer(64)
+        n = L.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+        out = buf.raw[:n]
+        self._pieces[key] = out
+        return out
+
+    def is_eog(self, token: int) -> bool:
+        return bool(L.llama_vocab_is_eog(self.vocab, token))
+
+    def close(self) -> None:
+        if self._ptr:
+            L.llama_model_free(self._ptr)
+            self._ptr = None
+
+
+class Batch:
+    """A reusable ``llama_batch`` that the scheduler fills each step."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._b = L.llama_batch_init(capacity, 0, 1)
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        """Append one token; returns its index in the batch (for :meth:`Sampler.sample`)."""
+        i = self.n
+        b = self._b
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = logits
+        self.n = i + 1
+        return i
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.n
+
+    def close(self) -> None:
+        if self._b is not None:
+            L.llama_batch_free(self._b)
+            self._b = None
+
+
+class Context:
+    """One llama context with ``n_seq`` sequences (slots), each of ``n_ctx_seq`` tokens."""
+
+    def __init__(self, model: Model, *, n_seq: int, n_ctx_seq: int, n_batch: int, threads: int) -> None:
+        params = L.llama_context_default_params()
+        params.n_ctx = n_ctx_seq * n_seq
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_seq
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.kv_unified = False  # each slot its own KV stream: attention never scans other slots
+        params.no_perf = True
+        self._ptr = L.llama_init_from_model(model.ptr, params)
+        if not self._ptr:
+            raise EngineFailure("could not create a llama.cpp context (out of memory?)")
+        self._mem = L.llama_get_memory(self._ptr)
+        self.n_ctx_seq = n_ctx_seq
+
+    @property
+    def ptr(self) -> L.llama_context_p:
+        return self._ptr
+
+    def decode(self, batch: Batch) -> None:
+        batch._b.n_tokens = batch.n
+        rc = L.llama_decode(self._ptr, batch._b)
+        if rc != 0:
+            raise EngineFailure(f"llama_decode returned {rc}")
+
+    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> None:
+        L.llama_memory_seq_rm(self._mem, seq, p0, p1)
+
+    def close(self) -> None:
+        if self._ptr:
+            L.llama_free(self._ptr)
+            self._ptr = None
+
+
+@dataclass(frozen=True, slots=True)
+class SamplerSpec:
+    """Sampling settings of one request, in llama.cpp's terms."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int | None = None
+    logit_bias: tuple[tuple[int, float], ...] = ()
+
+
+class Sampler:
+    """A llama.cpp sampler chain for one request."""
+
+    def __init__(self, model: Model, spec: SamplerSpec) -> None:
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        self._ptr = chain
+        add = L.llama_sampler_chain_add
+        if spec.logit_bias:
+            arr = (L.llama_logit_bias * len(spec.logit_bias))()
+            for i, (tok, bias) in enumerate(spec.logit_bias):
+                arr[i].token = tok
+                arr[i].bias = bias
+            add(chain, L.llama_sampler_init_logit_bias(model.n_vocab, len(spec.logit_bias), arr))
+        if spec.repeat_penalty != 1.0 or spec.frequency_penalty or spec.presence_penalty:
+            add(
+                chain,
+                L.llama_sampler_init_penalties(
+                    model.n_vocab,
+                    spec.penalty_last_n,
+                    spec.repeat_penalty,
+                    spec.frequency_penalty,
+                    spec.presence_penalty,
+                ),
+            )
+        if spec.temperature <= 0.0:
+            add(chain, L.llama_sampler_init_greedy())
+            return
+        if spec.top_k > 0:
+            add(chain, L.llama_sampler_init_top_k(spec.top_k))
+        if spec.top_p < 1.0:
+            add(chain, L.llama_sampler_init_top_p(spec.top_p, 1))
+        if spec.min_p > 0.0:
+            add(chain, L.llama_sampler_init_min_p(spec.min_p, 1))
+        add(chain, L.llama_sampler_init_temp(spec.temperature))
+        seed = L.LLAMA_DEFAULT_SEED if spec.seed is None else spec.seed & 0xFFFFFFFF
+        add(chain, L.llama_sampler_init_dist(seed))
+
+    def sample(self, ctx: Context, idx: int) -> int:
+        """Sample from the logits of batch index ``idx`` (and record the token for penalties)."""
+        return int(L.llama_sampler_sample(self._ptr, ctx.ptr, idx))
+
+    def close(self) -> None:
+        if self._ptr:
+            L.llama_sampler_free(self._ptr)
+            self._ptr = None

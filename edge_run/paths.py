@@ -1,0 +1,54 @@
+"""Where edge-run keeps its files. The only module that imports platformdirs.
+
+``EDGE_RUN_HOME`` relocates everything under one folder (tests point it at a temp dir).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+__all__ = ["Paths"]
+
+APP = "edge-run"
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    """The folders edge-run reads and writes."""
+
+    config_dir: Path
+    data_dir: Path
+    log_dir: Path
+
+    @classmethod
+    def resolve(cls, environ: dict[str, str] | None = None) -> Paths:
+        env = os.environ if environ is None else environ
+        home = env.get("EDGE_RUN_HOME")
+        if home:
+            root = Path(home).expanduser()
+            return cls(config_dir=root / "config", data_dir=root / "data", log_dir=root / "logs")
+        return cls(
+            config_dir=Path(platformdirs.user_config_dir(APP, appauthor=False)),
+            data_dir=Path(platformdirs.user_data_dir(APP, appauthor=False)),
+            log_dir=Path(platformdirs.user_log_dir(APP, appauthor=False)),
+        )
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "config.toml"
+
+    @property
+    def keys_file(self) -> Path:
+        return self.config_dir / "keys.json"
+
+    @property
+    def registry_file(self) -> Path:
+        return self.config_dir / "models.json"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
