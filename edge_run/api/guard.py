@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 __all__ = ["require_key"]
 
 
-async def require_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+async def require_key(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     """Raise unless the request carries a valid key (or auth is off for this loopback server)."""
     keys: KeyStore | None = connection.app.state.key_store
     if keys is None:

@@ -7,7 +7,9 @@ from typing import Any
 
 from litestar import Response, get, post
 from litestar.datastructures import State
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
+from litestar.response.base import ASGIResponse
 
 from edge_run.api import chat
 from edge_run.api.schemas import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList
@@ -18,12 +20,22 @@ __all__ = ["chat_completions", "get_model", "health", "list_models"]
 _STARTED = int(time.time())
 
 
+class EventStream(Stream):
+    """A ``Stream`` whose own media type wins: Litestar's ``Stream`` lets the handler's (JSON) override it."""
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        kwargs["media_type"] = self.media_type
+        return super().to_asgi_response(*args, **kwargs)
+
+
 @post("/chat/completions", status_code=200, summary="Create a chat completion (OpenAI-compatible)")
-async def chat_completions(data: ChatCompletionRequest, state: State) -> ChatCompletion | Stream:
+async def chat_completions(
+    data: JSONBody[ChatCompletionRequest], state: State
+) -> ChatCompletion | EventStream:
     engine = state.registry.get(data.model)
     gen = await chat.start(data, engine)
     if data.stream:
-        return Stream(
+        return EventStream(
             chat.stream(data, gen),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -42,7 +54,7 @@ async def list_models(state: State) -> ModelList:
 
 
 @get("/models/{model_id:path}", summary="Describe one served model (ids may contain `/`)")
-async def get_model(model_id: str, state: State) -> ModelCard:
+async def get_model(model_id: FromPath[str], state: State) -> ModelCard:
     engine = state.registry.get(model_id.lstrip("/"))
     return _card(engine.model_id)
 

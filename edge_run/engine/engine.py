@@ -166,6 +166,8 @@ class Engine:
             "slots_total": self.options.slots,
             "slots_busy": s.busy if s else 0,
             "queued": s.queued if s else 0,
+            "tokens_generated": s.tokens_generated if s else 0,
+            "prompt_tokens_evaluated": s.prompt_tokens_evaluated if s else 0,
             "ctx_per_slot": self.options.ctx,
             "threads": self.options.threads,
         }

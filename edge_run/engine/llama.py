@@ -221,7 +221,7 @@ class Sampler:
         if spec.logit_bias:
             arr = (L.llama_logit_bias * len(spec.logit_bias))()
             for i, (tok, bias) in enumerate(spec.logit_bias):
-                arr[i].token = tok
+                arr[i].token = tok  # type: ignore[assignment]  # ctypes converts
                 arr[i].bias = bias
             add(chain, L.llama_sampler_init_logit_bias(model.n_vocab, len(spec.logit_bias), arr))
         if spec.repeat_penalty != 1.0 or spec.frequency_penalty or spec.presence_penalty:

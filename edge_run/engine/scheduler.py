@@ -100,6 +100,8 @@ class Scheduler:
         # counters read by /health; plain ints written by the engine thread only
         self.busy = 0
         self.steps = 0
+        self.tokens_generated = 0
+        self.prompt_tokens_evaluated = 0
 
     # -- event-loop side -------------------------------------------------------------
 
@@ -171,6 +173,7 @@ class Scheduler:
             for i in range(slot.n_prompt_done, end):
                 idx = batch.add(job.prompt[i], i, slot.seq, i == len(job.prompt) - 1)
             slot.cache.extend(job.prompt[slot.n_prompt_done : end])
+            self.prompt_tokens_evaluated += end - slot.n_prompt_done
             slot.n_prompt_done = end
             if end == len(job.prompt):
                 slot.logit_index = idx
@@ -214,6 +217,7 @@ class Scheduler:
         job, sampler, text = slot.job, slot.sampler, slot.text
         assert job is not None and sampler is not None and text is not None
         token = sampler.sample(self.ctx, slot.logit_index)
+        self.tokens_generated += 1
         finish: str | None = None
         piece = ""
         if self.model.is_eog(token):

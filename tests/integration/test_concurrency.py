@@ -1,0 +1,139 @@
+"""Many clients at once: nobody is cut off, the queue pushes back, disconnects free their slot."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import MODEL_ID
+
+pytestmark = pytest.mark.integration
+
+# Token ids 0, 2 and 4 are SmolLM2's end-of-generation tokens: banning them keeps a stream going.
+NO_EOS = {"0": -100, "2": -100, "4": -100}
+
+
+def prompts(n: int) -> list[list[dict]]:
+    topics = [
+        "cats",
+        "the sea",
+        "mountains",
+        "bread",
+        "trains",
+        "music",
+        "winter",
+        "stars",
+        "rivers",
+        "clocks",
+    ]
+    return [
+        [{"role": "user", "content": f"Tell me one fact about {topics[i % len(topics)]}."}] for i in range(n)
+    ]
+
+
+async def stream_one(client: openai.AsyncOpenAI, messages, max_tokens: int) -> tuple[str, str | None]:
+    stream = await client.chat.completions.create(
+        model=MODEL_ID, messages=messages, max_tokens=max_tokens, temperature=0, stream=True
+    )
+    parts, finish = [], None
+    async for chunk in stream:
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+    return "".join(parts), finish
+
+
+def run_concurrently(server, messages_list, max_tokens: int) -> list[tuple[str, str | None]]:
+    async def go():
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=300)
+        try:
+            return await asyncio.gather(*(stream_one(client, m, max_tokens) for m in messages_list))
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def test_four_streaming_clients_all_complete_and_match_solo_answers(server):
+    msgs = prompts(4)
+    solo = [run_concurrently(server, [m], 32)[0] for m in msgs]
+    together = run_concurrently(server, msgs, 32)
+    for (text, finish), (solo_text, solo_finish) in zip(together, solo, strict=True):
+        assert finish in ("stop", "length")
+        assert text.strip()
+        assert (text, finish) == (solo_text, solo_finish)
+
+
+def test_more_clients_than_slots_all_complete(make_server):
+    server = make_server("--slots", "2", "--ctx", "1024")
+    results = run_concurrently(server, prompts(6), 24)
+    assert len(results) == 6
+    for text, finish in results:
+        assert finish in ("stop", "length")
+        assert text.strip()
+
+
+def _open_stream(server, max_tokens: int) -> tuple[httpx.Client, httpx.Response]:
+    client = httpx.Client(timeout=60)
+    body = {
+        "model": MODEL_ID,
+        "messages": prompts(1)[0],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "logit_bias": NO_EOS,
+    }
+    request = client.build_request(
+        "POST",
+        server.base_url + "/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {server.key}"},
+    )
+    response = client.send(request, stream=True)
+    assert response.status_code == 200
+    return client, response
+
+
+def test_full_queue_answers_429_with_retry_after(make_server):
+    server = make_server("--slots", "1", "--max-queue", "0", "--ctx", "1024")
+    client, busy = _open_stream(server, 900)
+    try:
+        lines = busy.iter_lines()  # keep the iterator: dropping it closes the stream
+        next(lines)
+        r = httpx.post(
+            server.base_url + "/chat/completions",
+            json={"model": MODEL_ID, "messages": prompts(1)[0], "max_tokens": 4},
+            headers={"Authorization": f"Bearer {server.key}"},
+            timeout=60,
+        )
+        assert r.status_code == 429
+        assert int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"]["type"] == "rate_limit_exceeded"
+    finally:
+        busy.close()
+        client.close()
+
+
+def test_disconnect_frees_the_slot_for_the_next_request(make_server):
+    server = make_server("--slots", "1", "--ctx", "2048")
+    abandoned_budget = 1800
+    client, stream = _open_stream(server, abandoned_budget)
+    lines = stream.iter_lines()
+    for _ in range(5):
+        next(lines)
+    stream.close()
+    client.close()
+    follow = openai.OpenAI(
+        base_url=server.base_url, api_key=server.key, max_retries=0
+    ).chat.completions.create(model=MODEL_ID, messages=prompts(2)[1], max_tokens=8, temperature=0)
+    assert follow.choices[0].finish_reason in ("stop", "length")
+    status = server.health()["models"][0]
+    # the abandoned stream was stopped: far fewer tokens were generated than it had asked for
+    assert status["tokens_generated"] < abandoned_budget // 2
+    deadline = time.monotonic() + 30
+    while server.health()["models"][0]["slots_busy"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.health()["models"][0]["slots_busy"] == 0

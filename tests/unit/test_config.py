@@ -1,0 +1,52 @@
+"""Settings layering: defaults < config.toml < EDGE_RUN_* env < flags; paths under EDGE_RUN_HOME."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_run.config import ConfigError, load_settings, physical_cores
+from edge_run.paths import Paths
+
+
+def paths_in(tmp_path) -> Paths:
+    return Paths.resolve({"EDGE_RUN_HOME": str(tmp_path)})
+
+
+def test_home_relocates_everything(tmp_path):
+    p = paths_in(tmp_path)
+    for d in (p.config_dir, p.data_dir, p.log_dir, p.models_dir):
+        assert d.is_relative_to(tmp_path)
+
+
+def test_defaults(tmp_path):
+    s = load_settings(paths_in(tmp_path), environ={})
+    assert (s.host, s.port, s.auth, s.model) == ("127.0.0.1", 8080, True, None)
+
+
+def test_layers_override_in_order(tmp_path):
+    p = paths_in(tmp_path)
+    p.config_dir.mkdir(parents=True)
+    p.config_file.write_text('port = 9000\nslots = 3\nctx = 256\nhost = "127.0.0.2"\n')
+    env = {"EDGE_RUN_CTX": "512", "EDGE_RUN_PORT": "9100"}
+    s = load_settings(p, environ=env, overrides={"port": 9200, "slots": None})
+    assert (s.slots, s.ctx, s.port, s.host) == (3, 512, 9200, "127.0.0.2")
+
+
+def test_unknown_or_bad_settings_are_refused(tmp_path):
+    p = paths_in(tmp_path)
+    p.config_dir.mkdir(parents=True)
+    p.config_file.write_text("sltos = 3\n")
+    with pytest.raises(ConfigError, match="sltos"):
+        load_settings(p, environ={})
+    p.config_file.write_text("")
+    with pytest.raises(ConfigError, match="port"):
+        load_settings(p, environ={"EDGE_RUN_PORT": "eighty"})
+    p.config_file.write_text("port = [")
+    with pytest.raises(ConfigError):
+        load_settings(p, environ={})
+
+
+def test_threads_default_never_exceeds_the_cores():
+    import os
+
+    assert 1 <= physical_cores() <= (os.cpu_count() or 1)
