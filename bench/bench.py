@@ -1,0 +1,247 @@
+"""edge-run benchmark: one command, one model, one thread count, printed tables.
+
+1. ceiling: a minimal in-process llama.cpp greedy loop (one sequence, tokens/s);
+2. edge-run over HTTP with streaming clients at several concurrencies;
+3. optionally any other OpenAI-compatible server (``--compare URL``), with the same load;
+4. multi-turn: time to first token of turn 2 of a long conversation vs turn 1.
+
+Everything runs one after the other, never side by side: on a small machine two processes each
+spinning all cores would measure the contention, not the servers.
+
+    python bench/bench.py                      # default model, concurrency 1 4 8
+    python bench/bench.py --compare http://127.0.0.1:8081/v1 --compare-model x
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import msgspec
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge_run.config import physical_cores  # noqa: E402
+from edge_run.models.catalog import load_catalog  # noqa: E402
+from edge_run.models.fetch import fetch  # noqa: E402
+
+TOPICS = ["cats", "the sea", "mountains", "bread", "trains", "music", "winter", "stars"]
+
+
+def question(i: int) -> str:
+    return f"Tell me one fact about {TOPICS[i % len(TOPICS)]}."
+
+
+@dataclass
+class StreamResult:
+    tokens: int
+    ttft: float
+    duration: float  # first token to last token
+
+
+def ceiling(model: Path, threads: int, n_tokens: int) -> tuple[float, list[int]]:
+    """Greedy decoding in-process with llama.cpp's own API: the speed a server should approach."""
+    import llama_cpp as L
+
+    quiet = L.llama_log_callback(lambda *_: None)  # must outlive every llama.cpp call below
+    L.llama_log_set(quiet, ctypes.c_void_p(0))
+    L.llama_backend_init()
+    mparams = L.llama_model_default_params()
+    m = L.llama_model_load_from_file(str(model).encode(), mparams)
+    vocab = L.llama_model_get_vocab(m)
+    eog = [t for t in range(L.llama_vocab_n_tokens(vocab)) if L.llama_vocab_is_eog(vocab, t)]
+    cparams = L.llama_context_default_params()
+    cparams.n_ctx = 2048
+    cparams.n_batch = 512
+    cparams.n_threads = threads
+    cparams.n_threads_batch = threads
+    ctx = L.llama_init_from_model(m, cparams)
+    prompt = b"<|im_start|>user\nTell me one fact about cats.<|im_end|>\n<|im_start|>assistant\n"
+    toks = (L.llama_token * 256)()
+    n = L.llama_tokenize(vocab, prompt, len(prompt), toks, 256, True, True)
+    batch = L.llama_batch_get_one(toks, n)
+    L.llama_decode(ctx, batch)
+    chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+    bias = (L.llama_logit_bias * len(eog))()
+    for i, t in enumerate(eog):
+        bias[i].token, bias[i].bias = t, -1e9
+    L.llama_sampler_chain_add(
+        chain, L.llama_sampler_init_logit_bias(L.llama_vocab_n_tokens(vocab), len(eog), bias)
+    )
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+    one = (L.llama_token * 1)()
+    start = time.perf_counter()
+    for _ in range(n_tokens):
+        one[0] = L.llama_sampler_sample(chain, ctx, -1)
+        L.llama_decode(ctx, L.llama_batch_get_one(one, 1))
+    elapsed = time.perf_counter() - start
+    L.llama_sampler_free(chain)
+    L.llama_free(ctx)
+    L.llama_model_free(m)
+    del quiet
+    return n_tokens / elapsed, eog
+
+
+async def one_stream(client: httpx.AsyncClient, url: str, body: dict) -> StreamResult:
+    start = time.perf_counter()
+    first = last = 0.0
+    tokens = 0
+    async with client.stream("POST", url + "/chat/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = msgspec.json.decode(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            for choice in chunk.get("choices", []):
+                if choice["delta"].get("content"):
+                    now = time.perf_counter()
+                    first = first or now
+                    last = now
+    return StreamResult(tokens=tokens, ttft=first - start, duration=last - first)
+
+
+async def load(url: str, key: str, model: str, concurrency: int, max_tokens: int, eog: list[int]) -> dict:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(headers=headers, timeout=600) as client:
+        bodies = [
+            {
+                "model": model,
+                "messages": [
+                    {"role": "user", "content": f"Tell me one fact about {TOPICS[i % len(TOPICS)]}."}
+                ],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "logit_bias": {str(t): -100 for t in eog},
+            }
+            for i in range(concurrency)
+        ]
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one_stream(client, url, b) for b in bodies))
+        wall = time.perf_counter() - start
+    total = sum(r.tokens for r in results)
+    return {
+        "aggregate": total / wall,
+        "per_stream": statistics.median((r.tokens - 1) / r.duration for r in results if r.duration > 0),
+        "ttft": statistics.median(r.ttft for r in results),
+        "complete": all(r.tokens == max_tokens for r in results),
+    }
+
+
+async def multi_turn(url: str, key: str, model: str) -> tuple[float, float, int]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    history = [{"role": "system", "content": "You are a patient teacher. " + "Facts matter. " * 40}]
+    for i in range(6):
+        history += [
+            {"role": "user", "content": f"Question {i}: tell me about {TOPICS[i]} in detail, please."},
+            {"role": "assistant", "content": f"Here is what I know about {TOPICS[i]}. " * 8},
+        ]
+    history.append({"role": "user", "content": "Summarize everything."})
+    body = {"model": model, "messages": history, "max_tokens": 32, "temperature": 0, "stream": True}
+    async with httpx.AsyncClient(headers=headers, timeout=600) as client:
+        first = await one_stream(client, url, {**body, "stream_options": {"include_usage": True}})
+        r = await client.post(url + "/chat/completions", json={**body, "stream": False})
+        reply = r.json()
+        prompt_tokens = reply["usage"]["prompt_tokens"]
+        history += [
+            {"role": "assistant", "content": reply["choices"][0]["message"]["content"]},
+            {"role": "user", "content": "Thanks. One more detail?"},
+        ]
+        second = await one_stream(client, url, {**body, "messages": history})
+    return first.ttft, second.ttft, prompt_tokens
+
+
+def start_server(model: Path, threads: int, slots: int, ctx: int) -> tuple[subprocess.Popen, str, str, Path]:
+    home = Path(tempfile.mkdtemp(prefix="edge-run-bench-"))
+    env = {**os.environ, "EDGE_RUN_HOME": str(home)}
+    key = subprocess.run(
+        [sys.executable, "-m", "edge_run", "keys", "create"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    port = 18000 + os.getpid() % 1000
+    args = ["serve", "--model", str(model), "--port", str(port), "--threads", str(threads)]
+    args += ["--slots", str(slots), "--ctx", str(ctx)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_run", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return proc, url + "/v1", key, home
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--model", type=Path, help="GGUF to use (default: the catalog default, fetched if needed)"
+    )
+    ap.add_argument("--threads", type=int, default=physical_cores())
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--ctx", type=int, default=2048, help="context per slot for edge-run")
+    ap.add_argument("--compare", action="append", default=[], help="another OpenAI-compatible base URL")
+    ap.add_argument("--compare-model", default="default", help="model name to send to --compare servers")
+    ap.add_argument("--compare-key", default="", help="bearer key for --compare servers")
+    args = ap.parse_args()
+
+    model = args.model or fetch(load_catalog().default_entry, Path.home() / ".cache" / "edge-run-tests")
+    print(f"model {model.name}, {args.threads} threads, {args.max_tokens} tokens per stream, EOS banned\n")
+
+    rate, eog = ceiling(model, args.threads, args.max_tokens)
+    rows = [("llama.cpp in-process greedy loop", 1, rate, rate, float("nan"), True)]
+
+    proc, url, key, _ = start_server(model, args.threads, max(args.concurrency), args.ctx)
+    try:
+        asyncio.run(load(url, key, model.stem, 1, 8, eog))  # warm-up
+        for c in args.concurrency:
+            r = asyncio.run(load(url, key, model.stem, c, args.max_tokens, eog))
+            rows.append(("edge-run", c, r["aggregate"], r["per_stream"], r["ttft"], r["complete"]))
+        t1, t2, n_prompt = asyncio.run(multi_turn(url, key, model.stem))
+    finally:
+        proc.terminate()
+        proc.wait()
+    for other in args.compare:
+        for c in args.concurrency:
+            r = asyncio.run(load(other, args.compare_key, args.compare_model, c, args.max_tokens, eog))
+            rows.append((other, c, r["aggregate"], r["per_stream"], r["ttft"], r["complete"]))
+
+    print(
+        f"{'server':40} {'conc':>4} {'agg tok/s':>10} {'stream tok/s':>12} {'TTFT ms':>8} "
+        f"{'vs ceiling':>10} complete"
+    )
+    for name, c, agg, per, ttft, complete in rows:
+        ttft_ms = "-" if ttft != ttft else f"{ttft * 1000:.0f}"
+        print(f"{name[:40]:40} {c:>4} {agg:>10.1f} {per:>12.1f} {ttft_ms:>8} {agg / rate:>9.2f}x {complete}")
+    print(
+        f"\nmulti-turn ({n_prompt} prompt tokens of history): TTFT turn 1 {t1 * 1000:.0f} ms, "
+        f"turn 2 {t2 * 1000:.0f} ms ({t2 / t1:.0%} of turn 1)"
+    )
+
+
+if __name__ == "__main__":
+    main()
