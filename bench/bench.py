@@ -76,9 +76,7 @@ def ceiling(model: Path, threads: int, n_tokens: int) -> tuple[float, list[int]]
     bias = (L.llama_logit_bias * len(eog))()
     for i, t in enumerate(eog):
         bias[i].token, bias[i].bias = t, -1e9
-    L.llama_sampler_chain_add(
-        chain, L.llama_sampler_init_logit_bias(L.llama_vocab_n_tokens(vocab), len(eog), bias)
-    )
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_logit_bias(L.llama_vocab_n_tokens(vocab), len(eog), bias))
     L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
     one = (L.llama_token * 1)()
     start = time.perf_counter()
@@ -119,9 +117,7 @@ async def load(url: str, key: str, model: str, concurrency: int, max_tokens: int
         bodies = [
             {
                 "model": model,
-                "messages": [
-                    {"role": "user", "content": f"Tell me one fact about {TOPICS[i % len(TOPICS)]}."}
-                ],
+                "messages": [{"role": "user", "content": f"Tell me one fact about {TOPICS[i % len(TOPICS)]}."}],
                 "max_tokens": max_tokens,
                 "temperature": 0,
                 "stream": True,
@@ -197,9 +193,7 @@ def start_server(model: Path, threads: int, slots: int, ctx: int) -> tuple[subpr
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--model", type=Path, help="GGUF to use (default: the catalog default, fetched if needed)"
-    )
+    ap.add_argument("--model", type=Path, help="GGUF to use (default: the catalog default, fetched if needed)")
     ap.add_argument("--threads", type=int, default=physical_cores())
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--max-tokens", type=int, default=128)
@@ -231,8 +225,7 @@ def main() -> None:
             rows.append((other, c, r["aggregate"], r["per_stream"], r["ttft"], r["complete"]))
 
     print(
-        f"{'server':40} {'conc':>4} {'agg tok/s':>10} {'stream tok/s':>12} {'TTFT ms':>8} "
-        f"{'vs ceiling':>10} complete"
+        f"{'server':40} {'conc':>4} {'agg tok/s':>10} {'stream tok/s':>12} {'TTFT ms':>8} {'vs ceiling':>10} complete"
     )
     for name, c, agg, per, ttft, complete in rows:
         ttft_ms = "-" if ttft != ttft else f"{ttft * 1000:.0f}"

@@ -89,9 +89,7 @@ def wait_healthy(server: Server, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
-            raise RuntimeError(
-                f"server exited with {server.proc.returncode}:\n{server.log.read_text()[-4000:]}"
-            )
+            raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.log.read_text()[-4000:]}")
         try:
             if httpx.get(server.url + "/health", timeout=2).status_code == 200:
                 return
@@ -101,9 +99,7 @@ def wait_healthy(server: Server, timeout: float = 300.0) -> None:
     raise RuntimeError(f"server not healthy after {timeout}s:\n{server.log.read_text()[-4000:]}")
 
 
-def start_server(
-    home: Path, *serve_args: str, key: str | None = None, env: dict[str, str] | None = None
-) -> Server:
+def start_server(home: Path, *serve_args: str, key: str | None = None, env: dict[str, str] | None = None) -> Server:
     """Start ``edge-run serve`` as a user would, in its own process, on a free loopback port."""
     home.mkdir(parents=True, exist_ok=True)
     if key is None:

@@ -26,9 +26,7 @@ def error_body(exc: EdgeRunError) -> ErrorResponse:
     return ErrorResponse(ErrorBody(message=exc.message, type=exc.type, param=exc.param, code=exc.code))
 
 
-def _respond(
-    body: ErrorResponse, status: int, headers: dict[str, str] | None = None
-) -> Response[ErrorResponse]:
+def _respond(body: ErrorResponse, status: int, headers: dict[str, str] | None = None) -> Response[ErrorResponse]:
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
@@ -50,9 +48,7 @@ def _validation(_: Request, exc: ValidationException) -> Response[ErrorResponse]
     for d in details:
         key = str(d.get("key", "")).removeprefix("data").lstrip(".") or None
         param = param or key
-        messages.append(
-            f"{d.get('message')} - at `$.{key}`" if key else f"Invalid request body: {d.get('message')}"
-        )
+        messages.append(f"{d.get('message')} - at `$.{key}`" if key else f"Invalid request body: {d.get('message')}")
     message = "; ".join(messages) or str(exc.detail)
     body = ErrorBody(message=message, type="invalid_request_error", param=param, code=None)
     return _respond(ErrorResponse(body), 400)

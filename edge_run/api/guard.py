@@ -23,8 +23,7 @@ async def require_key(connection: ASGIConnection, handler: BaseRouteHandler) -> 
     scheme, _, token = connection.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError(
-            "Missing API key. Send it as `Authorization: Bearer <key>` "
-            "(create one with `edge-run keys create`)."
+            "Missing API key. Send it as `Authorization: Bearer <key>` (create one with `edge-run keys create`)."
         )
     if not keys.verify(token.strip()):
         raise AuthenticationError("Incorrect API key provided.")

@@ -29,18 +29,16 @@ class EventStream(Stream):
 
 
 @post("/chat/completions", status_code=200, summary="Create a chat completion (OpenAI-compatible)")
-async def chat_completions(
-    data: JSONBody[ChatCompletionRequest], state: State
-) -> ChatCompletion | EventStream:
+async def chat_completions(data: JSONBody[ChatCompletionRequest], state: State) -> ChatCompletion | EventStream:
     engine = state.registry.get(data.model)
-    gen = await chat.start(data, engine)
+    run = await chat.start(data, engine)
     if data.stream:
         return EventStream(
-            chat.stream(data, gen),
+            chat.stream(data, run),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return await chat.complete(data, gen)
+    return await chat.complete(data, run)
 
 
 def _card(model_id: str) -> ModelCard:

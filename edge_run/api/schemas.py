@@ -7,7 +7,7 @@ the offending path (``at $.messages[0].role``).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -72,6 +72,46 @@ class StreamOptions(Struct):
     include_usage: bool = False
 
 
+class FunctionDef(Struct):
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(Struct):
+    function: FunctionDef
+    type: Literal["function"] = "function"
+
+
+class FunctionName(Struct):
+    name: str
+
+
+class NamedToolChoice(Struct):
+    function: FunctionName
+    type: Literal["function"] = "function"
+
+
+class TextFormat(Struct, tag="text", tag_field="type"):
+    pass
+
+
+class JsonObjectFormat(Struct, tag="json_object", tag_field="type"):
+    pass
+
+
+class JsonSchemaSpec(Struct):
+    name: str
+    schema: dict[str, Any] | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(Struct, tag="json_schema", tag_field="type"):
+    json_schema: JsonSchemaSpec
+
+
 class ChatCompletionRequest(Struct, kw_only=True):
     """``POST /v1/chat/completions``. ``top_k``, ``min_p`` and ``repeat_penalty`` are llama.cpp extras."""
 
@@ -90,10 +130,12 @@ class ChatCompletionRequest(Struct, kw_only=True):
     stream_options: StreamOptions | None = None
     n: Annotated[int, Meta(ge=1, le=128)] = 1
     user: str | None = None
-    tools: list[dict[str, object]] | None = None
-    tool_choice: str | dict[str, object] | None = None
-    response_format: dict[str, object] | None = None
-    logprobs: bool | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: TextFormat | JsonObjectFormat | JsonSchemaFormat | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     top_k: Annotated[int, Meta(ge=0)] | None = None
     min_p: Probability | None = None
     repeat_penalty: Annotated[float, Meta(gt=0.0)] | None = None
@@ -116,11 +158,29 @@ class ChatMessage(Struct):
     tool_calls: list[ToolCall] | None = None
 
 
+class TopLogprob(Struct):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(Struct):
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(Struct):
+    content: list[TokenLogprob] | None
+    refusal: None = None
+
+
 class Choice(Struct):
     index: int
     message: ChatMessage
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(Struct, kw_only=True):
@@ -133,16 +193,29 @@ class ChatCompletion(Struct, kw_only=True):
     system_fingerprint: str | None = None
 
 
+class FunctionDelta(Struct, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(Struct, omit_defaults=True):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDelta | None = None
+
+
 class Delta(Struct, omit_defaults=True):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(Struct):
     index: int
     delta: Delta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(Struct, kw_only=True):

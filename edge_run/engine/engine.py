@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_run.engine.llama import Context, Model, SamplerSpec, gpu_offload_supported
+from edge_run.engine.llama import Context, Model, Sampler, SamplerSpec, gpu_offload_supported
 from edge_run.engine.scheduler import Chunk, Job, Scheduler
 from edge_run.engine.templates import ChatTemplate
-from edge_run.errors import ContextLengthExceeded, EngineFailure, ModelLoading, Overloaded
+from edge_run.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, ModelLoading, Overloaded
 
 __all__ = ["Engine", "EngineOptions", "Generation"]
 
@@ -35,23 +36,24 @@ class EngineOptions:
 
 
 class Generation:
-    """One request's token stream. Iterate it for :class:`Chunk`; ``cancel()`` frees its slot."""
+    """A request's token streams, one per choice. Iterate for :class:`Chunk`; ``cancel()`` frees the slots."""
 
-    def __init__(self, engine: Engine, job_args: dict[str, Any]) -> None:
-        self._queue: asyncio.Queue[Chunk] = asyncio.Queue()
+    def __init__(self, engine: Engine, jobs: list[Job], queue: asyncio.Queue[Chunk]) -> None:
+        self._queue = queue
         self._engine = engine
-        self.job = Job(deliver=self._queue.put_nowait, **job_args)
+        self.jobs = jobs
         self.done = False
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
+        remaining = len(self.jobs)
         try:
-            while True:
+            while remaining:
                 chunk = await self._queue.get()
                 if chunk.error is not None:
                     raise chunk.error
                 yield chunk
                 if chunk.finish_reason is not None:
-                    return
+                    remaining -= 1
         finally:
             self.cancel()
 
@@ -59,7 +61,8 @@ class Generation:
         """Stop generating (client gone); idempotent, safe after the end."""
         if not self.done:
             self.done = True
-            self.job.cancelled = True
+            for job in self.jobs:
+                job.cancelled = True
             self._engine._finished()
 
 
@@ -92,12 +95,8 @@ class Engine:
         opts = self.options
         model = Model(self.path, gpu_layers=opts.resolved_gpu_layers())
         self.model = model
-        self.template = ChatTemplate(
-            model.chat_template(), bos_token=model.bos_text, eos_token=model.eos_text
-        )
-        self._ctx = Context(
-            model, n_seq=opts.slots, n_ctx_seq=opts.ctx, n_batch=opts.batch, threads=opts.threads
-        )
+        self.template = ChatTemplate(model.chat_template(), bos_token=model.bos_text, eos_token=model.eos_text)
+        self._ctx = Context(model, n_seq=opts.slots, n_ctx_seq=opts.ctx, n_batch=opts.batch, threads=opts.threads)
         self._scheduler = Scheduler(model, self._ctx, slots=opts.slots, batch=opts.batch, loop=loop)
         self._scheduler.start()
 
@@ -108,23 +107,41 @@ class Engine:
             raise ModelLoading(f"model `{self.model_id}` is still loading; retry shortly")
         return self.model, self.template, self._scheduler
 
-    async def prompt_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
+    @property
+    def native_tools(self) -> bool:
+        """Whether this model's chat template renders tool definitions itself."""
+        return self.template is not None and self.template.supports_tools
+
+    async def prompt_tokens(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
         """Render the chat template and tokenize, off the event loop."""
         model, template, _ = self._ready()
 
         def work() -> list[int]:
-            text = template.render(messages)
+            text = template.render(messages, tools=tools)
             if model.add_bos and model.bos_text and text.startswith(model.bos_text):
                 text = text[len(model.bos_text) :]  # the tokenizer adds BOS itself
             return model.tokenize(text)
 
         return await asyncio.to_thread(work)
 
-    def generate(
-        self, prompt: list[int], spec: SamplerSpec, *, max_tokens: int | None, stops: tuple[str, ...]
+    async def tokenize(self, text: str) -> list[int]:
+        model, _, _ = self._ready()
+        return await asyncio.to_thread(model.tokenize, text)
+
+    async def generate(
+        self,
+        prompt: list[int],
+        spec: SamplerSpec,
+        *,
+        max_tokens: int | None,
+        stops: tuple[str, ...],
+        n: int = 1,
+        top_logprobs: int | None = None,
     ) -> Generation:
         """Admit one request, or raise ``Overloaded`` / ``ContextLengthExceeded`` before any output."""
-        _, _, scheduler = self._ready()
+        model, _, scheduler = self._ready()
         limit = self.options.ctx
         wanted = len(prompt) + (max_tokens or 1)
         if wanted > limit:
@@ -133,23 +150,49 @@ class Engine:
                 f"tokens ({len(prompt)} in the messages, {max_tokens or 1} in the completion). "
                 "Please reduce the length of the messages or completion."
             )
+        if n > scheduler.n_slots:
+            raise InvalidRequest(f"n={n} is more than this server's {scheduler.n_slots} slots", param="n")
         if self._inflight >= scheduler.n_slots + self.options.max_queue:
             raise Overloaded(
                 f"all {scheduler.n_slots} slots are busy and the queue of {self.options.max_queue} is full; "
                 "retry shortly"
             )
-        gen = Generation(
-            self,
-            {
-                "prompt": prompt,
-                "spec": spec,
-                "max_tokens": max_tokens if max_tokens is not None else limit - len(prompt),
-                "stops": stops,
-            },
-        )
-        self._inflight += 1
-        scheduler.submit(gen.job)
-        return gen
+
+        def samplers() -> list[Sampler]:
+            made: list[Sampler] = []
+            try:
+                for i in range(n):  # each choice its own seed, so seeded choices differ yet repeat
+                    seed = None if spec.seed is None else spec.seed + i
+                    made.append(Sampler(model, dataclasses.replace(spec, seed=seed)))
+            except Exception:
+                for sampler in made:
+                    sampler.close()
+                raise
+            return made
+
+        self._inflight += 1  # before the await below, so concurrent requests see the seat taken
+        try:
+            made = await asyncio.to_thread(samplers)
+        except BaseException:
+            self._inflight -= 1
+            raise
+        queue: asyncio.Queue[Chunk] = asyncio.Queue()
+        budget = max_tokens if max_tokens is not None else limit - len(prompt)
+        jobs = [
+            Job(
+                prompt=prompt,
+                sampler=sampler,
+                max_tokens=budget,
+                stops=stops,
+                deliver=queue.put_nowait,
+                index=i,
+                top_logprobs=top_logprobs,
+            )
+            for i, sampler in enumerate(made)
+        ]
+        jobs[0].followers = jobs[1:]
+        scheduler.submit(jobs[0])
+        return Generation(self, jobs, queue)
 
     def _finished(self) -> None:
         self._inflight -= 1

@@ -8,16 +8,29 @@ the immutable vocabulary.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import llama_cpp as L
+import numpy as np
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-from edge_run.errors import EngineFailure
+from edge_run.errors import EngineFailure, InvalidRequest
 
-__all__ = ["Batch", "Context", "Model", "Sampler", "SamplerSpec", "gpu_offload_supported", "system_info"]
+__all__ = [
+    "Batch",
+    "Context",
+    "Model",
+    "Sampler",
+    "SamplerSpec",
+    "gpu_offload_supported",
+    "json_grammar",
+    "system_info",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +46,21 @@ def _init_backend() -> None:
 def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     if level == 4:  # GGML_LOG_LEVEL_ERROR
         log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+def json_grammar(schema: dict[str, Any] | None) -> str:
+    """GBNF for any JSON object (``schema=None``) or for values of a JSON schema.
+
+    Whitespace is reduced to at most one space between tokens: small models otherwise drift into
+    endless newlines inside a grammar that allows them.
+    """
+    if schema is None:
+        return JSON_GBNF.replace('ws ::= | " " | "\\n" [ \\t]{0,20}', 'ws ::= " "?')
+    try:
+        gbnf = json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:  # the converter raises bare Exceptions for unsupported features
+        raise InvalidRequest(f"unsupported JSON schema: {exc}", param="response_format") from exc
+    return "\n".join('space ::= " "?' if line.startswith("space ::=") else line for line in gbnf.splitlines())
 
 
 def gpu_offload_supported() -> bool:
@@ -61,6 +89,7 @@ class Model:
         self.gpu_layers = min(gpu_layers, self.n_layer + 1) if gpu_offload_supported() else 0
         self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
         self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
         self.bos_text = self._special_text(L.llama_vocab_bos(self.vocab))
         self.eos_text = self._special_text(L.llama_vocab_eos(self.vocab))
 
@@ -116,7 +145,10 @@ class Model:
         return out
 
     def is_eog(self, token: int) -> bool:
-        return bool(L.llama_vocab_is_eog(self.vocab, token))
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(L.llama_vocab_is_eog(self.vocab, token))
+        return eog
 
     def close(self) -> None:
         if self._ptr:
@@ -175,6 +207,7 @@ class Context:
             raise EngineFailure("could not create a llama.cpp context (out of memory?)")
         self._mem = L.llama_get_memory(self._ptr)
         self.n_ctx_seq = n_ctx_seq
+        self.n_vocab = model.n_vocab
 
     @property
     def ptr(self) -> L.llama_context_p:
@@ -188,6 +221,22 @@ class Context:
 
     def seq_rm(self, seq: int, p0: int, p1: int = -1) -> None:
         L.llama_memory_seq_rm(self._mem, seq, p0, p1)
+
+    def seq_cp(self, src: int, dst: int) -> None:
+        """Copy a whole sequence's KV: the only copy llama.cpp allows between per-slot KV streams."""
+        L.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+
+    def logprobs(self, idx: int, token: int, top_n: int) -> tuple[float, list[tuple[int, float]]]:
+        """Log-probability of ``token`` and the ``top_n`` likeliest tokens, from batch index ``idx``."""
+        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self._ptr, idx), shape=(self.n_vocab,))
+        peak = float(logits.max())
+        lse = peak + float(np.log(np.exp(logits - peak).sum()))
+        top: list[tuple[int, float]] = []
+        if top_n > 0:
+            ids = np.argpartition(-logits, top_n)[:top_n]
+            ids = ids[np.argsort(-logits[ids])]
+            top = [(int(i), float(logits[i]) - lse) for i in ids]
+        return float(logits[token]) - lse, top
 
     def close(self) -> None:
         if self._ptr:
@@ -209,6 +258,7 @@ class SamplerSpec:
     penalty_last_n: int = 64
     seed: int | None = None
     logit_bias: tuple[tuple[int, float], ...] = ()
+    grammar: str | None = None  # GBNF; the output must match it
 
 
 class Sampler:
@@ -224,6 +274,12 @@ class Sampler:
                 arr[i].token = tok  # type: ignore[assignment]  # ctypes converts
                 arr[i].bias = bias
             add(chain, L.llama_sampler_init_logit_bias(model.n_vocab, len(spec.logit_bias), arr))
+        if spec.grammar is not None:
+            grammar = L.llama_sampler_init_grammar(model.vocab, spec.grammar.encode(), b"root")
+            if not grammar:
+                self.close()
+                raise InvalidRequest("the output constraint could not be compiled to a grammar")
+            add(chain, grammar)
         if spec.repeat_penalty != 1.0 or spec.frequency_penalty or spec.presence_penalty:
             add(
                 chain,

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edge_run.engine.llama import Batch, Context, Model, Sampler, SamplerSpec
+from edge_run.engine.llama import Batch, Context, Model, Sampler
 from edge_run.engine.text import TextStream
 from edge_run.errors import EdgeRunError, EngineFailure
 
@@ -25,26 +25,44 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
-class Chunk:
-    """What one step produced for one request. ``finish_reason`` set means it is the last."""
+class TokenLogprob:
+    """One generated token with its log-probability and the most likely alternatives."""
 
+    token: bytes
+    logprob: float
+    top: list[tuple[bytes, float]]
+
+
+@dataclass(slots=True)
+class Chunk:
+    """What one step produced for one choice. ``finish_reason`` set means that choice is done."""
+
+    index: int = 0
     text: str = ""
     completion_tokens: int = 0
     finish_reason: str | None = None
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
     error: EdgeRunError | None = None
 
 
 @dataclass(eq=False)
 class Job:
-    """One request as the engine thread sees it."""
+    """One choice of one request, as the engine thread sees it.
+
+    For ``n > 1`` the first choice leads: its followers wait for its prompt, then copy its KV and
+    sample from the same logits, so the prompt is evaluated once for all choices.
+    """
 
     prompt: list[int]
-    spec: SamplerSpec
+    sampler: Sampler
     max_tokens: int
     stops: tuple[str, ...]
     deliver: Callable[[Chunk], None]
+    index: int = 0
+    top_logprobs: int | None = None
+    followers: list[Job] = field(default_factory=list)
     cancelled: bool = False  # set by the event loop, read by the engine thread
 
 
@@ -53,7 +71,6 @@ class _Slot:
     seq: int
     cache: list[int] = field(default_factory=list)  # tokens whose KV this slot's sequence holds
     job: Job | None = None
-    sampler: Sampler | None = None
     text: TextStream | None = None
     n_prompt_done: int = 0
     next_token: int | None = None  # sampled, not yet decoded
@@ -61,6 +78,7 @@ class _Slot:
     cached: int = 0
     last_used: float = 0.0
     logit_index: int = -1
+    followers: list[_Slot] = field(default_factory=list)  # slots waiting to fork from this one
 
     @property
     def idle(self) -> bool:
@@ -190,41 +208,70 @@ class Scheduler:
             while self._waiting:
                 job = self._waiting[0]
                 if job.cancelled:
-                    self._waiting.popleft()
+                    _close_samplers(self._waiting.popleft())
                     continue
                 idle = [s for s in self._slots if s.idle]
-                if not idle:
+                if len(idle) < 1 + len(job.followers):
                     return
                 self._waiting.popleft()
                 slot = max(idle, key=lambda s: (_common_prefix(s.cache, job.prompt), -s.last_used))
                 self._start(slot, job)
+                idle.remove(slot)
+                idle.sort(key=lambda s: s.last_used)
+                for follower, fslot in zip(job.followers, idle, strict=False):
+                    self._start(fslot, follower, fork=True)
+                    slot.followers.append(fslot)
 
-    def _start(self, slot: _Slot, job: Job) -> None:
-        # the last prompt token is always evaluated: its logits start the generation
-        keep = min(_common_prefix(slot.cache, job.prompt), len(job.prompt) - 1)
+    def _start(self, slot: _Slot, job: Job, *, fork: bool = False) -> None:
+        if fork:  # the KV arrives by copy from the leader once its prompt is done
+            keep = 0
+            slot.n_prompt_done = len(job.prompt)
+        else:
+            # the last prompt token is always evaluated: its logits start the generation
+            keep = min(_common_prefix(slot.cache, job.prompt), len(job.prompt) - 1)
+            slot.n_prompt_done = keep
         self.ctx.seq_rm(slot.seq, keep, -1)
         del slot.cache[keep:]
         slot.job = job
-        slot.sampler = Sampler(self.model, job.spec)
         slot.text = TextStream(job.stops)
-        slot.n_prompt_done = keep
         slot.cached = keep
         slot.generated = 0
         slot.next_token = None
         self.busy += 1
 
+    def _fork(self, leader: _Slot, out: list[tuple[Job, Chunk]]) -> None:
+        """Give each waiting follower the leader's prompt KV and a sample from the same logits."""
+        for slot in leader.followers:
+            if slot.job is None:
+                continue
+            self.ctx.seq_cp(leader.seq, slot.seq)
+            slot.cache = list(leader.cache)
+            slot.cached = leader.cached
+            slot.logit_index = leader.logit_index
+            self._sample(slot, out)
+            slot.logit_index = -1  # sampled: the step loop must not sample it again from the same logits
+        leader.followers.clear()
+
     def _sample(self, slot: _Slot, out: list[tuple[Job, Chunk]]) -> None:
-        job, sampler, text = slot.job, slot.sampler, slot.text
-        assert job is not None and sampler is not None and text is not None
-        token = sampler.sample(self.ctx, slot.logit_index)
+        job, text = slot.job, slot.text
+        assert job is not None and text is not None
+        if slot.followers:
+            self._fork(slot, out)
+        token = job.sampler.sample(self.ctx, slot.logit_index)
         self.tokens_generated += 1
+        logprobs = None
+        if job.top_logprobs is not None:
+            lp, top = self.ctx.logprobs(slot.logit_index, token, job.top_logprobs)
+            piece = self.model.piece(token, special=True)
+            logprobs = [TokenLogprob(piece, lp, [(self.model.piece(t, special=True), v) for t, v in top])]
         finish: str | None = None
-        piece = ""
+        emitted = ""
         if self.model.is_eog(token):
             finish = "stop"
+            logprobs = None
         else:
             slot.generated += 1
-            piece = text.push(self.model.piece(token))
+            emitted = text.push(self.model.piece(token))
             if text.stopped:
                 finish = "stop"
             elif slot.generated >= job.max_tokens or len(slot.cache) >= self.n_ctx_seq:
@@ -232,23 +279,30 @@ class Scheduler:
             else:
                 slot.next_token = token
         if finish is not None:
-            piece += text.flush()
+            emitted += text.flush()
         chunk = Chunk(
-            text=piece,
+            index=job.index,
+            text=emitted,
             completion_tokens=slot.generated,
             finish_reason=finish,
             prompt_tokens=len(job.prompt),
             cached_tokens=slot.cached,
+            logprobs=logprobs,
         )
         out.append((job, chunk))
         if finish is not None:
             self._release(slot)
 
     def _release(self, slot: _Slot) -> None:
-        if slot.sampler is not None:
-            slot.sampler.close()
+        if slot.job is not None:
+            slot.job.sampler.close()
+        for follower in slot.followers:  # never forked: nothing to copy from any more
+            follower_job = follower.job
+            if follower_job is not None and not follower_job.cancelled:
+                self._release(follower)
+                follower_job.cancelled = True
+        slot.followers.clear()
         slot.job = None
-        slot.sampler = None
         slot.text = None
         slot.next_token = None
         slot.last_used = time.monotonic()
@@ -267,10 +321,17 @@ class Scheduler:
                 self._release(slot)
         with self._cond:
             while self._waiting:
-                out.append((self._waiting.popleft(), Chunk(finish_reason="error", error=err)))
+                job = self._waiting.popleft()
+                _close_samplers(job)
+                out.append((job, Chunk(finish_reason="error", error=err)))
         if out and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(_dispatch, list(out))
             out.clear()
+
+
+def _close_samplers(job: Job) -> None:
+    for j in (job, *job.followers):
+        j.sampler.close()
 
 
 def _dispatch(out: list[tuple[Job, Chunk]]) -> None:

@@ -43,16 +43,32 @@ class ChatTemplate:
             self.source, self.is_fallback = CHATML, True
             self._template = env.from_string(CHATML)
         self._bos, self._eos = bos_token, eos_token
+        self.supports_tools = self._renders_tools()
 
-    def render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
+    def _renders_tools(self) -> bool:
+        """Whether the template puts a tool list into the prompt (then the model has a native format)."""
+        probe = {"type": "function", "function": {"name": "edge_run_probe", "parameters": {"type": "object"}}}
+        try:
+            return "edge_run_probe" in self.render([{"role": "user", "content": "hi"}], tools=[probe])
+        except Exception:
+            return False
+
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
         try:
             return self._template.render(
                 messages=messages,
+                tools=tools,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self._bos,
                 eos_token=self._eos,
             )
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError) as exc:
             # the model's template refused these messages (e.g. roles that must alternate)
             message = f"the model's chat template rejected the messages: {exc}"
             raise InvalidRequest(message, param="messages") from exc

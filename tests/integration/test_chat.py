@@ -106,9 +106,7 @@ def test_stop_sequence_cuts_the_answer(client):
     words = [w for w in text.split() if len(w) > 3]
     assert len(words) >= 2, text
     stop = words[1]
-    cut = client.chat.completions.create(
-        model=MODEL_ID, messages=QUESTION, max_tokens=40, temperature=0, stop=[stop]
-    )
+    cut = client.chat.completions.create(model=MODEL_ID, messages=QUESTION, max_tokens=40, temperature=0, stop=[stop])
     assert cut.choices[0].finish_reason == "stop"
     assert cut.choices[0].message.content == text[: text.index(stop)]
     streamed = client.chat.completions.create(

@@ -117,9 +117,7 @@ def test_help_lists_every_command_and_serve_flag():
         "--no-auth",
     ):
         assert flag in r.stdout
-    top = subprocess.run(
-        [sys.executable, "-m", "edge_run", "--help"], capture_output=True, text=True, check=True
-    )
+    top = subprocess.run([sys.executable, "-m", "edge_run", "--help"], capture_output=True, text=True, check=True)
     for command in ("serve", "keys", "models"):
         assert command in top.stdout
 

@@ -30,9 +30,7 @@ def prompts(n: int) -> list[list[dict]]:
         "rivers",
         "clocks",
     ]
-    return [
-        [{"role": "user", "content": f"Tell me one fact about {topics[i % len(topics)]}."}] for i in range(n)
-    ]
+    return [[{"role": "user", "content": f"Tell me one fact about {topics[i % len(topics)]}."}] for i in range(n)]
 
 
 async def stream_one(client: openai.AsyncOpenAI, messages, max_tokens: int) -> tuple[str, str | None]:
@@ -126,9 +124,9 @@ def test_disconnect_frees_the_slot_for_the_next_request(make_server):
         next(lines)
     stream.close()
     client.close()
-    follow = openai.OpenAI(
-        base_url=server.base_url, api_key=server.key, max_retries=0
-    ).chat.completions.create(model=MODEL_ID, messages=prompts(2)[1], max_tokens=8, temperature=0)
+    follow = openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0).chat.completions.create(
+        model=MODEL_ID, messages=prompts(2)[1], max_tokens=8, temperature=0
+    )
     assert follow.choices[0].finish_reason in ("stop", "length")
     status = server.health()["models"][0]
     # the abandoned stream was stopped: far fewer tokens were generated than it had asked for

@@ -243,9 +243,7 @@ def gguf_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_registry_add_get_list_remove(
-    tmp_path: Path, gguf_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_registry_add_get_list_remove(tmp_path: Path, gguf_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     registry = LocalRegistry(tmp_path / "config" / "models.json")
     assert registry.list() == []
     monkeypatch.chdir(gguf_file.parent)

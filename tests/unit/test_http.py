@@ -51,12 +51,14 @@ class FakeEngine:
     def status(self) -> dict[str, Any]:
         return {"id": self.model_id, "state": "ready"}
 
-    async def prompt_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
+    native_tools = False
+
+    async def prompt_tokens(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
         if self.fail is not None:
             raise self.fail
         return [1, 2, 3]
 
-    def generate(self, prompt: list[int], spec: Any, *, max_tokens: int | None, stops: tuple[str, ...]):
+    async def generate(self, prompt: list[int], spec: Any, **options: Any) -> FakeGeneration:
         gen = FakeGeneration(self.chunks)
         self.generations.append(gen)
         return gen
@@ -87,9 +89,7 @@ def test_json_completion(setup):
 
 def test_sse_frames(setup):
     client, engine = setup
-    r = client.post(
-        "/v1/chat/completions", json={**BODY, "stream": True, "stream_options": {"include_usage": True}}
-    )
+    r = client.post("/v1/chat/completions", json={**BODY, "stream": True, "stream_options": {"include_usage": True}})
     assert r.headers["content-type"].startswith("text/event-stream")
     frames = [f for f in r.text.split("\n\n") if f]
     assert all(f.startswith("data: ") for f in frames)
