@@ -38,8 +38,8 @@ class InvalidRequest(EdgeRunError):
 class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, param="messages")
+    def __init__(self, message: str, *, param: str = "messages") -> None:
+        super().__init__(message, param=param)
 
 
 class AuthenticationError(EdgeRunError):

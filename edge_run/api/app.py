@@ -14,7 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from edge_run import __version__
 from edge_run.api.errors import EXCEPTION_HANDLERS
 from edge_run.api.guard import require_key
-from edge_run.api.routes import chat_completions, get_model, health, list_models
+from edge_run.api.routes import chat_completions, embeddings, get_model, health, list_models, text_completions
 
 if TYPE_CHECKING:
     from edge_run.engine.registry import Registry
@@ -39,7 +39,11 @@ def create_app(registry: Registry, keys: KeyStore | None, *, max_body_bytes: int
             for engine in registry:
                 await engine.close()
 
-    v1 = Router(path="/v1", guards=[require_key], route_handlers=[chat_completions, list_models, get_model])
+    v1 = Router(
+        path="/v1",
+        guards=[require_key],
+        route_handlers=[chat_completions, text_completions, embeddings, list_models, get_model],
+    )
     return Litestar(
         route_handlers=[health, v1],
         state=State({"registry": registry, "key_store": keys}),

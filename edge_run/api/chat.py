@@ -20,6 +20,7 @@ from edge_run.api.schemas import (
     Choice,
     ChoiceLogprobs,
     ChunkChoice,
+    CompletionRequest,
     Delta,
     FunctionDelta,
     ImagePart,
@@ -40,7 +41,7 @@ from edge_run.engine.scheduler import Chunk
 from edge_run.engine.scheduler import TokenLogprob as EngineLogprob
 from edge_run.errors import EdgeRunError, InvalidRequest
 
-__all__ = ["Run", "complete", "start", "stream"]
+__all__ = ["Run", "complete", "sampling_spec", "start", "stream"]
 
 _encode = msgspec.json.Encoder().encode
 
@@ -125,7 +126,8 @@ def _check(schema: Any, param: str) -> None:
         raise InvalidRequest(str(exc), param=param) from exc
 
 
-def _spec(req: ChatCompletionRequest, engine: Engine, grammar: str | None) -> SamplerSpec:
+def sampling_spec(req: ChatCompletionRequest | CompletionRequest, engine: Engine, grammar: str | None) -> SamplerSpec:
+    """The sampling fields both completion routes share, in llama.cpp's terms."""
     bias: list[tuple[int, float]] = []
     n_vocab = engine.model.n_vocab if engine.model else 0
     for key, value in (req.logit_bias or {}).items():
@@ -168,7 +170,7 @@ async def start(req: ChatCompletionRequest, engine: Engine) -> Run:
         raise InvalidRequest("`top_logprobs` needs `logprobs: true`", param="top_logprobs")
     plan = _plan(req, engine)
     stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-    spec = _spec(req, engine, _grammar(req, plan))
+    spec = sampling_spec(req, engine, _grammar(req, plan))
     native = plan is not None and plan.native
     tools = [msgspec.to_builtins(t) for t in req.tools or ()] if native else None
     prompt = await engine.prompt_tokens(template_messages(req, plan), tools)

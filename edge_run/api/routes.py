@@ -11,13 +11,23 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 
-from edge_run.api import chat
-from edge_run.api.schemas import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList
+from edge_run.api import chat, completions
+from edge_run.api.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    EmbeddingList,
+    EmbeddingRequest,
+    ModelCard,
+    ModelList,
+)
 from edge_run.engine.registry import Registry
 
-__all__ = ["chat_completions", "get_model", "health", "list_models"]
+__all__ = ["chat_completions", "embeddings", "get_model", "health", "list_models", "text_completions"]
 
 _STARTED = int(time.time())
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class EventStream(Stream):
@@ -36,9 +46,22 @@ async def chat_completions(data: JSONBody[ChatCompletionRequest], state: State) 
         return EventStream(
             chat.stream(data, run),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers=_SSE_HEADERS,
         )
     return await chat.complete(data, run)
+
+
+@post("/completions", status_code=200, summary="Create a text completion (legacy, OpenAI-compatible)")
+async def text_completions(data: JSONBody[CompletionRequest], state: State) -> Completion | EventStream:
+    started = await completions.start(data, state.registry.get(data.model))
+    if data.stream:
+        return EventStream(completions.stream(data, started), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return await completions.complete(data, started)
+
+
+@post("/embeddings", status_code=200, summary="Create embeddings (mean-pooled, unit length)")
+async def embeddings(data: JSONBody[EmbeddingRequest], state: State) -> EmbeddingList:
+    return await completions.embed(data, state.registry.get(data.model))
 
 
 def _card(model_id: str) -> ModelCard:

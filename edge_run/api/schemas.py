@@ -248,3 +248,78 @@ class ErrorBody(Struct):
 
 class ErrorResponse(Struct):
     error: ErrorBody
+
+
+class CompletionRequest(Struct, kw_only=True):
+    """``POST /v1/completions`` (legacy text completion)."""
+
+    model: str
+    prompt: str | Annotated[list[str], Meta(min_length=1, max_length=16)]
+    max_tokens: TokenCount | None = 16
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] = 1
+    stop: str | StopList | None = None
+    seed: int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, Annotated[float, Meta(ge=-100, le=100)]] | None = None
+    echo: bool = False
+    logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    suffix: str | None = None
+    best_of: Annotated[int, Meta(ge=1)] | None = None
+    user: str | None = None
+    top_k: Annotated[int, Meta(ge=0)] | None = None
+    min_p: Probability | None = None
+    repeat_penalty: Annotated[float, Meta(gt=0.0)] | None = None
+
+
+class CompletionLogprobs(Struct):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class CompletionChoice(Struct):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: CompletionLogprobs | None = None
+
+
+class Completion(Struct, kw_only=True):
+    id: str
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    object: Literal["text_completion"] = "text_completion"
+
+
+class EmbeddingRequest(Struct, kw_only=True):
+    model: str
+    input: str | Annotated[list[str], Meta(min_length=1, max_length=256)]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Meta(ge=1)] | None = None
+    user: str | None = None
+
+
+class Embedding(Struct):
+    index: int
+    embedding: list[float] | str
+    object: Literal["embedding"] = "embedding"
+
+
+class EmbeddingUsage(Struct):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(Struct):
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+    object: Literal["list"] = "list"

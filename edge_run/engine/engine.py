@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_run.engine.llama import Context, Model, Sampler, SamplerSpec, gpu_offload_supported
+from edge_run.engine.llama import Context, Embedder, Model, Sampler, SamplerSpec, gpu_offload_supported
 from edge_run.engine.scheduler import Chunk, Job, Scheduler
 from edge_run.engine.templates import ChatTemplate
 from edge_run.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, ModelLoading, Overloaded
@@ -80,6 +80,7 @@ class Engine:
         self._ctx: Context | None = None
         self._scheduler: Scheduler | None = None
         self._inflight = 0
+        self._embedder: Embedder | None = None
 
     async def load(self) -> None:
         """Load weights and context off the event loop; sets ``state`` to ready or failed."""
@@ -119,7 +120,14 @@ class Engine:
         model, template, _ = self._ready()
 
         def work() -> list[int]:
-            text = template.render(messages, tools=tools)
+            last = messages[-1] if messages else {}
+            if last.get("role") == "assistant" and last.get("content"):
+                # a final assistant message is a prefix to continue, not a finished turn
+                text = template.render(messages, tools=tools, add_generation_prompt=False)
+                cut = text.rfind(last["content"])
+                text = text[: cut + len(last["content"])] if cut >= 0 else text
+            else:
+                text = template.render(messages, tools=tools)
             if model.add_bos and model.bos_text and text.startswith(model.bos_text):
                 text = text[len(model.bos_text) :]  # the tokenizer adds BOS itself
             return model.tokenize(text)
@@ -194,6 +202,26 @@ class Engine:
         scheduler.submit(jobs[0])
         return Generation(self, jobs, queue)
 
+    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Unit vectors for each text, computed on the engine thread; returns them and the token count."""
+        model, _, scheduler = self._ready()
+        token_lists = await asyncio.to_thread(lambda: [model.tokenize(t) for t in texts])
+        for i, tokens in enumerate(token_lists):
+            if not tokens:
+                raise InvalidRequest(f"input[{i}] is empty", param="input")
+            if len(tokens) > self.options.ctx:
+                raise ContextLengthExceeded(
+                    f"input[{i}] has {len(tokens)} tokens; this model embeds at most {self.options.ctx}",
+                    param="input",
+                )
+
+        def work() -> list[list[float]]:
+            if self._embedder is None:
+                self._embedder = Embedder(model, n_ctx=self.options.ctx, threads=self.options.threads)
+            return [self._embedder.embed(tokens) for tokens in token_lists]
+
+        return await scheduler.call(work), sum(map(len, token_lists))
+
     def _finished(self) -> None:
         self._inflight -= 1
         if self._scheduler is not None:
@@ -224,6 +252,8 @@ class Engine:
     async def close(self) -> None:
         if self._scheduler is not None:
             await asyncio.to_thread(self._scheduler.stop)
+        if self._embedder is not None:
+            self._embedder.close()
         if self._ctx is not None:
             self._ctx.close()
         if self.model is not None:

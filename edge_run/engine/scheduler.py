@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from edge_run.engine.llama import Batch, Context, Model, Sampler
 from edge_run.engine.text import TextStream
@@ -113,6 +114,7 @@ class Scheduler:
         self._loop = loop
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
+        self._calls: deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = deque()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="edge-run-engine", daemon=True)
         # counters read by /health; plain ints written by the engine thread only
@@ -130,6 +132,14 @@ class Scheduler:
         with self._cond:
             self._waiting.append(job)
             self._cond.notify()
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the engine thread between two steps (for work that needs llama.cpp compute)."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        with self._cond:
+            self._calls.append((fn, future))
+            self._cond.notify()
+        return await future
 
     def wake(self) -> None:
         with self._cond:
@@ -156,10 +166,18 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and not self._waiting and self.busy == 0:
+                while not self._stopping and not self._waiting and not self._calls and self.busy == 0:
                     self._cond.wait()
                 if self._stopping:
                     break
+                calls = list(self._calls)
+                self._calls.clear()
+            for fn, future in calls:
+                try:
+                    result, error = fn(), None
+                except Exception as exc:
+                    result, error = None, exc
+                self._loop.call_soon_threadsafe(_settle, future, result, error)
             out: list[tuple[Job, Chunk]] = []
             try:
                 self._step(out)
@@ -332,6 +350,15 @@ class Scheduler:
 def _close_samplers(job: Job) -> None:
     for j in (job, *job.followers):
         j.sampler.close()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 def _dispatch(out: list[tuple[Job, Chunk]]) -> None:
