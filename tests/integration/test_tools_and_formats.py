@@ -113,7 +113,7 @@ def test_auto_answers_plainly_or_calls_validly(client):
         )
         choice = r.choices[0]
         if choice.message.tool_calls:
-            name, args = only_call(r)
+            _, args = only_call(r)
             validate(args, WEATHER["function"]["parameters"])
         else:
             assert choice.finish_reason in ("stop", "length")

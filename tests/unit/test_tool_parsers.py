@@ -10,7 +10,9 @@ from edge_run.api.tools import ToolStream, check_schema, parse_calls, plan_tools
 
 # What models of each family actually print when they call a function.
 RECORDED = {
-    "qwen2.5 / hermes": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>',
+    "qwen2.5 / hermes": (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>'
+    ),
     "qwen3 with thinking": (
         "<think>\nThe user wants the weather.\n</think>\n\n"
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>'
@@ -36,7 +38,8 @@ def test_each_family_parses_to_the_same_call(family):
 
 
 def test_parallel_calls_hermes_and_mistral():
-    hermes = '<tool_call>{"name": "a", "arguments": {}}</tool_call>\n<tool_call>{"name": "b", "arguments": {"x": 1}}</tool_call>'
+    first = '<tool_call>{"name": "a", "arguments": {}}</tool_call>'
+    hermes = first + '\n<tool_call>{"name": "b", "arguments": {"x": 1}}</tool_call>'
     assert [c.name for c in parse_calls(hermes)[1]] == ["a", "b"]
     mistral = '[TOOL_CALLS][{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"x": 1}}]'
     assert [c.name for c in parse_calls(mistral)[1]] == ["a", "b"]
