@@ -91,10 +91,32 @@ def ceiling(model: Path, threads: int, n_tokens: int) -> tuple[float, list[int]]
     return n_tokens / elapsed, eog
 
 
+async def engine_only(model: Path, threads: int, n_tokens: int, eog: list[int]) -> float:
+    """edge-run's engine driven in-process (no HTTP): separates scheduler cost from server cost."""
+    from edge_run.engine.engine import Engine, EngineOptions
+    from edge_run.engine.llama import SamplerSpec
+
+    engine = Engine(
+        "bench", model, EngineOptions(ctx=2048, threads=threads, gpu_layers=None, slots=1, max_queue=1, batch=512)
+    )
+    await engine.load()
+    try:
+        prompt = await engine.prompt_tokens([{"role": "user", "content": question(0)}])
+        spec = SamplerSpec(temperature=0, logit_bias=tuple((t, -1e9) for t in eog))
+        gen = await engine.generate(prompt, spec, max_tokens=n_tokens, stops=())
+        first = last = 0.0
+        async for _ in gen:
+            last = time.perf_counter()
+            first = first or last
+        return (n_tokens - 1) / (last - first)
+    finally:
+        await engine.close()
+
+
 async def one_stream(client: httpx.AsyncClient, url: str, body: dict) -> StreamResult:
     start = time.perf_counter()
     first = last = 0.0
-    tokens = 0
+    tokens = chunks = 0
     async with client.stream("POST", url + "/chat/completions", json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
@@ -105,10 +127,12 @@ async def one_stream(client: httpx.AsyncClient, url: str, body: dict) -> StreamR
                 tokens = chunk["usage"]["completion_tokens"]
             for choice in chunk.get("choices", []):
                 if choice["delta"].get("content"):
+                    chunks += 1
                     now = time.perf_counter()
                     first = first or now
                     last = now
-    return StreamResult(tokens=tokens, ttft=first - start, duration=last - first)
+    # servers that ignore include_usage (llama-cpp-python's) are counted by content chunks instead
+    return StreamResult(tokens=tokens or chunks, ttft=first - start, duration=last - first)
 
 
 async def load(url: str, key: str, model: str, concurrency: int, max_tokens: int, eog: list[int]) -> dict:
@@ -208,6 +232,8 @@ def main() -> None:
 
     rate, eog = ceiling(model, args.threads, args.max_tokens)
     rows = [("llama.cpp in-process greedy loop", 1, rate, rate, float("nan"), True)]
+    inproc = asyncio.run(engine_only(model, args.threads, args.max_tokens, eog))
+    rows.append(("edge-run engine in-process (no HTTP)", 1, inproc, inproc, float("nan"), True))
 
     proc, url, key, _ = start_server(model, args.threads, max(args.concurrency), args.ctx)
     try:
@@ -220,6 +246,7 @@ def main() -> None:
         proc.terminate()
         proc.wait()
     for other in args.compare:
+        asyncio.run(load(other, args.compare_key, args.compare_model, 1, 8, eog))  # warm-up, as for edge-run
         for c in args.concurrency:
             r = asyncio.run(load(other, args.compare_key, args.compare_model, c, args.max_tokens, eog))
             rows.append((other, c, r["aggregate"], r["per_stream"], r["ttft"], r["complete"]))
