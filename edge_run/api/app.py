@@ -15,6 +15,7 @@ from edge_run import __version__
 from edge_run.api.errors import EXCEPTION_HANDLERS
 from edge_run.api.guard import require_key
 from edge_run.api.routes import chat_completions, embeddings, get_model, health, list_models, text_completions
+from edge_run.api.web import LoginCodes, web_routes
 
 if TYPE_CHECKING:
     from edge_run.engine.registry import Registry
@@ -23,8 +24,20 @@ if TYPE_CHECKING:
 __all__ = ["create_app"]
 
 
-def create_app(registry: Registry, keys: KeyStore | None, *, max_body_bytes: int = 8 << 20) -> Litestar:
-    """Build the app. ``keys=None`` turns auth off (the CLI allows that on loopback only)."""
+def create_app(
+    registry: Registry,
+    keys: KeyStore | None,
+    *,
+    max_body_bytes: int = 8 << 20,
+    login_code: str | None = None,
+) -> Litestar:
+    """Build the app. ``keys=None`` turns auth off (the CLI allows that on loopback only).
+
+    ``login_code`` is a one-time code the web page can trade for an API key (see :mod:`.web`).
+    """
+    login_codes = LoginCodes()
+    if login_code:
+        login_codes.add(login_code)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -45,8 +58,8 @@ def create_app(registry: Registry, keys: KeyStore | None, *, max_body_bytes: int
         route_handlers=[chat_completions, text_completions, embeddings, list_models, get_model],
     )
     return Litestar(
-        route_handlers=[health, v1],
-        state=State({"registry": registry, "key_store": keys}),
+        route_handlers=[health, v1, *web_routes()],
+        state=State({"registry": registry, "key_store": keys, "login_codes": login_codes}),
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=max_body_bytes,

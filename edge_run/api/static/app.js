@@ -1,0 +1,379 @@
+// The edge-run chat page: plain JS, no build step. It talks to /v1 with a bearer key like any
+// other client. The key never goes into a URL: a one-time #login=<code> fragment is removed from
+// the address bar before anything else runs, then traded for a key at POST /auth/exchange.
+"use strict";
+
+const KEY_NAME = "edge-run:key";
+const HEALTH_EVERY_MS = 2000;
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  key: null,          // the API key, or null when this server runs without auth
+  models: [],
+  history: [],        // the conversation sent with each request: [{role, content}]
+  abort: null,        // AbortController of the answer being streamed
+  revealed: false,
+  tab: "curl",
+};
+
+// ---- key storage ---------------------------------------------------------------------------
+
+function loadKey() {
+  return sessionStorage.getItem(KEY_NAME) || localStorage.getItem(KEY_NAME);
+}
+
+function saveKey(key, remember) {
+  forgetKey();
+  if (key) (remember ? localStorage : sessionStorage).setItem(KEY_NAME, key);
+  state.key = key;
+}
+
+function forgetKey() {
+  sessionStorage.removeItem(KEY_NAME);
+  localStorage.removeItem(KEY_NAME);
+  state.key = null;
+}
+
+/** Reads the one-time code from the fragment and removes it from the address bar and history. */
+function takeLoginCode() {
+  const match = location.hash.match(/(?:^#|&)login=([^&]+)/);
+  if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+  return match ? decodeURIComponent(match[1]) : null;
+}
+
+// ---- HTTP ----------------------------------------------------------------------------------
+
+function authHeaders() {
+  return state.key ? { Authorization: `Bearer ${state.key}` } : {};
+}
+
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    if (body && body.error && body.error.message) return body.error.message;
+  } catch (_) { /* not JSON */ }
+  return `HTTP ${response.status}`;
+}
+
+async function exchange(code) {
+  const r = await fetch("/auth/exchange", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ code }),
+  });
+  if (!r.ok) throw new Error(await errorMessage(r));
+  const body = await r.json();
+  saveKey(body.api_key, true);
+}
+
+/** Loads /v1/models; false when the key is missing or wrong. */
+async function loadModels() {
+  const r = await fetch("/v1/models", { headers: authHeaders() });
+  if (r.status === 401) return false;
+  if (!r.ok) throw new Error(await errorMessage(r));
+  state.models = (await r.json()).data.map((m) => m.id);
+  for (const select of [$("model"), $("details-model")]) {
+    const keep = select.value;
+    select.replaceChildren(...state.models.map((id) => new Option(id, id)));
+    if (state.models.includes(keep)) select.value = keep;
+  }
+  return true;
+}
+
+// ---- status strip --------------------------------------------------------------------------
+
+async function refreshHealth() {
+  try {
+    const r = await fetch("/health", { cache: "no-store" });
+    const body = await r.json();
+    const models = body.models || [];
+    const pill = $("status-state");
+    pill.textContent = body.status === "ok" ? "ready" : body.status;
+    pill.className = `pill ${body.status}`;
+    $("status-model").textContent = models.map((m) => m.id).join(", ") || "–";
+    $("status-backend").textContent = models
+      .map((m) => (m.backend || "?").toUpperCase() + (m.gpu_layers ? ` (${m.gpu_layers} layers offloaded)` : ""))
+      .join(", ") || "–";
+    const busy = models.reduce((n, m) => n + (m.slots_busy || 0), 0);
+    const total = models.reduce((n, m) => n + (m.slots_total || 0), 0);
+    $("status-slots").textContent = `${busy} busy / ${total - busy} idle`;
+    $("status-queued").textContent = String(models.reduce((n, m) => n + (m.queued || 0), 0));
+  } catch (_) {
+    $("status-state").textContent = "offline";
+    $("status-state").className = "pill error";
+  }
+}
+
+// ---- screens -------------------------------------------------------------------------------
+
+function showLogin(message) {
+  $("app").hidden = true;
+  $("logout").hidden = true;
+  $("details-open").disabled = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+  $("login-key").focus();
+}
+
+function showApp() {
+  $("login").hidden = true;
+  $("app").hidden = false;
+  $("logout").hidden = !state.key;
+  $("details-open").disabled = false;
+  $("prompt").focus();
+}
+
+async function enter() {
+  if (await loadModels()) showApp();
+  else showLogin(state.key ? "That API key was not accepted (revoked?). Paste another one." : "");
+}
+
+// ---- chat ----------------------------------------------------------------------------------
+
+function addMessage(role, text) {
+  const el = document.createElement("div");
+  el.className = `msg ${role}`;
+  const body = document.createElement("span");
+  body.className = "text";
+  body.textContent = text;
+  el.append(body);
+  $("messages").append(el);
+  el.scrollIntoView({ block: "end" });
+  return el;
+}
+
+/** Yields the JSON payload of each server-sent event until `data: [DONE]`. */
+async function* sseEvents(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    const events = buffer.split(/\r?\n\r?\n/);
+    buffer = events.pop();
+    for (const event of events) {
+      const data = event.split(/\r?\n/).filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart()).join("\n");
+      if (!data) continue;
+      if (data === "[DONE]") return;
+      yield JSON.parse(data);
+    }
+  }
+}
+
+function stats(tokens, started, firstAt, endedAt) {
+  const genSeconds = firstAt && tokens > 1 ? (endedAt - firstAt) / 1000 : (endedAt - started) / 1000;
+  const perToken = firstAt && tokens > 1 ? tokens - 1 : tokens; // the first token's time is in TTFT
+  const rate = genSeconds > 0 ? perToken / genSeconds : 0;
+  const ttft = firstAt ? `, first token ${Math.round(firstAt - started)} ms` : "";
+  return `${tokens} tokens · ${rate.toFixed(1)} tokens/s${ttft}`;
+}
+
+async function send(text) {
+  $("chat-error").textContent = "";
+  const model = $("model").value;
+  const system = $("system").value.trim();
+  state.history.push({ role: "user", content: text });
+  addMessage("user", text);
+  const bubble = addMessage("assistant", "");
+  bubble.classList.add("pending");
+  const out = bubble.querySelector(".text");
+  const body = {
+    model,
+    messages: system ? [{ role: "system", content: system }, ...state.history] : state.history,
+    temperature: Number($("temperature").value),
+    max_tokens: Number($("max-tokens").value) || undefined,
+    stream: true,
+    stream_options: { include_usage: true },
+  };
+  state.abort = new AbortController();
+  $("send").hidden = true;
+  $("stop").hidden = false;
+  const started = performance.now();
+  setTimeout(refreshHealth, 100);  // show this request taking its slot
+  let firstAt = 0, chunks = 0, usage = null, finish = null, answer = "";
+  try {
+    const r = await fetch("/v1/chat/completions", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", ...authHeaders() },
+      body: JSON.stringify(body),
+      signal: state.abort.signal,
+    });
+    if (r.status === 401) {  // the key was revoked meanwhile; `finally` drops the unanswered turn
+      bubble.remove();
+      showLogin(await errorMessage(r));
+      return;
+    }
+    if (!r.ok) throw new Error(await errorMessage(r));
+    for await (const event of sseEvents(r)) {
+      if (event.error) throw new Error(event.error.message || "the server reported an error");
+      if (event.usage) usage = event.usage;
+      const choice = (event.choices || [])[0];
+      if (!choice) continue;
+      const piece = (choice.delta && choice.delta.content) || "";
+      if (piece) {
+        if (!firstAt) firstAt = performance.now();
+        chunks += 1;
+        answer += piece;
+        out.textContent = answer;
+        bubble.scrollIntoView({ block: "end" });
+      }
+      if (choice.finish_reason) finish = choice.finish_reason;
+    }
+  } catch (err) {
+    if (err.name !== "AbortError") $("chat-error").textContent = err.message;
+    else finish = "stopped";
+  } finally {
+    const tokens = usage ? usage.completion_tokens : chunks;
+    const line = document.createElement("span");
+    line.className = "stats";
+    line.textContent = stats(tokens, started, firstAt, performance.now()) + (finish && finish !== "stop" ? ` · ${finish}` : "");
+    bubble.append(line);
+    bubble.classList.remove("pending");
+    if (answer) state.history.push({ role: "assistant", content: answer });
+    else if (state.history.at(-1)?.role === "user") state.history.pop();
+    state.abort = null;
+    refreshHealth();
+    $("send").hidden = false;
+    $("stop").hidden = true;
+  }
+}
+
+// ---- service details -----------------------------------------------------------------------
+
+const SNIPPETS = {
+  curl: (base, model, key) => `curl ${base}/chat/completions \\
+  -H "Authorization: Bearer ${key ? key : "$EDGE_RUN_API_KEY"}" \\
+  -H "Content-Type: application/json" \\
+  -d '{"model": "${model}", "messages": [{"role": "user", "content": "Hello!"}]}'`,
+  python: (base, model, key) => `${key ? "" : "import os\n\n"}from openai import OpenAI
+
+client = OpenAI(base_url="${base}", api_key=${key ? `"${key}"` : 'os.environ["EDGE_RUN_API_KEY"]'})
+reply = client.chat.completions.create(
+    model="${model}",
+    messages=[{"role": "user", "content": "Hello!"}],
+)
+print(reply.choices[0].message.content)`,
+  node: (base, model, key) => `import OpenAI from "openai";
+
+const client = new OpenAI({ baseURL: "${base}", apiKey: ${key ? `"${key}"` : "process.env.EDGE_RUN_API_KEY"} });
+const reply = await client.chat.completions.create({
+  model: "${model}",
+  messages: [{ role: "user", content: "Hello!" }],
+});
+console.log(reply.choices[0].message.content);`,
+};
+
+function renderDetails() {
+  const base = `${location.origin}/v1`;
+  const model = $("details-model").value;
+  const authOff = !state.key;
+  // Without auth the SDKs still want some key; any string works.
+  const shown = authOff ? "unused" : (state.revealed ? state.key : null);
+  $("d-base").textContent = base;
+  $("d-url").textContent = `${base}/chat/completions`;
+  $("d-model").textContent = model;
+  $("d-auth").textContent = authOff
+    ? "none needed (this server runs with --no-auth)"
+    : `Authorization: Bearer ${state.revealed ? state.key : "<your API key>"}`;
+  $("reveal").hidden = authOff;
+  $("reveal").textContent = state.revealed ? "Hide key" : "Reveal key";
+  $("snippet-code").textContent = SNIPPETS[state.tab](base, model, shown);
+  $("snippet-hint").textContent = authOff || state.revealed
+    ? "This snippet contains the key: treat it like a password."
+    : "Set EDGE_RUN_API_KEY to your key (edge-run keys create), or press Reveal key to fill in this browser's key.";
+  for (const tab of document.querySelectorAll("[data-tab]")) {
+    tab.setAttribute("aria-selected", String(tab.dataset.tab === state.tab));
+  }
+}
+
+async function copy(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch (_) {  // no clipboard API outside secure contexts (e.g. a LAN address over http)
+    const area = document.createElement("textarea");
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  const label = button.textContent;
+  button.textContent = "Copied";
+  setTimeout(() => { button.textContent = label; }, 1200);
+}
+
+// ---- wiring --------------------------------------------------------------------------------
+
+function wire() {
+  $("temperature").addEventListener("input", () => { $("temperature-value").textContent = $("temperature").value; });
+  $("composer").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = $("prompt").value.trim();
+    if (!text || state.abort) return;
+    $("prompt").value = "";
+    send(text);
+  });
+  $("prompt").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+  $("stop").addEventListener("click", () => state.abort && state.abort.abort());
+  $("new-chat").addEventListener("click", () => {
+    if (state.abort) state.abort.abort();
+    state.history = [];
+    $("messages").replaceChildren();
+    $("chat-error").textContent = "";
+    $("prompt").focus();
+  });
+  $("login-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    saveKey($("login-key").value.trim(), $("login-remember").checked);
+    $("login-key").value = "";
+    await enter();
+  });
+  $("logout").addEventListener("click", () => {
+    forgetKey();
+    showLogin("Logged out. The key itself still works until you run `edge-run keys revoke`.");
+  });
+  $("details-open").addEventListener("click", () => {
+    $("details-model").value = $("model").value;
+    state.revealed = false;
+    renderDetails();
+    $("details").showModal();
+  });
+  $("details").addEventListener("close", () => { state.revealed = false; });
+  $("details-model").addEventListener("change", renderDetails);
+  $("reveal").addEventListener("click", () => { state.revealed = !state.revealed; renderDetails(); });
+  for (const tab of document.querySelectorAll("[data-tab]")) {
+    tab.addEventListener("click", () => { state.tab = tab.dataset.tab; renderDetails(); });
+  }
+  for (const button of document.querySelectorAll("[data-copy]")) {
+    button.addEventListener("click", () => copy($(button.dataset.copy).textContent, button));
+  }
+}
+
+async function boot() {
+  const code = takeLoginCode();
+  state.key = loadKey();
+  wire();
+  refreshHealth();
+  setInterval(refreshHealth, HEALTH_EVERY_MS);
+  if (code) {
+    try {
+      await exchange(code);
+    } catch (err) {
+      if (!state.key) return showLogin(err.message);
+    }
+  }
+  try {
+    await enter();
+  } catch (err) {
+    showLogin(err.message);
+  }
+}
+
+boot();

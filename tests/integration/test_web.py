@@ -1,0 +1,279 @@
+"""The web page and its one-time login: HTTP checks over a fake-free app, then headless Chromium.
+
+The browser tests drive Debian's ``chromium`` through Playwright's Python API (never
+``playwright install``). Without chromium they skip, except in CI (``$CI`` set), where they fail.
+Screenshots go to the test's tmp dir and, if set, to ``$EDGE_RUN_ARTIFACTS``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from litestar.testing import TestClient
+
+from edge_run.api.app import create_app
+from edge_run.engine.registry import Registry
+from edge_run.keys import KeyStore
+from tests.conftest import MODEL_ID, Server, free_port, run_cli, wait_healthy
+
+CHROMIUM = os.environ.get("EDGE_RUN_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LOGIN_RE = re.compile(r"http://\S+/#login=[A-Za-z0-9_-]+")
+
+
+# ---- the login exchange and the page's routes, on the app alone (no model, no process) ------
+
+
+@pytest.fixture
+def app_client(tmp_path: Path) -> Iterator[tuple[TestClient, KeyStore]]:
+    keys = KeyStore(tmp_path / "keys.json")
+    keys.create("default")
+    with TestClient(create_app(Registry([]), keys, login_code="one-time-code")) as client:
+        yield client, keys
+
+
+def test_login_code_trades_for_a_working_key_exactly_once(app_client):
+    client, keys = app_client
+    first = client.post("/auth/exchange", json={"code": "one-time-code"})
+    assert first.status_code == 200
+    body = first.json()
+    assert keys.verify(body["api_key"])
+    assert body["key_name"].startswith("web-")
+    assert client.get("/v1/models", headers={"Authorization": f"Bearer {body['api_key']}"}).status_code == 200
+
+    again = client.post("/auth/exchange", json={"code": "one-time-code"})
+    assert again.status_code == 401
+    assert again.headers["www-authenticate"].startswith("Bearer")
+    error = again.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "already used" in error["message"]
+
+
+def test_wrong_login_code_is_401_and_creates_no_key(app_client):
+    client, keys = app_client
+    r = client.post("/auth/exchange", json={"code": "guess"})
+    assert r.status_code == 401
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert [k.name for k in keys.list()] == ["default"]
+    assert client.post("/auth/exchange", json={}).status_code == 400
+
+
+def test_page_and_assets_need_no_key_but_the_api_still_does(app_client):
+    client, _ = app_client
+    page = client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for asset, kind in (("app.js", "javascript"), ("app.css", "text/css")):
+        r = client.get(f"/static/{asset}")
+        assert r.status_code == 200, asset
+        assert kind in r.headers["content-type"]
+    assert client.get("/static/../web.py").status_code == 404
+    assert client.get("/v1/models").status_code == 401
+    assert "/auth/exchange" not in client.get("/openapi/openapi.json").json()["paths"]
+
+
+def test_no_auth_server_exchanges_for_no_key(tmp_path):
+    with TestClient(create_app(Registry([]), None, login_code="c")) as client:
+        r = client.post("/auth/exchange", json={"code": "c"})
+        assert r.status_code == 200
+        assert r.json() == {"api_key": None, "key_name": None}
+
+
+# ---- the double-click path of the CLI, from source -----------------------------------------
+
+
+def _recorder(tmp_path: Path) -> tuple[Path, Path]:
+    """A fake browser: a script that appends the URL it is given to a file."""
+    record = tmp_path / "opened.txt"
+    script = tmp_path / "fake-browser.py"
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nwith open({str(record)!r}, 'a') as f:\n    f.write(sys.argv[1] + '\\n')\n"
+    )
+    script.chmod(0o755)
+    return script, record
+
+
+def _wait_for_lines(path: Path, n: int, timeout: float = 30) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(lines := path.read_text().splitlines()) >= n:
+            return lines
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not get {n} lines in {timeout}s")
+
+
+@pytest.mark.integration
+def test_no_arguments_serves_and_opens_a_login_link_that_works(tmp_path, model_path):
+    home = tmp_path / "home"
+    run_cli(home, "models", "add", str(model_path), "--id", MODEL_ID)
+    opener, record = _recorder(tmp_path)
+    port = free_port()
+    env = {
+        **os.environ,
+        "EDGE_RUN_HOME": str(home),
+        "EDGE_RUN_BROWSER": str(opener),
+        "EDGE_RUN_PORT": str(port),
+        "EDGE_RUN_MODEL": MODEL_ID,
+    }
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_run"], env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+        )
+    server = Server(home=home, port=port, key="", proc=proc, log=log)
+    try:
+        wait_healthy(server)
+        [url] = _wait_for_lines(record, 1)
+        assert url.startswith(f"http://127.0.0.1:{port}/#login=")
+        banner = log.read_text()
+        for expected in ("OpenAI base_url: ", "backend:", "one-time login:", "er-"):
+            assert expected in banner
+        code = url.partition("#login=")[2]
+        key = httpx.post(server.url + "/auth/exchange", json={"code": code}).json()["api_key"]
+        r = httpx.get(server.base_url + "/models", headers={"Authorization": f"Bearer {key}"})
+        assert r.json()["data"][0]["id"] == MODEL_ID
+
+        # a second double-click finds this server, opens the page on it and exits 0
+        second = subprocess.run(
+            [sys.executable, "-m", "edge_run"], env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=60
+        )
+        assert second.returncode == 0, second.stderr
+        assert _wait_for_lines(record, 2)[1] == f"http://127.0.0.1:{port}/"
+        assert proc.poll() is None
+    finally:
+        server.stop()
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it: -SIGTERM means a clean stop, -SIGKILL would not
+    assert proc.returncode in (0, -signal.SIGTERM), log.read_text()[-2000:]
+
+
+@pytest.mark.integration
+def test_serve_opens_no_browser_unless_asked(make_server, tmp_path):
+    opener, record = _recorder(tmp_path)
+    server = make_server(env={"EDGE_RUN_BROWSER": str(opener)})
+    assert LOGIN_RE.search(server.log.read_text())
+    time.sleep(0.5)
+    assert not record.exists()
+
+
+# ---- the page in headless Chromium ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing; CI must run the browser tests (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is missing: `apt-get install chromium` to run the browser tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _screenshot(page, path: Path) -> None:
+    page.screenshot(path=str(path), full_page=True)
+    artifacts = os.environ.get("EDGE_RUN_ARTIFACTS")
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(artifacts) / path.name)
+
+
+@pytest.mark.integration
+def test_login_link_then_a_streamed_answer(browser, server, tmp_path):
+    [login] = LOGIN_RE.findall(server.log.read_text())
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(login)
+        page.wait_for_selector("#app:not([hidden])", timeout=15_000)
+        # the code is out of the address bar at once (replaceState: no history entry keeps it either)
+        assert "login" not in page.url
+        stored = page.evaluate("localStorage.getItem('edge-run:key')")
+        assert stored and stored.startswith("er-")
+        assert page.locator("#model").input_value() == MODEL_ID
+        page.wait_for_function("document.getElementById('status-state').textContent === 'ready'")
+        assert page.locator("#status-backend").text_content() == "CPU"
+
+        # count the separate updates of the answer: a streamed answer arrives in several
+        page.evaluate(
+            """() => {
+                window.updates = 0;
+                const all = {subtree: true, childList: true, characterData: true};
+                new MutationObserver(() => { window.updates += 1; }).observe(document.getElementById('messages'), all);
+            }"""
+        )
+        page.fill("#max-tokens", "48")
+        page.fill("#prompt", "Write two sentences about the sea.")
+        with page.expect_response("**/v1/chat/completions") as answer:
+            page.press("#prompt", "Enter")
+        assert answer.value.headers["content-type"].startswith("text/event-stream")
+        stats = page.wait_for_selector(".msg.assistant .stats", timeout=60_000)
+        assert re.search(r"\d+ tokens · [\d.]+ tokens/s", stats.text_content() or "")
+        text = page.locator(".msg.assistant .text").text_content() or ""
+        assert text.strip()
+        assert page.evaluate("window.updates") > 3
+        assert page.locator("#chat-error").text_content() == ""
+        page.wait_for_function("document.getElementById('status-slots').textContent.startsWith('0 busy')")
+        _screenshot(page, tmp_path / "web-chat.png")
+
+        # service details: filled with this server's URL and model, the key hidden until revealed
+        page.click("#details-open")
+        snippet = page.locator("#snippet-code")
+        assert page.locator("#d-base").text_content() == server.base_url
+        assert f"{server.base_url}/chat/completions" in (snippet.text_content() or "")
+        assert MODEL_ID in (snippet.text_content() or "")
+        assert stored not in (page.locator("#details").text_content() or "")
+        page.click("[data-tab=python]")
+        assert 'base_url="' + server.base_url in (snippet.text_content() or "")
+        page.click("#reveal")
+        assert stored in (snippet.text_content() or "")
+        page.click("[data-tab=node]")
+        assert f'apiKey: "{stored}"' in (snippet.text_content() or "")
+        page.click("#reveal")
+        _screenshot(page, tmp_path / "web-service-details.png")
+    finally:
+        context.close()
+
+
+@pytest.mark.integration
+def test_without_login_the_page_asks_for_a_key(browser, server):
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(server.url + "/#login=not-a-real-code")
+        page.wait_for_selector("#login:not([hidden])")
+        assert "login" not in page.url
+        assert "invalid or was already used" in (page.locator("#login-error").text_content() or "")
+        page.fill("#login-key", "er-wrong")
+        page.click("#login-form button[type=submit]")
+        page.wait_for_function("document.getElementById('login-error').textContent.includes('not accepted')")
+        page.fill("#login-key", server.key)
+        page.click("#login-form button[type=submit]")
+        page.wait_for_selector("#app:not([hidden])")
+        page.click("#logout")
+        page.wait_for_selector("#login:not([hidden])")
+        assert page.evaluate("localStorage.getItem('edge-run:key')") is None
+    finally:
+        context.close()
