@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import json
 import os
 import statistics
 import subprocess
@@ -91,7 +92,7 @@ def ceiling(model: Path, threads: int, n_tokens: int) -> tuple[float, list[int]]
     return n_tokens / elapsed, eog
 
 
-async def engine_only(model: Path, threads: int, n_tokens: int, eog: list[int]) -> float:
+async def engine_only(model: Path, threads: int, n_tokens: int) -> float:
     """edge-run's engine driven in-process (no HTTP): separates scheduler cost from server cost."""
     from edge_run.engine.engine import Engine, EngineOptions
     from edge_run.engine.llama import SamplerSpec
@@ -101,6 +102,8 @@ async def engine_only(model: Path, threads: int, n_tokens: int, eog: list[int]) 
     )
     await engine.load()
     try:
+        assert engine.model is not None
+        eog = [t for t in range(engine.model.n_vocab) if engine.model.is_eog(t)]
         prompt = await engine.prompt_tokens([{"role": "user", "content": question(0)}])
         spec = SamplerSpec(temperature=0, logit_bias=tuple((t, -1e9) for t in eog))
         gen = await engine.generate(prompt, spec, max_tokens=n_tokens, stops=())
@@ -225,14 +228,30 @@ def main() -> None:
     ap.add_argument("--compare", action="append", default=[], help="another OpenAI-compatible base URL")
     ap.add_argument("--compare-model", default="default", help="model name to send to --compare servers")
     ap.add_argument("--compare-key", default="", help="bearer key for --compare servers")
+    ap.add_argument("--part", choices=["ceiling", "engine"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.part:
+        # one in-process measurement per fresh process: a llama.cpp thread team left by an earlier run
+        # on another thread halves the next one's speed (seen with the OpenMP build)
+        if args.part == "ceiling":
+            rate, eog = ceiling(args.model, args.threads, args.max_tokens)
+        else:
+            rate, eog = asyncio.run(engine_only(args.model, args.threads, args.max_tokens)), []
+        print(json.dumps({"rate": rate, "eog": eog}))
+        return
 
     model = args.model or fetch(load_catalog().default_entry, Path.home() / ".cache" / "edge-run-tests")
     print(f"model {model.name}, {args.threads} threads, {args.max_tokens} tokens per stream, EOS banned\n")
 
-    rate, eog = ceiling(model, args.threads, args.max_tokens)
+    def part(name: str) -> dict:
+        cmd = [sys.executable, __file__, "--part", name, "--model", str(model), "--threads", str(args.threads)]
+        out = subprocess.run([*cmd, "--max-tokens", str(args.max_tokens)], capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = part("ceiling")
+    rate, eog = first["rate"], first["eog"]
     rows = [("llama.cpp in-process greedy loop", 1, rate, rate, float("nan"), True)]
-    inproc = asyncio.run(engine_only(model, args.threads, args.max_tokens, eog))
+    inproc = part("engine")["rate"]
     rows.append(("edge-run engine in-process (no HTTP)", 1, inproc, inproc, float("nan"), True))
 
     proc, url, key, _ = start_server(model, args.threads, max(args.concurrency), args.ctx)
