@@ -239,6 +239,7 @@ class Engine:
             "queued": s.queued if s else 0,
             "tokens_generated": s.tokens_generated if s else 0,
             "prompt_tokens_evaluated": s.prompt_tokens_evaluated if s else 0,
+            "prefix_copies": s.prefix_copies if s else 0,
             "ctx_per_slot": self.options.ctx,
             "threads": self.options.threads,
         }

@@ -86,6 +86,10 @@ class _Slot:
         return self.job is None
 
 
+# Below this many tokens of extra prefix, re-evaluating them costs less than copying a slot's KV stream.
+COPY_GAIN = 16
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -122,6 +126,7 @@ class Scheduler:
         self.steps = 0
         self.tokens_generated = 0
         self.prompt_tokens_evaluated = 0
+        self.prefix_copies = 0
 
     # -- event-loop side -------------------------------------------------------------
 
@@ -245,8 +250,18 @@ class Scheduler:
             keep = 0
             slot.n_prompt_done = len(job.prompt)
         else:
+            own = _common_prefix(slot.cache, job.prompt)
+            donor = max(self._slots, key=lambda s: _common_prefix(s.cache, job.prompt))
+            shared = _common_prefix(donor.cache, job.prompt)
+            if donor is not slot and shared - own >= COPY_GAIN:
+                # another slot (idle or busy) holds a longer prefix: copy its KV rather than recompute
+                self.ctx.seq_rm(slot.seq, 0, -1)
+                self.ctx.seq_cp(donor.seq, slot.seq)
+                slot.cache = list(donor.cache)
+                own = shared
+                self.prefix_copies += 1
             # the last prompt token is always evaluated: its logits start the generation
-            keep = min(_common_prefix(slot.cache, job.prompt), len(job.prompt) - 1)
+            keep = min(own, len(job.prompt) - 1)
             slot.n_prompt_done = keep
         self.ctx.seq_rm(slot.seq, keep, -1)
         del slot.cache[keep:]

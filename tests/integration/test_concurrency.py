@@ -135,3 +135,33 @@ def test_disconnect_frees_the_slot_for_the_next_request(make_server):
     while server.health()["models"][0]["slots_busy"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.health()["models"][0]["slots_busy"] == 0
+
+
+def test_a_new_slot_copies_a_shared_prefix_from_a_busy_one(make_server):
+    """Slot 1 has never seen the system prompt; it gets slot 0's KV by copy instead of recomputing it."""
+    server = make_server("--slots", "2", "--ctx", "1024")
+    client = openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0)
+    system = {"role": "system", "content": "You are a careful assistant who answers questions about animals. " * 6}
+
+    def messages(question: str) -> list[dict]:
+        return [system, {"role": "user", "content": question}]
+
+    first = client.chat.completions.create(model=MODEL_ID, messages=messages("What do cats eat?"), max_tokens=4)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    # a long stream sharing the system prompt takes slot 0 (the slot that holds that prefix)
+    body = {"model": MODEL_ID, "messages": messages("What do dogs eat?"), "max_tokens": 600, "stream": True}
+    with (
+        httpx.Client(timeout=60) as http,
+        http.stream(
+            "POST",
+            server.base_url + "/chat/completions",
+            json={**body, "logit_bias": NO_EOS},
+            headers={"Authorization": f"Bearer {server.key}"},
+        ) as busy,
+    ):
+        lines = busy.iter_lines()
+        next(lines)
+        third = client.chat.completions.create(model=MODEL_ID, messages=messages("What do birds eat?"), max_tokens=4)
+        assert server.health()["models"][0]["slots_busy"] >= 1
+    assert third.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 12
+    assert server.health()["models"][0]["prefix_copies"] == 1
