@@ -165,9 +165,10 @@ async def load(url: str, key: str, model: str, concurrency: int, max_tokens: int
     }
 
 
-async def multi_turn(url: str, key: str, model: str) -> tuple[float, float, int]:
+async def multi_turn(url: str, key: str, model: str, salt: int) -> tuple[float, float, int]:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    history = [{"role": "system", "content": "You are a patient teacher. " + "Facts matter. " * 40}]
+    # the salt opens the conversation, so no earlier round's cache can serve turn 1
+    history = [{"role": "system", "content": f"Session {salt}. You are a patient teacher. " + "Facts matter. " * 40}]
     for i in range(6):
         history += [
             {"role": "user", "content": f"Question {i}: tell me about {TOPICS[i]} in detail, please."},
@@ -228,6 +229,7 @@ def main() -> None:
     ap.add_argument("--compare", action="append", default=[], help="another OpenAI-compatible base URL")
     ap.add_argument("--compare-model", default="default", help="model name to send to --compare servers")
     ap.add_argument("--compare-key", default="", help="bearer key for --compare servers")
+    ap.add_argument("--rounds", type=int, default=3, help="repeat each measurement; medians are shown")
     ap.add_argument("--part", choices=["ceiling", "engine"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.part:
@@ -241,34 +243,49 @@ def main() -> None:
         return
 
     model = args.model or fetch(load_catalog().default_entry, Path.home() / ".cache" / "edge-run-tests")
-    print(f"model {model.name}, {args.threads} threads, {args.max_tokens} tokens per stream, EOS banned\n")
+    print(
+        f"model {model.name}, {args.threads} threads, {args.max_tokens} tokens per stream, EOS banned, "
+        f"median of {args.rounds} rounds\n"
+    )
 
     def part(name: str) -> dict:
         cmd = [sys.executable, __file__, "--part", name, "--model", str(model), "--threads", str(args.threads)]
         out = subprocess.run([*cmd, "--max-tokens", str(args.max_tokens)], capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    first = part("ceiling")
-    rate, eog = first["rate"], first["eog"]
+    # Every measurement runs --rounds times, round-robin over the targets so that a noisy moment on
+    # this machine hits all of them alike; the table shows medians.
+    ceilings, engines = [], []
+    for _ in range(args.rounds):
+        first = part("ceiling")
+        ceilings.append(first["rate"])
+        engines.append(part("engine")["rate"])
+    rate, eog = statistics.median(ceilings), first["eog"]
     rows = [("llama.cpp in-process greedy loop", 1, rate, rate, float("nan"), True)]
-    inproc = part("engine")["rate"]
+    inproc = statistics.median(engines)
     rows.append(("edge-run engine in-process (no HTTP)", 1, inproc, inproc, float("nan"), True))
 
     proc, url, key, _ = start_server(model, args.threads, max(args.concurrency), args.ctx)
     try:
-        asyncio.run(load(url, key, model.stem, 1, 8, eog))  # warm-up
-        for c in args.concurrency:
-            r = asyncio.run(load(url, key, model.stem, c, args.max_tokens, eog))
-            rows.append(("edge-run", c, r["aggregate"], r["per_stream"], r["ttft"], r["complete"]))
-        t1, t2, n_prompt = asyncio.run(multi_turn(url, key, model.stem))
+        targets = [("edge-run", url, key, model.stem)] + [
+            (o, o, args.compare_key, args.compare_model) for o in args.compare
+        ]
+        for _, u, k, m in targets:
+            asyncio.run(load(u, k, m, 1, 8, eog))  # warm-up
+        results: dict[tuple[str, int], list[dict]] = {}
+        for _ in range(args.rounds):
+            for name, u, k, m in targets:
+                for c in args.concurrency:
+                    results.setdefault((name, c), []).append(asyncio.run(load(u, k, m, c, args.max_tokens, eog)))
+        for (name, c), runs in results.items():
+            med = {f: statistics.median(r[f] for r in runs) for f in ("aggregate", "per_stream", "ttft")}
+            rows.append((name, c, med["aggregate"], med["per_stream"], med["ttft"], all(r["complete"] for r in runs)))
+        turns = [asyncio.run(multi_turn(url, key, model.stem, salt)) for salt in range(args.rounds)]
+        t1, t2 = statistics.median(t[0] for t in turns), statistics.median(t[1] for t in turns)
+        n_prompt = turns[0][2]
     finally:
         proc.terminate()
         proc.wait()
-    for other in args.compare:
-        asyncio.run(load(other, args.compare_key, args.compare_model, 1, 8, eog))  # warm-up, as for edge-run
-        for c in args.concurrency:
-            r = asyncio.run(load(other, args.compare_key, args.compare_model, c, args.max_tokens, eog))
-            rows.append((other, c, r["aggregate"], r["per_stream"], r["ttft"], r["complete"]))
 
     print(
         f"{'server':40} {'conc':>4} {'agg tok/s':>10} {'stream tok/s':>12} {'TTFT ms':>8} {'vs ceiling':>10} complete"
