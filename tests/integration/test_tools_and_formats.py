@@ -244,8 +244,7 @@ def test_logprobs_shape(client):
 
 
 def test_n_choices_share_one_prompt_evaluation(client, server):
-    before = server.health()["models"][0]["prompt_tokens_evaluated"]
-    r = client.chat.completions.create(
+    kwargs = dict(
         model=MODEL_ID,
         messages=[{"role": "user", "content": "Invent a name for a pet dragon (" + "really " * 30 + "quickly)."}],
         n=3,
@@ -253,19 +252,14 @@ def test_n_choices_share_one_prompt_evaluation(client, server):
         temperature=1.0,
         seed=11,
     )
+    before = server.health()["models"][0]["prompt_tokens_evaluated"]
+    r = client.chat.completions.create(**kwargs)
     evaluated = server.health()["models"][0]["prompt_tokens_evaluated"] - before
     assert [c.index for c in r.choices] == [0, 1, 2]
     assert all(c.message.content for c in r.choices)
     assert len({c.message.content for c in r.choices}) > 1
     assert evaluated <= r.usage.prompt_tokens  # once, not three times
-    again = client.chat.completions.create(
-        model=MODEL_ID,
-        messages=[{"role": "user", "content": "Invent a name for a pet dragon (" + "really " * 30 + "quickly)."}],
-        n=3,
-        max_tokens=12,
-        temperature=1.0,
-        seed=11,
-    )
+    again = client.chat.completions.create(**kwargs)
     assert [c.message.content for c in again.choices] == [c.message.content for c in r.choices]
 
 
