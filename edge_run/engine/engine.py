@@ -195,6 +195,7 @@ class Engine:
                 deliver=queue.put_nowait,
                 index=i,
                 top_logprobs=top_logprobs,
+                reuse_prefix=spec.seed is None,
             )
             for i, sampler in enumerate(made)
         ]

@@ -63,6 +63,9 @@ class Job:
     deliver: Callable[[Chunk], None]
     index: int = 0
     top_logprobs: int | None = None
+    # Reused KV changes the batch the last prompt token is computed in, and with it the logits'
+    # last bits; seeded requests skip the cache so that the same request gives the same output.
+    reuse_prefix: bool = True
     followers: list[Job] = field(default_factory=list)
     cancelled: bool = False  # set by the event loop, read by the engine thread
 
@@ -250,10 +253,10 @@ class Scheduler:
             keep = 0
             slot.n_prompt_done = len(job.prompt)
         else:
-            own = _common_prefix(slot.cache, job.prompt)
+            own = _common_prefix(slot.cache, job.prompt) if job.reuse_prefix else 0
             donor = max(self._slots, key=lambda s: _common_prefix(s.cache, job.prompt))
             shared = _common_prefix(donor.cache, job.prompt)
-            if donor is not slot and shared - own >= COPY_GAIN:
+            if job.reuse_prefix and donor is not slot and shared - own >= COPY_GAIN:
                 # another slot (idle or busy) holds a longer prefix: copy its KV rather than recompute
                 self.ctx.seq_rm(slot.seq, 0, -1)
                 self.ctx.seq_cp(donor.seq, slot.seq)
