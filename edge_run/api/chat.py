@@ -41,9 +41,19 @@ from edge_run.engine.scheduler import Chunk
 from edge_run.engine.scheduler import TokenLogprob as EngineLogprob
 from edge_run.errors import EdgeRunError, InvalidRequest
 
-__all__ = ["Run", "complete", "sampling_spec", "start", "stream"]
+__all__ = ["Run", "complete", "sampling_spec", "sse", "start", "stop_list", "stream"]
 
 _encode = msgspec.json.Encoder().encode
+
+
+def sse(body: object) -> bytes:
+    """One server-sent event frame holding ``body`` as JSON."""
+    return b"data: " + _encode(body) + b"\n\n"
+
+
+def stop_list(stop: str | list[str] | None) -> tuple[str, ...]:
+    return (stop,) if isinstance(stop, str) else tuple(stop or ())
+
 
 # A plain answer in generic tool mode: anything that does not open a JSON object.
 _TEXT_RULE = "edge-text ::= [^{ \\t\\n] [^\\x00]*\n"
@@ -169,7 +179,7 @@ async def start(req: ChatCompletionRequest, engine: Engine) -> Run:
     if req.top_logprobs is not None and not req.logprobs:
         raise InvalidRequest("`top_logprobs` needs `logprobs: true`", param="top_logprobs")
     plan = _plan(req, engine)
-    stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    stops = stop_list(req.stop)
     spec = sampling_spec(req, engine, _grammar(req, plan))
     native = plan is not None and plan.native
     tools = [msgspec.to_builtins(t) for t in req.tools or ()] if native else None
@@ -278,7 +288,7 @@ async def stream(req: ChatCompletionRequest, run: Run) -> AsyncIterator[bytes]:
 
     def frame(choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
         body = ChatCompletionChunk(id=cid, created=created, model=req.model, choices=choices, usage=usage)
-        return b"data: " + _encode(body) + b"\n\n"
+        return sse(body)
 
     def delta_frame(i: int, content: str, tools: list[ToolCallDelta], lp: ChoiceLogprobs | None) -> bytes | None:
         if not content and not tools and lp is None:
@@ -311,7 +321,7 @@ async def stream(req: ChatCompletionRequest, run: Run) -> AsyncIterator[bytes]:
                 if finish is not None:
                     yield frame([ChunkChoice(index=i, delta=Delta(), finish_reason=finish)])
         except EdgeRunError as exc:  # headers are gone: report in-band, as OpenAI does
-            yield b"data: " + _encode(error_body(exc)) + b"\n\n"
+            yield sse(error_body(exc))
             return
         if req.stream_options is not None and req.stream_options.include_usage:
             yield frame([], _usage(run, sum(completion_tokens), cached))

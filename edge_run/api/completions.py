@@ -7,10 +7,9 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
-import msgspec
 import numpy as np
 
-from edge_run.api.chat import sampling_spec
+from edge_run.api.chat import sampling_spec, sse, stop_list
 from edge_run.api.errors import error_body
 from edge_run.api.schemas import (
     Completion,
@@ -30,7 +29,6 @@ from edge_run.errors import EdgeRunError, InvalidRequest
 
 __all__ = ["Started", "complete", "embed", "start", "stream"]
 
-_encode = msgspec.json.Encoder().encode
 
 Started = list[tuple[str, int, Generation]]  # (prompt text, prompt tokens, generation) per prompt
 
@@ -43,7 +41,7 @@ async def start(req: CompletionRequest, engine: Engine) -> Started:
     if req.echo and req.logprobs is not None:
         raise InvalidRequest("`echo` with `logprobs` (prompt logprobs) is not supported", param="logprobs")
     prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-    stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    stops = stop_list(req.stop)
     spec = sampling_spec(req, engine, None)
     started: Started = []
     try:
@@ -115,7 +113,7 @@ async def stream(req: CompletionRequest, started: Started) -> AsyncIterator[byte
 
     def frame(choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
         body = Completion(id=cid, created=created, model=req.model, choices=choices, usage=usage)
-        return b"data: " + _encode(body) + b"\n\n"
+        return sse(body)
 
     prompt_tokens = completion_tokens = 0
     try:
@@ -134,7 +132,7 @@ async def stream(req: CompletionRequest, started: Started) -> AsyncIterator[byte
             yield frame([], Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens))
         yield b"data: [DONE]\n\n"
     except EdgeRunError as exc:
-        yield b"data: " + _encode(error_body(exc)) + b"\n\n"
+        yield sse(error_body(exc))
     finally:
         for _, _, gen in started:
             gen.cancel()
