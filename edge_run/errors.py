@@ -7,6 +7,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "ClientDisconnected",
     "ContextLengthExceeded",
     "EdgeRunError",
     "EngineFailure",
@@ -81,3 +82,11 @@ class EngineFailure(EdgeRunError):
     status = 500
     type = "server_error"
     code = "engine_failure"
+
+
+class ClientDisconnected(EdgeRunError):
+    """The client went away before its answer was ready; nothing reaches it (499, as nginx logs it)."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_disconnected"

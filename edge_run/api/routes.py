@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
-from litestar import Response, get, post
+from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
@@ -23,11 +25,14 @@ from edge_run.api.schemas import (
     ModelList,
 )
 from edge_run.engine.registry import Registry
+from edge_run.errors import ClientDisconnected
 
 __all__ = ["chat_completions", "embeddings", "get_model", "health", "list_models", "text_completions"]
 
 _STARTED = int(time.time())
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+T = TypeVar("T")
 
 
 class EventStream(Stream):
@@ -38,8 +43,34 @@ class EventStream(Stream):
         return super().to_asgi_response(*args, **kwargs)
 
 
+async def _disconnect(request: Request) -> None:
+    # the body is already read: the next ASGI message is http.disconnect when the client leaves
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await a whole (non-streaming) answer; if the client leaves first, cancel it so its slots free up.
+
+    Streams need no watch: their next write fails and closes the generation.
+    """
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
+        raise ClientDisconnected("The client disconnected before the answer was ready.")
+    return task.result()
+
+
 @post("/chat/completions", status_code=200, summary="Create a chat completion (OpenAI-compatible)")
-async def chat_completions(data: JSONBody[ChatCompletionRequest], state: State) -> ChatCompletion | EventStream:
+async def chat_completions(
+    data: JSONBody[ChatCompletionRequest], state: State, request: Request
+) -> ChatCompletion | EventStream:
     engine = state.registry.get(data.model)
     run = await chat.start(data, engine)
     if data.stream:
@@ -48,15 +79,17 @@ async def chat_completions(data: JSONBody[ChatCompletionRequest], state: State) 
             media_type="text/event-stream",
             headers=_SSE_HEADERS,
         )
-    return await chat.complete(data, run)
+    return await _unless_disconnected(request, chat.complete(data, run))
 
 
 @post("/completions", status_code=200, summary="Create a text completion (legacy, OpenAI-compatible)")
-async def text_completions(data: JSONBody[CompletionRequest], state: State) -> Completion | EventStream:
+async def text_completions(
+    data: JSONBody[CompletionRequest], state: State, request: Request
+) -> Completion | EventStream:
     started = await completions.start(data, state.registry.get(data.model))
     if data.stream:
         return EventStream(completions.stream(data, started), media_type="text/event-stream", headers=_SSE_HEADERS)
-    return await completions.complete(data, started)
+    return await _unless_disconnected(request, completions.complete(data, started))
 
 
 @post("/embeddings", status_code=200, summary="Create embeddings (mean-pooled, unit length)")

@@ -137,6 +137,27 @@ def test_disconnect_frees_the_slot_for_the_next_request(make_server):
     assert server.health()["models"][0]["slots_busy"] == 0
 
 
+@pytest.mark.parametrize("route", ["/chat/completions", "/completions"])
+def test_a_non_streaming_client_that_leaves_frees_its_slot(make_server, route):
+    server = make_server("--slots", "1", "--ctx", "2048")
+    budget = 1800
+    body = {"model": MODEL_ID, "max_tokens": budget, "logit_bias": NO_EOS}
+    body |= {"messages": prompts(1)[0]} if route == "/chat/completions" else {"prompt": "Once upon a time"}
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(timeout=httpx.Timeout(60, read=1.0)) as http:
+        http.post(server.base_url + route, json=body, headers={"Authorization": f"Bearer {server.key}"})
+    deadline = time.monotonic() + 60
+    while server.health()["models"][0]["slots_busy"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = server.health()["models"][0]
+    assert status["slots_busy"] == 0
+    # the slot was freed by the disconnect, not by the answer running to its end
+    assert 0 < status["tokens_generated"] < budget // 2
+    follow = openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0).chat.completions.create(
+        model=MODEL_ID, messages=prompts(2)[1], max_tokens=8, temperature=0
+    )
+    assert follow.choices[0].finish_reason in ("stop", "length")
+
+
 def test_a_new_slot_copies_a_shared_prefix_from_a_busy_one(make_server):
     """Slot 1 has never seen the system prompt; it gets slot 0's KV by copy instead of recomputing it."""
     server = make_server("--slots", "2", "--ctx", "1024")
