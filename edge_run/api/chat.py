@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -280,7 +280,8 @@ def _tool_deltas(events: list[ToolEvent], calls_seen: list[int]) -> tuple[str, l
 
 
 async def stream(req: ChatCompletionRequest, run: Run) -> AsyncIterator[bytes]:
-    """SSE frames. Each engine step's text becomes one frame; the slots are freed if the client leaves."""
+    """SSE frames, one per engine step's text; all that are ready go out in one write. A client that leaves frees
+    its slots."""
     cid, created = _new_id(), int(time.time())
     n = req.n
     streams = [ToolStream(run.native) for _ in range(n)] if run.plan is not None else None
@@ -290,41 +291,42 @@ async def stream(req: ChatCompletionRequest, run: Run) -> AsyncIterator[bytes]:
         body = ChatCompletionChunk(id=cid, created=created, model=req.model, choices=choices, usage=usage)
         return sse(body)
 
-    def delta_frame(i: int, content: str, tools: list[ToolCallDelta], lp: ChoiceLogprobs | None) -> bytes | None:
-        if not content and not tools and lp is None:
-            return None
-        delta = Delta(content=content or None, tool_calls=tools or None)
-        return frame([ChunkChoice(index=i, delta=delta, logprobs=lp)])
+    completion_tokens = [0] * n
+    cached = 0
+
+    def frames(chunk: Chunk) -> Iterator[bytes]:
+        nonlocal cached
+        i = chunk.index
+        completion_tokens[i] = chunk.completion_tokens
+        cached = chunk.cached_tokens
+        content, tools = chunk.text, list[ToolCallDelta]()
+        finish = chunk.finish_reason
+        if streams is not None:
+            content, tools = _tool_deltas(streams[i].push(chunk.text), calls_seen[i])
+            if finish is not None:
+                more, was_call = streams[i].finish()
+                extra_content, extra_tools = _tool_deltas(more, calls_seen[i])
+                content, tools = content + extra_content, tools + extra_tools
+                finish = "tool_calls" if was_call else finish
+        lp = ChoiceLogprobs(content=_logprobs(chunk.logprobs)) if chunk.logprobs else None
+        if content or tools or lp is not None:
+            delta = Delta(content=content or None, tool_calls=tools or None)
+            yield frame([ChunkChoice(index=i, delta=delta, logprobs=lp)])
+        if finish is not None:
+            yield frame([ChunkChoice(index=i, delta=Delta(), finish_reason=finish)])
 
     try:
         yield b"".join(frame([ChunkChoice(index=i, delta=Delta(role="assistant", content=""))]) for i in range(n))
-        completion_tokens = [0] * n
-        cached = 0
         try:
-            async for chunk in run.gen:
-                i = chunk.index
-                completion_tokens[i] = chunk.completion_tokens
-                cached = chunk.cached_tokens
-                content, tools = chunk.text, list[ToolCallDelta]()
-                finish = chunk.finish_reason
-                if streams is not None:
-                    content, tools = _tool_deltas(streams[i].push(chunk.text), calls_seen[i])
-                    if finish is not None:
-                        more, was_call = streams[i].finish()
-                        extra_content, extra_tools = _tool_deltas(more, calls_seen[i])
-                        content, tools = content + extra_content, tools + extra_tools
-                        finish = "tool_calls" if was_call else finish
-                lp = ChoiceLogprobs(content=_logprobs(chunk.logprobs)) if chunk.logprobs else None
-                out = delta_frame(i, content, tools, lp)
-                if out is not None:
+            async for ready in run.gen.batches():  # whatever is ready goes out in one write
+                if out := b"".join(f for chunk in ready for f in frames(chunk)):
                     yield out
-                if finish is not None:
-                    yield frame([ChunkChoice(index=i, delta=Delta(), finish_reason=finish)])
         except EdgeRunError as exc:  # headers are gone: report in-band, as OpenAI does
             yield sse(error_body(exc))
             return
+        usage = b""
         if req.stream_options is not None and req.stream_options.include_usage:
-            yield frame([], _usage(run, sum(completion_tokens), cached))
-        yield b"data: [DONE]\n\n"
+            usage = frame([], _usage(run, sum(completion_tokens), cached))
+        yield usage + b"data: [DONE]\n\n"
     finally:
         run.gen.cancel()

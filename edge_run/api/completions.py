@@ -122,15 +122,19 @@ async def stream(req: CompletionRequest, started: Started) -> AsyncIterator[byte
             done: dict[int, int] = {}
             if req.echo:
                 yield b"".join(frame([CompletionChoice(p * req.n + i, prompt, None)]) for i in range(req.n))
-            async for chunk in gen:
-                lp = _logprobs(chunk.logprobs or [], 0) if req.logprobs is not None else None
-                choice = CompletionChoice(p * req.n + chunk.index, chunk.text, chunk.finish_reason, lp)
-                yield frame([choice])
-                done[chunk.index] = chunk.completion_tokens
+            async for ready in gen.batches():  # whatever is ready goes out in one write
+                frames = []
+                for chunk in ready:
+                    lp = _logprobs(chunk.logprobs or [], 0) if req.logprobs is not None else None
+                    choice = CompletionChoice(p * req.n + chunk.index, chunk.text, chunk.finish_reason, lp)
+                    frames.append(frame([choice]))
+                    done[chunk.index] = chunk.completion_tokens
+                yield b"".join(frames)
             completion_tokens += sum(done.values())
+        usage = b""
         if req.stream_options is not None and req.stream_options.include_usage:
-            yield frame([], Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens))
-        yield b"data: [DONE]\n\n"
+            usage = frame([], Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens))
+        yield usage + b"data: [DONE]\n\n"
     except EdgeRunError as exc:
         yield sse(error_body(exc))
     finally:

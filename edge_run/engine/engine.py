@@ -45,15 +45,28 @@ class Generation:
         self.done = False
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
+        async for ready in self.batches():
+            for chunk in ready:
+                yield chunk
+
+    async def batches(self) -> AsyncIterator[list[Chunk]]:
+        """Every chunk that is ready, in order: a consumer that fell behind catches up in one write."""
         remaining = len(self.jobs)
         try:
             while remaining:
+                ready: list[Chunk] = []
                 chunk = await self._queue.get()
-                if chunk.error is not None:
-                    raise chunk.error
-                yield chunk
-                if chunk.finish_reason is not None:
-                    remaining -= 1
+                while True:
+                    if chunk.error is not None:
+                        if ready:
+                            yield ready
+                        raise chunk.error
+                    ready.append(chunk)
+                    remaining -= chunk.finish_reason is not None
+                    if not remaining or self._queue.empty():
+                        break
+                    chunk = self._queue.get_nowait()
+                yield ready
         finally:
             self.cancel()
 

@@ -23,10 +23,15 @@ class FakeGeneration:
         self.cancelled = False
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
-        for chunk in self.chunks:
+        async for ready in self.batches():
+            for chunk in ready:
+                yield chunk
+
+    async def batches(self) -> AsyncIterator[list[Chunk]]:
+        for chunk in self.chunks:  # one step at a time, as from a consumer that keeps up
             if chunk.error is not None:
                 raise chunk.error
-            yield chunk
+            yield [chunk]
 
     def cancel(self) -> None:
         self.cancelled = True
