@@ -24,8 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -53,6 +55,9 @@ class StreamResult:
 
 def ceiling(model: Path, threads: int, n_tokens: int) -> tuple[float, list[int]]:
     """Greedy decoding in-process with llama.cpp's own API: the speed a server should approach."""
+    # the thread placement edge-run's engine uses (see edge_run/engine/llama.py): no handicap for the ceiling
+    os.environ.setdefault("OMP_PROC_BIND", "true")
+    os.environ.setdefault("OMP_PLACES", "cores")
     import llama_cpp as L
 
     quiet = L.llama_log_callback(lambda *_: None)  # must outlive every llama.cpp call below
@@ -116,46 +121,85 @@ async def engine_only(model: Path, threads: int, n_tokens: int) -> float:
         await engine.close()
 
 
-async def one_stream(client: httpx.AsyncClient, url: str, body: dict) -> StreamResult:
+async def sse_events(url: str, headers: dict[str, str], body: dict) -> AsyncIterator[bytes]:
+    """POST ``body`` and yield each SSE ``data:`` payload.
+
+    A bare HTTP/1.1 client on asyncio streams: the load generator shares the machine with the server
+    under test, so it must cost as little as it can (about a third of httpx's CPU per event).
+    """
+    u = urlsplit(url)
+    host, port = u.hostname or "127.0.0.1", u.port or 80
+    reader, writer = await asyncio.open_connection(host, port)
+    payload = msgspec.json.encode(body)
+    head = [f"POST {u.path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json"]
+    head += [f"Content-Length: {len(payload)}", "Accept: text/event-stream", "Connection: close"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    writer.write("\r\n".join(head).encode() + b"\r\n\r\n" + payload)
+    try:
+        status = await reader.readline()
+        if status.split(b" ")[1:2] != [b"200"]:
+            raise RuntimeError(f"{url}: {status.decode().strip()} {(await reader.read(2000)).decode(errors='replace')}")
+        chunked = False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            chunked |= name.strip().lower() == "transfer-encoding" and "chunked" in value.lower()
+        buf = b""
+        while True:
+            if chunked:
+                size = int((await reader.readline()).split(b";")[0], 16)
+                if size == 0:
+                    break
+                buf += (await reader.readexactly(size + 2))[:-2]
+            elif not (data := await reader.read(65536)):
+                break
+            else:
+                buf += data
+            while (end := buf.find(b"\n\n")) >= 0:
+                event, buf = buf[:end], buf[end + 2 :]
+                for line in event.splitlines():
+                    if line.startswith(b"data: "):
+                        yield line[6:]
+    finally:
+        writer.close()
+
+
+async def one_stream(url: str, headers: dict[str, str], body: dict) -> StreamResult:
     start = time.perf_counter()
     first = last = 0.0
     tokens = chunks = 0
-    async with client.stream("POST", url + "/chat/completions", json=body) as r:
-        r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = msgspec.json.decode(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            for choice in chunk.get("choices", []):
-                if choice["delta"].get("content"):
-                    chunks += 1
-                    now = time.perf_counter()
-                    first = first or now
-                    last = now
+    async for data in sse_events(url + "/chat/completions", headers, body):
+        if data == b"[DONE]":
+            continue
+        chunk = msgspec.json.decode(data)
+        if chunk.get("usage"):
+            tokens = chunk["usage"]["completion_tokens"]
+        for choice in chunk.get("choices", []):
+            if choice["delta"].get("content"):
+                chunks += 1
+                now = time.perf_counter()
+                first = first or now
+                last = now
     # servers that ignore include_usage (llama-cpp-python's) are counted by content chunks instead
     return StreamResult(tokens=tokens or chunks, ttft=first - start, duration=last - first)
 
 
 async def load(url: str, key: str, model: str, concurrency: int, max_tokens: int, eog: list[int]) -> dict:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with httpx.AsyncClient(headers=headers, timeout=600) as client:
-        bodies = [
-            {
-                "model": model,
-                "messages": [{"role": "user", "content": f"Tell me one fact about {TOPICS[i % len(TOPICS)]}."}],
-                "max_tokens": max_tokens,
-                "temperature": 0,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-                "logit_bias": {str(t): -100 for t in eog},
-            }
-            for i in range(concurrency)
-        ]
-        start = time.perf_counter()
-        results = await asyncio.gather(*(one_stream(client, url, b) for b in bodies))
-        wall = time.perf_counter() - start
+    bodies = [
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": f"Tell me one fact about {TOPICS[i % len(TOPICS)]}."}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "logit_bias": {str(t): -100 for t in eog},
+        }
+        for i in range(concurrency)
+    ]
+    start = time.perf_counter()
+    results = await asyncio.gather(*(one_stream(url, headers, b) for b in bodies))
+    wall = time.perf_counter() - start
     total = sum(r.tokens for r in results)
     return {
         "aggregate": total / wall,
@@ -177,7 +221,7 @@ async def multi_turn(url: str, key: str, model: str, salt: int) -> tuple[float, 
     history.append({"role": "user", "content": "Summarize everything."})
     body = {"model": model, "messages": history, "max_tokens": 32, "temperature": 0, "stream": True}
     async with httpx.AsyncClient(headers=headers, timeout=600) as client:
-        first = await one_stream(client, url, {**body, "stream_options": {"include_usage": True}})
+        first = await one_stream(url, headers, {**body, "stream_options": {"include_usage": True}})
         r = await client.post(url + "/chat/completions", json={**body, "stream": False})
         reply = r.json()
         prompt_tokens = reply["usage"]["prompt_tokens"]
@@ -185,7 +229,7 @@ async def multi_turn(url: str, key: str, model: str, salt: int) -> tuple[float, 
             {"role": "assistant", "content": reply["choices"][0]["message"]["content"]},
             {"role": "user", "content": "Thanks. One more detail?"},
         ]
-        second = await one_stream(client, url, {**body, "messages": history})
+        second = await one_stream(url, headers, {**body, "messages": history})
     return first.ttft, second.ttft, prompt_tokens
 
 
@@ -229,7 +273,7 @@ def main() -> None:
     ap.add_argument("--compare", action="append", default=[], help="another OpenAI-compatible base URL")
     ap.add_argument("--compare-model", default="default", help="model name to send to --compare servers")
     ap.add_argument("--compare-key", default="", help="bearer key for --compare servers")
-    ap.add_argument("--rounds", type=int, default=3, help="repeat each measurement; medians are shown")
+    ap.add_argument("--rounds", type=int, default=5, help="repeat each measurement; medians are shown")
     ap.add_argument("--part", choices=["ceiling", "engine"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.part:
@@ -254,17 +298,10 @@ def main() -> None:
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     # Every measurement runs --rounds times, round-robin over the targets so that a noisy moment on
-    # this machine hits all of them alike; the table shows medians.
-    ceilings, engines = [], []
-    for _ in range(args.rounds):
-        first = part("ceiling")
-        ceilings.append(first["rate"])
-        engines.append(part("engine")["rate"])
-    rate, eog = statistics.median(ceilings), first["eog"]
-    rows = [("llama.cpp in-process greedy loop", 1, rate, rate, float("nan"), True)]
-    inproc = statistics.median(engines)
-    rows.append(("edge-run engine in-process (no HTTP)", 1, inproc, inproc, float("nan"), True))
-
+    # this machine hits all of them alike. The first table shows medians; the second pairs each round's
+    # edge-run number with the other target's number measured just before or after, which cancels
+    # the slow drift of a shared machine.
+    eog = part("ceiling")["eog"]
     proc, url, key, _ = start_server(model, args.threads, max(args.concurrency), args.ctx)
     try:
         targets = [("edge-run", url, key, model.stem)] + [
@@ -272,14 +309,14 @@ def main() -> None:
         ]
         for _, u, k, m in targets:
             asyncio.run(load(u, k, m, 1, 8, eog))  # warm-up
+        ceilings, engines = [], []
         results: dict[tuple[str, int], list[dict]] = {}
         for _ in range(args.rounds):
-            for name, u, k, m in targets:
-                for c in args.concurrency:
+            ceilings.append(part("ceiling")["rate"])
+            engines.append(part("engine")["rate"])
+            for c in args.concurrency:  # the servers back to back at each concurrency: a fair pairing
+                for name, u, k, m in targets:
                     results.setdefault((name, c), []).append(asyncio.run(load(u, k, m, c, args.max_tokens, eog)))
-        for (name, c), runs in results.items():
-            med = {f: statistics.median(r[f] for r in runs) for f in ("aggregate", "per_stream", "ttft")}
-            rows.append((name, c, med["aggregate"], med["per_stream"], med["ttft"], all(r["complete"] for r in runs)))
         turns = [asyncio.run(multi_turn(url, key, model.stem, salt)) for salt in range(args.rounds)]
         t1, t2 = statistics.median(t[0] for t in turns), statistics.median(t[1] for t in turns)
         n_prompt = turns[0][2]
@@ -287,12 +324,33 @@ def main() -> None:
         proc.terminate()
         proc.wait()
 
+    rate, inproc = statistics.median(ceilings), statistics.median(engines)
+    rows = [("llama.cpp in-process greedy loop", 1, rate, rate, float("nan"), True)]
+    rows.append(("edge-run engine in-process (no HTTP)", 1, inproc, inproc, float("nan"), True))
+    for (name, c), runs in results.items():
+        med = {f: statistics.median(r[f] for r in runs) for f in ("aggregate", "per_stream", "ttft")}
+        rows.append((name, c, med["aggregate"], med["per_stream"], med["ttft"], all(r["complete"] for r in runs)))
+
+    # single stream against the ceiling: both are decode speed, first token to last
+    paired = [("engine in-process ÷ ceiling", [e / c for e, c in zip(engines, ceilings, strict=True)])]
+    if 1 in args.concurrency:
+        single = [r["per_stream"] for r in results[("edge-run", 1)]]
+        paired.append(("edge-run 1 stream ÷ ceiling", [s / c for s, c in zip(single, ceilings, strict=True)]))
+    for other in args.compare:
+        for c in args.concurrency:
+            mine, theirs = results[("edge-run", c)], results[(other, c)]
+            ratios = [a["aggregate"] / b["aggregate"] for a, b in zip(mine, theirs, strict=True)]
+            paired.append((f"edge-run ÷ {other} at {c}", ratios))
+
     print(
         f"{'server':40} {'conc':>4} {'agg tok/s':>10} {'stream tok/s':>12} {'TTFT ms':>8} {'vs ceiling':>10} complete"
     )
     for name, c, agg, per, ttft, complete in rows:
         ttft_ms = "-" if ttft != ttft else f"{ttft * 1000:.0f}"
         print(f"{name[:40]:40} {c:>4} {agg:>10.1f} {per:>12.1f} {ttft_ms:>8} {agg / rate:>9.2f}x {complete}")
+    print(f"\n{'paired by round (tok/s ratio)':56} {'median':>7}  rounds")
+    for label, ratios in paired:
+        print(f"{label[:56]:56} {statistics.median(ratios):>6.2f}x  {' '.join(f'{r:.2f}' for r in ratios)}")
     print(
         f"\nmulti-turn ({n_prompt} prompt tokens of history): TTFT turn 1 {t1 * 1000:.0f} ms, "
         f"turn 2 {t2 * 1000:.0f} ms ({t2 / t1:.0%} of turn 1)"
