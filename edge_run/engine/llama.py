@@ -15,13 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# llama.cpp's OpenMP threads, one per core, each pinned to its own core. Unpinned, the scheduler
-# sometimes stacks both compute threads on one core of a small machine while the other runs the
-# HTTP side; every op then waits at ggml's barrier (seen as a 20% drop at 4 clients on 2 cores).
-# Read once by libgomp when it loads, so it is set before the import; a user's own setting wins.
-os.environ.setdefault("OMP_PROC_BIND", "true")
-os.environ.setdefault("OMP_PLACES", "cores")
-
 import llama_cpp as L
 import numpy as np
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
