@@ -55,9 +55,6 @@ class StreamResult:
 
 def ceiling(model: Path, threads: int, n_tokens: int) -> tuple[float, list[int]]:
     """Greedy decoding in-process with llama.cpp's own API: the speed a server should approach."""
-    # the thread placement edge-run's engine uses (see edge_run/engine/llama.py): no handicap for the ceiling
-    os.environ.setdefault("OMP_PROC_BIND", "true")
-    os.environ.setdefault("OMP_PLACES", "cores")
     import llama_cpp as L
 
     quiet = L.llama_log_callback(lambda *_: None)  # must outlive every llama.cpp call below
