@@ -11,6 +11,7 @@ import pytest
 from litestar.testing import TestClient
 
 from edge_run.api.app import create_app
+from edge_run.engine.engine import Generation
 from edge_run.engine.registry import Registry
 from edge_run.engine.scheduler import Chunk
 from edge_run.errors import EngineFailure
@@ -22,10 +23,7 @@ class FakeGeneration:
         self.chunks = chunks
         self.cancelled = False
 
-    async def __aiter__(self) -> AsyncIterator[Chunk]:
-        async for ready in self.batches():
-            for chunk in ready:
-                yield chunk
+    __aiter__ = Generation.__aiter__  # the real flattening over the fake batches below
 
     async def batches(self) -> AsyncIterator[list[Chunk]]:
         for chunk in self.chunks:  # one step at a time, as from a consumer that keeps up
