@@ -1,8 +1,9 @@
 """The engine thread: slots, continuous batching, prompt-prefix reuse, cancellation.
 
 One thread owns the llama context. Each step it builds one batch holding the next token of every
-generating slot plus prompt chunks of newly admitted requests, decodes it, samples, and hands all
-results of the step back to the event loop in a single ``call_soon_threadsafe``.
+generating slot plus prompt chunks of newly admitted requests, decodes it, samples, and hands the
+results back to the event loop in a single ``call_soon_threadsafe``: at most once every
+``HANDOVER_INTERVAL`` while tokens flow, at once for a request's first token and its last.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from edge_run.engine.llama import Batch, Context, Model, Sampler
 from edge_run.engine.text import TextStream
 from edge_run.errors import EdgeRunError, EngineFailure
 
-__all__ = ["Chunk", "Job", "Scheduler"]
+__all__ = ["Chunk", "Handover", "Job", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,12 @@ class _Slot:
     def idle(self) -> bool:
         return self.job is None
 
+
+# While streams run, steps' results are handed to the event loop at most this often (seconds). Every
+# hand-over wakes the event loop and writes to each client's socket; on a small CPU that work stalls
+# llama.cpp's compute threads, so a fast model at one stream on 2 cores decodes ~5% faster when
+# 5-7 steps share a hand-over. A first token, a finished choice, and any step slower than this go at once.
+HANDOVER_INTERVAL = 0.05
 
 # Below this many tokens of extra prefix, re-evaluating them costs less than copying a slot's KV stream.
 COPY_GAIN = 16
@@ -172,6 +179,7 @@ class Scheduler:
     # -- engine thread -----------------------------------------------------------------
 
     def _run(self) -> None:
+        handover = Handover(lambda out: self._loop.call_soon_threadsafe(_dispatch, out), HANDOVER_INTERVAL)
         while True:
             with self._cond:
                 while not self._stopping and not self._waiting and not self._calls and self.busy == 0:
@@ -191,10 +199,10 @@ class Scheduler:
                 self._step(out)
             except Exception as exc:  # keep serving: fail only the requests in flight
                 log.exception("engine step failed")
-                self._fail_all(out, exc)
-            if out:
-                self._loop.call_soon_threadsafe(_dispatch, out)
-        self._fail_all([], EngineFailure("server is shutting down"))
+                self._fail_all(handover.take() + out, exc)
+                continue
+            handover.add(out, time.monotonic(), idle=self.busy == 0)
+        self._fail_all(handover.take(), EngineFailure("server is shutting down"))
 
     def _step(self, out: list[tuple[Job, Chunk]]) -> None:
         for slot in self._slots:
@@ -363,6 +371,34 @@ class Scheduler:
         if out and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(_dispatch, list(out))
             out.clear()
+
+
+class Handover:
+    """Gathers the steps' results and passes them on in one call, at most once per ``interval``.
+
+    A step that has a first token (time to first token) or a finished choice passes everything on at
+    once, and so does a step that has nothing new or leaves the engine idle: nothing waits for a later
+    step that may never come.
+    """
+
+    def __init__(self, send: Callable[[list[tuple[Job, Chunk]]], object], interval: float) -> None:
+        self._send = send
+        self._interval = interval
+        self._pending: list[tuple[Job, Chunk]] = []
+        self._sent_at = float("-inf")
+
+    def add(self, out: list[tuple[Job, Chunk]], now: float, *, idle: bool) -> None:
+        self._pending += out
+        if not self._pending:
+            return
+        urgent = any(chunk.finish_reason is not None or chunk.completion_tokens <= 1 for _, chunk in out)
+        if urgent or idle or not out or now - self._sent_at >= self._interval:
+            self._send(self.take())
+            self._sent_at = now
+
+    def take(self) -> list[tuple[Job, Chunk]]:
+        pending, self._pending = self._pending, []
+        return pending
 
 
 def _close_samplers(job: Job) -> None:
