@@ -186,3 +186,60 @@ def test_a_new_slot_copies_a_shared_prefix_from_a_busy_one(make_server):
         assert server.health()["models"][0]["slots_busy"] >= 1
     assert third.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 12
     assert server.health()["models"][0]["prefix_copies"] == 1
+
+
+def test_a_stream_moved_to_close_a_gap_keeps_its_answer_and_the_gap_keeps_its_cache(make_server):
+    """Slots 0, 1, 2 busy; 1 finishes first. Slot 2's stream moves into slot 1's KV stream (llama.cpp
+    decodes consecutive sequence ids in one pass), mid-answer, and the answers stay those of a solo run.
+    The finished request's cache is kept elsewhere, so its next turn still starts from it."""
+    server = make_server("--slots", "4", "--ctx", "1024")
+    a, b, c = prompts(3)
+    lengths = {"a": 64, "b": 24, "c": 64}
+    bodies = {name: {"messages": m, "max_tokens": lengths[name]} for name, m in zip("abc", (a, b, c), strict=True)}
+    sdk = openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=300)
+    solo = {
+        name: sdk.chat.completions.create(model=MODEL_ID, temperature=0, logit_bias=NO_EOS, **body)
+        .choices[0]
+        .message.content
+        for name, body in bodies.items()
+    }
+
+    async def go() -> dict[str, str]:
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=300)
+        parts: dict[str, list[str]] = {}
+
+        async def start(name: str):
+            stream = await client.chat.completions.create(
+                model=MODEL_ID, temperature=0, logit_bias=NO_EOS, stream=True, **bodies[name]
+            )
+            parts[name] = []
+            async for chunk in stream:  # returns once this request holds a slot and has a token
+                if chunk.choices and chunk.choices[0].delta.content:
+                    parts[name].append(chunk.choices[0].delta.content)
+                    break
+            return stream
+
+        async def finish(name: str, stream) -> None:
+            async for chunk in stream:
+                if chunk.choices:
+                    parts[name].append(chunk.choices[0].delta.content or "")
+
+        try:
+            streams = [(name, await start(name)) for name in "abc"]  # slots 0, 1, 2 in that order
+            await asyncio.gather(*(finish(name, s) for name, s in streams))
+        finally:
+            await client.close()
+        return {name: "".join(p) for name, p in parts.items()}
+
+    together = asyncio.run(go())
+    status = server.health()["models"][0]
+    assert status["slot_moves"] == 1
+    assert together == solo
+    # b's next turn finds its whole first turn cached, although its slot now holds c's stream
+    follow = sdk.chat.completions.create(
+        model=MODEL_ID,
+        messages=[*b, {"role": "assistant", "content": solo["b"]}, {"role": "user", "content": "Why?"}],
+        max_tokens=4,
+    )
+    first_turn = sdk.chat.completions.create(model=MODEL_ID, messages=b, max_tokens=1).usage.prompt_tokens
+    assert follow.usage.prompt_tokens_details.cached_tokens >= first_turn

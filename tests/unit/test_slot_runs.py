@@ -1,0 +1,41 @@
+"""Busy slots are kept on consecutive sequence ids: llama.cpp decodes those in one pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_run.engine.scheduler import _plan_moves, _runs
+
+
+def busy(pattern: str) -> list[bool]:
+    return [c == "x" for c in pattern]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "runs"), [("....", 0), ("xx..", 1), ("..xx", 1), ("x.x.", 2), ("x..x", 2), (".x.x.x.x", 4)]
+)
+def test_runs_counts_groups_of_consecutive_busy_slots(pattern: str, runs: int) -> None:
+    assert _runs(busy(pattern)) == runs
+
+
+@pytest.mark.parametrize(
+    ("pattern", "moves"),
+    [
+        ("xxxx....", []),  # already one run
+        ("...xx...", []),
+        ("........", []),
+        ("x.x.....", [(2, 1)]),  # one gap: the last one moves in
+        ("x.....xx", [(0, 5)]),  # the run stays where most busy slots are
+        ("xx.xx...", [(4, 2)]),
+        (".x.x.x.x", [(5, 0), (7, 2)]),
+        ("x.xx.x..", [(5, 1)]),
+    ],
+)
+def test_moves_gather_busy_slots_into_one_run_with_the_fewest_moves(pattern: str, moves: list) -> None:
+    assert _plan_moves(busy(pattern)) == moves
+    after = busy(pattern)
+    for src, dst in moves:
+        assert after[src] and not after[dst]
+        after[src], after[dst] = False, True
+    assert _runs(after) <= 1
+    assert sum(after) == sum(busy(pattern))
