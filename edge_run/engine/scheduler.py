@@ -229,8 +229,8 @@ class Scheduler:
         for slot in self._slots:
             if slot.job is not None and slot.job.cancelled:
                 self._release(slot)
-        self._admit(out)
-        self._gather()
+        if not self._admit(out):  # requests often come in bursts: gather once the burst has a slot each
+            self._gather()
         batch = self._batch
         batch.clear()
         # every generating slot's next token always fits; prompt chunks share what is left
@@ -262,7 +262,9 @@ class Scheduler:
             if slot.logit_index >= 0:
                 self._sample(slot, out)
 
-    def _admit(self, out: list[tuple[Job, Chunk]]) -> None:
+    def _admit(self, out: list[tuple[Job, Chunk]]) -> bool:
+        """Give waiting requests idle slots, in order; whether any request got one."""
+        admitted = False
         with self._cond:
             while self._waiting:
                 job = self._waiting[0]
@@ -271,11 +273,11 @@ class Scheduler:
                     continue
                 idle = [s for s in self._slots if s.idle]
                 if len(idle) < 1 + len(job.followers):
-                    return
+                    break
+                admitted = True
                 self._waiting.popleft()
-                # a slot next to the busy ones first (a longer prefix elsewhere arrives by copy), then
-                # the longest cached prefix, then the least recently used
-                slot = max(idle, key=lambda s: (-self._runs_with(s), _common_prefix(s.cache, job.prompt), -s.last_used))
+                # the longest cached prefix, then a slot next to the busy ones, then the least recently used
+                slot = max(idle, key=lambda s: (_common_prefix(s.cache, job.prompt), -self._runs_with(s), -s.last_used))
                 idle.remove(slot)
                 self._start(slot, job)
                 for follower in job.followers:
@@ -283,6 +285,7 @@ class Scheduler:
                     idle.remove(fslot)
                     self._start(fslot, follower, fork=True)
                     slot.followers.append(fslot)
+        return admitted
 
     def _runs_with(self, extra: _Slot) -> int:
         """How many runs of consecutive sequence ids the busy slots would form with ``extra`` busy too."""
