@@ -296,7 +296,7 @@ class Scheduler:
 
         llama.cpp decodes a batch over per-slot KV streams in one pass only for consecutive sequence
         ids; each gap costs another pass per step (4 streams as {0, 2, 5, 7}: ~50% longer steps). A
-        move copies one KV stream (about a step's time for a small model), once. The request that
+        move copies one whole KV stream once (~5 ms for the default model at 2048 tokens). The request that
         finished in the gap keeps its prefix cache: it is copied first to the least recently used
         idle slot outside the run.
         """
