@@ -39,22 +39,25 @@ def test_another_requests_first_token_takes_the_waiting_tokens_along() -> None:
     assert sent == [[(id(a), 1)], [(id(a), 2), (id(a), 3), (id(b), 1)]]
 
 
-def test_a_step_without_results_passes_on_what_waits() -> None:
+def holding_a_token() -> tuple[Handover, list[int]]:
+    """A hand-over that has sent a first token and holds the second (the interval is far off)."""
     sent: list[int] = []
     h = Handover(lambda out: sent.append(len(out)), interval=10.0)
     a = job()
     h.add(tokens(a, 1), 0.0, idle=False)
     h.add(tokens(a, 2), 0.1, idle=False)
+    return h, sent
+
+
+def test_a_step_without_results_passes_on_what_waits() -> None:
+    h, sent = holding_a_token()
     h.add([], 0.2, idle=False)  # e.g. the only other request was cancelled
     h.add([], 0.3, idle=False)  # nothing waits: nothing is sent
     assert sent == [1, 1]
 
 
 def test_take_empties_the_queue_for_an_engine_failure() -> None:
-    sent: list[int] = []
-    h = Handover(lambda out: sent.append(len(out)), interval=10.0)
-    a = job()
-    h.add(tokens(a, 1), 0.0, idle=False)
-    h.add(tokens(a, 2), 0.1, idle=False)
+    h, sent = holding_a_token()
     assert [c.completion_tokens for _, c in h.take()] == [2]
     assert h.take() == []
+    assert sent == [1]
