@@ -157,7 +157,7 @@ class Scheduler:
         self.tokens_generated = 0
         self.prompt_tokens_evaluated = 0
         self.prefix_copies = 0
-        self.moves = 0
+        self.slot_moves = 0
 
     # -- event-loop side -------------------------------------------------------------
 
@@ -322,7 +322,7 @@ class Scheduler:
             # freed slot holds what the mover's stream still has
             mover.seq, hole.seq = hole.seq, mover.seq
             hole.cache, hole.last_used = list(mover.cache), 0.0
-            self.moves += 1
+            self.slot_moves += 1
         self._slots.sort(key=lambda s: s.seq)
 
     def _start(self, slot: _Slot, job: Job, *, fork: bool = False) -> None:
