@@ -213,7 +213,7 @@ def test_login_link_then_a_streamed_answer(browser, server, tmp_path):
         stored = page.evaluate("localStorage.getItem('edge-run:key')")
         assert stored and stored.startswith("er-")
         assert page.locator("#model").input_value() == MODEL_ID
-        page.wait_for_function("document.getElementById('status-state').textContent === 'ready'")
+        page.wait_for_selector("#status-state:text-matches('^ready$')", state="attached")
         assert page.locator("#status-backend").text_content() == "CPU"
 
         # count the separate updates of the answer: a streamed answer arrives in several
@@ -235,7 +235,7 @@ def test_login_link_then_a_streamed_answer(browser, server, tmp_path):
         assert text.strip()
         assert page.evaluate("window.updates") > 3
         assert page.locator("#chat-error").text_content() == ""
-        page.wait_for_function("document.getElementById('status-slots').textContent.startsWith('0 busy')")
+        page.wait_for_selector("#status-slots:text-matches('^0 busy')", state="attached")
         _screenshot(page, tmp_path / "web-chat.png")
 
         # service details: filled with this server's URL and model, the key hidden until revealed
@@ -268,7 +268,7 @@ def test_without_login_the_page_asks_for_a_key(browser, server):
         assert "invalid or was already used" in (page.locator("#login-error").text_content() or "")
         page.fill("#login-key", "er-wrong")
         page.click("#login-form button[type=submit]")
-        page.wait_for_function("document.getElementById('login-error').textContent.includes('not accepted')")
+        page.wait_for_selector("#login-error:text-matches('not accepted')", state="attached")
         page.fill("#login-key", server.key)
         page.click("#login-form button[type=submit]")
         page.wait_for_selector("#app:not([hidden])")
