@@ -39,6 +39,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     max_queue: NonNegative = 64
     batch: Positive = 512
     auth: bool = True
+    deterministic: bool = False
     max_body_bytes: Positive = 8 * 1024 * 1024
 
 
@@ -85,6 +86,11 @@ def load_settings(
             merged[name] = value
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        return msgspec.convert(merged, Settings, strict=False)
+        settings = msgspec.convert(merged, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid setting: {exc}") from exc
+    if settings.batch < settings.slots + 3:  # each slot's row, plus a prompt chunk of 2 or more
+        raise ConfigError(
+            f"invalid setting: batch ({settings.batch}) must be at least slots + 3 ({settings.slots + 3})"
+        )
+    return settings

@@ -28,6 +28,7 @@ class EngineOptions:
     slots: int
     max_queue: int
     batch: int
+    deterministic: bool = False
 
     def resolved_gpu_layers(self) -> int:
         if self.gpu_layers is not None:
@@ -111,7 +112,9 @@ class Engine:
         self.model = model
         self.template = ChatTemplate(model.chat_template(), bos_token=model.bos_text, eos_token=model.eos_text)
         self._ctx = Context(model, n_seq=opts.slots, n_ctx_seq=opts.ctx, n_batch=opts.batch, threads=opts.threads)
-        self._scheduler = Scheduler(model, self._ctx, slots=opts.slots, batch=opts.batch, loop=loop)
+        self._scheduler = Scheduler(
+            model, self._ctx, slots=opts.slots, batch=opts.batch, loop=loop, deterministic=opts.deterministic
+        )
         self._scheduler.start()
 
     def _ready(self) -> tuple[Model, ChatTemplate, Scheduler]:
@@ -208,7 +211,6 @@ class Engine:
                 deliver=queue.put_nowait,
                 index=i,
                 top_logprobs=top_logprobs,
-                reuse_prefix=spec.seed is None,
             )
             for i, sampler in enumerate(made)
         ]
@@ -253,9 +255,11 @@ class Engine:
             "queued": s.queued if s else 0,
             "tokens_generated": s.tokens_generated if s else 0,
             "prompt_tokens_evaluated": s.prompt_tokens_evaluated if s else 0,
+            "tokens_refreshed": s.tokens_refreshed if s else 0,
             "prefix_copies": s.prefix_copies if s else 0,
             "slot_moves": s.slot_moves if s else 0,
             "ctx_per_slot": self.options.ctx,
+            "deterministic": self.options.deterministic,
             "threads": self.options.threads,
         }
 

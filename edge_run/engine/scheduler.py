@@ -1,9 +1,25 @@
 """The engine thread: slots, continuous batching, prompt-prefix reuse, cancellation.
 
-One thread owns the llama context. Each step it builds one batch holding the next token of every
-generating slot plus prompt chunks of newly admitted requests, decodes it, samples, and hands the
+One thread owns the llama context. Each step it evaluates prompt chunks of newly admitted requests,
+then decodes one batch holding the next token of every generating slot, samples, and hands the
 results back to the event loop in a single ``call_soon_threadsafe``: at most once every
 ``HANDOVER_INTERVAL`` while tokens flow, at once for a request's first token and its last.
+
+**The same request gives the same answer, cached or not.** llama.cpp's CPU kernels take other
+arithmetic for one row of a sequence than for several (tinyBLAS only from two rows, flash
+attention's tiled and split-KV paths), and the logits differ in their last bits, enough to flip a
+greedy choice. So every position is computed in one of two fixed ways, whatever the cache holds:
+
+- a prompt's tokens but its last are *prefilled*, in chunks of two tokens or more, each chunk in a
+  ``llama_decode`` of its own (mixed with other sequences, llama.cpp would split it into rows of one);
+- a prompt's last token and every generated token are decoded as one row of their sequence.
+
+Flash attention is off (``llama.Context``): with it, a chunk of 64 rows or more and a lone row at a
+long context take kernels of their own. A slot's ``exact`` counts the leading positions of its cache
+that were prefilled; only those are reused, so a cached prompt evaluates the same arithmetic as a
+cold one. With ``deterministic``, each slot's row is also decoded alone, so that no neighbour can
+change a batch's width (which picks the kernel for some weight types: Q4_0/Q8_0 tinyBLAS, K-quant
+repacks).
 """
 
 from __future__ import annotations
@@ -64,9 +80,6 @@ class Job:
     deliver: Callable[[Chunk], None]
     index: int = 0
     top_logprobs: int | None = None
-    # Reused KV changes the batch the last prompt token is computed in, and with it the logits'
-    # last bits; seeded requests skip the cache so that the same request gives the same output.
-    reuse_prefix: bool = True
     followers: list[Job] = field(default_factory=list)
     cancelled: bool = False  # set by the event loop, read by the engine thread
 
@@ -75,6 +88,8 @@ class Job:
 class _Slot:
     seq: int
     cache: list[int] = field(default_factory=list)  # tokens whose KV this slot's sequence holds
+    exact: int = 0  # leading positions of ``cache`` that were prefilled: the only ones reused
+    stale: list[int] = field(default_factory=list)  # decoded as rows, dropped at release, to prefill when idle
     job: Job | None = None
     text: TextStream | None = None
     n_prompt_done: int = 0
@@ -95,6 +110,10 @@ class _Slot:
 # llama.cpp's compute threads, so a fast model at one stream on 2 cores decodes ~5% faster when
 # 5-7 steps share a hand-over. A first token, a finished choice, and any step slower than this go at once.
 HANDOVER_INTERVAL = 0.05
+
+# An idle engine prefills a finished answer again (for the next turn to reuse) in chunks of this many
+# tokens: a request that arrives meanwhile waits for one chunk at most.
+REFRESH_CHUNK = 64
 
 # Below this many tokens of extra prefix, re-evaluating them costs less than copying a slot's KV stream.
 COPY_GAIN = 16
@@ -120,6 +139,18 @@ def _plan_moves(busy: list[bool]) -> list[tuple[int, int]]:
     return list(zip(outside, holes, strict=True))
 
 
+def _prefill_size(left: int, budget: int) -> int:
+    """How many of ``left`` prompt tokens to prefill now, with ``budget`` tokens free in this step.
+
+    Never one token alone, and never so many that one token is left over for a later chunk: a single
+    row takes other arithmetic. The exception is a prompt with one token before its last.
+    """
+    take = min(left, budget)
+    if left - take == 1:
+        take -= 1
+    return take if take >= min(2, left) else 0
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -139,8 +170,10 @@ class Scheduler:
         slots: int,
         batch: int,
         loop: asyncio.AbstractEventLoop,
+        deterministic: bool = False,
     ) -> None:
         self.model = model
+        self.deterministic = deterministic
         self.ctx = ctx
         self.n_ctx_seq = ctx.n_ctx_seq
         self._slots = [_Slot(seq=i) for i in range(slots)]
@@ -156,6 +189,7 @@ class Scheduler:
         self.steps = 0
         self.tokens_generated = 0
         self.prompt_tokens_evaluated = 0
+        self.tokens_refreshed = 0  # answers prefilled again while idle, for the next turn
         self.prefix_copies = 0
         self.slot_moves = 0
 
@@ -203,7 +237,13 @@ class Scheduler:
         handover = Handover(lambda out: self._loop.call_soon_threadsafe(_dispatch, out), HANDOVER_INTERVAL)
         while True:
             with self._cond:
-                while not self._stopping and not self._waiting and not self._calls and self.busy == 0:
+                while (
+                    not self._stopping
+                    and not self._waiting
+                    and not self._calls
+                    and self.busy == 0
+                    and self._stale() is None
+                ):
                     self._cond.wait()
                 if self._stopping:
                     break
@@ -231,36 +271,93 @@ class Scheduler:
                 self._release(slot)
         if not self._admit(out):  # requests often come in bursts: gather once the burst has a slot each
             self._gather()
-        batch = self._batch
-        batch.clear()
-        # every generating slot's next token always fits; prompt chunks share what is left
-        budget = batch.capacity - sum(slot.next_token is not None for slot in self._slots)
+        # every busy slot's row always fits; prompt chunks share what is left
+        budget = self._batch.capacity - self.busy
+        rows: list[_Slot] = []
         for slot in self._slots:  # in sequence order: llama.cpp splits a batch at every gap in the ids
             slot.logit_index = -1
             job = slot.job
             if job is None:
                 continue
-            if slot.next_token is not None:
-                slot.logit_index = batch.add(slot.next_token, len(slot.cache), slot.seq, True)
-                slot.cache.append(slot.next_token)
-                slot.next_token = None
-            elif slot.n_prompt_done < len(job.prompt) and budget > 0:
-                end = min(len(job.prompt), slot.n_prompt_done + budget)
-                budget -= end - slot.n_prompt_done
-                for i in range(slot.n_prompt_done, end):
-                    idx = batch.add(job.prompt[i], i, slot.seq, i == len(job.prompt) - 1)
-                slot.cache.extend(job.prompt[slot.n_prompt_done : end])
-                self.prompt_tokens_evaluated += end - slot.n_prompt_done
-                slot.n_prompt_done = end
-                if end == len(job.prompt):
-                    slot.logit_index = idx
-        if batch.n == 0:
+            if slot.next_token is None and slot.n_prompt_done < len(job.prompt) - 1:
+                budget -= self._prefill(slot, budget)
+            if slot.next_token is not None or slot.n_prompt_done == len(job.prompt) - 1:
+                rows.append(slot)
+        if not rows:
+            if not self.busy and not self._waiting:
+                self._refresh()
             return
+        if self.deterministic:  # each row alone: no neighbour changes the batch's width
+            for slot in rows:
+                self._decode_rows([slot])
+                self._sample(slot, out)
+            return
+        self._decode_rows(rows)
+        for slot in rows:
+            if slot.logit_index >= 0:  # a follower forked in this step was sampled already
+                self._sample(slot, out)
+
+    def _prefill(self, slot: _Slot, budget: int) -> int:
+        """Evaluate the next chunk of the slot's prompt, short of its last token; returns its size."""
+        job = slot.job
+        assert job is not None
+        start = slot.n_prompt_done
+        take = _prefill_size(len(job.prompt) - 1 - start, budget)
+        if not take:
+            return 0
+        batch = self._batch
+        batch.clear()
+        for i in range(start, start + take):
+            batch.add(job.prompt[i], i, slot.seq, False)
         self.ctx.decode(batch)
         self.steps += 1
-        for slot in self._slots:
-            if slot.logit_index >= 0:
-                self._sample(slot, out)
+        slot.cache.extend(job.prompt[start : start + take])
+        slot.n_prompt_done = start + take
+        if take >= 2 and slot.exact == start:
+            slot.exact = start + take
+        self.prompt_tokens_evaluated += take
+        return take
+
+    def _stale(self) -> _Slot | None:
+        """The most recently used idle slot that has tokens to prefill again, if any."""
+        slots = [s for s in self._slots if s.idle and len(s.stale) >= 2]
+        return max(slots, key=lambda s: s.last_used) if slots else None
+
+    def _refresh(self) -> None:
+        """Prefill the next chunk of an idle slot's stale tokens, so that its next turn reuses them."""
+        slot = self._stale()
+        if slot is None:
+            return
+        take = _prefill_size(len(slot.stale), REFRESH_CHUNK)
+        start = len(slot.cache)
+        batch = self._batch
+        batch.clear()
+        for i, token in enumerate(slot.stale[:take]):
+            batch.add(token, start + i, slot.seq, False)
+        self.ctx.decode(batch)
+        self.steps += 1
+        slot.cache += slot.stale[:take]
+        slot.exact = len(slot.cache)
+        del slot.stale[:take]
+        self.tokens_refreshed += take
+
+    def _decode_rows(self, rows: list[_Slot]) -> None:
+        """Decode one row for each slot: its sampled token, or its prompt's last token."""
+        batch = self._batch
+        batch.clear()
+        for slot in rows:
+            job = slot.job
+            assert job is not None
+            if slot.next_token is not None:
+                token, slot.next_token = slot.next_token, None
+            else:
+                token = job.prompt[-1]
+                slot.n_prompt_done = len(job.prompt)
+                self.prompt_tokens_evaluated += 1
+            slot.logit_index = batch.add(token, len(slot.cache), slot.seq, True)
+            slot.cache.append(token)
+        self.ctx.decode(batch)
+        self.steps += 1
 
     def _admit(self, out: list[tuple[Job, Chunk]]) -> bool:
         """Give waiting requests idle slots, in order; whether any request got one."""
@@ -277,7 +374,7 @@ class Scheduler:
                 admitted = True
                 self._waiting.popleft()
                 # the longest cached prefix, then a slot next to the busy ones, then the least recently used
-                slot = max(idle, key=lambda s: (_common_prefix(s.cache, job.prompt), -self._runs_with(s), -s.last_used))
+                slot = max(idle, key=lambda s: (_reusable(s, job.prompt), -self._runs_with(s), -s.last_used))
                 idle.remove(slot)
                 self._start(slot, job)
                 for follower in job.followers:
@@ -308,12 +405,13 @@ class Scheduler:
         spare = [s for s in self._slots if s.idle and s.seq not in touched]
         for src, dst in moves:
             mover, hole = by_seq[src], by_seq[dst]
-            if len(hole.cache) >= COPY_GAIN and spare:
+            if hole.exact >= COPY_GAIN and spare:
                 keep = min(spare, key=lambda s: s.last_used)
                 if keep.last_used < hole.last_used:
                     spare.remove(keep)
                     self.ctx.seq_cp(hole.seq, keep.seq)
-                    keep.cache, keep.last_used = list(hole.cache), hole.last_used
+                    keep.cache, keep.exact, keep.last_used = list(hole.cache), hole.exact, hole.last_used
+                    keep.stale = hole.stale
             if mover.cache:
                 self.ctx.seq_cp(mover.seq, hole.seq)
             else:
@@ -321,7 +419,8 @@ class Scheduler:
             # the slots trade sequence ids: the mover's state now lives in the gap's stream, and the
             # freed slot holds what the mover's stream still has
             mover.seq, hole.seq = hole.seq, mover.seq
-            hole.cache, hole.last_used = list(mover.cache), 0.0
+            hole.cache, hole.exact, hole.last_used = list(mover.cache), mover.exact, 0.0
+            hole.stale = []
             self.slot_moves += 1
         self._slots.sort(key=lambda s: s.seq)
 
@@ -330,21 +429,25 @@ class Scheduler:
             keep = 0
             slot.n_prompt_done = len(job.prompt)
         else:
-            own = _common_prefix(slot.cache, job.prompt) if job.reuse_prefix else 0
-            donor = max(self._slots, key=lambda s: _common_prefix(s.cache, job.prompt))
-            shared = _common_prefix(donor.cache, job.prompt)
-            if job.reuse_prefix and donor is not slot and shared - own >= COPY_GAIN:
+            own = _reusable(slot, job.prompt)
+            donor = max(self._slots, key=lambda s: _reusable(s, job.prompt))
+            shared = _reusable(donor, job.prompt)
+            if donor is not slot and shared - own >= COPY_GAIN:
                 # another slot (idle or busy) holds a longer prefix: copy its KV rather than recompute
                 self.ctx.seq_rm(slot.seq, 0, -1)
                 self.ctx.seq_cp(donor.seq, slot.seq)
-                slot.cache = list(donor.cache)
+                slot.cache, slot.exact = list(donor.cache), donor.exact
                 own = shared
                 self.prefix_copies += 1
-            # the last prompt token is always evaluated: its logits start the generation
+            # the last prompt token is always evaluated as a row of its own: its logits start the generation
             keep = min(own, len(job.prompt) - 1)
+            if len(job.prompt) - 1 - keep == 1 and keep > 0:
+                keep -= 1  # the token before it is prefilled with one more, never alone
             slot.n_prompt_done = keep
         self.ctx.seq_rm(slot.seq, keep, -1)
         del slot.cache[keep:]
+        slot.exact = min(slot.exact, keep)
+        slot.stale = []
         slot.job = job
         slot.text = TextStream(job.stops)
         slot.cached = keep
@@ -358,7 +461,7 @@ class Scheduler:
             if slot.job is None:
                 continue
             self.ctx.seq_cp(leader.seq, slot.seq)
-            slot.cache = list(leader.cache)
+            slot.cache, slot.exact = list(leader.cache), leader.exact
             slot.cached = leader.cached
             slot.logit_index = leader.logit_index
             self._sample(slot, out)
@@ -419,6 +522,10 @@ class Scheduler:
         slot.text = None
         slot.next_token = None
         slot.last_used = time.monotonic()
+        # what was decoded as rows is never reused: drop it now, and prefill it again once idle
+        slot.stale = slot.cache[slot.exact :]
+        del slot.cache[slot.exact :]
+        self.ctx.seq_rm(slot.seq, slot.exact, -1)
         self.busy -= 1
 
     def _fail_all(self, out: list[tuple[Job, Chunk]], exc: Exception) -> None:
@@ -431,6 +538,7 @@ class Scheduler:
                     out.append((job, Chunk(finish_reason="error", error=err)))
                 self.ctx.seq_rm(slot.seq, 0, -1)
                 slot.cache.clear()
+                slot.exact = 0
                 self._release(slot)
         with self._cond:
             while self._waiting:
@@ -468,6 +576,11 @@ class Handover:
     def take(self) -> list[tuple[Job, Chunk]]:
         pending, self._pending = self._pending, []
         return pending
+
+
+def _reusable(slot: _Slot, prompt: list[int]) -> int:
+    """How many leading tokens of ``prompt`` the slot's KV can give: prefilled positions only."""
+    return min(_common_prefix(slot.cache, prompt), slot.exact)
 
 
 def _close_samplers(job: Job) -> None:

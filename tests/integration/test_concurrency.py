@@ -235,11 +235,12 @@ def test_a_stream_moved_to_close_a_gap_keeps_its_answer_and_the_gap_keeps_its_ca
     status = server.health()["models"][0]
     assert status["slot_moves"] == 1
     assert together == solo
-    # b's next turn finds its whole first turn cached, although its slot now holds c's stream
+    # b's next turn finds its first turn cached, although its slot now holds c's stream (all but the
+    # last prompt token, which is always decoded as a row of its own; the answer only once refreshed)
     follow = sdk.chat.completions.create(
         model=MODEL_ID,
         messages=[*b, {"role": "assistant", "content": solo["b"]}, {"role": "user", "content": "Why?"}],
         max_tokens=4,
     )
     first_turn = sdk.chat.completions.create(model=MODEL_ID, messages=b, max_tokens=1).usage.prompt_tokens
-    assert follow.usage.prompt_tokens_details.cached_tokens >= first_turn
+    assert follow.usage.prompt_tokens_details.cached_tokens >= first_turn - 1
