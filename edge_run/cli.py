@@ -189,6 +189,12 @@ def main(ctx: click.Context, no_browser: bool) -> None:
 @click.option("--max-queue", type=int, help="Requests allowed to wait for a slot before 429.  [default: 64]")
 @click.option("--no-auth", is_flag=True, default=None, help="Serve without API keys (loopback hosts only).")
 @click.option(
+    "--deterministic",
+    is_flag=True,
+    default=None,
+    help="Greedy and seeded answers never depend on other requests running alongside (costs throughput).",
+)
+@click.option(
     "--browser/--no-browser",
     default=False,
     help="Open the web page, logged in through a one-time link.  [default: only with no command]",
@@ -203,6 +209,7 @@ def serve(
     slots: int | None,
     max_queue: int | None,
     no_auth: bool | None,
+    deterministic: bool | None,
     browser: bool,
 ) -> None:
     """Serve the OpenAI chat API and the web page (settings: flags > EDGE_RUN_* env > config.toml)."""
@@ -230,6 +237,7 @@ def serve(
         slots=slots,
         max_queue=max_queue,
         auth=False if no_auth else None,
+        deterministic=deterministic,
     )
     if not settings.auth and not _is_loopback(settings.host):
         raise click.UsageError(
@@ -267,6 +275,7 @@ def serve(
         slots=settings.slots,
         max_queue=settings.max_queue,
         batch=settings.batch,
+        deterministic=settings.deterministic,
     )
     engine = Engine(model_id, gguf, options)
     login_code = secrets.token_urlsafe(24)

@@ -115,6 +115,7 @@ def test_help_lists_every_command_and_serve_flag():
         "--slots",
         "--max-queue",
         "--no-auth",
+        "--deterministic",
     ):
         assert flag in r.stdout
     top = subprocess.run([sys.executable, "-m", "edge_run", "--help"], capture_output=True, text=True, check=True)

@@ -131,6 +131,7 @@ def test_none_never_calls(client):
 
 def test_streamed_tool_call_reassembles_to_the_same_call(client):
     kwargs = dict(model=MODEL_ID, messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=80, temperature=0)
+    client.chat.completions.create(**kwargs)  # both requests below find the prompt cached (cold: test_determinism)
     whole = client.chat.completions.create(**kwargs).choices[0].message.tool_calls[0]
     chunks = list(client.chat.completions.create(stream=True, **kwargs))
     deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
