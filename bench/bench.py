@@ -3,13 +3,15 @@
 1. ceiling: a minimal in-process llama.cpp greedy loop (one sequence, tokens/s);
 2. edge-run over HTTP with streaming clients at several concurrencies;
 3. optionally any other OpenAI-compatible server (``--compare URL``), with the same load;
-4. multi-turn: time to first token of turn 2 of a long conversation vs turn 1.
+4. multi-turn: time to first token of turn 2 of a long conversation vs turn 1;
+5. with ``--deterministic``, a second edge-run with that flag, under the same load: its cost.
 
 Everything runs one after the other, never side by side: on a small machine two processes each
 spinning all cores would measure the contention, not the servers.
 
     python bench/bench.py                      # default model, concurrency 1 4 8
     python bench/bench.py --compare http://127.0.0.1:8081/v1 --compare-model x
+    python bench/bench.py --deterministic      # what `serve --deterministic` costs
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from edge_run.config import physical_cores  # noqa: E402
 from edge_run.models.catalog import load_catalog  # noqa: E402
 from edge_run.models.fetch import fetch  # noqa: E402
 
+DETERMINISTIC = "edge-run --deterministic"
 TOPICS = ["cats", "the sea", "mountains", "bread", "trains", "music", "winter", "stars"]
 
 
@@ -230,7 +233,9 @@ async def multi_turn(url: str, key: str, model: str, salt: int) -> tuple[float, 
     return first.ttft, second.ttft, prompt_tokens
 
 
-def start_server(model: Path, threads: int, slots: int, ctx: int) -> tuple[subprocess.Popen, str, str, Path]:
+def start_server(
+    model: Path, threads: int, slots: int, ctx: int, *extra: str
+) -> tuple[subprocess.Popen, str, str, Path]:
     home = Path(tempfile.mkdtemp(prefix="edge-run-bench-"))
     env = {**os.environ, "EDGE_RUN_HOME": str(home)}
     key = subprocess.run(
@@ -240,9 +245,9 @@ def start_server(model: Path, threads: int, slots: int, ctx: int) -> tuple[subpr
         text=True,
         check=True,
     ).stdout.strip()
-    port = 18000 + os.getpid() % 1000
+    port = 18000 + os.getpid() % 1000 + len(extra)
     args = ["serve", "--model", str(model), "--port", str(port), "--threads", str(threads)]
-    args += ["--slots", str(slots), "--ctx", str(ctx)]
+    args += ["--slots", str(slots), "--ctx", str(ctx), *extra]
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge_run", *args],
         env=env,
@@ -271,6 +276,7 @@ def main() -> None:
     ap.add_argument("--compare-model", default="default", help="model name to send to --compare servers")
     ap.add_argument("--compare-key", default="", help="bearer key for --compare servers")
     ap.add_argument("--rounds", type=int, default=5, help="repeat each measurement; medians are shown")
+    ap.add_argument("--deterministic", action="store_true", help="also measure an edge-run started with it")
     ap.add_argument("--part", choices=["ceiling", "engine"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.part:
@@ -300,10 +306,15 @@ def main() -> None:
     # the slow drift of a shared machine.
     eog = part("ceiling")["eog"]
     proc, url, key, _ = start_server(model, args.threads, max(args.concurrency), args.ctx)
+    procs = [proc]
     try:
         targets = [("edge-run", url, key, model.stem)] + [
             (o, o, args.compare_key, args.compare_model) for o in args.compare
         ]
+        if args.deterministic:  # idle between its turns: only one server computes at a time
+            dproc, durl, dkey, _ = start_server(model, args.threads, max(args.concurrency), args.ctx, "--deterministic")
+            procs.append(dproc)
+            targets.append((DETERMINISTIC, durl, dkey, model.stem))
         for _, u, k, m in targets:
             asyncio.run(load(u, k, m, 1, 8, eog))  # warm-up
         ceilings, engines = [], []
@@ -318,8 +329,9 @@ def main() -> None:
         t1, t2 = statistics.median(t[0] for t in turns), statistics.median(t[1] for t in turns)
         n_prompt = turns[0][2]
     finally:
-        proc.terminate()
-        proc.wait()
+        for p in procs:
+            p.terminate()
+            p.wait()
 
     rate, inproc = statistics.median(ceilings), statistics.median(engines)
     rows = [("llama.cpp in-process greedy loop", 1, rate, rate, float("nan"), True)]
@@ -333,9 +345,13 @@ def main() -> None:
     if 1 in args.concurrency:
         single = [r["per_stream"] for r in results[("edge-run", 1)]]
         paired.append(("edge-run 1 stream ÷ ceiling", [s / c for s, c in zip(single, ceilings, strict=True)]))
-    for other in args.compare:
+    for other in [*args.compare, *([DETERMINISTIC] if args.deterministic else [])]:
         for c in args.concurrency:
             mine, theirs = results[("edge-run", c)], results[(other, c)]
+            if other == DETERMINISTIC:  # its cost: the share of edge-run's throughput it keeps
+                ratios = [b["aggregate"] / a["aggregate"] for a, b in zip(mine, theirs, strict=True)]
+                paired.append((f"--deterministic ÷ edge-run at {c}", ratios))
+                continue
             ratios = [a["aggregate"] / b["aggregate"] for a, b in zip(mine, theirs, strict=True)]
             paired.append((f"edge-run ÷ {other} at {c}", ratios))
 
