@@ -522,7 +522,10 @@ class Scheduler:
         slot.text = None
         slot.next_token = None
         slot.last_used = time.monotonic()
-        # what was decoded as rows is never reused: drop it now, and prefill it again once idle
+        # what was decoded as rows is never reused: drop it now, and prefill it again once idle; only
+        # the latest answer, so that a burst does not leave seconds of background work on a busy desktop
+        for other in self._slots:
+            other.stale = []
         slot.stale = slot.cache[slot.exact :]
         del slot.cache[slot.exact :]
         self.ctx.seq_rm(slot.seq, slot.exact, -1)
