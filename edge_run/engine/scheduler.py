@@ -287,14 +287,10 @@ class Scheduler:
             if not self.busy and not self._waiting:
                 self._refresh()
             return
-        if self.deterministic:  # each row alone: no neighbour changes the batch's width
-            for slot in rows:
-                self._decode_rows([slot])
-                self._sample(slot, out)
-            return
-        self._decode_rows(rows)
-        for slot in rows:
-            if slot.logit_index >= 0:  # a follower forked in this step was sampled already
+        # deterministic: each row alone, so that no neighbour changes the batch's width
+        for group in [[slot] for slot in rows] if self.deterministic else [rows]:
+            self._decode_rows(group)
+            for slot in group:
                 self._sample(slot, out)
 
     def _prefill(self, slot: _Slot, budget: int) -> int:
@@ -303,20 +299,24 @@ class Scheduler:
         assert job is not None
         start = slot.n_prompt_done
         take = _prefill_size(len(job.prompt) - 1 - start, budget)
-        if not take:
-            return 0
+        if take:
+            self._prefill_tokens(slot, job.prompt[start : start + take])
+            slot.n_prompt_done = start + take
+            self.prompt_tokens_evaluated += take
+        return take
+
+    def _prefill_tokens(self, slot: _Slot, tokens: list[int]) -> None:
+        """Decode ``tokens`` after the slot's cache, in a ``llama_decode`` of their own."""
+        start = len(slot.cache)
         batch = self._batch
         batch.clear()
-        for i in range(start, start + take):
-            batch.add(job.prompt[i], i, slot.seq, False)
+        for i, token in enumerate(tokens):
+            batch.add(token, start + i, slot.seq, False)
         self.ctx.decode(batch)
         self.steps += 1
-        slot.cache.extend(job.prompt[start : start + take])
-        slot.n_prompt_done = start + take
-        if take >= 2 and slot.exact == start:
-            slot.exact = start + take
-        self.prompt_tokens_evaluated += take
-        return take
+        slot.cache += tokens
+        if len(tokens) >= 2 and slot.exact == start:
+            slot.exact = len(slot.cache)
 
     def _stale(self) -> _Slot | None:
         """The most recently used idle slot that has tokens to prefill again, if any."""
@@ -329,15 +329,7 @@ class Scheduler:
         if slot is None:
             return
         take = _prefill_size(len(slot.stale), REFRESH_CHUNK)
-        start = len(slot.cache)
-        batch = self._batch
-        batch.clear()
-        for i, token in enumerate(slot.stale[:take]):
-            batch.add(token, start + i, slot.seq, False)
-        self.ctx.decode(batch)
-        self.steps += 1
-        slot.cache += slot.stale[:take]
-        slot.exact = len(slot.cache)
+        self._prefill_tokens(slot, slot.stale[:take])
         del slot.stale[:take]
         self.tokens_refreshed += take
 

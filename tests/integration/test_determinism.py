@@ -16,24 +16,13 @@ import openai
 import pytest
 
 from tests.conftest import MODEL_ID
+from tests.integration.test_concurrency import NO_EOS
+from tests.integration.test_tools_and_formats import ASK, WEATHER
 
 pytestmark = pytest.mark.integration
 
-NO_EOS = {"0": -100, "2": -100, "4": -100}  # SmolLM2's end-of-generation tokens: keeps a stream going
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 40}, "unit": {"type": "string", "enum": ["c", "f"]}},
-            "required": ["city", "unit"],
-        },
-    },
-}
 TOOL = {  # the request of the original report: a required tool call at temperature 0
-    "messages": [{"role": "user", "content": "What's the weather like in Paris right now?"}],
+    "messages": ASK,
     "tools": [WEATHER],
     "tool_choice": "required",
     "max_tokens": 80,
