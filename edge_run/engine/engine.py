@@ -256,6 +256,7 @@ class Engine:
             "tokens_generated": s.tokens_generated if s else 0,
             "prompt_tokens_evaluated": s.prompt_tokens_evaluated if s else 0,
             "tokens_refreshed": s.tokens_refreshed if s else 0,
+            "tokens_stale": s.tokens_stale if s else 0,
             "prefix_copies": s.prefix_copies if s else 0,
             "slot_moves": s.slot_moves if s else 0,
             "ctx_per_slot": self.options.ctx,

@@ -39,11 +39,12 @@ log = logging.getLogger(__name__)
 def _init_backend() -> None:
     """llama.cpp's process-wide init; repeating it is harmless.
 
-    K-quant weights take a tiled kernel from 8 rows and another below: forced to the tiled kernel at
-    every width, a token gets the same arithmetic alone, in a prompt chunk or beside other requests.
-    ggml reads the variable once, at the first matrix product.
+    K-quant weights take a tiled kernel from 8 rows and the row-by-row one below: without the tiled
+    kernel, a token gets the same arithmetic alone, in a prompt chunk or beside other requests (and
+    decoding keeps its speed; only prompts run slower). ggml reads the variable once, at the first
+    matrix product.
     """
-    os.environ.setdefault("GGML_CPU_TILED_MM_FORCE", "1")
+    os.environ.setdefault("GGML_CPU_TILED_MM", "0")
     if not os.environ.get("EDGE_RUN_LLAMA_LOG"):
         L.llama_log_set(_quiet_log, ctypes.c_void_p(0))
     L.llama_backend_init()
@@ -211,9 +212,6 @@ class Context:
         params.n_threads = threads
         params.n_threads_batch = threads
         params.kv_unified = False  # each slot its own KV stream: attention never scans other slots
-        # flash attention's CPU kernel switches with the rows per sequence (tiled from 64, split-KV for
-        # a lone row at 512+ cells): the same token would get other logits cached than cold
-        params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
         self._ptr = L.llama_init_from_model(model.ptr, params)
         if not self._ptr:

@@ -6,20 +6,19 @@ results back to the event loop in a single ``call_soon_threadsafe``: at most onc
 ``HANDOVER_INTERVAL`` while tokens flow, at once for a request's first token and its last.
 
 **The same request gives the same answer, cached or not.** llama.cpp's CPU kernels take other
-arithmetic for one row of a sequence than for several (tinyBLAS only from two rows, flash
-attention's tiled and split-KV paths), and the logits differ in their last bits, enough to flip a
-greedy choice. So every position is computed in one of two fixed ways, whatever the cache holds:
+arithmetic for one row of a sequence than for several, and by how many rows there are (tinyBLAS from
+two rows, flash attention's tiled path from 64), and the logits differ by up to about 1.0, enough to
+flip a greedy choice. So every position is computed in one of two fixed ways, whatever the cache holds:
 
-- a prompt's tokens but its last are *prefilled*, in chunks of two tokens or more, each chunk in a
-  ``llama_decode`` of its own (mixed with other sequences, llama.cpp would split it into rows of one);
+- a prompt's tokens but its last are *prefilled*, in chunks of 2 to ``PREFILL_CHUNK`` tokens, each
+  chunk in a ``llama_decode`` of its own (mixed with other sequences, llama.cpp would split it into
+  rows of one);
 - a prompt's last token and every generated token are decoded as one row of their sequence.
 
-Flash attention is off (``llama.Context``): with it, a chunk of 64 rows or more and a lone row at a
-long context take kernels of their own. A slot's ``exact`` counts the leading positions of its cache
-that were prefilled; only those are reused, so a cached prompt evaluates the same arithmetic as a
-cold one. With ``deterministic``, each slot's row is also decoded alone, so that no neighbour can
-change a batch's width (which picks the kernel for some weight types: Q4_0/Q8_0 tinyBLAS, K-quant
-repacks).
+A slot's ``exact`` counts the leading positions of its cache that were prefilled; only those are
+reused, so a cached prompt evaluates the same arithmetic as a cold one. A lone row at 512 or more
+KV cells takes flash attention's split-KV kernel, and a row beside other sequences' rows does not:
+with ``deterministic``, each slot's row is decoded alone, so that no neighbour can change its kernel.
 """
 
 from __future__ import annotations
@@ -111,9 +110,10 @@ class _Slot:
 # 5-7 steps share a hand-over. A first token, a finished choice, and any step slower than this go at once.
 HANDOVER_INTERVAL = 0.05
 
-# An idle engine prefills a finished answer again (for the next turn to reuse) in chunks of this many
-# tokens: a request that arrives meanwhile waits for one chunk at most.
-REFRESH_CHUNK = 64
+# Prefill chunks stay below flash attention's tile (64 query rows): from there on the CPU takes a
+# tiled kernel with other arithmetic. An idle engine prefills a finished answer again (for the next
+# turn to reuse) one such chunk a step, so a request that arrives meanwhile waits for one chunk at most.
+PREFILL_CHUNK = 63
 
 # Below this many tokens of extra prefix, re-evaluating them costs less than copying a slot's KV stream.
 COPY_GAIN = 16
@@ -220,6 +220,11 @@ class Scheduler:
         return len(self._waiting)
 
     @property
+    def tokens_stale(self) -> int:
+        """Tokens of finished answers still to prefill again (background work of an idle engine)."""
+        return sum(len(slot.stale) for slot in self._slots if slot.idle)
+
+    @property
     def n_slots(self) -> int:
         return len(self._slots)
 
@@ -294,16 +299,17 @@ class Scheduler:
                 self._sample(slot, out)
 
     def _prefill(self, slot: _Slot, budget: int) -> int:
-        """Evaluate the next chunk of the slot's prompt, short of its last token; returns its size."""
+        """Evaluate the slot's prompt, short of its last token, in chunks within ``budget``; returns the tokens used."""
         job = slot.job
         assert job is not None
-        start = slot.n_prompt_done
-        take = _prefill_size(len(job.prompt) - 1 - start, budget)
-        if take:
+        used = 0
+        while take := _prefill_size(len(job.prompt) - 1 - slot.n_prompt_done, min(budget - used, PREFILL_CHUNK)):
+            start = slot.n_prompt_done
             self._prefill_tokens(slot, job.prompt[start : start + take])
             slot.n_prompt_done = start + take
-            self.prompt_tokens_evaluated += take
-        return take
+            used += take
+        self.prompt_tokens_evaluated += used
+        return used
 
     def _prefill_tokens(self, slot: _Slot, tokens: list[int]) -> None:
         """Decode ``tokens`` after the slot's cache, in a ``llama_decode`` of their own."""
@@ -328,7 +334,7 @@ class Scheduler:
         slot = self._stale()
         if slot is None:
             return
-        take = _prefill_size(len(slot.stale), REFRESH_CHUNK)
+        take = _prefill_size(len(slot.stale), PREFILL_CHUNK)
         self._prefill_tokens(slot, slot.stale[:take])
         del slot.stale[:take]
         self.tokens_refreshed += take
