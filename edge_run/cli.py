@@ -12,7 +12,7 @@ import click
 
 from edge_run import __version__
 from edge_run.config import ConfigError, Settings, load_settings, physical_cores
-from edge_run.errors import ModelNotFound
+from edge_run.errors import EngineFailure, ModelNotFound
 from edge_run.paths import Paths
 
 if TYPE_CHECKING:
@@ -128,16 +128,21 @@ def _hangup_stops_the_server() -> None:
         signal.signal(signal.SIGHUP, lambda *_: signal.raise_signal(signal.SIGTERM))
 
 
-def _backend_label(gpu_layers: int) -> str:
-    from edge_run.engine.llama import gpu_offload_supported, system_info
+class _GpuLayers(click.ParamType):
+    """``auto`` or a number of layers (0: CPU only)."""
 
-    if not gpu_offload_supported():
-        return "CPU"
-    info = system_info()
-    name = next((n for n in ("CUDA", "Metal", "Vulkan", "HIP", "SYCL") if n in info), "GPU")
-    if gpu_layers <= 0:
-        return f"CPU ({name} available: --gpu-layers)"
-    return f"{name}, {'all' if gpu_layers >= 999 else gpu_layers} layers offloaded"
+    name = "auto|N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str | int:
+        if isinstance(value, int) or str(value).strip().lower() == "auto":
+            return value if isinstance(value, int) else "auto"
+        try:
+            layers = int(value)
+        except ValueError:
+            layers = -1
+        if layers < 0:
+            self.fail(f"{value!r} is neither `auto` nor a number of layers (0 or more)", param, ctx)
+        return layers
 
 
 def _frozen_model(spec: str | None, paths: Paths, catalog: Catalog) -> tuple[str, Path]:
@@ -184,7 +189,11 @@ def main(ctx: click.Context, no_browser: bool) -> None:
 @click.option("--port", "-p", type=int, help="Port to listen on.  [default: 8080]")
 @click.option("--ctx", type=int, help="Context length per slot, in tokens.  [default: 4096]")
 @click.option("--threads", "-t", type=int, help="CPU threads.  [default: physical cores]")
-@click.option("--gpu-layers", type=int, help="Layers to offload to the GPU.  [default: all when supported]")
+@click.option(
+    "--gpu-layers",
+    type=_GpuLayers(),
+    help="Layers to offload to the GPU; auto fits what the free GPU memory holds.  [default: auto]",
+)
 @click.option("--slots", type=int, help="Requests decoded in parallel.  [default: 4]")
 @click.option("--max-queue", type=int, help="Requests allowed to wait for a slot before 429.  [default: 64]")
 @click.option("--no-auth", is_flag=True, default=None, help="Serve without API keys (loopback hosts only).")
@@ -205,7 +214,7 @@ def serve(
     port: int | None,
     ctx: int | None,
     threads: int | None,
-    gpu_layers: int | None,
+    gpu_layers: str | int | None,
     slots: int | None,
     max_queue: int | None,
     no_auth: bool | None,
@@ -276,8 +285,13 @@ def serve(
         max_queue=settings.max_queue,
         batch=settings.batch,
         deterministic=settings.deterministic,
+        device_sampling=settings.device_sampling,
     )
     engine = Engine(model_id, gguf, options)
+    try:
+        backend = engine.placement().describe()
+    except EngineFailure as exc:
+        raise click.ClickException(exc.message) from exc
     login_code = secrets.token_urlsafe(24)
     app = create_app(Registry([engine]), keys, max_body_bytes=settings.max_body_bytes, login_code=login_code)
     login = f"{page}#login={login_code}"
@@ -285,7 +299,7 @@ def serve(
     click.echo(f"  web page:        {page}", err=True)
     click.echo(f"  one-time login:  {login}", err=True)
     click.echo(f"  OpenAI base_url: {page}v1", err=True)
-    click.echo(f"  backend:         {_backend_label(options.resolved_gpu_layers())}", err=True)
+    click.echo(f"  backend:         {backend}", err=True)
     if keys:
         click.echo("  auth: Bearer API key required (`edge-run keys create` makes one)", err=True)
     else:
@@ -364,6 +378,42 @@ def models_list() -> None:
         click.echo(f"{entry.id}{default}\tcatalog\t{state}")
     for local in LocalRegistry(paths.registry_file).list():
         click.echo(f"{local.id}\tlocal\t{local.path}")
+
+
+@models.command("show")
+@click.argument("model", default="default")
+def models_show(model: str) -> None:
+    """Show a model's file and layers, and where `serve` would put them on this machine."""
+    from edge_run.engine.engine import EngineOptions, Placement
+    from edge_run.engine.offload import read_layout
+    from edge_run.models.catalog import load_catalog
+    from edge_run.models.local import resolve_model
+
+    paths = _paths()
+    settings = _settings(paths)
+    try:
+        model_id, gguf = resolve_model(model, paths=paths, catalog=load_catalog(), fetch_missing=False)
+        layout = read_layout(gguf)
+        options = EngineOptions(
+            ctx=settings.ctx,
+            threads=settings.threads or physical_cores(),
+            gpu_layers=settings.gpu_layers,
+            slots=settings.slots,
+            max_queue=settings.max_queue,
+            batch=settings.batch,
+        )
+        placement = Placement.resolve(gguf, options)
+    except (ModelNotFound, EngineFailure) as exc:
+        raise click.ClickException(exc.message) from exc
+    mib = 1 << 20
+    kv = layout.kv_bytes_per_token * layout.n_layer * settings.ctx * settings.slots
+    click.echo(f"id:        {model_id}")
+    click.echo(f"file:      {gguf} ({gguf.stat().st_size / mib:.1f} MiB)")
+    click.echo(f"layers:    {layout.n_layer} repeating + output, vocabulary {layout.n_vocab}")
+    click.echo(f"KV cache:  {kv / mib:.1f} MiB for {settings.slots} slots x {settings.ctx} tokens (f16)")
+    click.echo(f"backend:   {placement.describe()}")
+    for d in placement.devices:
+        click.echo(f"  {d.name}: {d.description}, {d.free / mib:.0f} of {d.total / mib:.0f} MiB free")
 
 
 @models.command("add")

@@ -26,7 +26,9 @@ class ConfigError(ValueError):
 class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Everything ``serve`` needs. Unknown keys are refused so typos do not pass silently.
 
-    ``threads`` and ``gpu_layers`` left as ``None`` are sized to the machine at load time.
+    ``threads`` left as ``None`` is sized to the machine at load time, and so is ``gpu_layers``
+    (``"auto"`` in files, flags and the environment): as many layers as the free GPU memory holds.
+    ``device_sampling`` left as ``None`` samples inside the decode graph when the model is offloaded whole.
     """
 
     host: str = "127.0.0.1"
@@ -34,12 +36,13 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     model: str | None = None
     ctx: Positive = 4096
     threads: Positive | None = None
-    gpu_layers: int | None = None
+    gpu_layers: NonNegative | None = None
     slots: Positive = 4
     max_queue: NonNegative = 64
     batch: Positive = 512
     auth: bool = True
     deterministic: bool = False
+    device_sampling: bool | None = None
     max_body_bytes: Positive = 8 * 1024 * 1024
 
 
@@ -85,6 +88,8 @@ def load_settings(
         if value is not None and value != "":
             merged[name] = value
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if str(merged.get("gpu_layers", "")).strip().lower() == "auto":
+        merged["gpu_layers"] = None
     try:
         settings = msgspec.convert(merged, Settings, strict=False)
     except msgspec.ValidationError as exc:

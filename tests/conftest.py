@@ -99,6 +99,19 @@ def wait_healthy(server: Server, timeout: float = 300.0) -> None:
     raise RuntimeError(f"server not healthy after {timeout}s:\n{server.log.read_text()[-4000:]}")
 
 
+def expect_offloaded(server: Server, timeout: float = 300.0) -> None:
+    """With ``EDGE_RUN_TEST_EXPECT_GPU=1`` (``packaging/gpu_check.sh``), every model must be fully offloaded."""
+    if not os.environ.get("EDGE_RUN_TEST_EXPECT_GPU"):
+        return
+    deadline = time.monotonic() + timeout
+    while (models := server.health()["models"]) and any(m["state"] == "loading" for m in models):
+        if time.monotonic() > deadline:
+            raise RuntimeError("model still loading")
+        time.sleep(0.1)
+    for m in models:
+        assert m["gpu_layers"] == m["gpu_layers_total"] > 0, f"not fully offloaded: {m}"
+
+
 def start_server(home: Path, *serve_args: str, key: str | None = None, env: dict[str, str] | None = None) -> Server:
     """Start ``edge-run serve`` as a user would, in its own process, on a free loopback port."""
     home.mkdir(parents=True, exist_ok=True)
@@ -118,6 +131,7 @@ def start_server(home: Path, *serve_args: str, key: str | None = None, env: dict
     server = Server(home=home, port=port, key=key, proc=proc, log=log)
     try:
         wait_healthy(server)
+        expect_offloaded(server)
     except Exception:
         server.stop()
         raise

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_run.engine.llama import Context, Embedder, Model, Sampler, SamplerSpec, gpu_offload_supported
-from edge_run.engine.scheduler import Chunk, Job, Scheduler
+from edge_run.engine.llama import Context, Embedder, GpuDevice, Model, Sampler, SamplerSpec, gpu_devices
+from edge_run.engine.offload import plan_offload, read_layout
+from edge_run.engine.scheduler import PREFILL_CHUNK, Chunk, Job, Scheduler
 from edge_run.engine.templates import ChatTemplate
 from edge_run.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, ModelLoading, Overloaded
 
-__all__ = ["Engine", "EngineOptions", "Generation"]
+__all__ = ["Engine", "EngineOptions", "Generation", "Placement"]
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,45 @@ class EngineOptions:
     max_queue: int
     batch: int
     deterministic: bool = False
+    device_sampling: bool | None = None  # None: when the model is offloaded whole to a GPU
 
-    def resolved_gpu_layers(self) -> int:
-        if self.gpu_layers is not None:
-            return self.gpu_layers
-        return 999 if gpu_offload_supported() else 0
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a model's layers go: ``--gpu-layers`` resolved against the GPUs found."""
+
+    layers: int  # llama.cpp's n_gpu_layers, at most total_layers
+    total_layers: int  # repeating layers + the output layer
+    devices: tuple[GpuDevice, ...]
+    reason: str
+
+    @classmethod
+    def resolve(cls, path: Path, options: EngineOptions) -> Placement:
+        devices = tuple(gpu_devices())
+        layout = read_layout(path)
+        total = layout.n_layer + 1
+        if not devices:
+            return cls(0, total, devices, "no GPU in this llama.cpp build")
+        if options.gpu_layers is not None:
+            layers = min(options.gpu_layers, total)
+            return cls(layers, total, devices, f"--gpu-layers {options.gpu_layers}")
+        plan = plan_offload(
+            layout,
+            free=sum(d.free for d in devices),
+            kv_tokens=options.ctx * options.slots,
+            n_batch=options.batch,
+        )
+        return cls(plan.layers, total, devices, f"auto: {plan.reason}")
+
+    def describe(self) -> str:
+        """One line for the start-up banner and ``models show``."""
+        if not self.devices:
+            return "CPU"
+        gpus = ", ".join(f"{d.name} {d.description}".strip() for d in self.devices)
+        if self.layers == 0:
+            return f"CPU, {gpus} unused ({self.reason})"
+        done = "all" if self.layers >= self.total_layers else str(self.layers)
+        return f"{gpus}: {done} of {self.total_layers} layers offloaded ({self.reason})"
 
 
 class Generation:
@@ -95,6 +130,14 @@ class Engine:
         self._scheduler: Scheduler | None = None
         self._inflight = 0
         self._embedder: Embedder | None = None
+        self._placement: Placement | None = None
+        self.vram_used = 0  # device memory the load took (weights, KV cache, compute buffers)
+
+    def placement(self) -> Placement:
+        """Where the layers go; decided once, before loading (it reads the free GPU memory)."""
+        if self._placement is None:
+            self._placement = Placement.resolve(self.path, self.options)
+        return self._placement
 
     async def load(self) -> None:
         """Load weights and context off the event loop; sets ``state`` to ready or failed."""
@@ -108,12 +151,24 @@ class Engine:
 
     def _load_blocking(self, loop: asyncio.AbstractEventLoop) -> None:
         opts = self.options
-        model = Model(self.path, gpu_layers=opts.resolved_gpu_layers())
+        placement = self.placement()
+        model = Model(self.path, gpu_layers=placement.layers)
         self.model = model
         self.template = ChatTemplate(model.chat_template(), bos_token=model.bos_text, eos_token=model.eos_text)
         self._ctx = Context(model, n_seq=opts.slots, n_ctx_seq=opts.ctx, n_batch=opts.batch, threads=opts.threads)
+        offloaded = bool(placement.devices) and placement.layers >= placement.total_layers
+        if placement.devices:
+            self.vram_used = max(0, sum(d.free for d in placement.devices) - sum(d.free for d in gpu_devices()))
         self._scheduler = Scheduler(
-            model, self._ctx, slots=opts.slots, batch=opts.batch, loop=loop, deterministic=opts.deterministic
+            model,
+            self._ctx,
+            slots=opts.slots,
+            batch=opts.batch,
+            loop=loop,
+            deterministic=opts.deterministic,
+            # offloaded whole, the prompt goes in batch-sized chunks (see the scheduler's docstring)
+            prefill_chunk=opts.batch if offloaded else PREFILL_CHUNK,
+            device_sampling=offloaded if opts.device_sampling is None else opts.device_sampling,
         )
         self._scheduler.start()
 
@@ -250,6 +305,11 @@ class Engine:
             "state": self.state,
             "backend": self.backend,
             "gpu_layers": self.model.gpu_layers if self.model else 0,
+            "gpu_layers_total": self._placement.total_layers if self._placement else 0,
+            "gpu_devices": [f"{d.name} {d.description}".strip() for d in self._placement.devices]
+            if self._placement
+            else [],
+            "vram_used_bytes": self.vram_used,
             "slots_total": self.options.slots,
             "slots_busy": s.busy if s else 0,
             "queued": s.queued if s else 0,
@@ -261,6 +321,7 @@ class Engine:
             "slot_moves": s.slot_moves if s else 0,
             "ctx_per_slot": self.options.ctx,
             "deterministic": self.options.deterministic,
+            "device_sampling": s.device_sampling if s else False,
             "threads": self.options.threads,
         }
 

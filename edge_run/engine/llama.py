@@ -25,9 +25,11 @@ __all__ = [
     "Batch",
     "Context",
     "Embedder",
+    "GpuDevice",
     "Model",
     "Sampler",
     "SamplerSpec",
+    "gpu_devices",
     "gpu_offload_supported",
     "json_grammar",
     "system_info",
@@ -73,6 +75,61 @@ def json_grammar(schema: dict[str, Any] | None) -> str:
 
 def gpu_offload_supported() -> bool:
     return bool(L.llama_supports_gpu_offload())
+
+
+@dataclass(frozen=True, slots=True)
+class GpuDevice:
+    """A GPU that llama.cpp can offload to, with its memory in bytes as the driver reports it now."""
+
+    name: str  # ggml's name: CUDA0, Metal, Vulkan0...
+    description: str  # the card: "NVIDIA H100 80GB HBM3", "Apple M2"...
+    free: int
+    total: int
+
+
+_GPU_TYPES = (1, 2)  # GGML_BACKEND_DEVICE_TYPE_GPU, _IGPU (unified memory: Apple silicon)
+
+
+def _ggml() -> ctypes.CDLL:
+    """ggml's device API, reached through libllama (llama-cpp-python binds none of it)."""
+    from llama_cpp.llama_cpp import _lib
+
+    lib: ctypes.CDLL = _lib
+    if lib.ggml_backend_dev_memory.restype is not None:  # declared once: restype defaults to int
+        lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+        lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+        lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_dev_type.restype = ctypes.c_int
+        for name in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+            getattr(lib, name).restype = ctypes.c_char_p
+        lib.ggml_backend_dev_memory.argtypes = [
+            ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_size_t),
+            ctypes.POINTER(ctypes.c_size_t),
+        ]
+        lib.ggml_backend_dev_memory.restype = None
+    return lib
+
+
+def gpu_devices() -> list[GpuDevice]:
+    """The GPUs this llama.cpp build can use (none on a CPU build), with their free memory now."""
+    _init_backend()
+    if not gpu_offload_supported():
+        return []
+    lib = _ggml()
+    found = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        if lib.ggml_backend_dev_type(dev) not in _GPU_TYPES:
+            continue
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        name = lib.ggml_backend_dev_name(dev) or b"GPU"
+        description = lib.ggml_backend_dev_description(dev) or b""
+        found.append(GpuDevice(name.decode(), description.decode(errors="replace"), free.value, total.value))
+    return found
 
 
 def system_info() -> str:
@@ -233,6 +290,16 @@ class Context:
     def seq_rm(self, seq: int, p0: int, p1: int = -1) -> None:
         L.llama_memory_seq_rm(self._mem, seq, p0, p1)
 
+    def set_sampler(self, seq: int, sampler: Sampler | None) -> None:
+        """Sample ``seq``'s rows inside the decode graph, on the device that computes the logits (or stop).
+
+        Then only the sampled token comes back to the host, not a row of vocabulary-sized logits, and the
+        host skips its pass over the vocabulary. llama.cpp initialises a chain for this once: a sampler
+        that moves to another sequence is replaced by a copy (:meth:`Sampler.fresh_copy`).
+        """
+        if not L.llama_set_sampler(self._ptr, seq, sampler.ptr if sampler is not None else None):
+            raise EngineFailure("llama.cpp refused to sample this sequence on the device")
+
     def seq_cp(self, src: int, dst: int) -> None:
         """Copy a whole sequence's KV: the only copy llama.cpp allows between per-slot KV streams."""
         L.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
@@ -318,6 +385,11 @@ class SamplerSpec:
     logit_bias: tuple[tuple[int, float], ...] = ()
     grammar: str | None = None  # GBNF; the output must match it
 
+    @property
+    def offloadable(self) -> bool:
+        """Whether llama.cpp can run this chain in the decode graph (every sampler used here but the grammar)."""
+        return self.grammar is None
+
 
 class Sampler:
     """A llama.cpp sampler chain for one request."""
@@ -325,6 +397,7 @@ class Sampler:
     def __init__(self, model: Model, spec: SamplerSpec) -> None:
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         self._ptr = chain
+        self.spec = spec
         add = L.llama_sampler_chain_add
         if spec.logit_bias:
             arr = (L.llama_logit_bias * len(spec.logit_bias))()
@@ -361,6 +434,15 @@ class Sampler:
         add(chain, L.llama_sampler_init_temp(spec.temperature))
         seed = L.LLAMA_DEFAULT_SEED if spec.seed is None else spec.seed & 0xFFFFFFFF
         add(chain, L.llama_sampler_init_dist(seed))
+
+    @property
+    def ptr(self) -> Any:
+        return self._ptr
+
+    def fresh_copy(self) -> None:
+        """Swap the chain for a copy with the same state, never attached to a context."""
+        old, self._ptr = self._ptr, L.llama_sampler_clone(self._ptr)
+        L.llama_sampler_free(old)
 
     def sample(self, ctx: Context, idx: int) -> int:
         """Sample from the logits of batch index ``idx`` (and record the token for penalties)."""

@@ -19,6 +19,11 @@ A slot's ``exact`` counts the leading positions of its cache that were prefilled
 reused, so a cached prompt evaluates the same arithmetic as a cold one. A lone row at 512 or more
 KV cells takes flash attention's split-KV kernel, and a row beside other sequences' rows does not:
 with ``deterministic``, each slot's row is decoded alone, so that no neighbour can change its kernel.
+
+A model offloaded whole to a GPU prefills in chunks up to the batch size instead (``prefill_chunk``):
+there a llama_decode costs a kernel launch per operation whatever its width, and the GPU kernels switch
+at other widths (CUDA's quantized matrix products at 8 rows), so small chunks would cost time and buy
+no sameness. The same-answer guarantee is the CPU's.
 """
 
 from __future__ import annotations
@@ -98,6 +103,7 @@ class _Slot:
     last_used: float = 0.0
     logit_index: int = -1
     followers: list[_Slot] = field(default_factory=list)  # slots waiting to fork from this one
+    device_sampler: bool = False  # its job's sampler runs inside the decode graph (Context.set_sampler)
 
     @property
     def idle(self) -> bool:
@@ -171,9 +177,13 @@ class Scheduler:
         batch: int,
         loop: asyncio.AbstractEventLoop,
         deterministic: bool = False,
+        prefill_chunk: int = PREFILL_CHUNK,
+        device_sampling: bool = False,
     ) -> None:
         self.model = model
         self.deterministic = deterministic
+        self.prefill_chunk = prefill_chunk
+        self.device_sampling = device_sampling
         self.ctx = ctx
         self.n_ctx_seq = ctx.n_ctx_seq
         self._slots = [_Slot(seq=i) for i in range(slots)]
@@ -303,7 +313,7 @@ class Scheduler:
         job = slot.job
         assert job is not None
         used = 0
-        while take := _prefill_size(len(job.prompt) - 1 - slot.n_prompt_done, min(budget - used, PREFILL_CHUNK)):
+        while take := _prefill_size(len(job.prompt) - 1 - slot.n_prompt_done, min(budget - used, self.prefill_chunk)):
             start = slot.n_prompt_done
             self._prefill_tokens(slot, job.prompt[start : start + take])
             slot.n_prompt_done = start + take
@@ -334,7 +344,7 @@ class Scheduler:
         slot = self._stale()
         if slot is None:
             return
-        take = _prefill_size(len(slot.stale), PREFILL_CHUNK)
+        take = _prefill_size(len(slot.stale), self.prefill_chunk)
         self._prefill_tokens(slot, slot.stale[:take])
         del slot.stale[:take]
         self.tokens_refreshed += take
@@ -414,9 +424,14 @@ class Scheduler:
                 self.ctx.seq_cp(mover.seq, hole.seq)
             else:
                 self.ctx.seq_rm(hole.seq, 0, -1)
+            if mover.device_sampler:
+                self.ctx.set_sampler(mover.seq, None)
             # the slots trade sequence ids: the mover's state now lives in the gap's stream, and the
             # freed slot holds what the mover's stream still has
             mover.seq, hole.seq = hole.seq, mover.seq
+            if mover.device_sampler and mover.job is not None:
+                mover.job.sampler.fresh_copy()  # llama.cpp sets a chain up for one sequence only
+                self.ctx.set_sampler(mover.seq, mover.job.sampler)
             hole.cache, hole.exact, hole.last_used = list(mover.cache), mover.exact, 0.0
             hole.stale = []
             self.slot_moves += 1
@@ -447,6 +462,12 @@ class Scheduler:
         slot.exact = min(slot.exact, keep)
         slot.stale = []
         slot.job = job
+        # the device samples unless the host needs the logits: log-probabilities, choices forked from
+        # the same logits, a grammar
+        if self.device_sampling and not fork and job.top_logprobs is None and not job.followers:
+            if job.sampler.spec.offloadable:
+                self.ctx.set_sampler(slot.seq, job.sampler)
+                slot.device_sampler = True
         slot.text = TextStream(job.stops)
         slot.cached = keep
         slot.generated = 0
@@ -508,6 +529,9 @@ class Scheduler:
             self._release(slot)
 
     def _release(self, slot: _Slot) -> None:
+        if slot.device_sampler:  # before the chain is freed: the context holds it
+            self.ctx.set_sampler(slot.seq, None)
+            slot.device_sampler = False
         if slot.job is not None:
             slot.job.sampler.close()
         for follower in slot.followers:  # never forked: nothing to copy from any more

@@ -1,0 +1,180 @@
+"""How many layers to offload to the GPU: ``--gpu-layers auto``.
+
+The GGUF's tensor table gives each layer's weight bytes, its metadata the KV cache's bytes per token;
+the free device memory comes from llama.cpp (:func:`edge_run.engine.llama.gpu_devices`). The plan
+keeps room for the KV cache of ``ctx x slots`` tokens, the compute buffers and a margin, then fits as
+many layers as the rest allows, counted the way llama.cpp counts ``n_gpu_layers``: the output layer
+first, then the repeating layers from the last one down.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from edge_run.errors import EngineFailure
+
+__all__ = ["GgufLayout", "OffloadPlan", "plan_offload", "read_layout"]
+
+MIB = 1 << 20
+MARGIN = 512 * MIB  # the CUDA/Metal context's own growth, fragmentation, other programs' spikes
+
+# GGUF metadata value types: struct format of the scalars; 8 is a string, 9 an array
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass(frozen=True, slots=True)
+class GgufLayout:
+    """What the memory plan needs from a GGUF file."""
+
+    n_layer: int
+    layer_bytes: tuple[int, ...]  # weights of each repeating layer (``blk.N.*``), in order
+    output_bytes: int  # the output layer: norm and projection (a copy of the embeddings when tied)
+    kv_bytes_per_token: int  # K and V of one token in one layer, at f16
+    n_vocab: int
+    n_embd: int
+
+
+@dataclass(frozen=True, slots=True)
+class OffloadPlan:
+    """The layers to offload and the figures they were chosen from (bytes)."""
+
+    layers: int  # llama.cpp's n_gpu_layers: 0 = none, n_layer + 1 = all
+    total_layers: int  # n_layer + 1: the repeating layers and the output layer
+    free: int  # device memory free before loading
+    needed: int  # estimated device memory for those layers, their KV cache and compute buffers
+    reason: str
+
+    @property
+    def full(self) -> bool:
+        return self.layers >= self.total_layers
+
+
+def plan_offload(layout: GgufLayout, *, free: int, kv_tokens: int, n_batch: int, margin: int = MARGIN) -> OffloadPlan:
+    """The most layers whose weights and KV cache fit in ``free`` after compute buffers and ``margin``.
+
+    ``kv_tokens`` is every slot's context together (ctx x slots); ``n_batch`` the largest batch decoded
+    at once (its logits and activations live in the compute buffer).
+    """
+    total = layout.n_layer + 1
+    compute = n_batch * (layout.n_vocab + 8 * layout.n_embd) * 4  # f32 logits and activations
+    budget = free - margin - compute
+    kv_layer = layout.kv_bytes_per_token * kv_tokens
+    layers, used = 0, 0
+    for k in range(1, total + 1):
+        # k = 1 is the output layer; each further k adds the next repeating layer from the end
+        cost = layout.output_bytes if k == 1 else layout.layer_bytes[layout.n_layer - (k - 1)] + kv_layer
+        if used + cost > budget:
+            break
+        layers, used = k, used + cost
+    needed = used + (compute + margin if layers else 0)
+    gib = 1 << 30
+    if layers == total:
+        reason = f"all {total} layers fit: {needed / gib:.2f} of {free / gib:.2f} GiB free"
+    elif layers == 0:
+        reason = f"no layer fits in {free / gib:.2f} GiB free (KV cache {kv_tokens} tokens)"
+    else:
+        reason = f"{layers} of {total} layers fit in {free / gib:.2f} GiB free (KV cache {kv_tokens} tokens)"
+    return OffloadPlan(layers=layers, total_layers=total, free=free, needed=needed, reason=reason)
+
+
+def read_layout(path: Path) -> GgufLayout:
+    """Read a GGUF file's tensor table and the metadata that sizes its layers and KV cache."""
+    try:
+        with path.open("rb") as f:
+            return _read(f, path.stat().st_size)
+    except (OSError, struct.error, UnicodeDecodeError, KeyError, ValueError) as exc:
+        raise EngineFailure(f"could not read the GGUF layout of {path.name}: {exc}") from exc
+
+
+def _read(f: BinaryIO, file_size: int) -> GgufLayout:
+    def unpack(fmt: str) -> int | float | bool:
+        size = struct.calcsize(fmt)
+        data = f.read(size)
+        if len(data) != size:
+            raise ValueError("truncated file")
+        return struct.unpack(fmt, data)[0]
+
+    def string() -> str:
+        return f.read(int(unpack("<Q"))).decode("utf-8")
+
+    def value(kind: int) -> object:
+        if kind in _SCALARS:
+            return unpack(_SCALARS[kind])
+        if kind == _STRING:
+            return string()
+        if kind == _ARRAY:
+            item, count = int(unpack("<I")), int(unpack("<Q"))
+            if count <= 64:
+                return [value(item) for _ in range(count)]
+            # long arrays (the vocabulary, its scores and merges): only their length is needed
+            if item in _SCALARS:
+                f.seek(struct.calcsize(_SCALARS[item]) * count, 1)
+            elif item == _STRING:
+                for _ in range(count):
+                    f.seek(int(unpack("<Q")), 1)
+            else:
+                for _ in range(count):
+                    value(item)
+            return count
+        raise ValueError(f"unknown metadata type {kind}")
+
+    if f.read(4) != b"GGUF":
+        raise ValueError("not a GGUF file")
+    version = unpack("<I")
+    if version < 2:
+        raise ValueError(f"GGUF version {version} is too old")
+    n_tensors, n_kv = int(unpack("<Q")), int(unpack("<Q"))
+    meta: dict[str, object] = {}
+    for _ in range(n_kv):
+        key = string()
+        meta[key] = value(int(unpack("<I")))
+    tensors: list[tuple[str, int]] = []
+    for _ in range(n_tensors):
+        name = string()
+        f.seek(8 * int(unpack("<I")), 1)  # dimensions
+        unpack("<I")  # type
+        tensors.append((name, int(unpack("<Q"))))
+    align = int(meta.get("general.alignment", 32))  # type: ignore[call-overload]
+    data_start = -(-f.tell() // align) * align
+    # a tensor's bytes run to the next tensor's offset (padding included); the last one to the end
+    by_offset = sorted(tensors, key=lambda t: t[1])
+    ends = [t[1] for t in by_offset[1:]] + [file_size - data_start]
+    sizes = {name: end - offset for (name, offset), end in zip(by_offset, ends, strict=True)}
+
+    arch = str(meta["general.architecture"])
+
+    def hparam(name: str, default: int | None = None) -> int:
+        raw = meta.get(f"{arch}.{name}", default)
+        if raw is None:
+            raise KeyError(f"{arch}.{name}")
+        if isinstance(raw, list):  # per-layer values (some architectures): the largest
+            raw = max(raw)
+        return int(raw)  # type: ignore[call-overload]
+
+    n_layer = hparam("block_count")
+    n_embd = hparam("embedding_length")
+    n_head = hparam("attention.head_count")
+    n_head_kv = hparam("attention.head_count_kv", n_head)
+    head_k = hparam("attention.key_length", n_embd // max(n_head, 1))
+    head_v = hparam("attention.value_length", head_k)
+    layer_bytes = [0] * n_layer
+    for name, size in sizes.items():
+        if name.startswith("blk."):
+            index = int(name.split(".")[1])
+            if index < n_layer:
+                layer_bytes[index] += size
+    output = sizes.get("output.weight", sizes.get("token_embd.weight", 0)) + sizes.get("output_norm.weight", 0)
+    tokens = meta.get("tokenizer.ggml.tokens", 0)
+    n_vocab = len(tokens) if isinstance(tokens, list) else int(tokens)  # type: ignore[call-overload]
+    return GgufLayout(
+        n_layer=n_layer,
+        layer_bytes=tuple(layer_bytes),
+        output_bytes=output,
+        kv_bytes_per_token=(head_k + head_v) * n_head_kv * 2,
+        n_vocab=n_vocab,
+        n_embd=n_embd,
+    )

@@ -1,0 +1,69 @@
+"""Sampling inside the decode graph (``device_sampling``): on by default for a model offloaded whole to
+a GPU, forced on here on the CPU, where llama.cpp runs the same sampler graph. Greedy answers must not
+change, through slot moves (a moved slot's sampler is set up again for its new sequence) and with
+penalties and logit bias in the chain; grammars and log-probabilities keep sampling on the host."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import openai
+import pytest
+
+from tests.conftest import MODEL_ID
+
+pytestmark = pytest.mark.integration
+
+# (topic, max_tokens): the short one finishes first and leaves a gap that the engine closes by moving a slot
+LOAD = [("cats", 60), ("bread", 4), ("trains", 60), ("music", 40), ("winter", 50)]
+
+
+def answers(server) -> list[str]:
+    async def one(client: openai.AsyncOpenAI, topic: str, max_tokens: int, delay: float) -> str:
+        await asyncio.sleep(delay)
+        r = await client.chat.completions.create(
+            model=MODEL_ID,
+            messages=[{"role": "user", "content": f"Tell me one fact about {topic}."}],
+            max_tokens=max_tokens,
+            temperature=0,
+            frequency_penalty=0.4 if topic == "music" else 0,
+            logit_bias={"0": -100, "2": -100} if topic == "winter" else None,
+        )
+        return r.choices[0].message.content or ""
+
+    async def go() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=300)
+        try:
+            # the last two arrive while the first three run, so they get the slots that free up
+            delays = [0, 0, 0, 0.5, 1.0]
+            return await asyncio.gather(*(one(client, t, n, d) for (t, n), d in zip(LOAD, delays, strict=True)))
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def test_greedy_answers_are_the_same_sampled_on_the_device(make_server):
+    host = make_server("--slots", "4")
+    device = make_server("--slots", "4", env={"EDGE_RUN_DEVICE_SAMPLING": "true"})
+    [model] = device.health()["models"]
+    assert model["device_sampling"] is True
+    assert host.health()["models"][0]["device_sampling"] is False  # a CPU-only model: host sampling
+
+    assert answers(device) == answers(host)
+    assert device.health()["models"][0]["slot_moves"] > 0  # the moved slot's sampler was set up again
+
+
+def test_logprobs_and_grammars_still_work_with_device_sampling(make_server):
+    server = make_server(env={"EDGE_RUN_DEVICE_SAMPLING": "true"})
+    client = openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0)
+    messages = [{"role": "user", "content": "Say hello."}]
+    r = client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=5, logprobs=True, top_logprobs=2)
+    assert r.choices[0].logprobs is not None and len(r.choices[0].logprobs.content) >= 1
+    r = client.chat.completions.create(
+        model=MODEL_ID, messages=messages, max_tokens=40, temperature=0, response_format={"type": "json_object"}
+    )
+    json.loads(r.choices[0].message.content or "")
+    r = client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=5, n=3, temperature=1.0, seed=3)
+    assert len(r.choices) == 3
