@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -164,7 +165,7 @@ async def sse_events(url: str, headers: dict[str, str], body: dict) -> AsyncIter
 
 
 async def one_stream(url: str, headers: dict[str, str], body: dict) -> StreamResult:
-    start = time.perf_counter()
+    start = time.monotonic()
     first = last = 0.0
     tokens = chunks = 0
     async for data in sse_events(url + "/chat/completions", headers, body):
@@ -176,7 +177,7 @@ async def one_stream(url: str, headers: dict[str, str], body: dict) -> StreamRes
         for choice in chunk.get("choices", []):
             if choice["delta"].get("content"):
                 chunks += 1
-                now = time.perf_counter()
+                now = time.monotonic()
                 first = first or now
                 last = now
     # servers that ignore include_usage (llama-cpp-python's) are counted by content chunks instead
@@ -197,7 +198,23 @@ def settle(url: str) -> None:
         time.sleep(0.05)
 
 
-async def load(url: str, key: str, model: str, concurrency: int, max_tokens: int, eog: list[int]) -> dict:
+def _streams(job: tuple[str, dict[str, str], list[dict], float]) -> tuple[list[StreamResult], float]:
+    """One client process's share of the streams, all sent at ``start_at`` (``time.monotonic``)."""
+    url, headers, bodies, start_at = job
+
+    async def run() -> list[StreamResult]:
+        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+        return await asyncio.gather(*(one_stream(url, headers, b) for b in bodies))
+
+    results = asyncio.run(run())
+    return results, time.monotonic()
+
+
+async def load(
+    url: str, key: str, model: str, concurrency: int, max_tokens: int, eog: list[int], clients: Any = None
+) -> dict:
+    """``concurrency`` streams at once; with a pool of ``clients`` processes, split among them (a fast
+    GPU server outruns one Python process parsing its events)."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     bodies = [
         {
@@ -211,9 +228,16 @@ async def load(url: str, key: str, model: str, concurrency: int, max_tokens: int
         }
         for i in range(concurrency)
     ]
-    start = time.perf_counter()
-    results = await asyncio.gather(*(one_stream(url, headers, b) for b in bodies))
-    wall = time.perf_counter() - start
+    if clients is not None and concurrency >= 8:
+        n = clients._processes
+        start_at = time.monotonic() + 0.2
+        parts = clients.map(_streams, [(url, headers, bodies[i::n], start_at) for i in range(n) if bodies[i::n]])
+        results = [r for rs, _ in parts for r in rs]
+        wall = max(end for _, end in parts) - start_at
+    else:
+        start = time.monotonic()
+        results = await asyncio.gather(*(one_stream(url, headers, b) for b in bodies))
+        wall = time.monotonic() - start
     total = sum(r.tokens for r in results)
     return {
         "aggregate": total / wall,
@@ -246,6 +270,30 @@ async def multi_turn(url: str, key: str, model: str, salt: int) -> tuple[float, 
         await asyncio.to_thread(settle, url)  # a person reads the answer before asking again
         second = await one_stream(url, headers, {**body, "messages": history})
     return first.ttft, second.ttft, prompt_tokens
+
+
+async def prefill(url: str, key: str, model: str, salt: int, words: int) -> tuple[float, int]:
+    """Time to the first token of one long prompt that no cache holds: prompt processing speed."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    text = " ".join(f"{TOPICS[(i * 7 + salt) % len(TOPICS)]}-{salt}-{i}" for i in range(words))
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": f"Run {salt}. Count the words: {text}"}],
+        "max_tokens": 2,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    start = time.monotonic()
+    first, prompt_tokens = 0.0, 0
+    async for data in sse_events(url + "/chat/completions", headers, body):
+        if data == b"[DONE]":
+            continue
+        chunk = msgspec.json.decode(data)
+        first = first or time.monotonic()
+        if chunk.get("usage"):
+            prompt_tokens = chunk["usage"]["prompt_tokens"]
+    return first - start, prompt_tokens
 
 
 def start_server(
@@ -292,6 +340,8 @@ def main() -> None:
     ap.add_argument("--compare-key", default="", help="bearer key for --compare servers")
     ap.add_argument("--rounds", type=int, default=5, help="repeat each measurement; medians are shown")
     ap.add_argument("--deterministic", action="store_true", help="also measure an edge-run started with it")
+    ap.add_argument("--prompt-words", type=int, default=400, help="words in the prompt-processing test (0: skip)")
+    ap.add_argument("--client-procs", type=int, default=1, help="client processes for 8 or more streams")
     ap.add_argument("--part", choices=["ceiling", "engine"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.part:
@@ -320,6 +370,11 @@ def main() -> None:
     # edge-run number with the other target's number measured just before or after, which cancels
     # the slow drift of a shared machine.
     eog = part("ceiling")["eog"]
+    clients = None
+    if args.client_procs > 1:
+        import multiprocessing
+
+        clients = multiprocessing.get_context("fork").Pool(args.client_procs)
     proc, url, key, _ = start_server(model, args.threads, max(args.concurrency), args.ctx)
     procs = [proc]
     try:
@@ -335,13 +390,18 @@ def main() -> None:
             settle(u)
         ceilings, engines = [], []
         results: dict[tuple[str, int], list[dict]] = {}
-        for _ in range(args.rounds):
+        prefills: dict[str, list[tuple[float, int]]] = {}
+        for r in range(args.rounds):
             ceilings.append(part("ceiling")["rate"])
             engines.append(part("engine")["rate"])
             for c in args.concurrency:  # the servers back to back at each concurrency: a fair pairing
                 for name, u, k, m in targets:
-                    results.setdefault((name, c), []).append(asyncio.run(load(u, k, m, c, args.max_tokens, eog)))
+                    res = asyncio.run(load(u, k, m, c, args.max_tokens, eog, clients))
+                    results.setdefault((name, c), []).append(res)
                     settle(u)
+            for name, u, k, m in targets if args.prompt_words else []:
+                prefills.setdefault(name, []).append(asyncio.run(prefill(u, k, m, 1000 + r, args.prompt_words)))
+                settle(u)
         turns = [asyncio.run(multi_turn(url, key, model.stem, salt)) for salt in range(args.rounds)]
         settle(url)
         t1, t2 = statistics.median(t[0] for t in turns), statistics.median(t[1] for t in turns)
@@ -350,6 +410,8 @@ def main() -> None:
         for p in procs:
             p.terminate()
             p.wait()
+        if clients is not None:
+            clients.terminate()
 
     rate, inproc = statistics.median(ceilings), statistics.median(engines)
     rows = [("llama.cpp in-process greedy loop", 1, rate, rate, float("nan"), True)]
@@ -372,6 +434,11 @@ def main() -> None:
                 continue
             ratios = [a["aggregate"] / b["aggregate"] for a, b in zip(mine, theirs, strict=True)]
             paired.append((f"edge-run ÷ {other} at {c}", ratios))
+            ttfts = [a["ttft"] / b["ttft"] for a, b in zip(mine, theirs, strict=True)]
+            paired.append((f"TTFT edge-run ÷ {other} at {c}", ttfts))
+        if other in prefills:
+            ratios = [a[0] / b[0] for a, b in zip(prefills["edge-run"], prefills[other], strict=True)]
+            paired.append((f"prompt TTFT edge-run ÷ {other}", ratios))
 
     print(
         f"{'server':40} {'conc':>4} {'agg tok/s':>10} {'stream tok/s':>12} {'TTFT ms':>8} {'vs ceiling':>10} complete"
@@ -382,6 +449,11 @@ def main() -> None:
     print(f"\n{'paired by round (tok/s ratio)':56} {'median':>7}  rounds")
     for label, ratios in paired:
         print(f"{label[:56]:56} {statistics.median(ratios):>6.2f}x  {' '.join(f'{r:.2f}' for r in ratios)}")
+    for name, runs in prefills.items():
+        ttft = statistics.median(t for t, _ in runs)
+        n = runs[0][1]
+        rate_text = f", {n / ttft:.0f} tokens/s" if n else ""
+        print(f"prompt processing, {name}: {n} prompt tokens, TTFT {ttft * 1000:.0f} ms{rate_text}")
     print(
         f"\nmulti-turn ({n_prompt} prompt tokens of history): TTFT turn 1 {t1 * 1000:.0f} ms, "
         f"turn 2 {t2 * 1000:.0f} ms ({t2 / t1:.0%} of turn 1)"
