@@ -275,7 +275,8 @@ async def multi_turn(url: str, key: str, model: str, salt: int) -> tuple[float, 
 async def prefill(url: str, key: str, model: str, salt: int, words: int) -> tuple[float, int]:
     """Time to the first token of one long prompt that no cache holds: prompt processing speed."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    text = " ".join(f"{TOPICS[(i * 7 + salt) % len(TOPICS)]}-{salt}-{i}" for i in range(words))
+    vocab = ["apple", "river", "stone", "green", "quick", "house", "light", "music", "paper", "cloud", "horse"]
+    text = " ".join(vocab[(i * 7 + i // 11 + salt) % len(vocab)] for i in range(words))
     body = {
         "model": model,
         "messages": [{"role": "user", "content": f"Run {salt}. Count the words: {text}"}],
@@ -290,7 +291,9 @@ async def prefill(url: str, key: str, model: str, salt: int, words: int) -> tupl
         if data == b"[DONE]":
             continue
         chunk = msgspec.json.decode(data)
-        first = first or time.monotonic()
+        # the first token, not a first event that only names the role (sent before the prompt is read)
+        if any(c["delta"].get("content") or c.get("finish_reason") for c in chunk.get("choices", [])):
+            first = first or time.monotonic()
         if chunk.get("usage"):
             prompt_tokens = chunk["usage"]["prompt_tokens"]
     return first - start, prompt_tokens

@@ -11,10 +11,13 @@
 #
 #   bash packaging/gpu_check.sh pack       # here: the CUDA build (if built here), sources, wheels, model halves
 #   bash packaging/gpu_check.sh setup      # call 1 (carry .gpu/part1): unpack or build llama.cpp with CUDA
-#   bash packaging/gpu_check.sh run        # call 2 (carry .gpu/part2): install, test, bench, CUDA binary
+#   bash packaging/gpu_check.sh receive    # a call for each further part but the last (carry .gpu/partN)
+#   bash packaging/gpu_check.sh bench      # the call with the last part: install, bench against llama-server
+#   bash packaging/gpu_check.sh test       # then: the tests, fully offloaded, and the CUDA binary
 #
 # Environment: OUT (results folder, default ./build/gpu-check), LLAMA_SRC (a llama.cpp source tree for
-# `all`/`pack`), CUDA_BUILD (the CMake build folder, default /tmp/cudabuild), BENCH_ROUNDS (default 3).
+# `all`/`pack`), CUDA_BUILD (the CMake build folder, default /tmp/cudabuild), BENCH_ROUNDS (default 3),
+# BENCH_CONCURRENCY (default "1 4 16 64"), BENCH_TOKENS (default 128), EXPECT_GPU=0 (a dry run on a CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -59,6 +62,14 @@ cuda_lib_dirs() {  # where the CUDA runtime and cuBLAS live on this machine
         | xargs -r -n1 dirname | sort -u | paste -sd:
 }
 
+cuda_env() {
+    export LD_LIBRARY_PATH=$CUDA_BUILD/bin:$(cuda_lib_dirs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+}
+
+python_env() {
+    export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH}
+}
+
 install_python() {
     # edge-run's dependencies as wheels (the GPU machine has no package index), then llama-cpp-python's
     # Python files with the CUDA build's libraries in its lib/ folder, then edge-run itself (editable)
@@ -75,7 +86,7 @@ install_python() {
     fi
     rm -rf "$site/llama_cpp/lib" && mkdir -p "$site/llama_cpp/lib"
     cp -a "$CUDA_BUILD"/bin/lib*.so* "$site/llama_cpp/lib/"
-    export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
+    python_env
     python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . > "$OUT/pip-edge-run.log" 2>&1 \
         || ln -sfn ../models edge_run/catalog  # what the editable install maps, for a setuptools too old
     python3 -c "import edge_run.engine.llama as l; print(l.gpu_devices())" | tee -a "$OUT/steps.log"
@@ -84,8 +95,10 @@ install_python() {
 test_model() {
     local cache=$WORK/test-cache
     mkdir -p "$cache"
-    if [ -f .gpu/part1/model.part1 ] && [ -f .gpu/part2/model.part2 ]; then
-        cat .gpu/part1/model.part1 .gpu/part2/model.part2 > "$cache/$MODEL_FILE"
+    if [ -f "$cache/$MODEL_FILE" ]; then
+        :
+    elif [ -f .gpu/part1/model.part1 ]; then
+        cat .gpu/part*/model.part* > "$cache/$MODEL_FILE"  # part1, part2... (never past 9 parts)
     elif [ -f "${EDGE_RUN_TEST_CACHE:-$HOME/.cache/edge-run-tests}/$MODEL_FILE" ]; then
         cp "${EDGE_RUN_TEST_CACHE:-$HOME/.cache/edge-run-tests}/$MODEL_FILE" "$cache/"
     fi
@@ -98,7 +111,7 @@ test_model() {
 run_tests() {
     log "tests, every model fully offloaded (EDGE_RUN_TEST_EXPECT_GPU=1)"
     # the browser, Node.js and one-file binary tests need tools the GPU machine lacks
-    EDGE_RUN_TEST_EXPECT_GPU=1 timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider \
+    EDGE_RUN_TEST_EXPECT_GPU=${EXPECT_GPU:-1} timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -v -p no:cacheprovider \
         -o addopts="" -rfEs --junitxml="$OUT/tests.xml" tests/unit tests/integration \
         --ignore tests/integration/test_web.py --ignore tests/integration/test_node_sdk.py \
         --ignore tests/integration/test_binary.py > "$OUT/tests.log" 2>&1 || true
@@ -106,7 +119,8 @@ run_tests() {
 }
 
 run_bench() {
-    local model=$EDGE_RUN_TEST_CACHE/$MODEL_FILE slots=64 ctx=2048
+    local model=$EDGE_RUN_TEST_CACHE/$MODEL_FILE ctx=2048 conc=${BENCH_CONCURRENCY:-1 4 16 64}
+    local slots=${conc##* }
     log "llama-server (CUDA, -np $slots) and bench/bench.py"
     "$CUDA_BUILD/bin/llama-server" -m "$model" --alias smollm2 --host 127.0.0.1 --port 18555 -np $slots \
         -c $((slots * ctx)) -ngl 999 -t 8 --no-webui > "$OUT/llama-server.log" 2>&1 &
@@ -114,7 +128,7 @@ run_bench() {
     for _ in $(seq 300); do curl -sf http://127.0.0.1:18555/health > /dev/null && break; sleep 0.2; done
     nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv | tee -a "$OUT/steps.log"
     timeout "${BENCH_TIMEOUT:-330}" python3 bench/bench.py --model "$model" --threads 8 --ctx $ctx \
-        --concurrency 1 4 16 64 --rounds "${BENCH_ROUNDS:-3}" --client-procs 4 --prompt-words 600 \
+        --concurrency $conc --max-tokens "${BENCH_TOKENS:-128}" --rounds "${BENCH_ROUNDS:-3}" --client-procs 4 --prompt-words 1400 \
         --compare http://127.0.0.1:18555/v1 --compare-model smollm2 2>&1 | tee "$OUT/bench.txt" || true
     kill $server; wait $server 2> /dev/null || true
 }
@@ -133,8 +147,9 @@ gpu_info() {
 
 case "${1:-}" in
     pack)
-        # run here, on the CPU machine: everything the two calls carry
-        rm -rf .gpu/part1 .gpu/part1.tmp && mkdir -p .gpu/part1 .gpu/part2/wheels
+        # run here, on the CPU machine: what the calls carry, in parts of at most 60 MiB (the model fills
+        # what the other files leave): part1 the llama.cpp build (or its source), part2 the Python packages
+        rm -rf .gpu && mkdir -p .gpu/part1 .gpu/part2/wheels
         if [ -f "$CUDA_BUILD/bin/libggml-cuda.so" ]; then
             tar -cJf .gpu/part1/cuda-build.tar.xz -C / "${CUDA_BUILD#/}/bin"
         else
@@ -146,17 +161,25 @@ case "${1:-}" in
         # edge-run's dependencies that the GPU machine's image lacks, as Python 3.12 wheels, at the
         # versions of this checkout's .venv
         wheels=$(.venv/bin/python -m pip list --format=freeze 2>/dev/null | grep -iE \
-            '^(litestar|litestar-htmx|msgspec|multipart|polyfactory|faker|rich-click|openai|httpx2|httpcore2|jiter|pydantic|pydantic_core|annotated-types|typing-inspection|uvicorn|platformdirs|sniffio|truststore)==')
+            '^(litestar|litestar-htmx|msgspec|multipart|polyfactory|faker|rich-click|openai|httpx2|httpcore2|jiter|pydantic|pydantic_core|annotated-types|typing-inspection|uvicorn|platformdirs|sniffio|truststore|diskcache)==')
         # shellcheck disable=SC2086
         .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
             --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-            -d .gpu/part2/wheels $wheels altgraph pyinstaller pyinstaller-hooks-contrib
+            -d .gpu/part2/wheels $wheels altgraph pyinstaller pyinstaller-hooks-contrib 2>&1 | grep -v WARNING || true
         tar -cJf .gpu/part2/llama_cpp_py.tar.xz -C "$(llama_source)/../.." --exclude=server llama_cpp
         model=${EDGE_RUN_TEST_CACHE:-$HOME/.cache/edge-run-tests}/$MODEL_FILE
-        used=$(du -cb .gpu/part1 | tail -1 | cut -f1)
-        head -c $((60 * 1024 * 1024 - used)) "$model" > .gpu/part1/model.part1
-        tail -c +$(($(stat -c %s .gpu/part1/model.part1) + 1)) "$model" > .gpu/part2/model.part2
-        du -sh .gpu/part1 .gpu/part2
+        size=$(stat -c %s "$model") offset=0 n=1
+        while [ "$offset" -lt "$size" ]; do
+            mkdir -p ".gpu/part$n"
+            room=$((60 * 1024 * 1024 - $(du -cb ".gpu/part$n" | tail -1 | cut -f1)))
+            dd if="$model" of=".gpu/part$n/model.part$n" bs=1M iflag=skip_bytes,count_bytes skip="$offset" \
+                count="$room" status=none
+            offset=$((offset + $(stat -c %s ".gpu/part$n/model.part$n"))) n=$((n + 1))
+        done
+        du -sh .gpu/part*
+        ;;
+    receive)  # a call that only carries a part
+        ls -la .gpu/part*
         ;;
     setup)
         gpu_info
@@ -167,32 +190,38 @@ case "${1:-}" in
             tar -xJf .gpu/part1/llama-src.tar.xz -C "$WORK"
             build_llama "$WORK/llama.cpp"
         fi
-        export LD_LIBRARY_PATH=$CUDA_BUILD/bin:$(cuda_lib_dirs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+        cuda_env
         "$CUDA_BUILD/bin/llama-server" --version 2>&1 | tail -3 || { ldd "$CUDA_BUILD/bin/libggml-cuda.so"; exit 1; }
         log "setup done"
         ;;
-    run)
-        export LD_LIBRARY_PATH=$CUDA_BUILD/bin:$(cuda_lib_dirs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    bench)
+        cuda_env
         test_model
         install_python
-        run_tests
         run_bench
+        log "bench done"
+        ;;
+    test)
+        cuda_env
+        test_model
+        python_env
+        run_tests
         build_binary
-        log "done"
+        log "tests done"
         ;;
     all)
         gpu_info
         build_llama "$(llama_source)"
-        export LD_LIBRARY_PATH=$CUDA_BUILD/bin:$(cuda_lib_dirs)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+        cuda_env
         test_model
         install_python
-        run_tests
         run_bench
+        run_tests
         build_binary
         log "done"
         ;;
     *)
-        sed -n 2,18p "$0"
+        sed -n 2,20p "$0"
         exit 2
         ;;
 esac

@@ -101,7 +101,7 @@ def wait_healthy(server: Server, timeout: float = 300.0) -> None:
 
 def expect_offloaded(server: Server, timeout: float = 300.0) -> None:
     """With ``EDGE_RUN_TEST_EXPECT_GPU=1`` (``packaging/gpu_check.sh``), every model must be fully offloaded."""
-    if not os.environ.get("EDGE_RUN_TEST_EXPECT_GPU"):
+    if os.environ.get("EDGE_RUN_TEST_EXPECT_GPU") != "1":
         return
     deadline = time.monotonic() + timeout
     while (models := server.health()["models"]) and any(m["state"] == "loading" for m in models):
