@@ -58,7 +58,7 @@ llama_source() {  # the llama.cpp that llama-cpp-python vendors, from its sdist
 }
 
 cuda_lib_dirs() {  # where the CUDA runtime and cuBLAS live on this machine
-    find /usr/local /opt /usr/lib \( -name 'libcublas.so.*' -o -name 'libcudart.so.*' \) -print 2>/dev/null \
+    find /usr/local /opt /usr/lib \( -name 'libcublas.so.*' -o -name 'libcudart.so.*' -o -name 'libcuda.so.1' \) -print 2>/dev/null \
         | xargs -r -n1 dirname | sort -u | paste -sd:
 }
 
