@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["EDGE_RUN_EMBED_MODEL"] = str(default_model(args.model_file, args.work))
     else:
         os.environ.pop("EDGE_RUN_EMBED_MODEL", None)
+    # setuptools' distutils shim, on a Python without distutils (3.12+), makes PyInstaller alias the
+    # module that the spec excludes, and the analysis stops ("already imported as ExcludedModule")
+    os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
     started = time.monotonic()
     PyInstaller.__main__.run(
         [

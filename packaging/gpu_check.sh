@@ -6,10 +6,11 @@
 #                                          # network: fetch, build, test, bench (results in $OUT)
 #
 # The lent GPU machine of this project has no network and takes 64 MiB of files per call, so there
-# the work is split: `pack` runs here and writes what travels under .gpu/ (ignored by git); the
-# model travels in two halves, one per call, and the build stays on the machine between the calls.
+# the work is split: `pack` runs here and writes what travels under .gpu/ (ignored by git), in parts
+# of at most 60 MiB, one part per call; each call stashes its part under /tmp/edge-run-gpu, where the
+# parts and the build stay between calls while the machine is held (.gpu/ itself does not).
 #
-#   bash packaging/gpu_check.sh pack       # here: the CUDA build (if built here), sources, wheels, model halves
+#   bash packaging/gpu_check.sh pack       # here: the CUDA build (if built here), sources, wheels, model parts
 #   bash packaging/gpu_check.sh setup      # call 1 (carry .gpu/part1): unpack or build llama.cpp with CUDA
 #   bash packaging/gpu_check.sh receive    # a call for each further part but the last (carry .gpu/partN)
 #   bash packaging/gpu_check.sh bench      # the call with the last part: install, bench against llama-server
@@ -28,6 +29,9 @@ MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 LLAMA_VERSION=0.3.36
 mkdir -p "$OUT" "$WORK"
+# what a call carries under .gpu/ does not stay in the checkout for the next call: keep it here
+GPU=$WORK/gpu
+if [ "${1:-}" != pack ] && [ -d .gpu ]; then mkdir -p "$GPU" && cp -a .gpu/. "$GPU/"; fi
 
 log() { printf '\n== %s  [%ss]\n' "$*" "$SECONDS" | tee -a "$OUT/steps.log"; }
 
@@ -76,9 +80,9 @@ install_python() {
     log "python packages"
     local site=$WORK/site
     rm -rf "$site" && mkdir -p "$site"
-    if [ -d .gpu/part2/wheels ]; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .gpu/part2/wheels/*.whl
-        tar -xJf .gpu/part2/llama_cpp_py.tar.xz -C "$site"
+    if [ -d $GPU/part2/wheels ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" $GPU/part2/wheels/*.whl
+        tar -xJf $GPU/part2/llama_cpp_py.tar.xz -C "$site"
     else
         python3 -m pip install -q --target "$site" 'litestar>=2.24,<3' msgspec platformdirs uvicorn jinja2 openai \
             pytest httpx pyinstaller
@@ -97,8 +101,8 @@ test_model() {
     mkdir -p "$cache"
     if [ -f "$cache/$MODEL_FILE" ]; then
         :
-    elif [ -f .gpu/part1/model.part1 ]; then
-        cat .gpu/part*/model.part* > "$cache/$MODEL_FILE"  # part1, part2... (never past 9 parts)
+    elif [ -f $GPU/part1/model.part1 ]; then
+        cat $GPU/part*/model.part* > "$cache/$MODEL_FILE"  # part1, part2... (never past 9 parts)
     elif [ -f "${EDGE_RUN_TEST_CACHE:-$HOME/.cache/edge-run-tests}/$MODEL_FILE" ]; then
         cp "${EDGE_RUN_TEST_CACHE:-$HOME/.cache/edge-run-tests}/$MODEL_FILE" "$cache/"
     fi
@@ -114,7 +118,9 @@ run_tests() {
     EDGE_RUN_TEST_EXPECT_GPU=${EXPECT_GPU:-1} timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -v -p no:cacheprovider \
         -o addopts="" -rfEs --junitxml="$OUT/tests.xml" tests/unit tests/integration \
         --ignore tests/integration/test_web.py --ignore tests/integration/test_node_sdk.py \
-        --ignore tests/integration/test_binary.py > "$OUT/tests.log" 2>&1 || true
+        --ignore tests/integration/test_binary.py \
+        --deselect tests/integration/test_cli.py::test_first_serve_fetches_the_default_model_and_prints_a_working_key \
+        > "$OUT/tests.log" 2>&1 || true  # (that one fetches the model from the package index)
     tail -25 "$OUT/tests.log"
 }
 
@@ -179,15 +185,15 @@ case "${1:-}" in
         du -sh .gpu/part*
         ;;
     receive)  # a call that only carries a part
-        ls -la .gpu/part*
+        ls -la $GPU/part*
         ;;
     setup)
         gpu_info
-        if [ -f .gpu/part1/cuda-build.tar.xz ]; then
+        if [ -f $GPU/part1/cuda-build.tar.xz ]; then
             log "unpacking the CUDA build made on the CPU machine"
-            tar -xJf .gpu/part1/cuda-build.tar.xz -C /
+            tar -xJf $GPU/part1/cuda-build.tar.xz -C /
         else
-            tar -xJf .gpu/part1/llama-src.tar.xz -C "$WORK"
+            tar -xJf $GPU/part1/llama-src.tar.xz -C "$WORK"
             build_llama "$WORK/llama.cpp"
         fi
         cuda_env
@@ -221,7 +227,7 @@ case "${1:-}" in
         log "done"
         ;;
     *)
-        sed -n 2,20p "$0"
+        sed -n 2,21p "$0"
         exit 2
         ;;
 esac

@@ -56,6 +56,7 @@ def run_concurrently(server, messages_list, max_tokens: int) -> list[tuple[str, 
     return asyncio.run(go())
 
 
+@pytest.mark.cpu_numerics
 def test_four_streaming_clients_all_complete_and_match_solo_answers(server):
     msgs = prompts(4)
     solo = [run_concurrently(server, [m], 32)[0] for m in msgs]
@@ -188,6 +189,7 @@ def test_a_new_slot_copies_a_shared_prefix_from_a_busy_one(make_server):
     assert server.health()["models"][0]["prefix_copies"] == 1
 
 
+@pytest.mark.cpu_numerics
 def test_a_stream_moved_to_close_a_gap_keeps_its_answer_and_the_gap_keeps_its_cache(make_server):
     """Slots 0, 1, 2 busy; 1 finishes first. Slot 2's stream moves into slot 1's KV stream (llama.cpp
     decodes consecutive sequence ids in one pass), mid-answer, and the answers stay those of a solo run.

@@ -87,6 +87,7 @@ def prompt_tokens(client: openai.OpenAI, body: dict) -> int:
 
 
 @pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.cpu_numerics
 def test_the_same_request_gives_the_same_answer_in_every_cache_state(make_server, threads):
     # server a: each request first cold, then fully cached, then streamed
     a = make_server("--threads", threads, "--slots", "2", "--ctx", "1024")
@@ -128,6 +129,7 @@ def test_the_same_request_gives_the_same_answer_in_every_cache_state(make_server
     assert got == cold["greedy"]
 
 
+@pytest.mark.cpu_numerics
 def test_a_follow_up_turn_reuses_the_answer_once_the_engine_has_refreshed_it(make_server):
     """An answer is decoded row by row; the idle engine prefills it again so the next turn can reuse it."""
     server = make_server("--slots", "2", "--ctx", "1024")
