@@ -331,6 +331,43 @@ def start_server(
     return proc, url + "/v1", key, home
 
 
+def run_scenario(args: argparse.Namespace, model: Path) -> None:
+    import scenarios
+
+    extra = [("edge-run --threads 1", ("--threads", "1"))] if args.scenario == "contention" else []
+    procs, targets = [], []
+    try:
+        for name, flags in [("edge-run", ()), *extra]:
+            proc, url, key, _ = start_server(model, args.threads, 4, args.ctx, *flags)
+            procs.append(proc)
+            targets.append((name, url, key, model.stem))
+        targets += [(o, o, args.compare_key, args.compare_model) for o in args.compare]
+        eog = json.loads(
+            subprocess.run(
+                [sys.executable, __file__, "--part", "ceiling", "--model", str(model), "--max-tokens", "8"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.splitlines()[-1]
+        )["eog"]
+        for _, u, k, m in targets:
+            asyncio.run(load(u, k, m, 1, 8, eog))  # warm-up
+            settle(u)
+        if args.scenario == "grammar":
+            scenarios.grammar(targets, args.rounds, args.max_tokens, sse_events, settle)
+        else:
+
+            def rate(target: tuple[str, str, str, str]) -> float:
+                _, u, k, m = target
+                return float(asyncio.run(load(u, k, m, 1, args.max_tokens, eog))["per_stream"])
+
+            scenarios.contention(targets, args.rounds, args.contention, rate, settle)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="GGUF to use (default: the catalog default, fetched if needed)")
@@ -345,6 +382,8 @@ def main() -> None:
     ap.add_argument("--deterministic", action="store_true", help="also measure an edge-run started with it")
     ap.add_argument("--prompt-words", type=int, default=400, help="words in the prompt-processing test (0: skip)")
     ap.add_argument("--client-procs", type=int, default=1, help="client processes for 8 or more streams")
+    ap.add_argument("--scenario", choices=["grammar", "contention"], help="run only this scenario (bench/scenarios.py)")
+    ap.add_argument("--contention", type=int, default=1, help="CPU-bound processes beside the contention scenario")
     ap.add_argument("--part", choices=["ceiling", "engine"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.part:
@@ -362,6 +401,10 @@ def main() -> None:
         f"model {model.name}, {args.threads} threads, {args.max_tokens} tokens per stream, EOS banned, "
         f"median of {args.rounds} rounds\n"
     )
+
+    if args.scenario:
+        run_scenario(args, model)
+        return
 
     def part(name: str) -> dict:
         cmd = [sys.executable, __file__, "--part", name, "--model", str(model), "--threads", str(args.threads)]

@@ -169,6 +169,8 @@ class Engine:
             # offloaded whole, the prompt goes in batch-sized chunks (see the scheduler's docstring)
             prefill_chunk=opts.batch if offloaded else PREFILL_CHUNK,
             device_sampling=offloaded if opts.device_sampling is None else opts.device_sampling,
+            threads=opts.threads,
+            adapt_threads=not offloaded,  # offloaded whole, the CPU threads barely work
         )
         self._scheduler.start()
 
@@ -323,6 +325,8 @@ class Engine:
             "deterministic": self.options.deterministic,
             "device_sampling": s.device_sampling if s else False,
             "threads": self.options.threads,
+            "threads_now": s._threads if s else self.options.threads,
+            "thread_switches": s.governor.switches if s else 0,
         }
 
     @property

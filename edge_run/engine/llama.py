@@ -287,6 +287,10 @@ class Context:
         if rc != 0:
             raise EngineFailure(f"llama_decode returned {rc}")
 
+    def set_threads(self, threads: int) -> None:
+        """Threads for the next decodes (``ThreadGovernor`` changes it between steps)."""
+        L.llama_set_n_threads(self._ptr, threads, threads)
+
     def seq_rm(self, seq: int, p0: int, p1: int = -1) -> None:
         L.llama_memory_seq_rm(self._mem, seq, p0, p1)
 

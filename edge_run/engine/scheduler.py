@@ -39,6 +39,7 @@ from typing import Any
 
 from edge_run.engine.llama import Batch, Context, Model, Sampler
 from edge_run.engine.text import TextStream
+from edge_run.engine.threads import ThreadGovernor
 from edge_run.errors import EdgeRunError, EngineFailure
 
 __all__ = ["Chunk", "Handover", "Job", "Scheduler"]
@@ -179,11 +180,15 @@ class Scheduler:
         deterministic: bool = False,
         prefill_chunk: int = PREFILL_CHUNK,
         device_sampling: bool = False,
+        threads: int = 1,
+        adapt_threads: bool = True,
     ) -> None:
         self.model = model
         self.deterministic = deterministic
         self.prefill_chunk = prefill_chunk
         self.device_sampling = device_sampling
+        self.governor = ThreadGovernor(threads, adapt=adapt_threads)
+        self._threads = threads
         self.ctx = ctx
         self.n_ctx_seq = ctx.n_ctx_seq
         self._slots = [_Slot(seq=i) for i in range(slots)]
@@ -364,7 +369,13 @@ class Scheduler:
                 self.prompt_tokens_evaluated += 1
             slot.logit_index = batch.add(token, len(slot.cache), slot.seq, True)
             slot.cache.append(token)
+        threads = self.governor.for_step()
+        if threads != self._threads:
+            self.ctx.set_threads(threads)
+            self._threads = threads
+        start = time.perf_counter()
         self.ctx.decode(batch)
+        self.governor.observe(threads, len(rows), time.perf_counter() - start)
         self.steps += 1
 
     def _admit(self, out: list[tuple[Job, Chunk]]) -> bool:
