@@ -4,7 +4,8 @@
   greedy: decode speed from the first token to the last.
 - ``contention``: single-stream speed on a quiet machine and beside ``--contention N`` CPU-bound
   processes (a compile, a browser tab), for edge-run, edge-run at ``--threads 1`` (the best static
-  setting under load) and every ``--compare`` server.
+  setting under load) and every ``--compare`` server. Each round measures quiet, then busy, then
+  waits 9 s of quiet before the next round.
 """
 
 from __future__ import annotations
@@ -143,6 +144,8 @@ def contention(
                 for p in procs:
                     p.kill()
                     p.wait()
+            if procs:  # quiet again: edge-run takes up to 8 s to notice (engine/threads.py); give it 9
+                time.sleep(9)
     print(f"contention: single stream, quiet and beside {busy} CPU-bound processes, median of {rounds} rounds\n")
     print(f"{'server':40} {'quiet tok/s':>11} {'busy tok/s':>10}")
     for name, *_ in targets:

@@ -8,10 +8,15 @@ running, at every operation, and a step takes many times longer: single-stream s
 is right for both states, so the engine tries the other setting now and then, on one step, and keeps
 whichever is faster:
 
-- a step that takes far longer than the usual step of its kind (a jump) is tried again at once at one
-  thread;
+- when 3 of the latest 4 steps took 1.5 times the best recent step of their kind or more (one alone is
+  noise), one thread is tried at once;
 - otherwise the other setting is tried every ``PROBE_EVERY`` seconds, and a try that does not win
-  doubles the wait, up to ``PROBE_MAX``: on a quiet machine that is one single-thread step in 16 s.
+  doubles the wait, up to ``PROBE_MAX``: on a quiet machine that is one single-thread step in 8 s, and
+  a machine that has gone quiet gets all its threads back within 8 s;
+- a try lasts ``TRY_STEPS`` steps and wins on their mean (a single step is noise, and on a busy
+  machine one can be lucky); a step far slower than the setting in use ends the try at once, so a try
+  of all threads on a busy machine costs one step. When all threads won but are given up again soon
+  after, the wait keeps growing instead of starting over.
 
 A "kind" of step is its number of rows and its thread count: a step of 4 rows takes longer than one of
 a single row, whatever the machine does.
@@ -25,9 +30,16 @@ from collections.abc import Callable
 __all__ = ["ThreadGovernor"]
 
 PROBE_EVERY = 2.0  # seconds between tries of the other setting, at first
-PROBE_MAX = 16.0  # ... and at most, after tries that lost
-WIN = 0.85  # a try wins when its step took under this share of the usual one
-JUMP = 3.0  # a step this many times slower than usual means the machine just got busy
+PROBE_MAX = 8.0  # ... and at most, after tries that lost
+# A try wins when its step took under this share of the setting in use: clearly faster to give threads
+# up, and merely faster to take them back (on a busy machine, all threads are many times slower)
+WIN_FEWER = 0.85
+WIN_MORE = 0.97
+TRY_STEPS = 4  # a try's verdict is the mean of this many steps, unless one step is clearly worse:
+ABORT = 1.5  # a step of the try slower than this share of the setting in use ends the try at once
+SLOW = 1.5  # a step this many times slower than the best recent one of its kind is slow...
+SLOW_IN, SLOW_OF = 3, 4  # ... and 3 slow steps of the latest 4 mean the machine just got busy
+DRIFT = 1.002  # how fast the best recent step time rises, per step
 SMOOTH = 0.2  # weight of the newest step in the usual time
 
 
@@ -42,6 +54,10 @@ class ThreadGovernor:
         self._wait = PROBE_EVERY
         self._next_probe = clock() + PROBE_EVERY
         self._probe_now = False
+        self._best: dict[tuple[int, int], float] = {}  # (threads, rows) -> the best recent step time
+        self._recent: list[bool] = []  # whether each of the latest steps was slow
+        self._tried: list[float] = []  # step times of the try under way
+        self._switched_at = float("-inf")
         self.switches = 0
 
     @property
@@ -61,23 +77,40 @@ class ThreadGovernor:
         if not self.adapt:
             return
         key = (self.threads, rows)
-        if threads != self.threads:  # a try of the other setting, against the setting in use now
-            self._probe_now = False
+        if threads != self.threads:  # a step of a try of the other setting, against the setting in use
             ref = max(self._usual.get(key, 0.0), self._last.get(key, 0.0))
-            if seconds < WIN * ref:
-                self.threads = threads
-                self.switches += 1
-                self._wait = PROBE_EVERY
-                self._usual[(threads, rows)] = self._last[(threads, rows)] = seconds
+            self._tried.append(seconds)
+            if seconds <= ABORT * ref and len(self._tried) < TRY_STEPS:
+                self._probe_now = True  # so far so good: the next step tries too
+                return
+            mean = sum(self._tried) / len(self._tried)
+            if seconds <= ABORT * ref and mean < (WIN_MORE if threads > self.threads else WIN_FEWER) * ref:
+                self._switch(threads, rows, mean)
             else:
                 self._wait = min(self._wait * 2, PROBE_MAX)
+            self._tried = []
+            self._probe_now = False
             self._next_probe = self._clock() + self._wait
             return
         usual = self._usual.get(key)
         self._last[key] = seconds
-        if usual is None:
-            self._usual[key] = seconds
-            return
-        if seconds > JUMP * usual and self.threads == self.max:
-            self._probe_now = True
-        self._usual[key] = usual + SMOOTH * (seconds - usual)
+        self._usual[key] = seconds if usual is None else usual + SMOOTH * (seconds - usual)
+        # the best recent step of this kind, allowed to rise slowly (contexts grow, steps get longer)
+        best = min(seconds, self._best.get(key, seconds) * DRIFT)
+        self._best[key] = best
+        if self.threads == self.max:
+            self._recent = [*self._recent[-(SLOW_OF - 1) :], seconds > SLOW * best]
+            if sum(self._recent) >= SLOW_IN:  # the machine just got busy: try fewer threads now
+                self._probe_now = True
+                self._recent = []
+
+    def _switch(self, threads: int, rows: int, seconds: float) -> None:
+        now = self._clock()
+        if threads < self.threads and now - self._switched_at < 2 * PROBE_MAX:
+            self._wait = min(self._wait * 2, PROBE_MAX)  # all threads did not last: try them less often
+        elif threads < self.threads:
+            self._wait = PROBE_EVERY
+        self.threads = threads
+        self.switches += 1
+        self._switched_at = now
+        self._usual[(threads, rows)] = self._last[(threads, rows)] = seconds
