@@ -272,11 +272,11 @@ async def multi_turn(url: str, key: str, model: str, salt: int) -> tuple[float, 
     return first.ttft, second.ttft, prompt_tokens
 
 
-async def prefill(url: str, key: str, model: str, salt: int, words: int) -> tuple[float, int]:
+async def prefill(url: str, key: str, model: str, salt: str, words: int) -> tuple[float, int]:
     """Time to the first token of one long prompt that no cache holds: prompt processing speed."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     vocab = ["apple", "river", "stone", "green", "quick", "house", "light", "music", "paper", "cloud", "horse"]
-    text = " ".join(vocab[(i * 7 + i // 11 + salt) % len(vocab)] for i in range(words))
+    text = " ".join(vocab[(i * 7 + i // 11) % len(vocab)] for i in range(words))
     body = {
         "model": model,
         "messages": [{"role": "user", "content": f"Run {salt}. Count the words: {text}"}],
@@ -446,7 +446,9 @@ def main() -> None:
                     results.setdefault((name, c), []).append(res)
                     settle(u)
             for name, u, k, m in targets if args.prompt_words else []:
-                prefills.setdefault(name, []).append(asyncio.run(prefill(u, k, m, 1000 + r, args.prompt_words)))
+                # a salt that no earlier run can have cached (a peer server outlives a bench run)
+                salt = f"{os.getpid()}-{r}"
+                prefills.setdefault(name, []).append(asyncio.run(prefill(u, k, m, salt, args.prompt_words)))
                 settle(u)
         turns = [asyncio.run(multi_turn(url, key, model.stem, salt)) for salt in range(args.rounds)]
         settle(url)
