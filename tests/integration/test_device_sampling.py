@@ -15,31 +15,47 @@ from tests.conftest import MODEL_ID
 
 pytestmark = pytest.mark.integration
 
-# (topic, max_tokens): the short one finishes first and leaves a gap that the engine closes by moving a slot
-LOAD = [("cats", 60), ("bread", 4), ("trains", 60), ("music", 40), ("winter", 50)]
+# slots 0, 1 and 2 in this order; b finishes first, and the engine moves c's stream into b's slot
+BODIES = {
+    "a": {"messages": [{"role": "user", "content": "Tell me one fact about cats."}], "max_tokens": 60},
+    "b": {
+        "messages": [{"role": "user", "content": "Tell me one fact about bread."}],
+        "max_tokens": 6,
+        "frequency_penalty": 0.4,
+    },
+    "c": {
+        "messages": [{"role": "user", "content": "Tell me one fact about trains."}],
+        "max_tokens": 60,
+        "logit_bias": {"0": -100, "2": -100},
+    },
+}
 
 
-def answers(server) -> list[str]:
-    async def one(client: openai.AsyncOpenAI, topic: str, max_tokens: int, delay: float) -> str:
-        await asyncio.sleep(delay)
-        r = await client.chat.completions.create(
-            model=MODEL_ID,
-            messages=[{"role": "user", "content": f"Tell me one fact about {topic}."}],
-            max_tokens=max_tokens,
-            temperature=0,
-            frequency_penalty=0.4 if topic == "music" else 0,
-            logit_bias={"0": -100, "2": -100} if topic == "winter" else None,
-        )
-        return r.choices[0].message.content or ""
-
-    async def go() -> list[str]:
+def answers(server) -> dict[str, str]:
+    async def go() -> dict[str, str]:
         client = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=300)
+        parts: dict[str, list[str]] = {}
+
+        async def start(name: str):
+            stream = await client.chat.completions.create(model=MODEL_ID, temperature=0, stream=True, **BODIES[name])
+            parts[name] = []
+            async for chunk in stream:  # returns once this request holds a slot and has a token
+                if chunk.choices and chunk.choices[0].delta.content:
+                    parts[name].append(chunk.choices[0].delta.content)
+                    break
+            return stream
+
+        async def finish(name: str, stream) -> None:
+            async for chunk in stream:
+                if chunk.choices:
+                    parts[name].append(chunk.choices[0].delta.content or "")
+
         try:
-            # the last two arrive while the first three run, so they get the slots that free up
-            delays = [0, 0, 0, 0.5, 1.0]
-            return await asyncio.gather(*(one(client, t, n, d) for (t, n), d in zip(LOAD, delays, strict=True)))
+            streams = [(name, await start(name)) for name in "abc"]
+            await asyncio.gather(*(finish(name, st) for name, st in streams))
         finally:
             await client.close()
+        return {name: "".join(p) for name, p in parts.items()}
 
     return asyncio.run(go())
 
