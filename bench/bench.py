@@ -175,7 +175,8 @@ async def one_stream(url: str, headers: dict[str, str], body: dict) -> StreamRes
         if chunk.get("usage"):
             tokens = chunk["usage"]["completion_tokens"]
         for choice in chunk.get("choices", []):
-            if choice["delta"].get("content"):
+            delta = choice.get("delta") or {}
+            if delta.get("content") or delta.get("tool_calls"):  # a token of text or of a call's arguments
                 chunks += 1
                 now = time.monotonic()
                 first = first or now
@@ -354,7 +355,7 @@ def run_scenario(args: argparse.Namespace, model: Path) -> None:
             asyncio.run(load(u, k, m, 1, 8, eog))  # warm-up
             settle(u)
         if args.scenario == "grammar":
-            scenarios.grammar(targets, args.rounds, args.max_tokens, sse_events, settle)
+            scenarios.grammar(targets, args.rounds, args.max_tokens, one_stream, settle)
         else:
 
             def rate(target: tuple[str, str, str, str]) -> float:

@@ -15,10 +15,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-
-import msgspec
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 Target = tuple[str, str, str, str]  # name, base URL, key, model
 
@@ -66,53 +64,30 @@ GRAMMAR_REQUESTS: dict[str, dict] = {
 }
 
 
-@dataclass
-class Timed:
-    tokens: int
-    rate: float  # tokens/s from the first token to the last
+Stream = Callable[[str, dict[str, str], dict], Awaitable[Any]]  # bench.one_stream
 
 
-Events = Callable[[str, dict[str, str], dict], AsyncIterator[bytes]]  # bench.sse_events
-
-
-async def timed_stream(events: Events, url: str, key: str, body: dict) -> Timed:
-    """One streamed request; every delta counts as a token's arrival (content or tool-call arguments)."""
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    first = last = 0.0
-    tokens = 0
-    async for data in events(url + "/chat/completions", headers, body):
-        if data == b"[DONE]":
-            continue
-        chunk = msgspec.json.decode(data)
-        if chunk.get("usage"):
-            tokens = chunk["usage"]["completion_tokens"]
-        for choice in chunk.get("choices", []):
-            delta = choice.get("delta") or {}
-            if delta.get("content") or delta.get("tool_calls"):
-                last = time.monotonic()
-                first = first or last
-    return Timed(tokens, (tokens - 1) / (last - first) if last > first else float("nan"))
-
-
-def grammar(targets: list[Target], rounds: int, max_tokens: int, events: Events, settle: Callable[[str], None]) -> None:
-    runs: dict[tuple[str, str], list[Timed]] = {}
+def grammar(targets: list[Target], rounds: int, max_tokens: int, stream: Stream, settle: Callable[[str], None]) -> None:
+    runs: dict[tuple[str, str], list[tuple[int, float]]] = {}  # (tokens, tokens/s first to last)
     for _ in range(rounds):
         for kind, request in GRAMMAR_REQUESTS.items():
             for name, url, key, model in targets:
                 body = {**request, "model": model, "max_tokens": max_tokens, "temperature": 0, "stream": True}
                 body["stream_options"] = {"include_usage": True}
-                runs.setdefault((kind, name), []).append(asyncio.run(timed_stream(events, url, key, body)))
+                headers = {"Authorization": f"Bearer {key}"} if key else {}
+                r = asyncio.run(stream(url, headers, body))
+                runs.setdefault((kind, name), []).append((r.tokens, (r.tokens - 1) / r.duration))
                 settle(url)
     print(f"grammar: {max_tokens} tokens at most, greedy, one stream, median of {rounds} rounds\n")
     print(f"{'request':12} {'server':40} {'tokens':>6} {'tok/s':>7}")
     for (kind, name), timed in runs.items():
-        tokens = statistics.median(t.tokens for t in timed)
-        print(f"{kind:12} {name[:40]:40} {tokens:>6.0f} {statistics.median(t.rate for t in timed):>7.1f}")
+        tokens, rate = statistics.median(t for t, _ in timed), statistics.median(r for _, r in timed)
+        print(f"{kind:12} {name[:40]:40} {tokens:>6.0f} {rate:>7.1f}")
     print(f"\n{'paired by round (tok/s ratio)':56} {'median':>7}  rounds")
     for kind in GRAMMAR_REQUESTS:
         mine = runs[(kind, targets[0][0])]
         for name, *_ in targets[1:]:
-            ratios = [a.rate / b.rate for a, b in zip(mine, runs[(kind, name)], strict=True)]
+            ratios = [a[1] / b[1] for a, b in zip(mine, runs[(kind, name)], strict=True)]
             print(
                 f"{f'{kind}: edge-run ÷ {name}'[:56]:56} {statistics.median(ratios):>6.2f}x  "
                 + " ".join(f"{r:.2f}" for r in ratios)

@@ -16,6 +16,7 @@ from edge_run.errors import EngineFailure, ModelNotFound
 from edge_run.paths import Paths
 
 if TYPE_CHECKING:
+    from edge_run.engine.engine import EngineOptions
     from edge_run.models.catalog import Catalog
 
 __all__ = ["main"]
@@ -30,6 +31,21 @@ def _settings(paths: Paths, **flags: Any) -> Settings:
         return load_settings(paths, overrides=flags)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
+
+
+def _engine_options(settings: Settings) -> EngineOptions:
+    from edge_run.engine.engine import EngineOptions
+
+    return EngineOptions(
+        ctx=settings.ctx,
+        threads=settings.threads or physical_cores(),
+        gpu_layers=settings.gpu_layers,
+        slots=settings.slots,
+        max_queue=settings.max_queue,
+        batch=settings.batch,
+        deterministic=settings.deterministic,
+        device_sampling=settings.device_sampling,
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -227,7 +243,7 @@ def serve(
     import uvicorn
 
     from edge_run.api.app import create_app
-    from edge_run.engine.engine import Engine, EngineOptions
+    from edge_run.engine.engine import Engine
     from edge_run.engine.registry import Registry
     from edge_run.keys import KeyStore
     from edge_run.models.catalog import load_catalog
@@ -277,16 +293,7 @@ def serve(
     except (ModelNotFound, FetchError) as exc:
         raise click.ClickException(getattr(exc, "message", str(exc))) from exc
 
-    options = EngineOptions(
-        ctx=settings.ctx,
-        threads=settings.threads or physical_cores(),
-        gpu_layers=settings.gpu_layers,
-        slots=settings.slots,
-        max_queue=settings.max_queue,
-        batch=settings.batch,
-        deterministic=settings.deterministic,
-        device_sampling=settings.device_sampling,
-    )
+    options = _engine_options(settings)
     engine = Engine(model_id, gguf, options)
     try:
         backend = engine.placement().describe()
@@ -384,7 +391,7 @@ def models_list() -> None:
 @click.argument("model", default="default")
 def models_show(model: str) -> None:
     """Show a model's file and layers, and where `serve` would put them on this machine."""
-    from edge_run.engine.engine import EngineOptions, Placement
+    from edge_run.engine.engine import Placement
     from edge_run.engine.offload import read_layout
     from edge_run.models.catalog import load_catalog
     from edge_run.models.local import resolve_model
@@ -394,15 +401,7 @@ def models_show(model: str) -> None:
     try:
         model_id, gguf = resolve_model(model, paths=paths, catalog=load_catalog(), fetch_missing=False)
         layout = read_layout(gguf)
-        options = EngineOptions(
-            ctx=settings.ctx,
-            threads=settings.threads or physical_cores(),
-            gpu_layers=settings.gpu_layers,
-            slots=settings.slots,
-            max_queue=settings.max_queue,
-            batch=settings.batch,
-        )
-        placement = Placement.resolve(gguf, options)
+        placement = Placement.resolve(gguf, _engine_options(settings))
     except (ModelNotFound, EngineFailure) as exc:
         raise click.ClickException(exc.message) from exc
     mib = 1 << 20

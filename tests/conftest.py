@@ -175,3 +175,38 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterat
     srv = start_server(home, "--model", MODEL_ID, "--ctx", "2048", "--slots", "4")
     yield srv
     srv.stop()
+
+
+def stream_in_slot_order(server: Server, bodies: dict[str, dict]) -> dict[str, str]:
+    """Start each streamed request once the one before holds a slot and has a token (so they take slots
+    0, 1, 2... in order), then read them all to the end. Returns each answer's text by name."""
+    import asyncio
+
+    import openai
+
+    async def go() -> dict[str, str]:
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=300)
+        parts: dict[str, list[str]] = {}
+
+        async def start(name: str) -> Any:
+            stream = await client.chat.completions.create(model=MODEL_ID, stream=True, **bodies[name])
+            parts[name] = []
+            async for chunk in stream:  # returns once this request holds a slot and has a token
+                if chunk.choices and chunk.choices[0].delta.content:
+                    parts[name].append(chunk.choices[0].delta.content)
+                    break
+            return stream
+
+        async def finish(name: str, stream: Any) -> None:
+            async for chunk in stream:
+                if chunk.choices:
+                    parts[name].append(chunk.choices[0].delta.content or "")
+
+        try:
+            streams = [(name, await start(name)) for name in bodies]
+            await asyncio.gather(*(finish(name, st) for name, st in streams))
+        finally:
+            await client.close()
+        return {name: "".join(p) for name, p in parts.items()}
+
+    return asyncio.run(go())

@@ -50,7 +50,6 @@ class ThreadGovernor:
         self.threads = threads  # the setting in use
         self._clock = clock
         self._usual: dict[tuple[int, int], float] = {}  # (threads, rows) -> smoothed step time
-        self._last: dict[tuple[int, int], float] = {}  # (threads, rows) -> the latest step time
         self._wait = PROBE_EVERY
         self._next_probe = clock() + PROBE_EVERY
         self._probe_now = False
@@ -78,7 +77,9 @@ class ThreadGovernor:
             return
         key = (self.threads, rows)
         if threads != self.threads:  # a step of a try of the other setting, against the setting in use
-            ref = max(self._usual.get(key, 0.0), self._last.get(key, 0.0))
+            # against the smoothed time of the setting in use: a few slow steps (our own event loop
+            # writing to sockets beside the compute threads) must not hand a batch to one thread
+            ref = self._usual.get(key, 0.0)
             self._tried.append(seconds)
             if seconds <= ABORT * ref and len(self._tried) < TRY_STEPS:
                 self._probe_now = True  # so far so good: the next step tries too
@@ -93,7 +94,6 @@ class ThreadGovernor:
             self._next_probe = self._clock() + self._wait
             return
         usual = self._usual.get(key)
-        self._last[key] = seconds
         self._usual[key] = seconds if usual is None else usual + SMOOTH * (seconds - usual)
         # the best recent step of this kind, allowed to rise slowly (contexts grow, steps get longer)
         best = min(seconds, self._best.get(key, seconds) * DRIFT)
@@ -113,4 +113,4 @@ class ThreadGovernor:
         self.threads = threads
         self.switches += 1
         self._switched_at = now
-        self._usual[(threads, rows)] = self._last[(threads, rows)] = seconds
+        self._usual[(threads, rows)] = seconds

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL_ID
+from tests.conftest import MODEL_ID, stream_in_slot_order
 
 pytestmark = pytest.mark.integration
 
@@ -197,43 +197,17 @@ def test_a_stream_moved_to_close_a_gap_keeps_its_answer_and_the_gap_keeps_its_ca
     server = make_server("--slots", "4", "--ctx", "1024")
     a, b, c = prompts(3)
     lengths = {"a": 64, "b": 24, "c": 64}
-    bodies = {name: {"messages": m, "max_tokens": lengths[name]} for name, m in zip("abc", (a, b, c), strict=True)}
+    bodies = {
+        name: {"messages": m, "max_tokens": lengths[name], "temperature": 0, "logit_bias": NO_EOS}
+        for name, m in zip("abc", (a, b, c), strict=True)
+    }
     sdk = openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=300)
     solo = {
-        name: sdk.chat.completions.create(model=MODEL_ID, temperature=0, logit_bias=NO_EOS, **body)
-        .choices[0]
-        .message.content
+        name: sdk.chat.completions.create(model=MODEL_ID, **body).choices[0].message.content
         for name, body in bodies.items()
     }
 
-    async def go() -> dict[str, str]:
-        client = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=300)
-        parts: dict[str, list[str]] = {}
-
-        async def start(name: str):
-            stream = await client.chat.completions.create(
-                model=MODEL_ID, temperature=0, logit_bias=NO_EOS, stream=True, **bodies[name]
-            )
-            parts[name] = []
-            async for chunk in stream:  # returns once this request holds a slot and has a token
-                if chunk.choices and chunk.choices[0].delta.content:
-                    parts[name].append(chunk.choices[0].delta.content)
-                    break
-            return stream
-
-        async def finish(name: str, stream) -> None:
-            async for chunk in stream:
-                if chunk.choices:
-                    parts[name].append(chunk.choices[0].delta.content or "")
-
-        try:
-            streams = [(name, await start(name)) for name in "abc"]  # slots 0, 1, 2 in that order
-            await asyncio.gather(*(finish(name, s) for name, s in streams))
-        finally:
-            await client.close()
-        return {name: "".join(p) for name, p in parts.items()}
-
-    together = asyncio.run(go())
+    together = stream_in_slot_order(server, bodies)  # slots 0, 1, 2 in that order
     status = server.health()["models"][0]
     assert status["slot_moves"] == 1
     assert together == solo

@@ -5,13 +5,12 @@ penalties and logit bias in the chain; grammars and log-probabilities keep sampl
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import openai
 import pytest
 
-from tests.conftest import MODEL_ID
+from tests.conftest import MODEL_ID, stream_in_slot_order
 
 pytestmark = pytest.mark.integration
 
@@ -32,32 +31,7 @@ BODIES = {
 
 
 def answers(server) -> dict[str, str]:
-    async def go() -> dict[str, str]:
-        client = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=300)
-        parts: dict[str, list[str]] = {}
-
-        async def start(name: str):
-            stream = await client.chat.completions.create(model=MODEL_ID, temperature=0, stream=True, **BODIES[name])
-            parts[name] = []
-            async for chunk in stream:  # returns once this request holds a slot and has a token
-                if chunk.choices and chunk.choices[0].delta.content:
-                    parts[name].append(chunk.choices[0].delta.content)
-                    break
-            return stream
-
-        async def finish(name: str, stream) -> None:
-            async for chunk in stream:
-                if chunk.choices:
-                    parts[name].append(chunk.choices[0].delta.content or "")
-
-        try:
-            streams = [(name, await start(name)) for name in "abc"]
-            await asyncio.gather(*(finish(name, st) for name, st in streams))
-        finally:
-            await client.close()
-        return {name: "".join(p) for name, p in parts.items()}
-
-    return asyncio.run(go())
+    return stream_in_slot_order(server, {name: {"temperature": 0, **body} for name, body in BODIES.items()})
 
 
 @pytest.mark.cpu_numerics  # on a GPU, two servers' batches need not line up row for row
