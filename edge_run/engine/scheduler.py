@@ -125,6 +125,9 @@ PREFILL_CHUNK = 63
 # Below this many tokens of extra prefix, re-evaluating them costs less than copying a slot's KV stream.
 COPY_GAIN = 16
 
+# What a request sees when the engine fails under it; the cause goes to the log, not to the client
+FAILED = EngineFailure("inference failed; the server log has the details")
+
 
 def _runs(busy: list[bool]) -> int:
     """The number of runs of consecutive ``True`` in ``busy``."""
@@ -278,11 +281,10 @@ class Scheduler:
             out: list[tuple[Job, Chunk]] = []
             try:
                 self._step(out)
-            except Exception as exc:  # keep serving: fail only the requests in flight
+                handover.add(out, time.monotonic(), idle=self.busy == 0)
+            except Exception:  # keep serving: fail only the requests in flight
                 log.exception("engine step failed")
-                self._fail_all(handover.take() + out, exc)
-                continue
-            handover.add(out, time.monotonic(), idle=self.busy == 0)
+                self._fail_all(handover.take() + out, FAILED)
         self._fail_all(handover.take(), EngineFailure("server is shutting down"))
 
     def _step(self, out: list[tuple[Job, Chunk]]) -> None:
@@ -564,18 +566,24 @@ class Scheduler:
         self.ctx.seq_rm(slot.seq, slot.exact, -1)
         self.busy -= 1
 
-    def _fail_all(self, out: list[tuple[Job, Chunk]], exc: Exception) -> None:
-        err = exc if isinstance(exc, EdgeRunError) else EngineFailure("inference failed")
+    def _fail_all(self, out: list[tuple[Job, Chunk]], err: EdgeRunError) -> None:
+        """End every request in flight and waiting with ``err``; never raises (the thread must live on)."""
         failed = {id(job) for job, chunk in out if chunk.finish_reason is not None}
         for slot in self._slots:
             job = slot.job
             if job is not None:
                 if id(job) not in failed:
                     out.append((job, Chunk(finish_reason="error", error=err)))
-                self.ctx.seq_rm(slot.seq, 0, -1)
                 slot.cache.clear()
                 slot.exact = 0
-                self._release(slot)
+                try:
+                    self.ctx.seq_rm(slot.seq, 0, -1)
+                    self._release(slot)
+                except Exception:  # the slot is forgotten even if llama.cpp cannot clear it
+                    log.exception("clearing slot %d failed", slot.seq)
+                    slot.job, slot.text, slot.next_token, slot.stale = None, None, None, []
+                    slot.device_sampler = False
+                    self.busy = sum(not s.idle for s in self._slots)
         with self._cond:
             while self._waiting:
                 job = self._waiting.popleft()

@@ -1,0 +1,64 @@
+"""A failure inside the engine thread fails only the requests in flight, with a generic message (the
+cause goes to the log), and the engine keeps serving: also when failing those requests fails too."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from edge_run.engine import llama
+from edge_run.engine.engine import Engine, EngineOptions
+from edge_run.engine.llama import SamplerSpec
+from edge_run.errors import EngineFailure
+
+pytestmark = pytest.mark.integration
+
+
+async def answer(engine: Engine, text: str) -> str:
+    prompt = await engine.prompt_tokens([{"role": "user", "content": text}])
+    gen = await engine.generate(prompt, SamplerSpec(temperature=0), max_tokens=8, stops=())
+    return "".join([chunk.text async for chunk in gen])
+
+
+@pytest.mark.parametrize("also_when_clearing", [False, True], ids=["decode fails", "clearing fails too"])
+def test_a_failed_step_fails_its_requests_and_the_engine_serves_on(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch, also_when_clearing: bool
+):
+    real_decode, real_seq_rm = llama.Context.decode, llama.Context.seq_rm
+    broken = {"on": False}
+
+    def decode(self: llama.Context, batch: llama.Batch) -> None:
+        if broken["on"]:
+            raise EngineFailure("llama_decode returned -3")  # what Context.decode raises
+        real_decode(self, batch)
+
+    def seq_rm(self: llama.Context, seq: int, p0: int, p1: int = -1) -> None:
+        if broken["on"] and also_when_clearing:
+            raise RuntimeError("cannot clear")
+        real_seq_rm(self, seq, p0, p1)
+
+    monkeypatch.setattr(llama.Context, "decode", decode)
+    monkeypatch.setattr(llama.Context, "seq_rm", seq_rm)
+
+    async def go() -> None:
+        options = EngineOptions(ctx=512, threads=2, gpu_layers=0, slots=2, max_queue=4, batch=64)
+        engine = Engine("t", model_path, options)
+        await engine.load()
+        try:
+            before = await answer(engine, "Say hi.")
+            broken["on"] = True
+            results = await asyncio.gather(
+                answer(engine, "Tell me about cats."), answer(engine, "Tell me about dogs."), return_exceptions=True
+            )
+            for result in results:
+                assert isinstance(result, EngineFailure)
+                assert "llama_decode" not in result.message
+            broken["on"] = False
+            assert await asyncio.wait_for(answer(engine, "Say hi."), 60) == before
+            assert engine.status()["slots_busy"] == 0
+        finally:
+            await engine.close()
+
+    asyncio.run(go())
