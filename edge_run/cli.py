@@ -220,6 +220,12 @@ def main(ctx: click.Context, no_browser: bool) -> None:
     help="Greedy and seeded answers never depend on other requests running alongside (costs throughput).",
 )
 @click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    help="A name the Host header may carry besides addresses and localhost (repeatable; * allows any).",
+)
+@click.option(
     "--browser/--no-browser",
     default=False,
     help="Open the web page, logged in through a one-time link.  [default: only with no command]",
@@ -235,6 +241,7 @@ def serve(
     max_queue: int | None,
     no_auth: bool | None,
     deterministic: bool | None,
+    allowed_hosts: tuple[str, ...],
     browser: bool,
 ) -> None:
     """Serve the OpenAI chat API and the web page (settings: flags > EDGE_RUN_* env > config.toml)."""
@@ -263,6 +270,7 @@ def serve(
         max_queue=max_queue,
         auth=False if no_auth else None,
         deterministic=deterministic,
+        allowed_hosts=list(allowed_hosts) or None,
     )
     if not settings.auth and not _is_loopback(settings.host):
         raise click.UsageError(
@@ -300,7 +308,13 @@ def serve(
     except EngineFailure as exc:
         raise click.ClickException(exc.message) from exc
     login_code = secrets.token_urlsafe(24)
-    app = create_app(Registry([engine]), keys, max_body_bytes=settings.max_body_bytes, login_code=login_code)
+    app = create_app(
+        Registry([engine]),
+        keys,
+        max_body_bytes=settings.max_body_bytes,
+        login_code=login_code,
+        allowed_hosts=[settings.host, *settings.allowed_hosts],
+    )
     login = f"{page}#login={login_code}"
     click.echo(f"edge-run {__version__} serving `{model_id}` ({gguf.name}), {options.threads} threads", err=True)
     click.echo(f"  web page:        {page}", err=True)

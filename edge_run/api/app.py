@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
 from litestar import Litestar, Router
@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from edge_run import __version__
 from edge_run.api.errors import EXCEPTION_HANDLERS
 from edge_run.api.guard import require_key
+from edge_run.api.hosts import host_check
 from edge_run.api.routes import chat_completions, embeddings, get_model, health, list_models, text_completions
 from edge_run.api.web import LoginCodes, web_routes
 
@@ -30,10 +31,12 @@ def create_app(
     *,
     max_body_bytes: int = 8 << 20,
     login_code: str | None = None,
+    allowed_hosts: Iterable[str] = (),
 ) -> Litestar:
     """Build the app. ``keys=None`` turns auth off (the CLI allows that on loopback only).
 
     ``login_code`` is a one-time code the web page can trade for an API key (see :mod:`.web`).
+    ``allowed_hosts`` are names, besides addresses and ``localhost``, that a ``Host`` header may carry.
     """
     login_codes = LoginCodes()
     if login_code:
@@ -61,6 +64,7 @@ def create_app(
         route_handlers=[health, v1, *web_routes()],
         state=State({"registry": registry, "key_store": keys, "login_codes": login_codes}),
         lifespan=[lifespan],
+        middleware=[host_check(allowed_hosts)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=max_body_bytes,
         openapi_config=OpenAPIConfig(title="edge-run", version=__version__, path="/openapi"),

@@ -116,6 +116,7 @@ def test_help_lists_every_command_and_serve_flag():
         "--max-queue",
         "--no-auth",
         "--deterministic",
+        "--allowed-host",
     ):
         assert flag in r.stdout
     top = subprocess.run([sys.executable, "-m", "edge_run", "--help"], capture_output=True, text=True, check=True)

@@ -47,7 +47,7 @@ LOGIN_RE = re.compile(r"http://\S+/#login=[A-Za-z0-9_-]+")
 def app_client(tmp_path: Path) -> Iterator[tuple[TestClient, KeyStore]]:
     keys = KeyStore(tmp_path / "keys.json")
     keys.create("default")
-    with TestClient(create_app(Registry([]), keys, login_code="one-time-code")) as client:
+    with TestClient(create_app(Registry([]), keys, login_code="one-time-code"), base_url="http://127.0.0.1") as client:
         yield client, keys
 
 
@@ -93,7 +93,7 @@ def test_page_and_assets_need_no_key_but_the_api_still_does(app_client):
 
 
 def test_no_auth_server_exchanges_for_no_key(tmp_path):
-    with TestClient(create_app(Registry([]), None, login_code="c")) as client:
+    with TestClient(create_app(Registry([]), None, login_code="c"), base_url="http://127.0.0.1") as client:
         r = client.post("/auth/exchange", json={"code": "c"})
         assert r.status_code == 200
         assert r.json() == {"api_key": None, "key_name": None}

@@ -50,3 +50,13 @@ def test_threads_default_never_exceeds_the_cores():
     import os
 
     assert 1 <= physical_cores() <= (os.cpu_count() or 1)
+
+
+def test_allowed_hosts_from_every_layer(tmp_path):
+    paths = paths_in(tmp_path)
+    assert load_settings(paths, environ={}).allowed_hosts == []
+    assert load_settings(paths, environ={"EDGE_RUN_ALLOWED_HOSTS": "a.lan, b.lan"}).allowed_hosts == ["a.lan", "b.lan"]
+    paths.config_dir.mkdir(parents=True, exist_ok=True)
+    paths.config_file.write_text('allowed_hosts = ["c.lan"]\n')
+    assert load_settings(paths, environ={}).allowed_hosts == ["c.lan"]
+    assert load_settings(paths, environ={}, overrides={"allowed_hosts": ["d.lan"]}).allowed_hosts == ["d.lan"]

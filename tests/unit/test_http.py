@@ -73,7 +73,7 @@ def setup(tmp_path):
     key, _ = keys.create()
     engine = FakeEngine()
     app = create_app(Registry([engine]), keys, max_body_bytes=4096)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         client.headers["Authorization"] = f"Bearer {key}"
         yield client, engine
 
