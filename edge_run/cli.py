@@ -226,6 +226,12 @@ def main(ctx: click.Context, no_browser: bool) -> None:
     help="A name the Host header may carry besides addresses and localhost (repeatable; * allows any).",
 )
 @click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    help="A web origin whose pages may call the API from a browser, e.g. https://app.example (repeatable).",
+)
+@click.option(
     "--browser/--no-browser",
     default=False,
     help="Open the web page, logged in through a one-time link.  [default: only with no command]",
@@ -242,6 +248,7 @@ def serve(
     no_auth: bool | None,
     deterministic: bool | None,
     allowed_hosts: tuple[str, ...],
+    cors_origins: tuple[str, ...],
     browser: bool,
 ) -> None:
     """Serve the OpenAI chat API and the web page (settings: flags > EDGE_RUN_* env > config.toml)."""
@@ -271,7 +278,10 @@ def serve(
         auth=False if no_auth else None,
         deterministic=deterministic,
         allowed_hosts=list(allowed_hosts) or None,
+        cors_origins=list(cors_origins) or None,
     )
+    if not settings.auth and "*" in settings.cors_origins:
+        raise click.UsageError("refusing --cors-origin * without API keys: any web page could use this server.")
     if not settings.auth and not _is_loopback(settings.host):
         raise click.UsageError(
             f"refusing to serve {settings.host} without API keys: anyone on the network could use it. "
@@ -314,6 +324,7 @@ def serve(
         max_body_bytes=settings.max_body_bytes,
         login_code=login_code,
         allowed_hosts=[settings.host, *settings.allowed_hosts],
+        cors_origins=settings.cors_origins,
     )
     login = f"{page}#login={login_code}"
     click.echo(f"edge-run {__version__} serving `{model_id}` ({gguf.name}), {options.threads} threads", err=True)

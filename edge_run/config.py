@@ -44,6 +44,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     deterministic: bool = False
     device_sampling: bool | None = None
     allowed_hosts: list[str] = []
+    cors_origins: list[str] = []
     max_body_bytes: Positive = 8 * 1024 * 1024
 
 
@@ -89,8 +90,9 @@ def load_settings(
         if value is not None and value != "":
             merged[name] = value
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    if isinstance(merged.get("allowed_hosts"), str):  # from the environment: comma-separated
-        merged["allowed_hosts"] = [h.strip() for h in merged["allowed_hosts"].split(",") if h.strip()]
+    for name in ("allowed_hosts", "cors_origins"):  # lists, from the environment: comma-separated
+        if isinstance(merged.get(name), str):
+            merged[name] = [v.strip() for v in merged[name].split(",") if v.strip()]
     if str(merged.get("gpu_layers", "")).strip().lower() == "auto":
         merged["gpu_layers"] = None
     try:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
 from litestar import Litestar, Router
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
@@ -32,12 +33,15 @@ def create_app(
     max_body_bytes: int = 8 << 20,
     login_code: str | None = None,
     allowed_hosts: Iterable[str] = (),
+    cors_origins: Iterable[str] = (),
 ) -> Litestar:
     """Build the app. ``keys=None`` turns auth off (the CLI allows that on loopback only).
 
     ``login_code`` is a one-time code the web page can trade for an API key (see :mod:`.web`).
     ``allowed_hosts`` are names, besides addresses and ``localhost``, that a ``Host`` header may carry.
+    ``cors_origins`` are the web origins whose pages may call the API from a browser (``*``: any).
     """
+    origins = list(cors_origins)
     login_codes = LoginCodes()
     if login_code:
         login_codes.add(login_code)
@@ -65,6 +69,7 @@ def create_app(
         state=State({"registry": registry, "key_store": keys, "login_codes": login_codes}),
         lifespan=[lifespan],
         middleware=[host_check(allowed_hosts)],
+        cors_config=CORSConfig(allow_origins=origins, allow_methods=["*"], allow_headers=["*"]) if origins else None,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=max_body_bytes,
         openapi_config=OpenAPIConfig(title="edge-run", version=__version__, path="/openapi"),

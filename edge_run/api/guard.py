@@ -1,4 +1,8 @@
-"""The auth guard: every route but ``/health`` needs ``Authorization: Bearer <key>``."""
+"""The auth guard: every route but ``/health`` needs ``Authorization: Bearer <key>``.
+
+``OPTIONS`` requests pass: a browser's CORS preflight never carries the key. They answer with the
+allowed methods only, and with CORS headers for the ``--cors-origin`` origins.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ __all__ = ["require_key"]
 async def require_key(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     """Raise unless the request carries a valid key (or auth is off for this loopback server)."""
     keys: KeyStore | None = connection.app.state.key_store
-    if keys is None:
+    if keys is None or connection.scope.get("method") == "OPTIONS":  # a CORS preflight carries no key
         return
     scheme, _, token = connection.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -117,11 +117,18 @@ def test_help_lists_every_command_and_serve_flag():
         "--no-auth",
         "--deterministic",
         "--allowed-host",
+        "--cors-origin",
     ):
         assert flag in r.stdout
     top = subprocess.run([sys.executable, "-m", "edge_run", "--help"], capture_output=True, text=True, check=True)
     for command in ("serve", "keys", "models"):
         assert command in top.stdout
+
+
+def test_any_origin_without_keys_is_refused(tmp_path):
+    r = run_cli(tmp_path, "serve", "--no-auth", "--cors-origin", "*", check=False)
+    assert r.returncode == 2
+    assert "--cors-origin *" in r.stderr
 
 
 def test_ctrl_c_stops_the_server_cleanly(make_server):

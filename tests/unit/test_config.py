@@ -60,3 +60,8 @@ def test_allowed_hosts_from_every_layer(tmp_path):
     paths.config_file.write_text('allowed_hosts = ["c.lan"]\n')
     assert load_settings(paths, environ={}).allowed_hosts == ["c.lan"]
     assert load_settings(paths, environ={}, overrides={"allowed_hosts": ["d.lan"]}).allowed_hosts == ["d.lan"]
+
+
+def test_cors_origins_from_the_environment(tmp_path):
+    environ = {"EDGE_RUN_CORS_ORIGINS": "https://a.example,https://b.example"}
+    assert load_settings(paths_in(tmp_path), environ=environ).cors_origins == ["https://a.example", "https://b.example"]
