@@ -394,15 +394,20 @@ class Scheduler:
                     break
                 admitted = True
                 self._waiting.popleft()
-                # the longest cached prefix, then a slot next to the busy ones, then the least recently used
-                slot = max(idle, key=lambda s: (_reusable(s, job.prompt), -self._runs_with(s), -s.last_used))
-                idle.remove(slot)
-                self._start(slot, job)
-                for follower in job.followers:
-                    fslot = max(idle, key=lambda s: (-self._runs_with(s), -s.last_used))
-                    idle.remove(fslot)
-                    self._start(fslot, follower, fork=True)
-                    slot.followers.append(fslot)
+                try:
+                    # the longest cached prefix, then a slot next to the busy ones, then the least recently used
+                    slot = max(idle, key=lambda s: (_reusable(s, job.prompt), -self._runs_with(s), -s.last_used))
+                    idle.remove(slot)
+                    self._start(slot, job)
+                    for follower in job.followers:
+                        fslot = max(idle, key=lambda s: (-self._runs_with(s), -s.last_used))
+                        idle.remove(fslot)
+                        self._start(fslot, follower, fork=True)
+                        slot.followers.append(fslot)
+                except Exception:
+                    if all(s.job is not job for s in self._slots):
+                        self._waiting.appendleft(job)  # in no slot yet: _fail_all ends it with the waiting
+                    raise
         return admitted
 
     def _runs_with(self, extra: _Slot) -> int:
@@ -559,12 +564,12 @@ class Scheduler:
         slot.last_used = time.monotonic()
         # what was decoded as rows is never reused: drop it now, and prefill it again once idle; only
         # the latest answer, so that a burst does not leave seconds of background work on a busy desktop
+        self.busy -= 1
         for other in self._slots:
             other.stale = []
         slot.stale = slot.cache[slot.exact :]
         del slot.cache[slot.exact :]
         self.ctx.seq_rm(slot.seq, slot.exact, -1)
-        self.busy -= 1
 
     def _fail_all(self, out: list[tuple[Job, Chunk]], err: EdgeRunError) -> None:
         """End every request in flight and waiting with ``err``; never raises (the thread must live on)."""
@@ -583,7 +588,7 @@ class Scheduler:
                     log.exception("clearing slot %d failed", slot.seq)
                     slot.job, slot.text, slot.next_token, slot.stale = None, None, None, []
                     slot.device_sampler = False
-                    self.busy = sum(not s.idle for s in self._slots)
+        self.busy = sum(not s.idle for s in self._slots)
         with self._cond:
             while self._waiting:
                 job = self._waiting.popleft()

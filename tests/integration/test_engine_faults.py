@@ -49,9 +49,10 @@ def test_a_failed_step_fails_its_requests_and_the_engine_serves_on(
         try:
             before = await answer(engine, "Say hi.")
             broken["on"] = True
-            results = await asyncio.gather(
+            both = asyncio.gather(
                 answer(engine, "Tell me about cats."), answer(engine, "Tell me about dogs."), return_exceptions=True
             )
+            results = await asyncio.wait_for(both, 60)  # a request lost by the engine would hang
             for result in results:
                 assert isinstance(result, EngineFailure)
                 assert "llama_decode" not in result.message
