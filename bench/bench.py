@@ -332,6 +332,13 @@ def start_server(
     return proc, url + "/v1", key, home
 
 
+def run_part(name: str, model: Path, threads: int, max_tokens: int) -> dict:
+    """One in-process measurement (``--part``) in a fresh process; its JSON result."""
+    cmd = [sys.executable, __file__, "--part", name, "--model", str(model), "--threads", str(threads)]
+    out = subprocess.run([*cmd, "--max-tokens", str(max_tokens)], capture_output=True, text=True, check=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 def run_scenario(args: argparse.Namespace, model: Path) -> None:
     import scenarios
 
@@ -343,14 +350,7 @@ def run_scenario(args: argparse.Namespace, model: Path) -> None:
             procs.append(proc)
             targets.append((name, url, key, model.stem))
         targets += [(o, o, args.compare_key, args.compare_model) for o in args.compare]
-        eog = json.loads(
-            subprocess.run(
-                [sys.executable, __file__, "--part", "ceiling", "--model", str(model), "--max-tokens", "8"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.splitlines()[-1]
-        )["eog"]
+        eog = run_part("ceiling", model, args.threads, 8)["eog"]
         for _, u, k, m in targets:
             asyncio.run(load(u, k, m, 1, 8, eog))  # warm-up
             settle(u)
@@ -408,9 +408,7 @@ def main() -> None:
         return
 
     def part(name: str) -> dict:
-        cmd = [sys.executable, __file__, "--part", name, "--model", str(model), "--threads", str(args.threads)]
-        out = subprocess.run([*cmd, "--max-tokens", str(args.max_tokens)], capture_output=True, text=True, check=True)
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        return run_part(name, model, args.threads, args.max_tokens)
 
     # Every measurement runs --rounds times, round-robin over the targets so that a noisy moment on
     # this machine hits all of them alike. The first table shows medians; the second pairs each round's

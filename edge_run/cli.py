@@ -417,7 +417,6 @@ def models_list() -> None:
 def models_show(model: str) -> None:
     """Show a model's file and layers, and where `serve` would put them on this machine."""
     from edge_run.engine.engine import Placement
-    from edge_run.engine.offload import read_layout
     from edge_run.models.catalog import load_catalog
     from edge_run.models.local import resolve_model
 
@@ -425,11 +424,10 @@ def models_show(model: str) -> None:
     settings = _settings(paths)
     try:
         model_id, gguf = resolve_model(model, paths=paths, catalog=load_catalog(), fetch_missing=False)
-        layout = read_layout(gguf)
         placement = Placement.resolve(gguf, _engine_options(settings))
     except (ModelNotFound, EngineFailure) as exc:
         raise click.ClickException(exc.message) from exc
-    mib = 1 << 20
+    mib, layout = 1 << 20, placement.layout
     kv = layout.kv_bytes_per_token * layout.n_layer * settings.ctx * settings.slots
     click.echo(f"id:        {model_id}")
     click.echo(f"file:      {gguf} ({gguf.stat().st_size / mib:.1f} MiB)")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_run.engine.llama import Context, Embedder, GpuDevice, Model, Sampler, SamplerSpec, gpu_devices
-from edge_run.engine.offload import plan_offload, read_layout
+from edge_run.engine.offload import GgufLayout, plan_offload, read_layout
 from edge_run.engine.scheduler import PREFILL_CHUNK, Chunk, Job, Scheduler
 from edge_run.engine.templates import ChatTemplate
 from edge_run.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, ModelLoading, Overloaded
@@ -38,7 +38,7 @@ class Placement:
     """Where a model's layers go: ``--gpu-layers`` resolved against the GPUs found."""
 
     layers: int  # llama.cpp's n_gpu_layers, at most total_layers
-    total_layers: int  # repeating layers + the output layer
+    layout: GgufLayout
     devices: tuple[GpuDevice, ...]
     reason: str
 
@@ -46,28 +46,37 @@ class Placement:
     def resolve(cls, path: Path, options: EngineOptions) -> Placement:
         devices = tuple(gpu_devices())
         layout = read_layout(path)
-        total = layout.n_layer + 1
         if not devices:
-            return cls(0, total, devices, "no GPU in this llama.cpp build")
+            return cls(0, layout, devices, "no GPU in this llama.cpp build")
         if options.gpu_layers is not None:
-            layers = min(options.gpu_layers, total)
-            return cls(layers, total, devices, f"--gpu-layers {options.gpu_layers}")
+            layers = min(options.gpu_layers, layout.n_layer + 1)
+            return cls(layers, layout, devices, f"--gpu-layers {options.gpu_layers}")
         plan = plan_offload(
             layout,
             free=sum(d.free for d in devices),
             kv_tokens=options.ctx * options.slots,
             n_batch=options.batch,
         )
-        return cls(plan.layers, total, devices, f"auto: {plan.reason}")
+        return cls(plan.layers, layout, devices, f"auto: {plan.reason}")
+
+    @property
+    def total_layers(self) -> int:
+        """The repeating layers and the output layer."""
+        return self.layout.n_layer + 1
+
+    @property
+    def full(self) -> bool:
+        """Every layer on the GPU (never true without one)."""
+        return self.layers >= self.total_layers
 
     def describe(self) -> str:
         """One line for the start-up banner and ``models show``."""
         if not self.devices:
             return "CPU"
-        gpus = ", ".join(f"{d.name} {d.description}".strip() for d in self.devices)
+        gpus = ", ".join(d.label for d in self.devices)
         if self.layers == 0:
             return f"CPU, {gpus} unused ({self.reason})"
-        done = "all" if self.layers >= self.total_layers else str(self.layers)
+        done = "all" if self.full else str(self.layers)
         return f"{gpus}: {done} of {self.total_layers} layers offloaded ({self.reason})"
 
 
@@ -156,7 +165,7 @@ class Engine:
         self.model = model
         self.template = ChatTemplate(model.chat_template(), bos_token=model.bos_text, eos_token=model.eos_text)
         self._ctx = Context(model, n_seq=opts.slots, n_ctx_seq=opts.ctx, n_batch=opts.batch, threads=opts.threads)
-        offloaded = bool(placement.devices) and placement.layers >= placement.total_layers
+        offloaded = placement.full
         if placement.devices:
             self.vram_used = max(0, sum(d.free for d in placement.devices) - sum(d.free for d in gpu_devices()))
         self._scheduler = Scheduler(
@@ -308,9 +317,7 @@ class Engine:
             "backend": self.backend,
             "gpu_layers": self.model.gpu_layers if self.model else 0,
             "gpu_layers_total": self._placement.total_layers if self._placement else 0,
-            "gpu_devices": [f"{d.name} {d.description}".strip() for d in self._placement.devices]
-            if self._placement
-            else [],
+            "gpu_devices": [d.label for d in self._placement.devices] if self._placement else [],
             "vram_used_bytes": self.vram_used,
             "slots_total": self.options.slots,
             "slots_busy": s.busy if s else 0,
@@ -325,7 +332,7 @@ class Engine:
             "deterministic": self.options.deterministic,
             "device_sampling": s.device_sampling if s else False,
             "threads": self.options.threads,
-            "threads_now": s._threads if s else self.options.threads,
+            "threads_now": s.threads_now if s else self.options.threads,
             "thread_switches": s.governor.switches if s else 0,
         }
 

@@ -86,6 +86,10 @@ class GpuDevice:
     free: int
     total: int
 
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.description}".strip()
+
 
 _GPU_TYPES = (1, 2)  # GGML_BACKEND_DEVICE_TYPE_GPU, _IGPU (unified memory: Apple silicon)
 

@@ -126,7 +126,7 @@ PREFILL_CHUNK = 63
 COPY_GAIN = 16
 
 # What a request sees when the engine fails under it; the cause goes to the log, not to the client
-FAILED = EngineFailure("inference failed; the server log has the details")
+FAILED = "inference failed; the server log has the details"
 
 
 def _runs(busy: list[bool]) -> int:
@@ -191,7 +191,7 @@ class Scheduler:
         self.prefill_chunk = prefill_chunk
         self.device_sampling = device_sampling
         self.governor = ThreadGovernor(threads, adapt=adapt_threads)
-        self._threads = threads
+        self.threads_now = threads  # what the context was last set to (the governor may be trying another)
         self.ctx = ctx
         self.n_ctx_seq = ctx.n_ctx_seq
         self._slots = [_Slot(seq=i) for i in range(slots)]
@@ -284,7 +284,7 @@ class Scheduler:
                 handover.add(out, time.monotonic(), idle=self.busy == 0)
             except Exception:  # keep serving: fail only the requests in flight
                 log.exception("engine step failed")
-                self._fail_all(handover.take() + out, FAILED)
+                self._fail_all(handover.take() + out, EngineFailure(FAILED))
         self._fail_all(handover.take(), EngineFailure("server is shutting down"))
 
     def _step(self, out: list[tuple[Job, Chunk]]) -> None:
@@ -372,9 +372,9 @@ class Scheduler:
             slot.logit_index = batch.add(token, len(slot.cache), slot.seq, True)
             slot.cache.append(token)
         threads = self.governor.for_step()
-        if threads != self._threads:
+        if threads != self.threads_now:
             self.ctx.set_threads(threads)
-            self._threads = threads
+            self.threads_now = threads
         start = time.perf_counter()
         self.ctx.decode(batch)
         self.governor.observe(threads, len(rows), time.perf_counter() - start)
