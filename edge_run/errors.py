@@ -14,6 +14,7 @@ __all__ = [
     "InvalidRequest",
     "ModelLoading",
     "ModelNotFound",
+    "ModelUnavailable",
     "Overloaded",
 ]
 
@@ -24,6 +25,7 @@ class EdgeRunError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    retry_after: int | None = None  # seconds, sent as ``Retry-After`` when set
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -74,6 +76,18 @@ class ModelLoading(EdgeRunError):
     status = 503
     type = "server_error"
     code = "model_loading"
+
+
+class ModelUnavailable(EdgeRunError):
+    """A model cannot be loaded now: its load failed (the reason is said), or it does not fit beside busy ones."""
+
+    status = 503
+    type = "server_error"
+    code = "model_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message, param="model")
+        self.retry_after = retry_after
 
 
 class EngineFailure(EdgeRunError):

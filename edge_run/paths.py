@@ -52,3 +52,8 @@ class Paths:
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def hf_cache(self) -> Path:
+        """Models pulled from Hugging Face, in huggingface_hub's cache layout."""
+        return self.models_dir / "huggingface"

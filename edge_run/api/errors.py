@@ -9,7 +9,7 @@ from litestar import Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from edge_run.api.schemas import ErrorBody, ErrorResponse
-from edge_run.errors import AuthenticationError, EdgeRunError, Overloaded
+from edge_run.errors import AuthenticationError, EdgeRunError
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -34,7 +34,7 @@ def _domain(_: Request, exc: EdgeRunError) -> Response[ErrorResponse]:
     headers: dict[str, str] = {}
     if isinstance(exc, AuthenticationError):
         headers["WWW-Authenticate"] = 'Bearer realm="edge-run"'
-    if isinstance(exc, Overloaded):
+    if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     if exc.status >= 500:
         log.error("request failed: %s", exc.message)

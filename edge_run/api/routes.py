@@ -24,8 +24,8 @@ from edge_run.api.schemas import (
     ModelCard,
     ModelList,
 )
-from edge_run.engine.registry import Registry
 from edge_run.errors import ClientDisconnected
+from edge_run.models.registry import ModelEntry, ModelRegistry
 
 __all__ = ["chat_completions", "embeddings", "get_model", "health", "list_models", "text_completions"]
 
@@ -71,14 +71,11 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 async def chat_completions(
     data: JSONBody[ChatCompletionRequest], state: State, request: Request
 ) -> ChatCompletion | EventStream:
-    engine = state.registry.get(data.model)
-    run = await chat.start(data, engine)
+    # the model is held until the answer is admitted; from then on the answer keeps it busy
+    async with state.registry.use(data.model, data.keep_alive) as engine:
+        run = await chat.start(data, engine)
     if data.stream:
-        return EventStream(
-            chat.stream(data, run),
-            media_type="text/event-stream",
-            headers=_SSE_HEADERS,
-        )
+        return EventStream(chat.stream(data, run), media_type="text/event-stream", headers=_SSE_HEADERS)
     return await _unless_disconnected(request, chat.complete(data, run))
 
 
@@ -86,7 +83,8 @@ async def chat_completions(
 async def text_completions(
     data: JSONBody[CompletionRequest], state: State, request: Request
 ) -> Completion | EventStream:
-    started = await completions.start(data, state.registry.get(data.model))
+    async with state.registry.use(data.model, data.keep_alive) as engine:
+        started = await completions.start(data, engine)
     if data.stream:
         return EventStream(completions.stream(data, started), media_type="text/event-stream", headers=_SSE_HEADERS)
     return await _unless_disconnected(request, completions.complete(data, started))
@@ -94,29 +92,58 @@ async def text_completions(
 
 @post("/embeddings", status_code=200, summary="Create embeddings (mean-pooled, unit length)")
 async def embeddings(data: JSONBody[EmbeddingRequest], state: State) -> EmbeddingList:
-    return await completions.embed(data, state.registry.get(data.model))
+    async with state.registry.use(data.model, data.keep_alive) as engine:
+        return await completions.embed(data, engine)
 
 
-def _card(model_id: str) -> ModelCard:
-    return ModelCard(id=model_id, created=_STARTED)
+def _card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
+    expires = registry.expires_in(entry)
+    return ModelCard(
+        id=entry.spec.id,
+        created=_STARTED,
+        status=entry.status,
+        error=entry.error if entry.status == "failed" else None,
+        expires_in=None if expires is None else round(expires, 1),
+    )
 
 
-@get("/models", summary="List the served models")
+@get("/models", summary="List the models: every one this server offers, with `status` (loaded, loading...)")
 async def list_models(state: State) -> ModelList:
-    registry: Registry = state.registry
-    return ModelList(data=[_card(e.model_id) for e in registry])
+    return ModelList(data=[_card(state.registry, e) for e in state.registry])
 
 
-@get("/models/{model_id:path}", summary="Describe one served model (ids may contain `/`)")
+@get("/models/{model_id:path}", summary="Describe one model (ids may contain `/`)")
 async def get_model(model_id: FromPath[str], state: State) -> ModelCard:
-    engine = state.registry.get(model_id.lstrip("/"))
-    return _card(engine.model_id)
+    return _card(state.registry, state.registry.entry(model_id.lstrip("/")))
 
 
-@get("/health", summary="Liveness and model state; needs no key", exclude_from_auth=True)
+def _model_health(registry: ModelRegistry, entry: ModelEntry) -> dict[str, Any]:
+    engine = entry.backend
+    expires = registry.expires_in(entry)
+    figures = engine.status() if engine is not None else {"slots_total": entry.spec.slots, "slots_busy": 0}
+    return {
+        **figures,
+        "id": entry.spec.id,
+        "state": entry.status,
+        "source": entry.spec.source,
+        "loads": entry.loads,
+        "memory_bytes": registry.cost(entry) if entry.status == "loaded" else 0,
+        "keep_alive": entry.keep_alive,
+        "expires_in": None if expires is None else round(expires, 1),
+        "error": entry.error,
+    }
+
+
+@get("/health", summary="Liveness and every model's state; needs no key", exclude_from_auth=True)
 async def health(state: State) -> Response[dict[str, Any]]:
-    models = [e.status() for e in state.registry]
-    ready = all(m["state"] == "ready" for m in models)
-    failed = any(m["state"] == "failed" for m in models)
-    status = "ok" if ready else ("error" if failed else "loading")
-    return Response({"status": status, "models": models}, status_code=200 if ready else 503)
+    """``200`` once the models named at start-up are loaded (``503`` while they load)."""
+    registry: ModelRegistry = state.registry
+    loading = not state.preloading.done()
+    body = {
+        "status": "loading" if loading else "ok",
+        "models_loaded": sum(e.status == "loaded" for e in registry),
+        "max_loaded": registry.max_loaded,
+        "memory_budget_bytes": registry.budget,
+        "models": [_model_health(registry, e) for e in registry],
+    }
+    return Response(body, status_code=503 if loading else 200)

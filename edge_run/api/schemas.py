@@ -38,6 +38,8 @@ Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 TokenCount = Annotated[int, Meta(ge=1)]
+# edge-run's: seconds the model stays loaded once idle (0: unload after this answer, -1: never)
+KeepAlive = Annotated[float, Meta(ge=-1)]
 StopList = Annotated[list[str], Meta(max_length=16)]
 
 
@@ -139,6 +141,7 @@ class ChatCompletionRequest(Struct, kw_only=True):
     top_k: Annotated[int, Meta(ge=0)] | None = None
     min_p: Probability | None = None
     repeat_penalty: Annotated[float, Meta(gt=0.0)] | None = None
+    keep_alive: KeepAlive | None = None
 
 
 class PromptTokensDetails(Struct):
@@ -228,10 +231,15 @@ class ChatCompletionChunk(Struct, kw_only=True):
 
 
 class ModelCard(Struct, kw_only=True):
+    """OpenAI's model object, plus where the model stands in this server (edge-run's fields)."""
+
     id: str
     created: int
     owned_by: str = "edge-run"
     object: Literal["model"] = "model"
+    status: Literal["loaded", "loading", "unloaded", "failed"] = "unloaded"
+    error: str | None = None  # why the latest load failed
+    expires_in: float | None = None  # seconds until an idle loaded model unloads
 
 
 class ModelList(Struct):
@@ -274,6 +282,7 @@ class CompletionRequest(Struct, kw_only=True):
     top_k: Annotated[int, Meta(ge=0)] | None = None
     min_p: Probability | None = None
     repeat_penalty: Annotated[float, Meta(gt=0.0)] | None = None
+    keep_alive: KeepAlive | None = None
 
 
 class CompletionLogprobs(Struct):
@@ -305,6 +314,7 @@ class EmbeddingRequest(Struct, kw_only=True):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Meta(ge=1)] | None = None
     user: str | None = None
+    keep_alive: KeepAlive | None = None
 
 
 class Embedding(Struct):

@@ -14,6 +14,7 @@ from edge_run.engine.llama import Context, Embedder, GpuDevice, Model, Sampler, 
 from edge_run.engine.offload import GgufLayout, plan_offload, read_layout
 from edge_run.engine.scheduler import PREFILL_CHUNK, Chunk, Job, Scheduler
 from edge_run.engine.templates import ChatTemplate
+from edge_run.engine.threads import CoreShare
 from edge_run.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, ModelLoading, Overloaded
 
 __all__ = ["Engine", "EngineOptions", "Generation", "Placement"]
@@ -31,6 +32,8 @@ class EngineOptions:
     batch: int
     deterministic: bool = False
     device_sampling: bool | None = None  # None: when the model is offloaded whole to a GPU
+    chat_template: str | None = None  # a Jinja template that replaces the GGUF's own
+    cores: CoreShare | None = None  # shared by every loaded model; None: this engine alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +152,7 @@ class Engine:
         return self._placement
 
     async def load(self) -> None:
-        """Load weights and context off the event loop; sets ``state`` to ready or failed."""
+        """Load weights and context off the event loop; sets ``state`` to ready, or to failed and raises."""
         loop = asyncio.get_running_loop()
         try:
             await asyncio.to_thread(self._load_blocking, loop)
@@ -157,13 +160,15 @@ class Engine:
         except Exception as exc:
             log.exception("loading %s failed", self.path)
             self.state, self.error = "failed", str(exc)
+            raise
 
     def _load_blocking(self, loop: asyncio.AbstractEventLoop) -> None:
         opts = self.options
         placement = self.placement()
         model = Model(self.path, gpu_layers=placement.layers)
         self.model = model
-        self.template = ChatTemplate(model.chat_template(), bos_token=model.bos_text, eos_token=model.eos_text)
+        template = opts.chat_template or model.chat_template()
+        self.template = ChatTemplate(template, bos_token=model.bos_text, eos_token=model.eos_text)
         self._ctx = Context(model, n_seq=opts.slots, n_ctx_seq=opts.ctx, n_batch=opts.batch, threads=opts.threads)
         offloaded = placement.full
         if placement.devices:
@@ -180,6 +185,7 @@ class Engine:
             device_sampling=offloaded if opts.device_sampling is None else opts.device_sampling,
             threads=opts.threads,
             adapt_threads=not offloaded,  # offloaded whole, the CPU threads barely work
+            cores=opts.cores,
         )
         self._scheduler.start()
 
@@ -303,6 +309,11 @@ class Engine:
             return [self._embedder.embed(tokens) for tokens in token_lists]
 
         return await scheduler.call(work), sum(map(len, token_lists))
+
+    @property
+    def inflight(self) -> int:
+        """Requests admitted and not yet finished (generating or queued)."""
+        return self._inflight
 
     def _finished(self) -> None:
         self._inflight -= 1

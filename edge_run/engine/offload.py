@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from edge_run.errors import EngineFailure
 
-__all__ = ["GgufLayout", "OffloadPlan", "plan_offload", "read_layout"]
+__all__ = ["GgufLayout", "OffloadPlan", "plan_offload", "quant_name", "read_layout"]
 
 MIB = 1 << 20
 MARGIN = 512 * MIB  # the CUDA/Metal context's own growth, fragmentation, other programs' spikes
@@ -24,6 +24,14 @@ MARGIN = 512 * MIB  # the CUDA/Metal context's own growth, fragmentation, other 
 # GGUF metadata value types: struct format of the scalars; 8 is a string, 9 an array
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+# ``general.file_type`` (llama.cpp's llama_ftype) -> its usual name
+_FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
+    12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
+    19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
+    26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
+    36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE",
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +44,22 @@ class GgufLayout:
     kv_bytes_per_token: int  # K and V of one token in one layer, at f16
     n_vocab: int
     n_embd: int
+    # what `models show` prints
+    architecture: str = ""
+    name: str = ""
+    file_type: int | None = None
+    context_length: int = 0  # trained context
+    n_params: int = 0
+    has_chat_template: bool = False
+
+    @property
+    def quant(self) -> str:
+        return quant_name(self.file_type)
+
+
+def quant_name(file_type: int | None) -> str:
+    """``general.file_type``'s usual name (Q4_K_M...), or ``?`` when unknown."""
+    return "?" if file_type is None else _FILE_TYPES.get(file_type, f"type {file_type}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +157,13 @@ def _read(f: BinaryIO, file_size: int) -> GgufLayout:
         key = string()
         meta[key] = value(int(unpack("<I")))
     tensors: list[tuple[str, int]] = []
+    n_params = 0
     for _ in range(n_tensors):
         name = string()
-        f.seek(8 * int(unpack("<I")), 1)  # dimensions
+        elements = 1
+        for _ in range(int(unpack("<I"))):
+            elements *= int(unpack("<Q"))
+        n_params += elements
         unpack("<I")  # type
         tensors.append((name, int(unpack("<Q"))))
     align = int(meta.get("general.alignment", 32))  # type: ignore[call-overload]
@@ -177,4 +205,10 @@ def _read(f: BinaryIO, file_size: int) -> GgufLayout:
         kv_bytes_per_token=(head_k + head_v) * n_head_kv * 2,
         n_vocab=n_vocab,
         n_embd=n_embd,
+        architecture=arch,
+        name=str(meta.get("general.name", "")),
+        file_type=int(meta["general.file_type"]) if "general.file_type" in meta else None,  # type: ignore[call-overload]
+        context_length=hparam("context_length", 0),
+        n_params=n_params,
+        has_chat_template="tokenizer.chat_template" in meta,
     )

@@ -39,7 +39,7 @@ from typing import Any
 
 from edge_run.engine.llama import Batch, Context, Model, Sampler
 from edge_run.engine.text import TextStream
-from edge_run.engine.threads import ThreadGovernor
+from edge_run.engine.threads import CoreShare, ThreadGovernor
 from edge_run.errors import EdgeRunError, EngineFailure
 
 __all__ = ["Chunk", "Handover", "Job", "Scheduler"]
@@ -185,6 +185,7 @@ class Scheduler:
         device_sampling: bool = False,
         threads: int = 1,
         adapt_threads: bool = True,
+        cores: CoreShare | None = None,
     ) -> None:
         self.model = model
         self.deterministic = deterministic
@@ -192,6 +193,8 @@ class Scheduler:
         self.device_sampling = device_sampling
         self.governor = ThreadGovernor(threads, adapt=adapt_threads)
         self.threads_now = threads  # what the context was last set to (the governor may be trying another)
+        self._cores = cores or CoreShare(threads)  # shared with the other loaded models
+        self._member = self._cores.join()
         self.ctx = ctx
         self.n_ctx_seq = ctx.n_ctx_seq
         self._slots = [_Slot(seq=i) for i in range(slots)]
@@ -267,9 +270,11 @@ class Scheduler:
                     and self.busy == 0
                     and self._stale() is None
                 ):
+                    self._cores.set_active(self._member, False)
                     self._cond.wait()
                 if self._stopping:
                     break
+                self._cores.set_active(self._member, True)
                 calls = list(self._calls)
                 self._calls.clear()
             for fn, future in calls:
@@ -285,6 +290,7 @@ class Scheduler:
             except Exception:  # keep serving: fail only the requests in flight
                 log.exception("engine step failed")
                 self._fail_all(handover.take() + out, EngineFailure(FAILED))
+        self._cores.set_active(self._member, False)
         self._fail_all(handover.take(), EngineFailure("server is shutting down"))
 
     def _step(self, out: list[tuple[Job, Chunk]]) -> None:
@@ -335,6 +341,7 @@ class Scheduler:
         batch.clear()
         for i, token in enumerate(tokens):
             batch.add(token, start + i, slot.seq, False)
+        self._use_threads(self.governor.threads)
         self.ctx.decode(batch)
         self.steps += 1
         slot.cache += tokens
@@ -371,14 +378,21 @@ class Scheduler:
                 self.prompt_tokens_evaluated += 1
             slot.logit_index = batch.add(token, len(slot.cache), slot.seq, True)
             slot.cache.append(token)
-        threads = self.governor.for_step()
+        wanted = self.governor.for_step()
+        threads = self._use_threads(wanted)
+        start = time.perf_counter()
+        self.ctx.decode(batch)
+        if threads == wanted:  # a step cut short by the core share says nothing about the machine
+            self.governor.observe(threads, len(rows), time.perf_counter() - start)
+        self.steps += 1
+
+    def _use_threads(self, wanted: int) -> int:
+        """Set the context to ``wanted`` threads, or to this model's share of the cores if that is fewer."""
+        threads = min(wanted, self._cores.share(self._member))
         if threads != self.threads_now:
             self.ctx.set_threads(threads)
             self.threads_now = threads
-        start = time.perf_counter()
-        self.ctx.decode(batch)
-        self.governor.observe(threads, len(rows), time.perf_counter() - start)
-        self.steps += 1
+        return threads
 
     def _admit(self, out: list[tuple[Job, Chunk]]) -> bool:
         """Give waiting requests idle slots, in order; whether any request got one."""

@@ -24,10 +24,11 @@ a single row, whatever the machine does.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["ThreadGovernor"]
+__all__ = ["CoreShare", "ThreadGovernor"]
 
 PROBE_EVERY = 2.0  # seconds between tries of the other setting, at first
 PROBE_MAX = 8.0  # ... and at most, after tries that lost
@@ -114,3 +115,41 @@ class ThreadGovernor:
         self.switches += 1
         self._switched_at = now
         self._usual[(threads, rows)] = seconds
+
+
+class CoreShare:
+    """The machine's cores, shared by every loaded model: together they never run more threads than it has.
+
+    A model is active while its engine thread has work. Each step, an engine takes its share of the
+    cores among the active ones (the first ones registered get the remainder), so two models answering at
+    once on 2 cores run one thread each instead of 2 spinning threads each, which collapses llama.cpp
+    (see the module docstring). A share can change only between steps: while one model's step is under
+    way, another that just woke may start its own with the new share, so for that one step the total can
+    exceed the cores by the first model's excess.
+    """
+
+    def __init__(self, cores: int) -> None:
+        self.cores = max(1, cores)
+        self._lock = threading.Lock()
+        self._order = 0
+        self._active: set[int] = set()  # members with work, by handle (handles grow in registration order)
+
+    def join(self) -> int:
+        """A new member (one engine); returns its handle."""
+        with self._lock:
+            self._order += 1
+            return self._order
+
+    def set_active(self, member: int, active: bool) -> None:
+        with self._lock:
+            if active:
+                self._active.add(member)
+            else:
+                self._active.discard(member)
+
+    def share(self, member: int) -> int:
+        """Threads ``member`` may use for its next step."""
+        with self._lock:
+            active = sorted(self._active | {member})
+        base, extra = divmod(self.cores, len(active))
+        return max(1, base + (active.index(member) < extra))

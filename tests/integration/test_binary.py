@@ -12,12 +12,12 @@ import os
 import sys
 from pathlib import Path
 
-import click
 import pytest
 
-from edge_run import cli
+from edge_run import server
 from edge_run.errors import ModelNotFound
 from edge_run.models.catalog import load_catalog
+from edge_run.models.inventory import inventory
 from edge_run.paths import Paths
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,26 +35,24 @@ def frozen(tmp_path, monkeypatch):
 
 def test_frozen_binary_serves_the_embedded_default_model(frozen):
     meipass, paths = frozen
-    entry = load_catalog().default_entry
+    catalog = load_catalog()
+    entry = catalog.default_entry
     (meipass / "models").mkdir()
     (meipass / "models" / entry.file).write_bytes(b"GGUF")
-    for spec in (None, "default", entry.id):
-        assert cli._frozen_model(spec, paths, load_catalog()) == (entry.id, meipass / "models" / entry.file)
-
-
-def test_frozen_binary_without_a_model_says_to_pass_one(frozen):
-    _, paths = frozen
-    with pytest.raises(click.ClickException, match="--model PATH"):
-        cli._frozen_model(None, paths, load_catalog())
-    with pytest.raises(ModelNotFound):
-        cli._frozen_model("no-such-model", paths, load_catalog())
+    specs = inventory(paths, catalog, [], bundled=server._bundled())
+    assert [(s.id, s.path) for s in specs] == [(entry.id, meipass / "models" / entry.file)]
+    for wanted in ("default", entry.id):  # --model names it: preloaded, nothing downloaded
+        assert server._resolve_preloads([wanted], specs, paths, catalog) == (specs, [entry.id])
 
 
 def test_frozen_binary_prefers_a_given_gguf(frozen, tmp_path):
     _, paths = frozen
     gguf = tmp_path / "mine.gguf"
     gguf.write_bytes(b"GGUF")
-    assert cli._frozen_model(str(gguf), paths, load_catalog()) == ("mine", gguf.resolve())
+    specs, preload = server._resolve_preloads([str(gguf)], [], paths, load_catalog())
+    assert preload == ["mine"] and specs[0].path == gguf.resolve()
+    with pytest.raises(ModelNotFound):
+        server._resolve_preloads(["no-such-model"], [], paths, load_catalog())
 
 
 @pytest.mark.integration

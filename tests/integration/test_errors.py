@@ -37,7 +37,7 @@ def test_health_needs_no_key(server):
     body = r.json()
     assert body["status"] == "ok"
     assert body["models"][0]["id"] == MODEL_ID
-    assert body["models"][0]["state"] == "ready"
+    assert body["models"][0]["state"] == "loaded"
 
 
 @pytest.mark.parametrize("key", [None, "er-not-a-real-key", ""])

@@ -22,7 +22,7 @@ import pytest
 from litestar.testing import TestClient
 
 from edge_run.api.app import create_app
-from edge_run.engine.registry import Registry
+from tests.unit.test_http import fake_registry
 from edge_run.keys import KeyStore
 from tests.conftest import MODEL_ID, Server, free_port, run_cli, wait_healthy
 
@@ -47,7 +47,7 @@ LOGIN_RE = re.compile(r"http://\S+/#login=[A-Za-z0-9_-]+")
 def app_client(tmp_path: Path) -> Iterator[tuple[TestClient, KeyStore]]:
     keys = KeyStore(tmp_path / "keys.json")
     keys.create("default")
-    with TestClient(create_app(Registry([]), keys, login_code="one-time-code"), base_url="http://127.0.0.1") as client:
+    with TestClient(create_app(fake_registry(), keys, login_code="one-time-code"), base_url="http://127.0.0.1") as client:
         yield client, keys
 
 
@@ -93,7 +93,7 @@ def test_page_and_assets_need_no_key_but_the_api_still_does(app_client):
 
 
 def test_no_auth_server_exchanges_for_no_key(tmp_path):
-    with TestClient(create_app(Registry([]), None, login_code="c"), base_url="http://127.0.0.1") as client:
+    with TestClient(create_app(fake_registry(), None, login_code="c"), base_url="http://127.0.0.1") as client:
         r = client.post("/auth/exchange", json={"code": "c"})
         assert r.status_code == 200
         assert r.json() == {"api_key": None, "key_name": None}
@@ -133,7 +133,7 @@ def test_no_arguments_serves_and_opens_a_login_link_that_works(tmp_path, model_p
         "EDGE_RUN_HOME": str(home),
         "EDGE_RUN_BROWSER": str(opener),
         "EDGE_RUN_PORT": str(port),
-        "EDGE_RUN_MODEL": MODEL_ID,
+        "EDGE_RUN_PRELOAD": MODEL_ID,
     }
     log = tmp_path / "serve.log"
     with log.open("w") as out:
@@ -146,7 +146,7 @@ def test_no_arguments_serves_and_opens_a_login_link_that_works(tmp_path, model_p
         [url] = _wait_for_lines(record, 1)
         assert url.startswith(f"http://127.0.0.1:{port}/#login=")
         banner = log.read_text()
-        for expected in ("OpenAI base_url: ", "backend:", "one-time login:", "er-"):
+        for expected in ("OpenAI base_url: ", f"model:           {MODEL_ID}", "loads now on", "one-time login:", "er-"):
             assert expected in banner
         code = url.partition("#login=")[2]
         key = httpx.post(server.url + "/auth/exchange", json={"code": code}).json()["api_key"]

@@ -20,7 +20,8 @@ def test_home_relocates_everything(tmp_path):
 
 def test_defaults(tmp_path):
     s = load_settings(paths_in(tmp_path), environ={})
-    assert (s.host, s.port, s.auth, s.model) == ("127.0.0.1", 8080, True, None)
+    assert (s.host, s.port, s.auth, s.preload, s.model) == ("127.0.0.1", 8080, True, [], [])
+    assert (s.keep_alive, s.max_loaded, s.memory_budget) == (300, 2, None)
 
 
 def test_layers_override_in_order(tmp_path):
@@ -65,3 +66,24 @@ def test_allowed_hosts_from_every_layer(tmp_path):
 def test_cors_origins_from_the_environment(tmp_path):
     environ = {"EDGE_RUN_CORS_ORIGINS": "https://a.example,https://b.example"}
     assert load_settings(paths_in(tmp_path), environ=environ).cors_origins == ["https://a.example", "https://b.example"]
+
+
+def test_model_tables_preloads_and_unloading_settings(tmp_path):
+    p = paths_in(tmp_path)
+    p.config_dir.mkdir(parents=True)
+    p.config_file.write_text(
+        'keep_alive = -1\nmemory_budget = 1.5\n'
+        '[[model]]\nid = "acme/one"\npath = "/m/one.gguf"\nctx = 512\ngpu_layers = "auto"\n'
+        '[[model]]\nid = "acme/two"\npath = "/m/two.gguf"\nslots = 1\nchat_template = "{{ messages }}"\n'
+    )
+    s = load_settings(p, environ={"EDGE_RUN_PRELOAD": "acme/one, acme/two", "EDGE_RUN_MAX_LOADED": "1"})
+    assert (s.keep_alive, s.memory_budget, s.max_loaded, s.preload) == (-1, 1.5, 1, ["acme/one", "acme/two"])
+    one, two = s.model
+    assert (one.id, one.ctx, one.gpu_layers, one.slots) == ("acme/one", 512, None, None)
+    assert (two.slots, two.chat_template) == (1, "{{ messages }}")
+    p.config_file.write_text('[[model]]\nid = "x"\npath = "/x.gguf"\nslotz = 2\n')
+    with pytest.raises(ConfigError, match="slotz"):
+        load_settings(p, environ={})
+    p.config_file.write_text("")
+    with pytest.raises(ConfigError, match="keep_alive"):
+        load_settings(p, environ={"EDGE_RUN_KEEP_ALIVE": "-2"})

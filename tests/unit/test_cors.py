@@ -7,9 +7,8 @@ import pytest
 from litestar.testing import TestClient
 
 from edge_run.api.app import create_app
-from edge_run.engine.registry import Registry
 from edge_run.keys import KeyStore
-from tests.unit.test_http import FakeEngine
+from tests.unit.test_http import FakeEngine, fake_registry
 
 APP_ORIGIN = "https://app.example"
 PREFLIGHT = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
@@ -23,7 +22,7 @@ def keyed(tmp_path):
 
 
 def client_for(keys: KeyStore, origins: list[str]) -> TestClient:
-    return TestClient(create_app(Registry([FakeEngine()]), keys, cors_origins=origins), base_url="http://127.0.0.1")
+    return TestClient(create_app(fake_registry(FakeEngine()), keys, cors_origins=origins), base_url="http://127.0.0.1")
 
 
 def test_a_preflight_from_a_configured_origin_gets_the_cors_headers(keyed):

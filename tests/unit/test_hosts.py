@@ -7,8 +7,7 @@ from litestar.testing import TestClient
 
 from edge_run.api.app import create_app
 from edge_run.api.hosts import host_allowed
-from edge_run.engine.registry import Registry
-from tests.unit.test_http import FakeEngine
+from tests.unit.test_http import FakeEngine, fake_registry
 
 ALLOWED = frozenset({"mybox.lan"})
 
@@ -46,7 +45,7 @@ def test_a_star_allows_any_name():
 
 @pytest.fixture
 def client():
-    app = create_app(Registry([FakeEngine()]), None, allowed_hosts=["mybox.lan"])
+    app = create_app(fake_registry(FakeEngine()), None, allowed_hosts=["mybox.lan"])
     with TestClient(app) as c:
         yield c
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,10 +13,10 @@ from litestar.testing import TestClient
 
 from edge_run.api.app import create_app
 from edge_run.engine.engine import Generation
-from edge_run.engine.registry import Registry
 from edge_run.engine.scheduler import Chunk
 from edge_run.errors import EngineFailure
 from edge_run.keys import KeyStore
+from edge_run.models.registry import ModelRegistry, ModelSpec
 
 
 class FakeGeneration:
@@ -47,6 +48,8 @@ class FakeEngine:
         ]
         self.generations: list[FakeGeneration] = []
 
+    inflight = 0
+
     async def load(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -67,12 +70,19 @@ class FakeEngine:
         return gen
 
 
+def fake_registry(*engines: Any) -> ModelRegistry:
+    """A registry of fake engines, each under its ``model_id``."""
+    by_id = {e.model_id: e for e in engines}
+    specs = [ModelSpec(e.model_id, Path(f"{e.model_id}.gguf"), "test") for e in engines]
+    return ModelRegistry(specs, lambda spec: by_id[spec.id], cost=lambda spec: 0)
+
+
 @pytest.fixture
 def setup(tmp_path):
     keys = KeyStore(tmp_path / "keys.json")
     key, _ = keys.create()
     engine = FakeEngine()
-    app = create_app(Registry([engine]), keys, max_body_bytes=4096)
+    app = create_app(fake_registry(engine), keys, max_body_bytes=4096)
     with TestClient(app, base_url="http://127.0.0.1") as client:
         client.headers["Authorization"] = f"Bearer {key}"
         yield client, engine

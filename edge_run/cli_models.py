@@ -1,0 +1,208 @@
+"""``edge-run models ...`` and ``edge-run ps``: the models you have, and what a running server has loaded."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from edge_run.config import Settings
+    from edge_run.paths import Paths
+
+from edge_run.errors import EngineFailure, ModelNotFound
+
+__all__ = ["models", "ps"]
+
+MIB = 1 << 20
+
+
+def _context(**flags: Any) -> tuple[Paths, Settings]:
+    from edge_run.cli import _paths, _settings  # here: edge_run.cli imports this module
+
+    paths = _paths()
+    return paths, _settings(paths, **flags)
+
+
+def _running_models(host: str, port: int) -> dict[str, dict[str, Any]] | None:
+    """Each model's entry in a running server's ``/health``, by id; None when no edge-run answers."""
+    from edge_run.cli import _browse_host
+
+    try:
+        with urllib.request.urlopen(f"http://{_browse_host(host)}:{port}/health", timeout=3) as r:
+            body = r.read()
+    except urllib.error.HTTPError as exc:  # 503 while it preloads
+        body = exc.read()
+    except (OSError, ValueError):
+        return None
+    try:
+        health = json.loads(body)
+        return {m["id"]: m for m in health["models"]}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+
+
+def _size(path: Path) -> str:
+    try:
+        return f"{path.stat().st_size / MIB:.0f} MiB"
+    except OSError:
+        return "-"
+
+
+@click.group()
+def models() -> None:
+    """Manage models: the catalog, your GGUF files, and models pulled from Hugging Face."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """Every model: id, source, size, quant, status (from the running server, if one answers)."""
+    from edge_run.models.inventory import describe_all
+
+    paths, settings = _context()
+    running = _running_models(settings.host, settings.port)
+    rows = [("ID", "SOURCE", "SIZE", "QUANT", "STATUS")]
+    for row in describe_all(paths, settings.model):
+        status = row.status
+        if running is not None and row.id in running:
+            status = running[row.id]["state"]
+        rows.append((row.id, row.source, _size(row.path) if row.path else "-", row.quant, status))
+    _table(rows)
+
+
+@models.command("show")
+@click.argument("model", default="default")
+def models_show(model: str) -> None:
+    """A model's architecture, parameters, quant, trained context, chat template, file, sha256 and placement."""
+    from edge_run.engine.engine import Placement
+    from edge_run.models.inventory import find_spec, known_sha256
+    from edge_run.server import engine_options, spec_options
+
+    paths, settings = _context()
+    try:
+        spec = find_spec(model, paths, settings.model)
+        options = spec_options(spec, engine_options(settings))
+        placement = Placement.resolve(spec.path, options)
+    except (ModelNotFound, EngineFailure) as exc:
+        raise click.ClickException(exc.message) from exc
+    layout = placement.layout
+    if spec.chat_template:
+        template = "config.toml ([[model]] chat_template)"
+    elif layout.has_chat_template:
+        template = "the GGUF's own (tokenizer.chat_template)"
+    else:
+        template = "none in the GGUF: ChatML"
+    kv = layout.kv_bytes_per_token * layout.n_layer * options.ctx * options.slots
+    click.echo(f"id:             {spec.id}")
+    click.echo(f"source:         {spec.source}")
+    click.echo(f"file:           {spec.path} ({_size(spec.path)})")
+    click.echo(f"sha256:         {known_sha256(spec, paths)}")
+    click.echo(f"architecture:   {layout.architecture} ({layout.name or 'unnamed'})")
+    click.echo(f"parameters:     {layout.n_params / 1e6:.1f} M")
+    click.echo(f"quant:          {layout.quant}")
+    click.echo(f"trained ctx:    {layout.context_length} tokens")
+    click.echo(f"chat template:  {template}")
+    click.echo(f"layers:         {layout.n_layer} repeating + output, vocabulary {layout.n_vocab}")
+    click.echo(f"KV cache:       {kv / MIB:.1f} MiB for {options.slots} slots x {options.ctx} tokens (f16)")
+    click.echo(f"backend:        {placement.describe()}")
+    for d in placement.devices:
+        click.echo(f"  {d.name}: {d.description}, {d.free / MIB:.0f} of {d.total / MIB:.0f} MiB free")
+
+
+@models.command("add")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--id", "model_id", required=True, help="The id clients send as `model` (e.g. team/my-model).")
+def models_add(path: Path, model_id: str) -> None:
+    """Register a local GGUF file under an id."""
+    from edge_run.models.local import LocalRegistry
+
+    try:
+        entry = LocalRegistry(_context()[0].registry_file).add(model_id, path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"added `{entry.id}` -> {entry.path}")
+
+
+@models.command("pull")
+@click.argument("spec", default="default")
+@click.option("--id", "model_id", help="The id to serve a Hugging Face model under.  [default: OWNER/REPO:QUANT]")
+def models_pull(spec: str, model_id: str | None) -> None:
+    """Download a model and verify its sha256.
+
+    SPEC is a catalog id (`default`: the default model), or a Hugging Face repo:
+    `hf:OWNER/REPO` (Q4_K_M, else Q4_0, else the first .gguf), `hf:OWNER/REPO:QUANT` or
+    `hf:OWNER/REPO/FILE.gguf`. HF_ENDPOINT and HF_TOKEN (gated repos) are honoured.
+    """
+    from edge_run.models.catalog import load_catalog
+    from edge_run.models.fetch import FetchError, fetch
+    from edge_run.models.inventory import pull_hf
+    from edge_run.models.pull import PullError
+
+    paths = _context()[0]
+    try:
+        if spec.startswith("hf:"):
+            entry = pull_hf(spec, paths, model_id=model_id)
+            click.echo(f"pulled `{entry.id}` -> {entry.path}")
+            return
+        catalog_entry = load_catalog().get(spec)
+        if catalog_entry is None:
+            raise click.ClickException(
+                f"`{spec}` is not in the catalog (see `edge-run models list`), nor an `hf:OWNER/REPO` reference"
+            )
+        click.echo(str(fetch(catalog_entry, paths.models_dir)))
+    except (FetchError, PullError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@models.command("rm")
+@click.argument("model_id")
+def models_rm(model_id: str) -> None:
+    """Forget a model; its file is deleted only if edge-run downloaded it."""
+    from edge_run.models.inventory import remove_model
+
+    try:
+        paths, settings = _context()
+        deleted = remove_model(model_id, paths, settings.model)
+    except (ModelNotFound, ValueError) as exc:
+        raise click.ClickException(getattr(exc, "message", str(exc))) from exc
+    for path in deleted:
+        click.echo(f"deleted {path}")
+    click.echo(f"removed `{model_id}`" + ("" if deleted else " (its file was not downloaded by edge-run: kept)"))
+
+
+@click.command()
+@click.option("--port", "-p", type=int, help="The server's port.  [default: the configured one, 8080]")
+def ps(port: int | None) -> None:
+    """The models a running server has loaded: memory, slots busy, and when each unloads."""
+    _, settings = _context(port=port)
+    running = _running_models(settings.host, settings.port)
+    if running is None:
+        raise click.ClickException(f"no edge-run answers on {settings.host}:{settings.port} (see --port in config)")
+    loaded = [m for m in running.values() if m["state"] in ("loaded", "loading")]
+    if not loaded:
+        click.echo("no model loaded", err=True)
+        return
+    rows = [("ID", "STATUS", "MEMORY", "SLOTS BUSY", "UNLOADS")]
+    for m in loaded:
+        expires = m.get("expires_in")
+        if m["state"] == "loading":
+            when = "-"
+        elif expires is None:
+            when = "busy" if m.get("slots_busy") else "never"
+        else:
+            when = time.strftime("%H:%M:%S", time.localtime(time.time() + expires)) + f" (in {expires:.0f} s)"
+        memory = f"{m.get('memory_bytes', 0) / MIB:.0f} MiB"
+        rows.append((m["id"], m["state"], memory, f"{m.get('slots_busy', 0)}/{m.get('slots_total', '?')}", when))
+    _table(rows)

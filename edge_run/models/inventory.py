@@ -1,0 +1,150 @@
+"""Every model the user has, as the registry's :class:`ModelSpec` list, and what ``models ...`` does with them.
+
+Sources, later ones winning on an id they share: catalog models already downloaded (and the one a
+one-file binary carries), models added with ``models add`` or pulled with ``models pull``, and the
+``[[model]]`` tables of ``config.toml``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edge_run.engine.offload import read_layout
+from edge_run.errors import EngineFailure, ModelNotFound
+from edge_run.models.catalog import DEFAULT_ALIAS, load_catalog
+from edge_run.models.fetch import cached_path
+from edge_run.models.local import LocalModel, LocalRegistry
+from edge_run.models.registry import ModelSpec
+
+if TYPE_CHECKING:
+    from edge_run.config import ModelConfig
+    from edge_run.models.catalog import Catalog
+    from edge_run.paths import Paths
+
+__all__ = ["Row", "describe_all", "find_spec", "inventory", "known_sha256", "pull_hf", "remove_model"]
+
+
+def inventory(
+    paths: Paths, catalog: Catalog, configs: list[ModelConfig], *, bundled: Path | None = None
+) -> list[ModelSpec]:
+    """The models ``serve`` offers, by id. ``bundled`` is a folder of catalog files shipped with a binary."""
+    specs: dict[str, ModelSpec] = {}
+    for entry in catalog.model:
+        path = cached_path(entry, paths.models_dir)
+        if path is None and bundled is not None and (bundled / entry.file).is_file():
+            path = bundled / entry.file
+        if path is not None:
+            specs[entry.id] = ModelSpec(entry.id, path, "catalog")
+    for local in LocalRegistry(paths.registry_file).list():
+        specs[local.id] = ModelSpec(local.id, Path(local.path), local.source)
+    for table in configs:
+        specs[table.id] = ModelSpec(
+            table.id,
+            Path(table.path).expanduser(),
+            "config",
+            ctx=table.ctx,
+            slots=table.slots,
+            gpu_layers=table.gpu_layers,
+            chat_template=table.chat_template,
+        )
+    return sorted(specs.values(), key=lambda s: s.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One line of ``models list``."""
+
+    id: str
+    source: str
+    path: Path | None
+    quant: str
+    status: str  # without a running server: available, not downloaded, missing
+
+
+def _quant(path: Path) -> str:
+    try:
+        return read_layout(path).quant
+    except EngineFailure:
+        return "?"
+
+
+def describe_all(paths: Paths, configs: list[ModelConfig]) -> list[Row]:
+    """Every model you have, and the catalog's models not downloaded yet."""
+    catalog = load_catalog()
+    rows = [
+        Row(s.id, s.source, s.path, _quant(s.path), "available" if s.path.is_file() else "missing")
+        for s in inventory(paths, catalog, configs)
+    ]
+    have = {r.id for r in rows}
+    rows += [Row(e.id, "catalog", None, "-", "not downloaded") for e in catalog.model if e.id not in have]
+    return rows
+
+
+def find_spec(model: str, paths: Paths, configs: list[ModelConfig]) -> ModelSpec:
+    """A model by id (``default``: the catalog's default) or GGUF path; ``ModelNotFound`` if there is none."""
+    catalog = load_catalog()
+    wanted = catalog.default if model == DEFAULT_ALIAS else model
+    for spec in inventory(paths, catalog, configs):
+        if spec.id == wanted:
+            return spec
+    as_path = Path(model).expanduser()
+    if as_path.is_file():
+        return ModelSpec(as_path.stem, as_path.resolve(), "path")
+    raise ModelNotFound(model)
+
+
+def known_sha256(spec: ModelSpec, paths: Paths) -> str:
+    """The file's sha256: recorded at download (catalog, pulls), else computed now."""
+    if spec.source == "catalog":
+        entry = load_catalog().get(spec.id)
+        if entry is not None:
+            return entry.sha256
+    local = LocalRegistry(paths.registry_file).get(spec.id)
+    if local is not None and local.sha256:
+        return local.sha256
+    with spec.path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def pull_hf(spec: str, paths: Paths, *, model_id: str | None = None, progress: bool = True) -> LocalModel:
+    """Pull ``hf:...`` into edge-run's Hugging Face cache and register it; raises ``PullError``/``ValueError``."""
+    from edge_run.models.pull import parse_hf, pull  # huggingface_hub is imported only to pull
+
+    ref = parse_hf(spec)
+    pulled = pull(ref, paths.hf_cache, progress=progress)
+    first = pulled.files[0]
+    model_id = model_id or (f"{pulled.repo}:{pulled.quant}" if pulled.quant else pulled.repo)
+    return LocalRegistry(paths.registry_file).add(
+        model_id,
+        first.path,
+        source="hf",
+        origin=f"hf:{pulled.repo}/{first.filename}@{pulled.revision}",
+        sha256=first.sha256,
+        downloaded=[str(f.path) for f in pulled.files],
+    )
+
+
+def remove_model(model_id: str, paths: Paths, configs: list[ModelConfig]) -> list[Path]:
+    """Forget a model; delete its files if edge-run downloaded them. Returns the files deleted."""
+    if any(t.id == model_id for t in configs):
+        raise ValueError(f"`{model_id}` is a [[model]] table of {paths.config_file}: remove it there")
+    local = LocalRegistry(paths.registry_file).remove(model_id)
+    if local is not None:
+        return [_delete(Path(p)) for p in local.downloaded if Path(p).exists() or Path(p).is_symlink()]
+    entry = load_catalog().get(model_id)
+    path = cached_path(entry, paths.models_dir) if entry is not None else None
+    if entry is None or path is None:
+        raise ModelNotFound(model_id)
+    path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+    return [_delete(path)]
+
+
+def _delete(path: Path) -> Path:
+    """Delete a file; a link in huggingface_hub's cache (snapshot -> blob) takes its blob with it."""
+    if path.is_symlink():
+        path.resolve().unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+    return path

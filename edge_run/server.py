@@ -1,0 +1,164 @@
+"""Build a server from settings: the models it offers, their registry and the app (``cli.serve`` prints and runs it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edge_run.config import Settings, physical_cores
+from edge_run.engine.engine import Engine, EngineOptions, Placement
+from edge_run.engine.llama import gpu_devices
+from edge_run.engine.offload import read_layout
+from edge_run.engine.threads import CoreShare
+from edge_run.errors import EngineFailure, ModelNotFound
+from edge_run.models.catalog import Catalog, load_catalog
+from edge_run.models.fetch import fetch
+from edge_run.models.inventory import inventory
+from edge_run.models.local import check_gguf
+from edge_run.models.registry import ModelRegistry, ModelSpec
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+    from edge_run.keys import KeyStore
+    from edge_run.paths import Paths
+
+__all__ = ["BUDGET_SHARE", "Server", "build_server", "engine_options", "memory_budget", "model_cost"]
+
+BUDGET_SHARE = 0.75  # of RAM, or of free GPU memory when offloading: what loaded models may take by default
+
+
+@dataclass
+class Server:
+    app: Litestar
+    registry: ModelRegistry
+    preload: list[str]
+    options: EngineOptions
+
+
+def engine_options(settings: Settings, cores: CoreShare | None = None) -> EngineOptions:
+    """The engine options every model starts from (a ``[[model]]`` table may change some)."""
+    return EngineOptions(
+        ctx=settings.ctx,
+        threads=settings.threads or physical_cores(),
+        gpu_layers=settings.gpu_layers,
+        slots=settings.slots,
+        max_queue=settings.max_queue,
+        batch=settings.batch,
+        deterministic=settings.deterministic,
+        device_sampling=settings.device_sampling,
+        cores=cores,
+    )
+
+
+def spec_options(spec: ModelSpec, base: EngineOptions) -> EngineOptions:
+    slots = spec.slots or base.slots
+    return dataclasses.replace(
+        base,
+        ctx=spec.ctx or base.ctx,
+        slots=slots,
+        batch=max(base.batch, slots + 3),
+        gpu_layers=base.gpu_layers if spec.gpu_layers is None else spec.gpu_layers,
+        chat_template=spec.chat_template,
+    )
+
+
+def model_cost(spec: ModelSpec, options: EngineOptions) -> int:
+    """Bytes a model takes loaded, estimated: its file, plus the KV cache of ctx x slots tokens (f16)."""
+    size = spec.path.stat().st_size if spec.path.is_file() else 0
+    try:
+        layout = read_layout(spec.path)
+    except EngineFailure:
+        return size
+    return size + layout.kv_bytes_per_token * layout.n_layer * options.ctx * options.slots
+
+
+def memory_budget(settings: Settings) -> int | None:
+    """``--memory-budget`` in bytes, or 75% of free GPU memory when offloading, else of RAM (None if unknown)."""
+    if settings.memory_budget is not None:
+        return int(settings.memory_budget * (1 << 30))
+    devices = gpu_devices() if settings.gpu_layers != 0 else []
+    if devices:
+        return int(BUDGET_SHARE * sum(d.free for d in devices))
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # Windows has no sysconf
+        return None
+    return int(BUDGET_SHARE * ram)
+
+
+def _bundled() -> Path | None:
+    """The folder of catalog models a one-file binary carries (``build.py --embed-default-model``)."""
+    if getattr(sys, "frozen", False):
+        return Path(getattr(sys, "_MEIPASS", "")) / "models"
+    return None
+
+
+def _resolve_preloads(
+    wanted: list[str], specs: list[ModelSpec], paths: Paths, catalog: Catalog
+) -> tuple[list[ModelSpec], list[str]]:
+    """The specs, plus any that ``--model`` adds (a GGUF path, a catalog model to download), and the ids to preload.
+
+    With no model at all (a fresh machine), the catalog's default is downloaded and offered.
+    """
+    by_id = {s.id: s for s in specs}
+    ids: list[str] = []
+    for want in wanted:
+        if want in by_id:
+            ids.append(want)
+            continue
+        as_path = Path(want).expanduser()
+        if as_path.is_file():
+            path = check_gguf(as_path)
+            spec = ModelSpec(path.stem, path, "path")
+        elif (entry := catalog.get(want)) is not None:
+            spec = by_id.get(entry.id) or ModelSpec(entry.id, fetch(entry, paths.models_dir), "catalog")
+        else:
+            raise ModelNotFound(want)
+        by_id[spec.id] = spec
+        ids.append(spec.id)
+    if not by_id:
+        entry = catalog.default_entry
+        by_id[entry.id] = ModelSpec(entry.id, fetch(entry, paths.models_dir), "catalog")
+    return sorted(by_id.values(), key=lambda s: s.id), ids
+
+
+def build_server(
+    settings: Settings, paths: Paths, keys: KeyStore | None, *, login_code: str | None = None
+) -> Server:
+    """Everything ``serve`` runs, from settings; raises ``ModelNotFound``, ``ValueError`` or ``FetchError``."""
+    from edge_run.api.app import create_app
+
+    catalog = load_catalog()
+    specs = inventory(paths, catalog, settings.model, bundled=_bundled())
+    specs, preload = _resolve_preloads(settings.preload, specs, paths, catalog)
+    # each spec says its own ctx and slots, so that /health tells them before the model is loaded
+    specs = [dataclasses.replace(s, ctx=s.ctx or settings.ctx, slots=s.slots or settings.slots) for s in specs]
+    base = engine_options(settings, CoreShare(settings.threads or physical_cores()))
+    registry = ModelRegistry(
+        specs,
+        lambda spec: Engine(spec.id, spec.path, spec_options(spec, base)),
+        cost=lambda spec: model_cost(spec, spec_options(spec, base)),
+        keep_alive=settings.keep_alive,
+        max_loaded=settings.max_loaded,
+        budget=memory_budget(settings),
+    )
+    app = create_app(
+        registry,
+        keys,
+        preload=preload,
+        max_body_bytes=settings.max_body_bytes,
+        login_code=login_code,
+        allowed_hosts=[settings.host, *settings.allowed_hosts],
+        cors_origins=settings.cors_origins,
+    )
+    return Server(app, registry, preload, base)
+
+
+def describe_placement(spec: ModelSpec, base: EngineOptions) -> str:
+    """Where ``serve`` would put a model's layers on this machine (the banner, ``models show``)."""
+    return Placement.resolve(spec.path, spec_options(spec, base)).describe()
