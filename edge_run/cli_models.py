@@ -69,16 +69,19 @@ def models() -> None:
 @models.command("list")
 def models_list() -> None:
     """Every model: id, source, size, quant, status (from the running server, if one answers)."""
+    from edge_run.models.catalog import load_catalog
     from edge_run.models.inventory import describe_all
 
     paths, settings = _context()
     running = _running_models(settings.host, settings.port)
+    default = load_catalog().default
     rows = [("ID", "SOURCE", "SIZE", "QUANT", "STATUS")]
     for row in describe_all(paths, settings.model):
         status = row.status
         if running is not None and row.id in running:
             status = running[row.id]["state"]
-        rows.append((row.id, row.source, _size(row.path) if row.path else "-", row.quant, status))
+        shown = f"{row.id} (default)" if row.id == default else row.id
+        rows.append((shown, row.source, _size(row.path) if row.path else "-", row.quant, status))
     _table(rows)
 
 

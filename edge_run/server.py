@@ -138,7 +138,8 @@ def build_server(
     specs, preload = _resolve_preloads(settings.preload, specs, paths, catalog)
     # each spec says its own ctx and slots, so that /health tells them before the model is loaded
     specs = [dataclasses.replace(s, ctx=s.ctx or settings.ctx, slots=s.slots or settings.slots) for s in specs]
-    base = engine_options(settings, CoreShare(settings.threads or physical_cores()))
+    cores = CoreShare(settings.threads or physical_cores())
+    base = engine_options(settings, cores)
     registry = ModelRegistry(
         specs,
         lambda spec: Engine(spec.id, spec.path, spec_options(spec, base)),
@@ -151,6 +152,7 @@ def build_server(
         registry,
         keys,
         preload=preload,
+        cores=cores,
         max_body_bytes=settings.max_body_bytes,
         login_code=login_code,
         allowed_hosts=[settings.host, *settings.allowed_hosts],

@@ -35,6 +35,14 @@ def model_path() -> Path:
     return fetch(load_catalog().default_entry, _cache_dir(), progress=False)
 
 
+@pytest.fixture(scope="session")
+def second_model_path() -> Path:
+    """A different model for the multi-model tests: the catalog's Gemma 3 270M Q4_K_M (a base model, 253 MB)."""
+    entry = load_catalog().get("gemma-3-270m-q4_k_m")
+    assert entry is not None
+    return fetch(entry, _cache_dir(), progress=False)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,6 +20,7 @@ from edge_run.api.routes import chat_completions, embeddings, get_model, health,
 from edge_run.api.web import LoginCodes, web_routes
 
 if TYPE_CHECKING:
+    from edge_run.engine.threads import CoreShare
     from edge_run.keys import KeyStore
     from edge_run.models.registry import ModelRegistry
 
@@ -31,6 +32,7 @@ def create_app(
     keys: KeyStore | None,
     *,
     preload: Iterable[str] = (),
+    cores: CoreShare | None = None,
     max_body_bytes: int = 8 << 20,
     login_code: str | None = None,
     allowed_hosts: Iterable[str] = (),
@@ -39,6 +41,7 @@ def create_app(
     """Build the app. ``keys=None`` turns auth off (the CLI allows that on loopback only).
 
     ``preload`` names the models loaded at start-up; ``/health`` answers 503 until they are.
+    ``cores`` is the CPU budget the models share, reported by ``/health``.
     ``login_code`` is a one-time code the web page can trade for an API key (see :mod:`.web`).
     ``allowed_hosts`` are names, besides addresses and ``localhost``, that a ``Host`` header may carry.
     ``cors_origins`` are the web origins whose pages may call the API from a browser (``*``: any).
@@ -67,7 +70,7 @@ def create_app(
     )
     return Litestar(
         route_handlers=[health, v1, *web_routes()],
-        state=State({"registry": registry, "key_store": keys, "login_codes": login_codes}),
+        state=State({"registry": registry, "cores": cores, "key_store": keys, "login_codes": login_codes}),
         lifespan=[lifespan],
         middleware=[host_check(allowed_hosts)],
         cors_config=CORSConfig(allow_origins=origins, allow_methods=["*"], allow_headers=["*"]) if origins else None,

@@ -144,6 +144,8 @@ async def health(state: State) -> Response[dict[str, Any]]:
         "models_loaded": sum(e.status == "loaded" for e in registry),
         "max_loaded": registry.max_loaded,
         "memory_budget_bytes": registry.budget,
+        "cores": state.cores.cores if state.cores else None,
+        "threads_peak": state.cores.peak if state.cores else None,  # never above cores
         "models": [_model_health(registry, e) for e in registry],
     }
     return Response(body, status_code=503 if loading else 200)

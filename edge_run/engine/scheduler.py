@@ -342,7 +342,10 @@ class Scheduler:
         for i, token in enumerate(tokens):
             batch.add(token, start + i, slot.seq, False)
         self._use_threads(self.governor.threads)
-        self.ctx.decode(batch)
+        try:
+            self.ctx.decode(batch)
+        finally:
+            self._cores.release(self._member)
         self.steps += 1
         slot.cache += tokens
         if len(tokens) >= 2 and slot.exact == start:
@@ -381,14 +384,18 @@ class Scheduler:
         wanted = self.governor.for_step()
         threads = self._use_threads(wanted)
         start = time.perf_counter()
-        self.ctx.decode(batch)
+        try:
+            self.ctx.decode(batch)
+        finally:
+            self._cores.release(self._member)
         if threads == wanted:  # a step cut short by the core share says nothing about the machine
             self.governor.observe(threads, len(rows), time.perf_counter() - start)
         self.steps += 1
 
     def _use_threads(self, wanted: int) -> int:
-        """Set the context to ``wanted`` threads, or to this model's share of the cores if that is fewer."""
-        threads = min(wanted, self._cores.share(self._member))
+        """Set the context to ``wanted`` threads, or fewer: this model's free share of the cores (held until
+        :meth:`CoreShare.release`)."""
+        threads = self._cores.acquire(self._member, wanted)
         if threads != self.threads_now:
             self.ctx.set_threads(threads)
             self.threads_now = threads

@@ -118,38 +118,54 @@ class ThreadGovernor:
 
 
 class CoreShare:
-    """The machine's cores, shared by every loaded model: together they never run more threads than it has.
+    """The machine's cores, shared by every loaded model: together their steps never run more threads than it has.
 
-    A model is active while its engine thread has work. Each step, an engine takes its share of the
-    cores among the active ones (the first ones registered get the remainder), so two models answering at
-    once on 2 cores run one thread each instead of 2 spinning threads each, which collapses llama.cpp
-    (see the module docstring). A share can change only between steps: while one model's step is under
-    way, another that just woke may start its own with the new share, so for that one step the total can
-    exceed the cores by the first model's excess.
+    A model is active while its engine thread has work. Each step takes its share of the cores among the
+    active models (the first registered get the remainder) and holds them until the step ends; a step that
+    would find too few cores free waits for the running one to end. So two models answering at once on 2
+    cores run one thread each, instead of 2 spinning threads each, which collapses llama.cpp (see the
+    module docstring).
     """
 
     def __init__(self, cores: int) -> None:
         self.cores = max(1, cores)
-        self._lock = threading.Lock()
-        self._order = 0
+        self._cond = threading.Condition()
+        self._members = 0
         self._active: set[int] = set()  # members with work, by handle (handles grow in registration order)
+        self._held: dict[int, int] = {}  # member -> threads of its step under way
+        self.peak = 0  # the most threads that steps ran at one moment (``/health``: ``threads_peak``)
 
     def join(self) -> int:
         """A new member (one engine); returns its handle."""
-        with self._lock:
-            self._order += 1
-            return self._order
+        with self._cond:
+            self._members += 1
+            return self._members
 
     def set_active(self, member: int, active: bool) -> None:
-        with self._lock:
+        with self._cond:
             if active:
                 self._active.add(member)
             else:
                 self._active.discard(member)
+            self._cond.notify_all()
 
-    def share(self, member: int) -> int:
-        """Threads ``member`` may use for its next step."""
-        with self._lock:
-            active = sorted(self._active | {member})
-        base, extra = divmod(self.cores, len(active))
-        return max(1, base + (active.index(member) < extra))
+    def acquire(self, member: int, wanted: int) -> int:
+        """Threads for ``member``'s next step: ``wanted``, or fewer to stay within its share; waits for one free."""
+        with self._cond:
+            while True:
+                active = sorted(self._active | {member})
+                base, extra = divmod(self.cores, len(active))
+                share = max(1, base + (active.index(member) < extra))
+                free = self.cores - sum(n for m, n in self._held.items() if m != member)
+                threads = min(wanted, share, free)
+                if threads >= 1:
+                    self._held[member] = threads
+                    self.peak = max(self.peak, sum(self._held.values()))
+                    return threads
+                self._cond.wait()
+
+    def release(self, member: int) -> None:
+        """The step is over: its cores are free."""
+        with self._cond:
+            self._held.pop(member, None)
+            self._cond.notify_all()

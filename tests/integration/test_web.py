@@ -22,9 +22,9 @@ import pytest
 from litestar.testing import TestClient
 
 from edge_run.api.app import create_app
-from tests.unit.test_http import fake_registry
 from edge_run.keys import KeyStore
-from tests.conftest import MODEL_ID, Server, free_port, run_cli, wait_healthy
+from tests.conftest import MODEL_ID, Server, free_port, run_cli, start_server, wait_healthy
+from tests.unit.test_http import fake_registry
 
 CHROMIUM = os.environ.get("EDGE_RUN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -47,7 +47,9 @@ LOGIN_RE = re.compile(r"http://\S+/#login=[A-Za-z0-9_-]+")
 def app_client(tmp_path: Path) -> Iterator[tuple[TestClient, KeyStore]]:
     keys = KeyStore(tmp_path / "keys.json")
     keys.create("default")
-    with TestClient(create_app(fake_registry(), keys, login_code="one-time-code"), base_url="http://127.0.0.1") as client:
+    with TestClient(
+        create_app(fake_registry(), keys, login_code="one-time-code"), base_url="http://127.0.0.1"
+    ) as client:
         yield client, keys
 
 
@@ -275,5 +277,122 @@ def test_without_login_the_page_asks_for_a_key(browser, server):
         page.click("#logout")
         page.wait_for_selector("#login:not([hidden])")
         assert page.evaluate("localStorage.getItem('edge-run:key')") is None
+    finally:
+        context.close()
+
+
+# ---- many models: the picker's states, and a model that loads on its first message ----------
+
+
+@pytest.fixture
+def home_with(tmp_path: Path, model_path: Path) -> Iterator:
+    """Factory: a home holding the given ids (each the test GGUF unless a path is given), served with
+    the first one preloaded and kept loaded; the servers stop at the end of the test."""
+    started: list[Server] = []
+
+    def make(*models: str | tuple[str, Path]) -> Server:
+        home = tmp_path / f"home-{len(started)}"
+        home.mkdir()
+        ids = []
+        for model in models:
+            model_id, path = model if isinstance(model, tuple) else (model, model_path)
+            run_cli(home, "models", "add", str(path), "--id", model_id)
+            ids.append(model_id)
+        server = start_server(home, "--model", ids[0], "--keep-alive", "-1")
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+def _open_logged_in(browser, server: Server):
+    [login] = LOGIN_RE.findall(server.log.read_text())
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(login)
+    page.wait_for_selector("#app:not([hidden])", timeout=15_000)
+    return context, page
+
+
+def _watch_for_text(page, text: str) -> None:
+    """Sets ``window.seen`` once ``text`` shows in the messages, however briefly."""
+    page.evaluate(
+        """(text) => {
+            window.seen = false;
+            const messages = document.getElementById('messages');
+            const all = {subtree: true, childList: true, characterData: true};
+            new MutationObserver(() => { window.seen ||= messages.textContent.includes(text); }).observe(messages, all);
+        }""",
+        text,
+    )
+
+
+@pytest.mark.integration
+def test_picker_shows_each_models_state_and_a_message_loads_an_unloaded_one(browser, home_with, tmp_path):
+    server = home_with("acme/one", "acme/two")
+    context, page = _open_logged_in(browser, server)
+    try:
+        options = page.locator("#model option")
+        assert options.all_text_contents() == ["acme/one — loaded", "acme/two — not loaded"]
+        assert [o.get_attribute("value") for o in options.all()] == ["acme/one", "acme/two"]
+        assert page.locator("#model").input_value() == "acme/one"
+        page.wait_for_selector("#status-model:text-matches('^acme/one$')", state="attached")
+
+        page.select_option("#model", "acme/two")
+        _watch_for_text(page, "Loading acme/two…")
+        page.fill("#max-tokens", "24")
+        page.fill("#prompt", "Say hello.")
+        with page.expect_response("**/v1/chat/completions") as answer:
+            page.press("#prompt", "Enter")
+            _screenshot(page, tmp_path / "web-model-loading.png")  # most likely still loading: a second or two
+        # the bubble says what it waits for until the first token
+        assert page.evaluate("window.seen")
+        assert answer.value.status == 200
+        assert answer.value.headers["content-type"].startswith("text/event-stream")
+        page.wait_for_selector(".msg.assistant .stats", timeout=60_000)
+        bubble = page.locator(".msg.assistant")
+        assert bubble.get_attribute("data-loaded-model") == "acme/two"
+        assert "loading" not in (bubble.get_attribute("class") or "")
+        text = page.locator(".msg.assistant .text").text_content() or ""
+        assert text.strip() and "Loading" not in text
+        assert page.locator("#chat-error").text_content() == ""
+
+        # the next /health poll relabels the picker without touching the choice
+        page.wait_for_selector("#model option[value='acme/two']:text-is('acme/two — loaded')", state="attached")
+        assert options.all_text_contents() == ["acme/one — loaded", "acme/two — loaded"]
+        assert page.locator("#model").input_value() == "acme/two"
+        assert page.locator("#status-model").text_content() == "acme/one, acme/two"
+        _screenshot(page, tmp_path / "web-two-models.png")
+
+        # a loaded model answers with no loading state
+        page.fill("#prompt", "And goodbye.")
+        page.press("#prompt", "Enter")
+        page.wait_for_selector(".msg.assistant:nth-of-type(4) .stats", timeout=60_000)
+        assert page.locator(".msg.assistant").nth(1).get_attribute("data-loaded-model") is None
+    finally:
+        context.close()
+
+
+@pytest.mark.integration
+def test_a_model_that_fails_to_load_shows_the_servers_error(browser, home_with, tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(4096))  # a header and nothing else: it never loads
+    server = home_with("acme/one", ("acme/broken", broken))
+    context, page = _open_logged_in(browser, server)
+    try:
+        page.select_option("#model", "acme/broken")
+        page.fill("#prompt", "Hello?")
+        with page.expect_response("**/v1/chat/completions") as answer:
+            page.press("#prompt", "Enter")
+        assert answer.value.status == 503
+        message = answer.value.json()["error"]["message"]
+        page.wait_for_selector(".msg.assistant .stats", timeout=60_000)
+        assert page.locator("#chat-error").text_content() == message
+        assert "Loading" not in (page.locator(".msg.assistant .text").text_content() or "")
+        page.wait_for_selector("#model option[value='acme/broken']:text-is('acme/broken — failed')", state="attached")
+        assert page.locator("#model").input_value() == "acme/broken"
+        assert page.locator("#status-model").text_content() == "acme/one"
     finally:
         context.close()

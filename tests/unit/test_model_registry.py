@@ -130,7 +130,7 @@ def test_max_loaded_evicts_the_least_recently_used_idle_model():
 
 def test_the_memory_budget_evicts_too_and_refuses_a_model_that_never_fits():
     async def go() -> None:
-        registry, log, _ = make(costs={"a": 6, "b": 5, "c": 20}, max_loaded=3, budget=10)
+        registry, _, _ = make(costs={"a": 6, "b": 5, "c": 20}, max_loaded=3, budget=10)
         await answer(registry, "a")
         await answer(registry, "b")  # 6 + 5 > 10: a goes
         assert statuses(registry) == {"a": "unloaded", "b": "loaded", "c": "unloaded"}

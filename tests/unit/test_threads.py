@@ -162,3 +162,34 @@ def test_a_lucky_step_on_a_busy_machine_does_not_bring_all_threads_back():
         g.observe(threads, 1, seconds)
     assert g.threads == 1
     assert collapsed < 0.1 * m.now  # under a tenth of the time went to 2-thread steps
+
+
+def test_core_share_splits_the_cores_among_active_models_and_never_oversubscribes():
+    import threading
+
+    from edge_run.engine.threads import CoreShare
+
+    share = CoreShare(2)
+    a, b = share.join(), share.join()
+    share.set_active(a, True)
+    assert share.acquire(a, 2) == 2  # alone: all the cores
+    share.set_active(b, True)
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(share.acquire(b, 2)))
+    waiter.start()
+    waiter.join(0.1)
+    assert waiter.is_alive() and not got  # a's step holds both cores: b waits for it to end
+    share.release(a)
+    waiter.join(2)
+    assert got == [1]  # two active models: one core each
+    assert share.acquire(a, 2) == 1
+    share.release(a)
+    share.release(b)
+    share.set_active(b, False)
+    assert share.acquire(a, 2) == 2  # b went idle: a gets them back
+    share.release(a)
+    odd = CoreShare(3)
+    x, y = odd.join(), odd.join()
+    odd.set_active(x, True)
+    odd.set_active(y, True)
+    assert (odd.acquire(x, 8), odd.acquire(y, 8)) == (2, 1)  # the remainder goes to the first registered

@@ -9,7 +9,8 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   key: null,          // the API key, or null when this server runs without auth
-  models: [],
+  models: [],         // model ids, in the server's order
+  loads: {},          // model id -> {state: "loaded" | "loading" | "unloaded" | "failed", error}, kept by /health
   history: [],        // the conversation sent with each request: [{role, content}]
   abort: null,        // AbortController of the answer being streamed
   revealed: false,
@@ -71,13 +72,31 @@ async function loadModels() {
   const r = await fetch("/v1/models", { headers: authHeaders() });
   if (r.status === 401) return false;
   if (!r.ok) throw new Error(await errorMessage(r));
-  state.models = (await r.json()).data.map((m) => m.id);
+  const models = (await r.json()).data;
+  state.models = models.map((m) => m.id);
+  for (const m of models) state.loads[m.id] = { state: m.status, error: m.error };
+  const firstLoaded = state.models.find((id) => state.loads[id].state === "loaded");
   for (const select of [$("model"), $("details-model")]) {
     const keep = select.value;
     select.replaceChildren(...state.models.map((id) => new Option(id, id)));
     if (state.models.includes(keep)) select.value = keep;
+    else if (firstLoaded) select.value = firstLoaded;
   }
+  labelModels();
   return true;
+}
+
+// ---- model picker --------------------------------------------------------------------------
+
+const STATUS_TEXT = { loaded: "loaded", loading: "loading…", unloaded: "not loaded", failed: "failed" };
+
+/** Writes each model's state into the picker's labels; the selection is untouched. */
+function labelModels() {
+  for (const option of $("model").options) {
+    const load = state.loads[option.value];
+    option.textContent = load ? `${option.value} — ${STATUS_TEXT[load.state] || load.state}` : option.value;
+    option.title = load?.error || "";
+  }
 }
 
 // ---- status strip --------------------------------------------------------------------------
@@ -86,18 +105,21 @@ async function refreshHealth() {
   try {
     const r = await fetch("/health", { cache: "no-store" });
     const body = await r.json();
-    const models = body.models || [];
+    const all = body.models || [];
+    const loaded = all.filter((m) => m.state === "loaded");
     const pill = $("status-state");
     pill.textContent = body.status === "ok" ? "ready" : body.status;
     pill.className = `pill ${body.status}`;
-    $("status-model").textContent = models.map((m) => m.id).join(", ") || "–";
-    $("status-backend").textContent = models
+    $("status-model").textContent = loaded.map((m) => m.id).join(", ") || "none loaded";
+    $("status-backend").textContent = loaded
       .map((m) => (m.backend || "?").toUpperCase() + (m.gpu_layers ? ` (${m.gpu_layers} layers offloaded)` : ""))
       .join(", ") || "–";
-    const busy = models.reduce((n, m) => n + (m.slots_busy || 0), 0);
-    const total = models.reduce((n, m) => n + (m.slots_total || 0), 0);
+    const busy = loaded.reduce((n, m) => n + (m.slots_busy || 0), 0);
+    const total = loaded.reduce((n, m) => n + (m.slots_total || 0), 0);
     $("status-slots").textContent = `${busy} busy / ${total - busy} idle`;
-    $("status-queued").textContent = String(models.reduce((n, m) => n + (m.queued || 0), 0));
+    $("status-queued").textContent = String(all.reduce((n, m) => n + (m.queued || 0), 0));
+    for (const m of all) state.loads[m.id] = { state: m.state, error: m.error };
+    labelModels();
   } catch (_) {
     $("status-state").textContent = "offline";
     $("status-state").className = "pill error";
@@ -179,6 +201,11 @@ async function send(text) {
   const bubble = addMessage("assistant", "");
   bubble.classList.add("pending");
   const out = bubble.querySelector(".text");
+  if (state.loads[model]?.state !== "loaded") {  // the server loads it before answering: seconds, not a hang
+    bubble.classList.add("loading");
+    bubble.dataset.loadedModel = model;
+    out.textContent = `Loading ${model}…`;
+  }
   const body = {
     model,
     messages: system ? [{ role: "system", content: system }, ...state.history] : state.history,
@@ -213,7 +240,10 @@ async function send(text) {
       if (!choice) continue;
       const piece = (choice.delta && choice.delta.content) || "";
       if (piece) {
-        if (!firstAt) firstAt = performance.now();
+        if (!firstAt) {
+          firstAt = performance.now();
+          bubble.classList.remove("loading");
+        }
         chunks += 1;
         answer += piece;
         out.textContent = answer;
@@ -230,7 +260,8 @@ async function send(text) {
     line.className = "stats";
     line.textContent = stats(tokens, started, firstAt, performance.now()) + (finish && finish !== "stop" ? ` · ${finish}` : "");
     bubble.append(line);
-    bubble.classList.remove("pending");
+    bubble.classList.remove("pending", "loading");
+    out.textContent = answer;
     if (answer) state.history.push({ role: "assistant", content: answer });
     else if (state.history.at(-1)?.role === "user") state.history.pop();
     state.abort = null;
