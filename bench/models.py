@@ -6,8 +6,8 @@ Two different models from the catalog (fetched into the test cache): SmolLM2 135
 Gemma 3 270M Q4_K_M ("two"), added to a fresh home as ``acme/one`` and ``acme/two``. Each figure is
 the median of ``--rounds`` rounds, and each comparison is made in the same run:
 
-- **cold load to first token**: a server that has not loaded the model yet, against the next request
-  once it is loaded (the same prompt, so the prompt cache is equal: none).
+- **cold load to first token**: a request to a model that is not loaded, against the same request
+  again once it is (whose prompt then comes from the prefix cache: the difference is load plus prefill).
 - **switching** at ``--max-loaded 1``: requests alternating one, two, one... each unloads the other model
   and loads its own; against the same requests to one model that stays loaded.
 - **memory**: the server's RSS with both models loaded, against the registry's estimate (file + KV

@@ -11,6 +11,8 @@ unpacks itself):
 2. No arguments, stdin not a terminal (a double-click): it serves, "opens" the one-time login link
    through ``$EDGE_RUN_BROWSER`` (a script that records the URL), and the link logs in once.
    A second double-click finds the running server, opens its page and exits 0.
+3. ``edge-run models pull hf:...`` from a local Hugging Face–compatible server (the tests' fixture,
+   serving the given model), then ``serve`` of the pulled model and one chat completion.
 
 Prints the binary's size and the time from launch to the first ``/health`` 200 (reported, never
 asserted: it depends on the machine). Exits non-zero on the first failed check.
@@ -222,6 +224,27 @@ def check_double_click(binary: Path, work: Path, model_env: dict[str, str]) -> N
             check_stopped_clean(run)
 
 
+def check_pull(binary: Path, work: Path, model: Path) -> None:
+    """The binary pulls from a Hub (``HF_ENDPOINT``: the tests' local fixture) and serves what it pulled."""
+    sys.path.insert(0, str(ROOT))
+    from tests.hf_fixture import HubFixture
+
+    home = work / "home-pull"
+    repo = {"tiny-Q4_K_M.gguf": model.read_bytes(), "README.md": b"# tiny"}
+    with HubFixture({"acme/tiny-GGUF": repo}) as hub:
+        env = {**os.environ, "EDGE_RUN_HOME": str(home), "HF_ENDPOINT": hub.url, "HF_HOME": str(work / "hf")}
+        cmd = [str(binary), "models", "pull", "hf:acme/tiny-GGUF"]
+        pulled = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert "acme/tiny-GGUF:Q4_K_M" in pulled.stdout, pulled.stdout
+    run = launch(binary, ["serve", "--model", "acme/tiny-GGUF:Q4_K_M"], work, {"EDGE_RUN_HOME": str(home)})
+    try:
+        chat(run)
+    finally:
+        check_stopped_clean(run)
+    print("models pull hf: pulled from a local Hub, verified, served")
+
+
 def main(argv: list[str] | None = None) -> int:
     exe = "edge-run.exe" if os.name == "nt" else "edge-run"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -241,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_serve(binary, work, serve_args, args.launches)
         check_double_click(binary, work, model_env)
+        if not args.embedded:
+            check_pull(binary, work, args.model.resolve())
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("smoke test passed")
