@@ -18,6 +18,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_run.models.progress import transfer_bars
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterator
     from typing import TypeAlias
@@ -170,24 +172,14 @@ def _ignore(_n: int) -> None:
 @contextlib.contextmanager
 def _bars(enabled: bool) -> Iterator[AddBar]:
     """Yields a function that adds a progress bar on stderr and returns its advance hook."""
-    if not enabled:
-        yield lambda _description, _total: _ignore
-        return
-    from rich.console import Console  # imported here: rich is only needed when a fetch runs
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with Progress(*columns, TimeRemainingColumn(), console=Console(stderr=True)) as progress:
+    with transfer_bars(enabled) as board:
+        if board is None:
+            yield lambda _description, _total: _ignore
+            return
+        shown = board  # narrowed: the closure below keeps it
 
         def add_bar(description: str, total: int | None) -> Callable[[int], None]:
-            task = progress.add_task(description, total=total)
-            return lambda n: progress.advance(task, n)
+            task = shown.add_task(description, total=total)
+            return lambda n: shown.advance(task, n)
 
         yield add_bar

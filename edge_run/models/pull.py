@@ -28,6 +28,8 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.file_download import repo_folder_name
 
+from edge_run.models.progress import transfer_bars
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
@@ -332,29 +334,19 @@ class _Bar:
 @contextlib.contextmanager
 def _bars(enabled: bool) -> Iterator[Callable[[str], type[_Bar]]]:
     """Yield ``bar_for(filename)``: a tqdm stand-in class for huggingface_hub, silent or a rich bar on stderr."""
-    if not enabled:
-        yield lambda _name: _Bar
-        return
-    from rich.console import Console  # imported here: rich is only needed when a bar is shown
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with Progress(*columns, TimeRemainingColumn(), console=Console(stderr=True)) as board:
+    with transfer_bars(enabled) as board:
+        if board is None:
+            yield lambda _name: _Bar
+            return
+        shown = board  # narrowed: the classes below keep it
 
         def bar_for(name: str) -> type[_Bar]:
             class RichBar(_Bar):
                 def __init__(self, *args: Any, total: float | None = None, initial: float = 0, **kwargs: Any) -> None:
-                    self._task = board.add_task(name, total=total, completed=int(initial))
+                    self._task = shown.add_task(name, total=total, completed=int(initial))
 
                 def update(self, n: float | None = 1) -> None:
-                    board.advance(self._task, n or 0)
+                    shown.advance(self._task, n or 0)
 
             return RichBar
 
