@@ -273,9 +273,9 @@ def serve(
         return
     keys = None
     if settings.auth:
-        keys = KeyStore(paths.keys_file, env_key=os.environ.get("EDGE_RUN_API_KEY") or None)
+        keys = KeyStore(paths.keys_db, env_key=os.environ.get("EDGE_RUN_API_KEY") or None, legacy=paths.keys_file)
         if keys.is_empty():
-            key, _ = keys.create("default")
+            key, _ = keys.create("default", role="admin")
             click.secho("Created your first API key (shown once, keep it safe):", fg="yellow", err=True)
             click.secho(f"  {key}", bold=True, err=True)
             click.echo("  More with `edge-run keys create`; list with `edge-run keys list`.", err=True)
@@ -310,56 +310,11 @@ def serve(
     uvicorn.run(server.app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
 
-@main.group()
-def keys() -> None:
-    """Manage the local API keys (stored hashed, file mode 0600)."""
-
-
-def _store():  # type: ignore[no-untyped-def]
-    from edge_run.keys import KeyStore
-
-    return KeyStore(_paths().keys_file)
-
-
-@keys.command("create")
-@click.option("--name", help="A label for the key.  [default: key-N]")
-def keys_create(name: str | None) -> None:
-    """Create a key and print it once."""
-    try:
-        key, record = _store().create(name)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(key)
-    click.echo(f"created `{record.name}` ({record.prefix}...); it is not shown again", err=True)
-
-
-@keys.command("list")
-def keys_list() -> None:
-    """List keys: name, prefix, created."""
-    import datetime as dt
-
-    records = _store().list()
-    if not records:
-        click.echo("no keys yet: `edge-run keys create`", err=True)
-    for r in records:
-        created = dt.datetime.fromtimestamp(r.created, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        click.echo(f"{r.name}\t{r.prefix}...\t{created}")
-
-
-@keys.command("revoke")
-@click.argument("name_or_prefix")
-def keys_revoke(name_or_prefix: str) -> None:
-    """Revoke a key by name or prefix; a running server stops accepting it at once."""
-    try:
-        record = _store().revoke(name_or_prefix)
-    except (KeyError, ValueError) as exc:
-        raise click.ClickException(str(exc.args[0] if exc.args else exc)) from exc
-    click.echo(f"revoked `{record.name}` ({record.prefix}...)")
-
-
 def _register_subcommands() -> None:
+    from edge_run.cli_keys import keys
     from edge_run.cli_models import models, ps
 
+    main.add_command(keys)
     main.add_command(models)
     main.add_command(ps)
 

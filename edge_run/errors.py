@@ -16,6 +16,7 @@ __all__ = [
     "ModelNotFound",
     "ModelUnavailable",
     "Overloaded",
+    "RateLimited",
 ]
 
 
@@ -70,6 +71,19 @@ class Overloaded(EdgeRunError):
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RateLimited(EdgeRunError):
+    """A key went over one of its limits; ``headers`` are the ``x-ratelimit-*`` ones to send."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str, retry_after: int, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.type = kind  # "requests" or "tokens", as OpenAI says which limit was hit
+        self.retry_after = retry_after
+        self.headers = headers
 
 
 class ModelLoading(EdgeRunError):

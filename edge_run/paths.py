@@ -42,7 +42,13 @@ class Paths:
         return self.config_dir / "config.toml"
 
     @property
+    def keys_db(self) -> Path:
+        """API keys (hashed) and their usage records."""
+        return self.config_dir / "keys.sqlite3"
+
+    @property
     def keys_file(self) -> Path:
+        """Where keys were kept before the SQLite store; moved into it on first use."""
         return self.config_dir / "keys.json"
 
     @property

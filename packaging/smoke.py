@@ -11,7 +11,7 @@ unpacks itself):
 2. No arguments, stdin not a terminal (a double-click): it serves, "opens" the one-time login link
    through ``$EDGE_RUN_BROWSER`` (a script that records the URL), and the link logs in once.
    A second double-click finds the running server, opens its page and exits 0.
-3. ``edge-run models pull hf:...`` from a local Hugging Face–compatible server (the tests' fixture,
+3. ``edge-run models pull hf:...`` from a local Hugging Face compatible server (the tests' fixture,
    serving the given model), then ``serve`` of the pulled model and one chat completion.
 
 Prints the binary's size and the time from launch to the first ``/health`` 200 (reported, never

@@ -13,11 +13,15 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
 from edge_run import __version__
+from edge_run.api.accounting import accounting
 from edge_run.api.errors import EXCEPTION_HANDLERS
 from edge_run.api.guard import require_key
 from edge_run.api.hosts import host_check
 from edge_run.api.routes import chat_completions, embeddings, get_model, health, list_models, text_completions
+from edge_run.api.usage import usage as usage_route
 from edge_run.api.web import LoginCodes, web_routes
+from edge_run.keys.limits import Limiter
+from edge_run.keys.usage import UsageLog
 
 if TYPE_CHECKING:
     from edge_run.engine.threads import CoreShare
@@ -47,6 +51,8 @@ def create_app(
     ``cors_origins`` are the web origins whose pages may call the API from a browser (``*``: any).
     """
     origins = list(cors_origins)
+    usage = UsageLog(keys) if keys is not None else None
+    limiter = Limiter(usage) if usage is not None else None
     login_codes = LoginCodes()
     if login_code:
         login_codes.add(login_code)
@@ -54,6 +60,8 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await registry.start()
+        if usage is not None:
+            await usage.start()
         # load in the background so /health answers "loading" at once instead of the port staying shut
         app.state.preloading = asyncio.create_task(registry.preload(list(preload)))
         try:
@@ -62,17 +70,28 @@ def create_app(
             app.state.preloading.cancel()
             await asyncio.gather(app.state.preloading, return_exceptions=True)
             await registry.close()
+            if usage is not None:
+                await usage.close()
 
     v1 = Router(
         path="/v1",
         guards=[require_key],
-        route_handlers=[chat_completions, text_completions, embeddings, list_models, get_model],
+        route_handlers=[chat_completions, text_completions, embeddings, list_models, get_model, usage_route],
     )
     return Litestar(
         route_handlers=[health, v1, *web_routes()],
-        state=State({"registry": registry, "cores": cores, "key_store": keys, "login_codes": login_codes}),
+        state=State(
+            {
+                "registry": registry,
+                "cores": cores,
+                "key_store": keys,
+                "limiter": limiter,
+                "usage": usage,
+                "login_codes": login_codes,
+            }
+        ),
         lifespan=[lifespan],
-        middleware=[host_check(allowed_hosts)],
+        middleware=[host_check(allowed_hosts), accounting],
         cors_config=CORSConfig(allow_origins=origins, allow_methods=["*"], allow_headers=["*"]) if origins else None,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=max_body_bytes,

@@ -1,4 +1,6 @@
-"""The auth guard: every route but ``/health`` needs ``Authorization: Bearer <key>``.
+"""The auth guard: every route but ``/health`` needs ``Authorization: Bearer <key>`` (or ``x-api-key: <key>``,
+as Anthropic's SDK sends it), a key that has not expired, and, for a request that runs a model (``POST``),
+room under the key's limits.
 
 ``OPTIONS`` requests pass: a browser's CORS preflight never carries the key. They answer with the
 allowed methods only, and with CORS headers for the ``--cors-origin`` origins.
@@ -6,15 +8,18 @@ allowed methods only, and with CORS headers for the ``--cors-origin`` origins.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
-from edge_run.errors import AuthenticationError
+from edge_run.api.accounting import HEADERS, KEY, LEASE
+from edge_run.errors import AuthenticationError, RateLimited
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
     from litestar.handlers.base import BaseRouteHandler
 
     from edge_run.keys import KeyStore
+    from edge_run.keys.limits import Limiter
 
 __all__ = ["require_key"]
 
@@ -25,9 +30,26 @@ async def require_key(connection: ASGIConnection, handler: BaseRouteHandler) -> 
     if keys is None or connection.scope.get("method") == "OPTIONS":  # a CORS preflight carries no key
         return
     scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+    if not token.strip() and connection.headers.get("x-api-key"):
+        scheme, token = "bearer", connection.headers["x-api-key"]
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError(
             "Missing API key. Send it as `Authorization: Bearer <key>` (create one with `edge-run keys create`)."
         )
-    if not keys.verify(token.strip()):
+    record = keys.verify(token.strip())
+    if record is None:
         raise AuthenticationError("Incorrect API key provided.")
+    if record.expired():
+        day = time.strftime("%Y-%m-%d", time.localtime(record.expires))
+        raise AuthenticationError(f"The API key `{record.name}` expired on {day}.")
+    state = connection.scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    state[KEY] = record
+    limiter: Limiter | None = connection.app.state.limiter
+    if limiter is not None and connection.scope.get("method") == "POST":
+        try:
+            lease = limiter.admit(record, connection.scope["path"])
+        except RateLimited as exc:
+            state[HEADERS] = exc.headers
+            raise
+        state[LEASE] = lease
+        state[HEADERS] = lease.headers

@@ -14,6 +14,7 @@ from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 
 from edge_run.api import chat, completions
+from edge_run.api.accounting import key_of, use_model
 from edge_run.api.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -24,7 +25,7 @@ from edge_run.api.schemas import (
     ModelCard,
     ModelList,
 )
-from edge_run.errors import ClientDisconnected
+from edge_run.errors import ClientDisconnected, ModelNotFound
 from edge_run.models.registry import ModelEntry, ModelRegistry
 
 __all__ = ["chat_completions", "embeddings", "get_model", "health", "list_models", "text_completions"]
@@ -72,7 +73,7 @@ async def chat_completions(
     data: JSONBody[ChatCompletionRequest], state: State, request: Request
 ) -> ChatCompletion | EventStream:
     # the model is held until the answer is admitted; from then on the answer keeps it busy
-    async with state.registry.use(data.model, data.keep_alive) as engine:
+    async with use_model(request, data.model, data.keep_alive) as engine:
         run = await chat.start(data, engine)
     if data.stream:
         return EventStream(chat.stream(data, run), media_type="text/event-stream", headers=_SSE_HEADERS)
@@ -83,7 +84,7 @@ async def chat_completions(
 async def text_completions(
     data: JSONBody[CompletionRequest], state: State, request: Request
 ) -> Completion | EventStream:
-    async with state.registry.use(data.model, data.keep_alive) as engine:
+    async with use_model(request, data.model, data.keep_alive) as engine:
         started = await completions.start(data, engine)
     if data.stream:
         return EventStream(completions.stream(data, started), media_type="text/event-stream", headers=_SSE_HEADERS)
@@ -91,8 +92,8 @@ async def text_completions(
 
 
 @post("/embeddings", status_code=200, summary="Create embeddings (mean-pooled, unit length)")
-async def embeddings(data: JSONBody[EmbeddingRequest], state: State) -> EmbeddingList:
-    async with state.registry.use(data.model, data.keep_alive) as engine:
+async def embeddings(data: JSONBody[EmbeddingRequest], request: Request) -> EmbeddingList:
+    async with use_model(request, data.model, data.keep_alive) as engine:
         return await completions.embed(data, engine)
 
 
@@ -107,14 +108,19 @@ def _card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
     )
 
 
-@get("/models", summary="List the models: every one this server offers, with `status` (loaded, loading...)")
-async def list_models(state: State) -> ModelList:
-    return ModelList(data=[_card(state.registry, e) for e in state.registry])
+@get("/models", summary="List the models this key may use, with `status` (loaded, loading...)")
+async def list_models(state: State, request: Request) -> ModelList:
+    key = key_of(request)
+    return ModelList(data=[_card(state.registry, e) for e in state.registry if key is None or key.allows(e.spec.id)])
 
 
 @get("/models/{model_id:path}", summary="Describe one model (ids may contain `/`)")
-async def get_model(model_id: FromPath[str], state: State) -> ModelCard:
-    return _card(state.registry, state.registry.entry(model_id.lstrip("/")))
+async def get_model(model_id: FromPath[str], state: State, request: Request) -> ModelCard:
+    model_id = model_id.lstrip("/")
+    key = key_of(request)
+    if key is not None and not key.allows(model_id):
+        raise ModelNotFound(model_id)
+    return _card(state.registry, state.registry.entry(model_id))
 
 
 def _model_health(registry: ModelRegistry, entry: ModelEntry) -> dict[str, Any]:

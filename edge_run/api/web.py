@@ -124,7 +124,7 @@ async def exchange(data: JSONBody[ExchangeRequest], state: State) -> ExchangeRes
         return ExchangeResult(api_key=None, key_name=None)
 
     def create() -> tuple[str, str]:
-        key, record = keys.create(_web_key_name(keys))
+        key, record = keys.create(_web_key_name(keys), role="admin")  # the person at this machine
         return key, record.name
 
     key, name = await asyncio.to_thread(create)

@@ -43,7 +43,7 @@ def test_first_serve_fetches_the_default_model_and_prints_a_working_key(tmp_path
         assert r.choices[0].message.content.strip()
         fetched = home / "data" / "models" / model_path.name
         assert fetched.read_bytes() == model_path.read_bytes()
-        assert printed[0] not in (home / "config" / "keys.json").read_text()
+        assert printed[0].encode() not in (home / "config" / "keys.sqlite3").read_bytes()
         server.stop()
         # a second start on the same home prints no key: it was shown once
         again = start_server(home, key="")

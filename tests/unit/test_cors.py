@@ -16,7 +16,7 @@ PREFLIGHT = {"Access-Control-Request-Method": "POST", "Access-Control-Request-He
 
 @pytest.fixture
 def keyed(tmp_path):
-    keys = KeyStore(tmp_path / "keys.json")
+    keys = KeyStore(tmp_path / "keys.sqlite3")
     key, _ = keys.create()
     return keys, key
 

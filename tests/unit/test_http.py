@@ -79,7 +79,7 @@ def fake_registry(*engines: Any) -> ModelRegistry:
 
 @pytest.fixture
 def setup(tmp_path):
-    keys = KeyStore(tmp_path / "keys.json")
+    keys = KeyStore(tmp_path / "keys.sqlite3")
     key, _ = keys.create()
     engine = FakeEngine()
     app = create_app(fake_registry(engine), keys, max_body_bytes=4096)

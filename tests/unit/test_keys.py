@@ -1,16 +1,17 @@
-"""The API key store: hashes at rest, 0600, atomic writes, revocation seen across processes."""
+"""The API key store: SQLite, hashes at rest, 0600, changes seen across processes, keys.json migrated."""
 
 from __future__ import annotations
 
-import os
 import stat
 import string
+import threading
+import time
 from pathlib import Path
 
 import msgspec
 import pytest
 
-import edge_run.keys as keys_module
+import edge_run.keys.store as keys_module
 from edge_run.keys import KeyRecord, KeyStore, KeyStoreError
 
 URLSAFE = set(string.ascii_letters + string.digits + "-_")
@@ -18,18 +19,12 @@ URLSAFE = set(string.ascii_letters + string.digits + "-_")
 
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
-    return tmp_path / "config" / "keys.json"
+    return tmp_path / "config" / "keys.sqlite3"
 
 
 @pytest.fixture
 def store(path: Path) -> KeyStore:
     return KeyStore(path)
-
-
-def bump_mtime(path: Path) -> None:
-    """Move the mtime well past the last load, so the test does not depend on timestamp resolution."""
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
 
 
 def test_create_returns_prefixed_random_key(store: KeyStore) -> None:
@@ -46,7 +41,7 @@ def test_create_returns_prefixed_random_key(store: KeyStore) -> None:
 
 def test_verify(store: KeyStore) -> None:
     key, _ = store.create()
-    other, _ = KeyStore(store.path.with_name("other.json")).create()
+    other, _ = KeyStore(store.path.with_name("other.sqlite3")).create()
     assert store.verify(key)
     assert not store.verify(key + "x")
     assert not store.verify(key[:-1])
@@ -58,18 +53,13 @@ def test_file_is_0600_in_a_0700_dir_and_holds_no_plaintext(store: KeyStore, path
     key, record = store.create()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    for file in path.parent.iterdir():  # the database and its WAL files
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+    store.close()
     data = path.read_bytes()
     assert key.encode() not in data
     assert key[len("er-") :].encode() not in data
     assert record.sha256.encode() in data
-    assert [p.name for p in path.parent.iterdir()] == ["keys.json"], "temp file left behind"
-
-
-def test_mode_stays_0600_after_rewrites(store: KeyStore, path: Path) -> None:
-    store.create("a")
-    path.chmod(0o644)
-    store.create("b")
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_list_shows_name_and_prefix(store: KeyStore) -> None:
@@ -122,18 +112,21 @@ def test_revoke_unknown(store: KeyStore) -> None:
 
 
 def test_revoke_unknown_full_key_is_not_echoed(store: KeyStore) -> None:
-    other, _ = KeyStore(store.path.with_name("other.json")).create()
+    other, _ = KeyStore(store.path.with_name("other.sqlite3")).create()
     with pytest.raises(KeyError) as info:
         store.revoke(other)
     assert other not in str(info.value)
 
 
 def test_revoke_ambiguous_prefix(path: Path) -> None:
-    # Random prefixes practically never collide, so craft a file where two do.
-    records = [KeyRecord(name, "er-sameABC", "0" * 63 + str(i), 0) for i, name in enumerate(["a", "b"])]
-    path.parent.mkdir(parents=True)
-    path.write_bytes(msgspec.json.encode({"keys": records}))
-    store = KeyStore(path)
+    # Random prefixes practically never collide, so craft a legacy file where two do, and migrate it.
+    records = [
+        KeyRecord(name=name, prefix="er-sameABC", sha256="0" * 63 + str(i), created=0) for i, name in enumerate("ab")
+    ]
+    legacy = path.with_name("keys.json")
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(msgspec.json.encode({"keys": records}))
+    store = KeyStore(path, legacy=legacy)
     with pytest.raises(ValueError, match="ambiguous"):
         store.revoke("er-same")
     assert len(store.list()) == 2
@@ -156,7 +149,6 @@ def test_revoke_in_another_process_is_seen_without_restart(path: Path) -> None:
 
     cli = KeyStore(path)
     cli.revoke(key[:10])
-    bump_mtime(path)
 
     assert not server.verify(key)
     assert server.list() == []
@@ -174,11 +166,12 @@ def test_env_key_verifies_and_is_never_written(path: Path) -> None:
     store = KeyStore(path, env_key=env_key)
     assert store.verify(env_key)
     assert not store.verify(env_key + "x")
-    assert not path.exists()
+    assert store.verify(env_key).role == "admin"
 
     stored, _ = store.create()
     assert store.verify(stored)
     assert store.verify(env_key)
+    store.close()
     assert env_key.encode() not in path.read_bytes()
     assert [r.name for r in store.list()] == ["key-1"]
 
@@ -194,30 +187,72 @@ def test_is_empty(path: Path) -> None:
     assert store.is_empty()
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"",
-        b"{not json",
-        b"[]",
-        b'{"keys": [{"name": 1}]}',
-        b'{"keys": [{"name": "a", "prefix": "er-abcdefg", "sha256": "not-hex", "created": 0}]}',
-    ],
-)
-def test_corrupt_file_is_an_error_not_empty(path: Path, data: bytes) -> None:
+@pytest.mark.parametrize("data", [b"not a database at all, just some bytes" * 100])
+def test_corrupt_database_is_an_error_not_empty(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True)
     path.write_bytes(data)
-    store = KeyStore(path)
     with pytest.raises(KeyStoreError, match=str(path)) as info:
-        store.list()
+        KeyStore(path).list()
     assert isinstance(info.value, ValueError)
     with pytest.raises(KeyStoreError):
-        store.verify("er-anything")
-    with pytest.raises(KeyStoreError):
-        store.is_empty()
-    with pytest.raises(KeyStoreError):
-        store.create()
-    assert path.read_bytes() == data, "a corrupt file must not be overwritten"
+        KeyStore(path).verify("er-anything")
+    assert path.read_bytes() == data, "a corrupt database must not be overwritten"
+
+
+@pytest.mark.parametrize("data", [b"", b"{not json", b"[]", b'{"keys": [{"name": 1}]}'])
+def test_a_corrupt_legacy_file_is_an_error_and_kept(path: Path, data: bytes) -> None:
+    legacy = path.with_name("keys.json")
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(data)
+    with pytest.raises(KeyStoreError, match=r"keys\.json"):
+        KeyStore(path, legacy=legacy).list()
+    assert legacy.read_bytes() == data
+
+
+def test_keys_json_is_migrated_once(path: Path) -> None:
+    old = KeyRecord(name="laptop", prefix="er-abcdefg", sha256="a" * 64, created=1700000000)
+    legacy = path.with_name("keys.json")
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(msgspec.json.encode({"keys": [old]}))
+    store = KeyStore(path, legacy=legacy)
+    assert store.list() == [old]
+    assert not legacy.exists() and legacy.with_name("keys.json.migrated").exists()
+    assert KeyStore(path, legacy=legacy).list() == [old]  # nothing to migrate the second time
+
+
+def test_attributes_are_stored_updated_and_checked(store: KeyStore) -> None:
+    key, record = store.create("alice", models=("acme/*", "x"), rpm=3, role="user")
+    assert (record.models, record.rpm, record.tpm) == (("acme/*", "x"), 3, None)
+    assert store.verify(key) == record
+    assert record.allows("acme/one") and record.allows("x") and not record.allows("other/acme")
+    updated = store.update("alice", rpm=None, tpm=100, expires=int(time.time()) - 1)
+    assert store.verify(key) == updated
+    assert (updated.rpm, updated.tpm, updated.models) == (None, 100, ("acme/*", "x"))
+    assert updated.expired() and not record.expired()
+    with pytest.raises(KeyError):
+        store.update("nobody", rpm=1)
+    assert KeyRecord(name="n", prefix="p", sha256="0" * 64, created=0).allows("anything")
+
+
+def test_concurrent_creates_from_many_connections_lose_nothing(path: Path) -> None:
+    server = KeyStore(path)
+    server.create("first")
+    made: list[str] = []
+
+    def create_some(i: int) -> None:
+        cli = KeyStore(path)  # another "process": its own connection
+        for j in range(10):
+            made.append(cli.create(f"k{i}-{j}")[0])
+
+    threads = [threading.Thread(target=create_some, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        server.verify("er-busy-server")  # the server keeps verifying meanwhile
+    for t in threads:
+        t.join()
+    assert len(server.list()) == 41
+    assert all(server.verify(k) for k in made)
 
 
 def test_verify_compares_every_hash_without_early_exit(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
