@@ -207,6 +207,17 @@ def main(ctx: click.Context, no_browser: bool) -> None:
     multiple=True,
     help="A web origin whose pages may call the API from a browser, e.g. https://app.example (repeatable).",
 )
+@click.option("--metrics-public", is_flag=True, default=None, help="Serve /metrics without a key.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "text"]),
+    help="The access log's lines (logs folder, access.log).  [default: json]",
+)
+@click.option(
+    "--drain-timeout",
+    type=int,
+    help="Seconds running answers may finish after SIGTERM; new requests get 503.  [default: 30]",
+)
 @click.option(
     "--browser/--no-browser",
     default=False,
@@ -228,16 +239,17 @@ def serve(
     deterministic: bool | None,
     allowed_hosts: tuple[str, ...],
     cors_origins: tuple[str, ...],
+    metrics_public: bool | None,
+    log_format: str | None,
+    drain_timeout: int | None,
     browser: bool,
 ) -> None:
     """Serve the OpenAI chat API and the web page (settings: flags > EDGE_RUN_* env > config.toml)."""
     import secrets
 
-    import uvicorn
-
     from edge_run.keys import KeyStore
     from edge_run.models.fetch import FetchError
-    from edge_run.server import build_server, describe_placement
+    from edge_run.server import build_server, describe_placement, run
 
     paths = _paths()
     settings = _settings(
@@ -257,6 +269,9 @@ def serve(
         deterministic=deterministic,
         allowed_hosts=list(allowed_hosts) or None,
         cors_origins=list(cors_origins) or None,
+        metrics_public=metrics_public,
+        log_format=log_format,
+        drain_timeout=drain_timeout,
     )
     if not settings.auth and "*" in settings.cors_origins:
         raise click.UsageError("refusing --cors-origin * without API keys: any web page could use this server.")
@@ -307,7 +322,7 @@ def serve(
     if browser:
         _open_when_listening(settings.host, settings.port, login)
     _hangup_stops_the_server()
-    uvicorn.run(server.app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    run(server, settings)
 
 
 def _register_subcommands() -> None:

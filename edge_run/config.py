@@ -6,7 +6,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -66,6 +66,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     allowed_hosts: list[str] = []
     cors_origins: list[str] = []
     max_body_bytes: Positive = 8 * 1024 * 1024
+    metrics_public: bool = False
+    log_format: Literal["json", "text"] = "json"
+    drain_timeout: NonNegative = 30
 
 
 FIELDS = Settings.__struct_fields__

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_run.api.access_log import AccessLog
 from edge_run.config import Settings, physical_cores
 from edge_run.engine.engine import Engine, EngineOptions, Placement
 from edge_run.engine.llama import gpu_devices
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from edge_run.keys import KeyStore
     from edge_run.paths import Paths
 
-__all__ = ["BUDGET_SHARE", "Server", "build_server", "engine_options", "memory_budget", "model_cost"]
+__all__ = ["BUDGET_SHARE", "Server", "build_server", "engine_options", "memory_budget", "model_cost", "run"]
 
 BUDGET_SHARE = 0.75  # of RAM, or of free GPU memory when offloading: what loaded models may take by default
 
@@ -153,6 +154,8 @@ def build_server(
         keys,
         preload=preload,
         cores=cores,
+        metrics_public=settings.metrics_public,
+        access_log=AccessLog(paths.log_dir, settings.log_format),
         max_body_bytes=settings.max_body_bytes,
         login_code=login_code,
         allowed_hosts=[settings.host, *settings.allowed_hosts],
@@ -164,3 +167,25 @@ def build_server(
 def describe_placement(spec: ModelSpec, base: EngineOptions) -> str:
     """Where ``serve`` would put a model's layers on this machine (the banner, ``models show``)."""
     return Placement.resolve(spec.path, spec_options(spec, base)).describe()
+
+
+def run(server: Server, settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM; then new requests get 503 while running answers finish (``drain_timeout``)."""
+    import uvicorn
+
+    app = server.app
+
+    class Draining(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            app.state.draining = True
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,  # edge-run writes its own (api/access_log.py)
+        timeout_graceful_shutdown=settings.drain_timeout,
+    )
+    Draining(config).run()

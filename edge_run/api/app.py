@@ -17,6 +17,7 @@ from edge_run.api.accounting import accounting
 from edge_run.api.errors import EXCEPTION_HANDLERS
 from edge_run.api.guard import require_key
 from edge_run.api.hosts import host_check
+from edge_run.api.metrics import Metrics, metrics_route
 from edge_run.api.routes import chat_completions, embeddings, get_model, health, list_models, text_completions
 from edge_run.api.usage import usage as usage_route
 from edge_run.api.web import LoginCodes, web_routes
@@ -24,6 +25,7 @@ from edge_run.keys.limits import Limiter
 from edge_run.keys.usage import UsageLog
 
 if TYPE_CHECKING:
+    from edge_run.api.access_log import AccessLog
     from edge_run.engine.threads import CoreShare
     from edge_run.keys import KeyStore
     from edge_run.models.registry import ModelRegistry
@@ -41,6 +43,8 @@ def create_app(
     login_code: str | None = None,
     allowed_hosts: Iterable[str] = (),
     cors_origins: Iterable[str] = (),
+    metrics_public: bool = False,
+    access_log: AccessLog | None = None,
 ) -> Litestar:
     """Build the app. ``keys=None`` turns auth off (the CLI allows that on loopback only).
 
@@ -49,6 +53,8 @@ def create_app(
     ``login_code`` is a one-time code the web page can trade for an API key (see :mod:`.web`).
     ``allowed_hosts`` are names, besides addresses and ``localhost``, that a ``Host`` header may carry.
     ``cors_origins`` are the web origins whose pages may call the API from a browser (``*``: any).
+    ``metrics_public`` serves ``/metrics`` without a key; ``access_log`` gets a line per request.
+    Setting ``app.state.draining`` (on SIGTERM) answers new requests ``503`` while running ones finish.
     """
     origins = list(cors_origins)
     usage = UsageLog(keys) if keys is not None else None
@@ -72,14 +78,17 @@ def create_app(
             await registry.close()
             if usage is not None:
                 await usage.close()
+            if access_log is not None:
+                access_log.close()
 
     v1 = Router(
         path="/v1",
         guards=[require_key],
         route_handlers=[chat_completions, text_completions, embeddings, list_models, get_model, usage_route],
     )
+    metrics = Router(path="/", guards=[] if metrics_public else [require_key], route_handlers=[metrics_route])
     return Litestar(
-        route_handlers=[health, v1, *web_routes()],
+        route_handlers=[health, v1, metrics, *web_routes()],
         state=State(
             {
                 "registry": registry,
@@ -87,6 +96,9 @@ def create_app(
                 "key_store": keys,
                 "limiter": limiter,
                 "usage": usage,
+                "metrics": Metrics(registry),
+                "access_log": access_log,
+                "draining": False,
                 "login_codes": login_codes,
             }
         ),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from edge_run.api.accounting import HEADERS, KEY, LEASE
+from edge_run.api.accounting import meter_of
 from edge_run.errors import AuthenticationError, RateLimited
 
 if TYPE_CHECKING:
@@ -42,14 +42,15 @@ async def require_key(connection: ASGIConnection, handler: BaseRouteHandler) -> 
     if record.expired():
         day = time.strftime("%Y-%m-%d", time.localtime(record.expires))
         raise AuthenticationError(f"The API key `{record.name}` expired on {day}.")
-    state = connection.scope.setdefault("state", {})  # type: ignore[typeddict-item]
-    state[KEY] = record
+    meter = meter_of(connection)
+    if meter is None:
+        raise RuntimeError("the accounting middleware is missing")
+    meter.key = record
     limiter: Limiter | None = connection.app.state.limiter
     if limiter is not None and connection.scope.get("method") == "POST":
         try:
-            lease = limiter.admit(record, connection.scope["path"])
+            meter.lease = limiter.admit(record, connection.scope["path"])
         except RateLimited as exc:
-            state[HEADERS] = exc.headers
+            meter.headers = exc.headers
             raise
-        state[LEASE] = lease
-        state[HEADERS] = lease.headers
+        meter.headers = meter.lease.headers

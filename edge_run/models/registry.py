@@ -70,6 +70,7 @@ class ModelEntry:
     pins: int = 0  # requests using it, or waiting for it to load
     last_used: float = 0.0  # when it was last seen busy
     loads: int = 0
+    unloads: int = 0
     cost: int | None = None  # bytes it takes loaded (estimated)
     loading: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -235,6 +236,7 @@ class ModelRegistry:
     async def _unload(self, entry: ModelEntry) -> None:
         """Unload an idle model; the caller holds the lock, and checked ``busy`` with no await since."""
         backend, entry.backend, entry.status = entry.backend, None, "unloaded"
+        entry.unloads += 1
         if backend is not None:
             await backend.close()
 
