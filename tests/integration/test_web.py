@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
@@ -45,7 +46,7 @@ LOGIN_RE = re.compile(r"http://\S+/#login=[A-Za-z0-9_-]+")
 
 @pytest.fixture
 def app_client(tmp_path: Path) -> Iterator[tuple[TestClient, KeyStore]]:
-    keys = KeyStore(tmp_path / "keys.json")
+    keys = KeyStore(tmp_path / "keys.sqlite3")
     keys.create("default")
     with TestClient(
         create_app(fake_registry(), keys, login_code="one-time-code"), base_url="http://127.0.0.1"
@@ -394,5 +395,110 @@ def test_a_model_that_fails_to_load_shows_the_servers_error(browser, home_with, 
         page.wait_for_selector("#model option[value='acme/broken']:text-is('acme/broken — failed')", state="attached")
         assert page.locator("#model").input_value() == "acme/broken"
         assert page.locator("#status-model").text_content() == "acme/one"
+    finally:
+        context.close()
+
+
+# ---- the Usage view: tokens per day and key, as an admin key and as a user key sees them -----
+
+
+def _chat(server: Server, key: str, prompt: str) -> int:
+    """One chat request with ``key``; its total tokens."""
+    r = httpx.post(
+        server.base_url + "/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": MODEL_ID, "messages": [{"role": "user", "content": prompt}], "max_tokens": 16},
+        timeout=120,
+    )
+    r.raise_for_status()
+    return int(r.json()["usage"]["total_tokens"])
+
+
+def _usage_counting(server: Server, key: str, tokens: int, timeout: float = 10) -> dict:
+    """The 7-day usage report once it counts ``tokens`` (the server writes usage about once a second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx.get(server.base_url + "/usage", params={"since": "7d"}, headers={"Authorization": f"Bearer {key}"})
+        report = r.raise_for_status().json()
+        if sum(row["total_tokens"] for row in report["data"]) >= tokens or time.monotonic() > deadline:
+            return report
+        time.sleep(0.2)
+
+
+def _usage_view(page) -> dict:
+    """Opens the Usage view and reads its scope, legend, bars, days and grand total."""
+    page.click("#usage-open")
+    page.wait_for_selector("#usage-chart rect[data-key]")
+    return {
+        "scope": page.locator("#usage-scope").text_content(),
+        "legend": page.locator("#usage-legend li").all_text_contents(),
+        "bars": {bar.get_attribute("data-key") for bar in page.locator("#usage-chart rect").all()},
+        "days": [g.get_attribute("data-day") for g in page.locator("#usage-chart g[data-day]").all()],
+        "total": int(re.sub(r"\D", "", page.locator("#usage-table tfoot th:last-child").text_content() or "")),
+    }
+
+
+def _log_in_with_key(page, server: Server, key: str) -> None:
+    page.goto(server.url + "/")
+    page.wait_for_selector("#login:not([hidden])")
+    page.fill("#login-key", key)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_selector("#app:not([hidden])")
+
+
+@pytest.mark.integration
+def test_usage_view_charts_each_keys_tokens_and_a_user_key_sees_only_its_own(browser, make_server, tmp_path):
+    server = make_server()
+    bob = run_cli(server.home, "keys", "create", "--name", "bob").stdout.strip()
+    context, page = _open_logged_in(browser, server)  # the login link's key is an admin key
+    try:
+        admin = page.evaluate("localStorage.getItem('edge-run:key')")
+        spent = {
+            name: sum(_chat(server, key, prompt) for prompt in ("Say hello.", "Name a colour."))
+            for name, key in (("admin", admin), ("bob", bob))
+        }
+        report = _usage_counting(server, admin, sum(spent.values()))
+        [web_key] = {row["key"] for row in report["data"]} - {"bob"}
+        assert web_key.startswith("web-")
+
+        view = _usage_view(page)
+        assert view["scope"] == "Showing all keys"
+        assert view["legend"] == sorted([web_key, "bob"])
+        assert view["bars"] == {web_key, "bob"}
+        assert view["total"] == sum(spent.values())
+        # every day from the period's start to today is on the axis, with usage or not
+        today, first = date.today(), date.fromtimestamp(report["since"])
+        assert view["days"] == [(first + timedelta(days=i)).isoformat() for i in range((today - first).days + 1)]
+        title = page.locator("#usage-chart rect[data-key=bob] title").text_content() or ""
+        assert title.startswith(f"bob · {today.isoformat()} · ") and title.endswith(" tokens")
+        _screenshot(page, tmp_path / "web-usage.png")
+
+        page.select_option("#usage-since", "30d")
+        page.wait_for_function("document.querySelectorAll('#usage-chart g[data-day]').length > 30")
+        assert page.locator("#usage-chart g[data-day]").last.get_attribute("data-day") == today.isoformat()
+        total = page.locator("#usage-table tfoot th:last-child").text_content() or ""
+        assert int(re.sub(r"\D", "", total)) == sum(spent.values())
+    finally:
+        context.close()
+
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        _log_in_with_key(page, server, bob)
+        view = _usage_view(page)
+        assert view["scope"] == "Showing only this key"
+        assert view["legend"] == ["bob"]
+        assert view["bars"] == {"bob"}
+        assert view["total"] == spent["bob"]
+        page.click("#usage form[method=dialog] button")
+
+        # a key that has made no request yet
+        page.click("#logout")
+        _log_in_with_key(page, server, server.key)
+        page.click("#usage-open")
+        page.wait_for_selector("#usage-empty:not([hidden])")
+        assert page.locator("#usage-empty").text_content() == "No usage yet in this period."
+        assert page.locator("#usage-report").is_hidden()
+        assert page.locator("#usage-scope").text_content() == "Showing only this key"
     finally:
         context.close()

@@ -15,6 +15,7 @@ const state = {
   abort: null,        // AbortController of the answer being streamed
   revealed: false,
   tab: "curl",
+  usageAsked: 0,      // counts /v1/usage requests, so a slow answer for an old period is dropped
 };
 
 // ---- key storage ---------------------------------------------------------------------------
@@ -132,6 +133,7 @@ function showLogin(message) {
   $("app").hidden = true;
   $("logout").hidden = true;
   $("details-open").disabled = true;
+  $("usage-open").disabled = true;
   $("login").hidden = false;
   $("login-error").textContent = message || "";
   $("login-key").focus();
@@ -142,6 +144,7 @@ function showApp() {
   $("app").hidden = false;
   $("logout").hidden = !state.key;
   $("details-open").disabled = false;
+  $("usage-open").disabled = false;
   $("prompt").focus();
 }
 
@@ -335,6 +338,141 @@ async function copy(text, button) {
   setTimeout(() => { button.textContent = label; }, 1200);
 }
 
+// ---- usage ---------------------------------------------------------------------------------
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+const SERIES = 6;  // key colours: .series-1 … .series-6 in app.css, reused in turn
+const CHART = { width: 760, height: 220, left: 48, right: 8, top: 10, bottom: 24 };
+const TOTALS = ["requests", "prompt_tokens", "completion_tokens", "total_tokens"];
+const compact = new Intl.NumberFormat(undefined, { notation: "compact" });
+
+function svg(tag, attributes, text) {
+  const el = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attributes)) el.setAttribute(name, String(value));
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+/** YYYY-MM-DD in local time, as the server groups days. */
+function localDay(date) {
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}`;
+}
+
+/** Every day from `since` (Unix time) to today, so days without usage show too, plus any the server reported. */
+function daysSince(since, reported) {
+  const days = new Set(reported);
+  const today = localDay(new Date());
+  for (const day = new Date(since * 1000); localDay(day) <= today; day.setDate(day.getDate() + 1)) days.add(localDay(day));
+  return [...days].sort();
+}
+
+/** A round step (1, 2 or 5 × 10ⁿ tokens, at least 1) that reaches `max` in at most four ticks. */
+function tickStep(max) {
+  const rough = max / 4;
+  const power = 10 ** Math.floor(Math.log10(rough));
+  return Math.max(1, [1, 2, 5, 10].map((m) => m * power).find((step) => step >= rough));
+}
+
+/** Stacked bars of total tokens: one bar per day, one segment per key. */
+function renderChart(days, keys, cells) {
+  const { width, height, left, right, top, bottom } = CHART;
+  const tokens = (day, key) => cells.get(`${day}\t${key}`)?.total_tokens || 0;
+  const highest = Math.max(1, ...days.map((day) => keys.reduce((n, key) => n + tokens(day, key), 0)));
+  const step = tickStep(highest);
+  const ceiling = Math.ceil(highest / step) * step;
+  const y = (n) => top + (height - top - bottom) * (1 - n / ceiling);
+  const slot = (width - left - right) / days.length;
+  const labelEvery = Math.ceil(days.length / 10);
+  const parts = [];
+  for (let n = 0; n <= ceiling; n += step) {
+    parts.push(svg("line", { class: "grid", x1: left, x2: width - right, y1: y(n), y2: y(n) }));
+    parts.push(svg("text", { class: "tick-y", x: left - 6, y: y(n) }, compact.format(n)));
+  }
+  days.forEach((day, i) => {
+    const group = svg("g", { "data-day": day });
+    let below = 0;
+    keys.forEach((key, k) => {
+      const n = tokens(day, key);
+      if (!n) return;
+      const bar = svg("rect", {
+        class: `series-${(k % SERIES) + 1}`, "data-key": key,
+        x: left + slot * (i + 0.15), width: slot * 0.7, y: y(below + n), height: y(below) - y(below + n),
+      });
+      bar.append(svg("title", {}, `${key} · ${day} · ${n.toLocaleString()} tokens`));
+      group.append(bar);
+      below += n;
+    });
+    if ((days.length - 1 - i) % labelEvery === 0) {  // counted from the end: today always has its label
+      const label = new Date(`${day}T00:00`).toLocaleDateString(undefined, { month: "short", day: "numeric" });
+      group.append(svg("text", { class: "tick-x", x: left + slot * (i + 0.5), y: height - 6 }, label));
+    }
+    parts.push(group);
+  });
+  const chart = $("usage-chart");
+  chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  chart.replaceChildren(...parts);
+}
+
+function renderTotals(keys, rows) {
+  const zero = () => Object.fromEntries(TOTALS.map((field) => [field, 0]));
+  const perKey = new Map(keys.map((key) => [key, zero()]));
+  const all = zero();
+  for (const row of rows) {
+    for (const field of TOTALS) {
+      perKey.get(row.key)[field] += row[field];
+      all[field] += row[field];
+    }
+  }
+  const line = (cell, name, sums) => {
+    const tr = document.createElement("tr");
+    for (const text of [name, ...TOTALS.map((field) => sums[field].toLocaleString())]) {
+      tr.append(Object.assign(document.createElement(cell), { textContent: text }));
+    }
+    return tr;
+  };
+  $("usage-table").tBodies[0].replaceChildren(...keys.map((key) => line("td", key, perKey.get(key))));
+  $("usage-table").tFoot.replaceChildren(line("th", "Total", all));
+}
+
+function renderUsage(report) {
+  const rows = report.data;
+  const keys = [...new Set(rows.map((row) => row.key))].sort();
+  $("usage-scope").textContent = report.scope === "all keys" ? "Showing all keys" : "Showing only this key";
+  $("usage-empty").hidden = rows.length > 0;
+  $("usage-report").hidden = rows.length === 0;
+  if (!rows.length) return;
+  const cells = new Map(rows.map((row) => [`${row.group}\t${row.key}`, row]));
+  renderChart(daysSince(report.since, rows.map((row) => row.group)), keys, cells);
+  $("usage-legend").replaceChildren(...keys.map((key, k) => {
+    const item = document.createElement("li");
+    const swatch = document.createElement("span");
+    swatch.className = `swatch series-${(k % SERIES) + 1}`;
+    item.append(swatch, key);
+    return item;
+  }));
+  renderTotals(keys, rows);
+}
+
+async function loadUsage() {
+  const asked = ++state.usageAsked;
+  $("usage-error").textContent = "";
+  try {
+    const r = await fetch(`/v1/usage?since=${$("usage-since").value}&by=day`, { headers: authHeaders(), cache: "no-store" });
+    if (asked !== state.usageAsked) return;
+    if (r.status === 401) {
+      $("usage").close();
+      showLogin(await errorMessage(r));
+      return;
+    }
+    if (!r.ok) throw new Error(await errorMessage(r));
+    const report = await r.json();
+    if (asked === state.usageAsked) renderUsage(report);
+  } catch (err) {
+    if (asked === state.usageAsked) $("usage-error").textContent = err.message;
+  }
+}
+
 // ---- wiring --------------------------------------------------------------------------------
 
 function wire() {
@@ -377,6 +515,11 @@ function wire() {
     $("details").showModal();
   });
   $("details").addEventListener("close", () => { state.revealed = false; });
+  $("usage-open").addEventListener("click", () => {
+    $("usage").showModal();
+    loadUsage();
+  });
+  $("usage-since").addEventListener("change", loadUsage);
   $("details-model").addEventListener("change", renderDetails);
   $("reveal").addEventListener("click", () => { state.revealed = !state.revealed; renderDetails(); });
   for (const tab of document.querySelectorAll("[data-tab]")) {
