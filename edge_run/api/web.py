@@ -131,6 +131,13 @@ async def exchange(data: JSONBody[ExchangeRequest], state: State) -> ExchangeRes
     return ExchangeResult(api_key=key, key_name=name)
 
 
+async def _page_headers(response: Response) -> Response:
+    """Every asset carries the page's headers: a script or stylesheet must not be framed or sniffed either."""
+    for name, value in _PAGE_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
 def web_routes() -> list[ControllerRouterHandler]:
     """The page at ``/``, its assets under ``/static`` (no key needed) and the login exchange."""
     assets = create_static_files_router(
@@ -138,5 +145,6 @@ def web_routes() -> list[ControllerRouterHandler]:
         directories=[STATIC_DIR],
         cache_control=CacheControlHeader(no_cache=True),
         include_in_schema=False,
+        after_request=_page_headers,  # type: ignore[arg-type]
     )
     return [index, exchange, assets]

@@ -24,6 +24,14 @@ MARGIN = 512 * MIB  # the CUDA/Metal context's own growth, fragmentation, other 
 # GGUF metadata value types: struct format of the scalars; 8 is a string, 9 an array
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
+# ggml tensor types -> (elements per block, bytes per block): enough to find where the last tensor ends
+_TYPE_SIZES = {
+    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 36),
+    10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 15: (256, 292),
+    16: (256, 66), 17: (256, 74), 18: (256, 98), 19: (256, 50), 20: (32, 18), 21: (256, 110), 22: (256, 82),
+    23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8), 29: (256, 56), 30: (1, 2),
+    34: (256, 54), 35: (256, 66), 39: (32, 17),
+}  # fmt: skip
 # ``general.file_type`` (llama.cpp's llama_ftype) -> its usual name
 _FILE_TYPES = {
     0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
@@ -122,8 +130,14 @@ def _read(f: BinaryIO, file_size: int) -> GgufLayout:
             raise ValueError("truncated file")
         return struct.unpack(fmt, data)[0]
 
+    def length(count: int, size: int = 1) -> int:
+        """A length read from the file, refused if it runs past the file's end (a corrupt header)."""
+        if count * size > file_size - f.tell():
+            raise ValueError(f"corrupt: a length of {count} runs past the end of the file")
+        return count
+
     def string() -> str:
-        return f.read(int(unpack("<Q"))).decode("utf-8")
+        return f.read(length(int(unpack("<Q")))).decode("utf-8")
 
     def value(kind: int) -> object:
         if kind in _SCALARS:
@@ -131,7 +145,7 @@ def _read(f: BinaryIO, file_size: int) -> GgufLayout:
         if kind == _STRING:
             return string()
         if kind == _ARRAY:
-            item, count = int(unpack("<I")), int(unpack("<Q"))
+            item, count = int(unpack("<I")), length(int(unpack("<Q")))
             if count <= 64:
                 return [value(item) for _ in range(count)]
             # long arrays (the vocabulary, its scores and merges): only their length is needed
@@ -139,7 +153,7 @@ def _read(f: BinaryIO, file_size: int) -> GgufLayout:
                 f.seek(struct.calcsize(_SCALARS[item]) * count, 1)
             elif item == _STRING:
                 for _ in range(count):
-                    f.seek(int(unpack("<Q")), 1)
+                    f.seek(length(int(unpack("<Q"))), 1)
             else:
                 for _ in range(count):
                     value(item)
@@ -151,23 +165,33 @@ def _read(f: BinaryIO, file_size: int) -> GgufLayout:
     version = unpack("<I")
     if version < 2:
         raise ValueError(f"GGUF version {version} is too old")
-    n_tensors, n_kv = int(unpack("<Q")), int(unpack("<Q"))
+    n_tensors, n_kv = length(int(unpack("<Q")), 24), length(int(unpack("<Q")), 12)  # the least each one takes
     meta: dict[str, object] = {}
     for _ in range(n_kv):
         key = string()
         meta[key] = value(int(unpack("<I")))
     tensors: list[tuple[str, int]] = []
     n_params = 0
+    last = (-1, 0, 0)  # (offset, type, elements) of the tensor that lies last in the file
     for _ in range(n_tensors):
         name = string()
         elements = 1
         for _ in range(int(unpack("<I"))):
             elements *= int(unpack("<Q"))
         n_params += elements
-        unpack("<I")  # type
-        tensors.append((name, int(unpack("<Q"))))
+        kind = int(unpack("<I"))
+        offset = int(unpack("<Q"))
+        tensors.append((name, offset))
+        last = max(last, (offset, kind, elements))
+    if not tensors:
+        raise ValueError("it has no tensors (a vocabulary-only file cannot be served)")
     align = int(meta.get("general.alignment", 32))  # type: ignore[call-overload]
     data_start = -(-f.tell() // align) * align
+    if last[1] in _TYPE_SIZES:
+        per_block, block_bytes = _TYPE_SIZES[last[1]]
+        end = data_start + last[0] + last[2] // per_block * block_bytes
+        if end > file_size:
+            raise ValueError(f"truncated: its tensors need {end} bytes, the file has {file_size}")
     # a tensor's bytes run to the next tensor's offset (padding included); the last one to the end
     by_offset = sorted(tensors, key=lambda t: t[1])
     ends = [t[1] for t in by_offset[1:]] + [file_size - data_start]

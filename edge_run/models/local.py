@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from edge_run.errors import ModelNotFound
+from edge_run.engine.offload import read_layout
+from edge_run.errors import EngineFailure, ModelNotFound
 from edge_run.models.catalog import DEFAULT_ALIAS
 from edge_run.models.fetch import cached_path, fetch
 
@@ -62,6 +63,10 @@ def check_gguf(path: Path) -> Path:
     with resolved.open("rb") as f:
         if f.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
             raise ValueError(f"{path} is not a GGUF file (it does not start with {GGUF_MAGIC!r})")
+    try:
+        read_layout(resolved)  # a corrupt header or a truncated file is refused now, not at load
+    except EngineFailure as exc:
+        raise ValueError(f"{path} is a broken GGUF file: {exc.message}") from None
     return resolved
 
 

@@ -169,9 +169,10 @@ def test_a_model_that_fails_to_load_is_503_and_the_others_answer(tmp_path: Path,
     home = tmp_path / "home"
     home.mkdir()
     broken = tmp_path / "broken.gguf"
-    broken.write_bytes(model_path.read_bytes()[: 1 << 20])  # a real header, then nothing
+    broken.write_bytes(model_path.read_bytes())
     run_cli(home, "models", "add", str(model_path), "--id", "acme/one")
     run_cli(home, "models", "add", str(broken), "--id", "acme/broken")
+    broken.write_bytes(model_path.read_bytes()[: 1 << 20])  # damaged after it was added: a real header, then nothing
     server = start_server(home, "--model", "acme/one")
     try:
         client = openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=300)
@@ -215,3 +216,20 @@ def test_models_rm_keeps_a_file_edge_run_did_not_download(tmp_path: Path, model_
     out = run_cli(tmp_path, "models", "rm", "mine").stdout
     assert "kept" in out and model_path.is_file()
     assert run_cli(tmp_path, "models", "rm", "mine", check=False).returncode != 0
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "not a gguf", "missing"])
+def test_models_add_refuses_a_broken_file_with_a_clear_error(tmp_path: Path, model_path: Path, damage: str):
+    data = model_path.read_bytes()
+    bad = tmp_path / "bad.gguf"
+    if damage == "truncated":
+        bad.write_bytes(data[: len(data) - 4096])
+    elif damage == "corrupt":
+        bad.write_bytes(data[:64] + bytes(range(256)) * 64)
+    elif damage == "not a gguf":
+        bad.write_bytes(b"PK\x03\x04" + data[4:1024])
+    r = run_cli(tmp_path / "home", "models", "add", str(bad), "--id", "acme/bad", check=False)
+    assert r.returncode in (1, 2)  # 2: click's own "does not exist"
+    expected = {"truncated": "truncated", "corrupt": "broken GGUF", "not a gguf": "not a GGUF", "missing": "not exist"}
+    assert expected[damage] in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

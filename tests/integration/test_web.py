@@ -377,10 +377,11 @@ def test_picker_shows_each_models_state_and_a_message_loads_an_unloaded_one(brow
 
 
 @pytest.mark.integration
-def test_a_model_that_fails_to_load_shows_the_servers_error(browser, home_with, tmp_path):
+def test_a_model_that_fails_to_load_shows_the_servers_error(browser, home_with, tmp_path, model_path):
     broken = tmp_path / "broken.gguf"
-    broken.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(4096))  # a header and nothing else: it never loads
+    broken.write_bytes(model_path.read_bytes())  # whole when added...
     server = home_with("acme/one", ("acme/broken", broken))
+    broken.write_bytes(model_path.read_bytes()[: 1 << 20])  # ... then cut short: it never loads
     context, page = _open_logged_in(browser, server)
     try:
         page.select_option("#model", "acme/broken")

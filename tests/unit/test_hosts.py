@@ -62,3 +62,13 @@ def test_a_forged_host_gets_403_in_the_error_envelope_on_every_route(client):
 def test_loopback_and_allowed_names_are_served(client):
     for host in ("127.0.0.1:8080", "localhost:8080", "mybox.lan:8080"):
         assert client.get("/health", headers={"Host": host}).status_code == 200, host
+
+
+def test_every_static_asset_carries_the_pages_security_headers():
+    with TestClient(create_app(fake_registry(FakeEngine()), None), base_url="http://127.0.0.1") as client:
+        for path in ("/", "/static/app.js", "/static/app.css", "/static/index.html"):
+            r = client.get(path)
+            assert r.status_code == 200, path
+            assert "frame-ancestors 'none'" in r.headers["content-security-policy"], path
+            assert r.headers["x-content-type-options"] == "nosniff", path
+            assert r.headers["referrer-policy"] == "no-referrer", path
