@@ -27,6 +27,7 @@ __all__ = [
     "ModelCard",
     "ModelList",
     "PromptTokensDetails",
+    "SamplingFields",
     "StreamOptions",
     "TextPart",
     "ToolCall",
@@ -41,6 +42,26 @@ TokenCount = Annotated[int, Meta(ge=1)]
 # edge-run's: seconds the model stays loaded once idle (0: unload after this answer, -1: never)
 KeepAlive = Annotated[float, Meta(ge=-1)]
 StopList = Annotated[list[str], Meta(max_length=16)]
+ToolName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+LogitBias = dict[str, Annotated[float, Meta(ge=-100, le=100)]]
+
+
+class SamplingFields(Struct, kw_only=True):
+    """The sampling fields every generating request shares, in OpenAI's ranges.
+
+    ``top_k``, ``min_p`` and ``repeat_penalty`` are llama.cpp's samplers, as in llama-server; the other
+    fields are OpenAI's. A wire format with other ranges (Anthropic's temperature) redeclares the field.
+    """
+
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
+    seed: int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
+    top_k: Annotated[int, Meta(ge=0)] | None = None
+    min_p: Probability | None = None
+    repeat_penalty: Annotated[float, Meta(gt=0.0)] | None = None
 
 
 class TextPart(Struct, tag="text", tag_field="type"):
@@ -75,7 +96,7 @@ class StreamOptions(Struct):
 
 
 class FunctionDef(Struct):
-    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+    name: ToolName
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
@@ -114,20 +135,14 @@ class JsonSchemaFormat(Struct, tag="json_schema", tag_field="type"):
     json_schema: JsonSchemaSpec
 
 
-class ChatCompletionRequest(Struct, kw_only=True):
-    """``POST /v1/chat/completions``. ``top_k``, ``min_p`` and ``repeat_penalty`` are llama.cpp extras."""
+class ChatCompletionRequest(SamplingFields, kw_only=True):
+    """``POST /v1/chat/completions``."""
 
     model: str
     messages: Annotated[list[Message], Meta(min_length=1)]
-    temperature: Temperature | None = None
-    top_p: Probability | None = None
     max_tokens: TokenCount | None = None
     max_completion_tokens: TokenCount | None = None
     stop: str | StopList | None = None
-    seed: int | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, Annotated[float, Meta(ge=-100, le=100)]] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Meta(ge=1, le=128)] = 1
@@ -138,9 +153,6 @@ class ChatCompletionRequest(Struct, kw_only=True):
     response_format: TextFormat | JsonObjectFormat | JsonSchemaFormat | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
-    top_k: Annotated[int, Meta(ge=0)] | None = None
-    min_p: Probability | None = None
-    repeat_penalty: Annotated[float, Meta(gt=0.0)] | None = None
     keep_alive: KeepAlive | None = None
 
 
@@ -258,20 +270,14 @@ class ErrorResponse(Struct):
     error: ErrorBody
 
 
-class CompletionRequest(Struct, kw_only=True):
+class CompletionRequest(SamplingFields, kw_only=True):
     """``POST /v1/completions`` (legacy text completion)."""
 
     model: str
     prompt: str | Annotated[list[str], Meta(min_length=1, max_length=16)]
     max_tokens: TokenCount | None = 16
-    temperature: Temperature | None = None
-    top_p: Probability | None = None
     n: Annotated[int, Meta(ge=1, le=128)] = 1
     stop: str | StopList | None = None
-    seed: int | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, Annotated[float, Meta(ge=-100, le=100)]] | None = None
     echo: bool = False
     logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
     stream: bool = False
@@ -279,9 +285,6 @@ class CompletionRequest(Struct, kw_only=True):
     suffix: str | None = None
     best_of: Annotated[int, Meta(ge=1)] | None = None
     user: str | None = None
-    top_k: Annotated[int, Meta(ge=0)] | None = None
-    min_p: Probability | None = None
-    repeat_penalty: Annotated[float, Meta(gt=0.0)] | None = None
     keep_alive: KeepAlive | None = None
 
 

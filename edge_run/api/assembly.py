@@ -1,0 +1,229 @@
+"""One response assembly for every route: a started generation read back as pieces, blocks and totals.
+
+:meth:`Run.pieces` turns the engine's chunks into :class:`Piece` s, with tool calls already parsed out
+of the text. Chat completions frame pieces as they are; responses and messages frame a choice's
+output as :class:`Block` s (text, or one tool call each), which :class:`Choice` builds from the same
+pieces. A whole answer is the same pieces gathered (:func:`collect`), so streamed and whole answers agree.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+
+from edge_run.api.tools import ParsedCall, ToolEvent, ToolStream
+
+if TYPE_CHECKING:
+    from edge_run.api.tools import CallPlan
+    from edge_run.engine.engine import Generation
+    from edge_run.engine.scheduler import Chunk
+    from edge_run.engine.scheduler import TokenLogprob as EngineLogprob
+
+__all__ = ["Block", "BlockEvent", "CallPiece", "Choice", "Piece", "Run", "Totals", "call_input", "collect", "sse"]
+
+_encode = msgspec.json.Encoder().encode
+
+
+def sse(body: object, event: str | None = None) -> bytes:
+    """One server-sent event frame holding ``body`` as JSON, under an ``event:`` name if given."""
+    head = b"event: " + event.encode() + b"\n" if event else b""
+    return head + b"data: " + _encode(body) + b"\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class CallPiece:
+    """A fragment of a tool call's arguments; the call's first piece also has its ``id`` and ``name``."""
+
+    index: int  # which call of the choice
+    arguments: str
+    id: str | None = None
+    name: str | None = None
+
+
+@dataclass(slots=True)
+class Piece:
+    """What one engine step added to one choice."""
+
+    choice: int
+    text: str = ""
+    calls: list[CallPiece] = field(default_factory=list)
+    logprobs: list[EngineLogprob] | None = None
+    finish_reason: str | None = None  # "stop", "length" or "tool_calls": the choice is done
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+
+@dataclass
+class Run:
+    """A started request: its generations (one per prompt, each with ``n`` choices) and its tool plan."""
+
+    parts: list[tuple[int, Generation]]  # (prompt tokens, generation)
+    n: int
+    plan: CallPlan | None
+    _completion: dict[int, int] = field(default_factory=dict)  # choice -> tokens so far
+    _cached: dict[int, int] = field(default_factory=dict)  # part -> prompt tokens reused
+
+    @property
+    def totals(self) -> Totals:
+        return Totals(
+            prompt_tokens=sum(tokens for tokens, _ in self.parts),
+            completion_tokens=sum(self._completion.values()),
+            cached_tokens=sum(self._cached.values()),
+        )
+
+    def cancel(self) -> None:
+        """Stop every generation (client gone, or done); idempotent."""
+        for _, gen in self.parts:
+            gen.cancel()
+
+    async def pieces(self) -> AsyncIterator[list[Piece]]:
+        """Every piece that is ready, in order; a consumer that fell behind catches up in one batch.
+
+        Choices are numbered across prompts (prompt ``p``'s choice ``i`` is ``p * n + i``). An engine
+        failure is raised here, after the pieces before it.
+        """
+        native = self.plan is not None and self.plan.native
+        streams = [ToolStream(native) for _ in range(len(self.parts) * self.n)] if self.plan is not None else None
+        calls_seen = [0] * (len(self.parts) * self.n)
+
+        def piece(index: int, chunk: Chunk) -> Piece:
+            self._completion[index] = chunk.completion_tokens
+            out = Piece(choice=index, logprobs=chunk.logprobs or None, finish_reason=chunk.finish_reason)
+            if streams is None:
+                out.text = chunk.text
+                return out
+            events = streams[index].push(chunk.text)
+            if chunk.finish_reason is not None:
+                more, was_call = streams[index].finish()
+                events += more
+                out.finish_reason = "tool_calls" if was_call else chunk.finish_reason
+            calls_seen[index] = _add_events(out, events, calls_seen[index])
+            return out
+
+        try:
+            for p, (_, gen) in enumerate(self.parts):
+                async for ready in gen.batches():
+                    for chunk in ready:
+                        if chunk.index == 0:
+                            self._cached[p] = chunk.cached_tokens
+                    yield [piece(p * self.n + chunk.index, chunk) for chunk in ready]
+        finally:
+            self.cancel()
+
+
+def _add_events(piece: Piece, events: list[ToolEvent], calls: int) -> int:
+    """Put parsed tool events on ``piece``; returns how many calls the choice has now."""
+    for e in events:
+        if e.content:
+            piece.text += e.content
+        if e.call is not None:
+            calls += 1
+            piece.calls.append(CallPiece(calls - 1, e.call.arguments, id=e.call.id, name=e.call.name))
+        if e.arguments:
+            piece.calls.append(CallPiece(calls - 1, e.arguments))
+    return calls
+
+
+@dataclass(slots=True)
+class Block:
+    """One block of a choice's output: text, or one tool call (``call_id`` and ``name`` set)."""
+
+    index: int
+    text: str = ""  # the text, or the call's arguments
+    call_id: str | None = None
+    name: str | None = None
+
+    def as_call(self) -> ParsedCall:
+        assert self.call_id is not None and self.name is not None
+        return ParsedCall(id=self.call_id, name=self.name, arguments=self.text)
+
+
+def call_input(arguments: str) -> dict[str, Any]:
+    """A generated call's arguments as an object; ``{}`` for a call cut off before its JSON closed."""
+    try:
+        value = json.loads(arguments)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True, slots=True)
+class BlockEvent:
+    kind: Literal["start", "delta", "stop"]
+    block: Block
+    delta: str = ""
+
+
+@dataclass
+class Choice:
+    """A choice's output, built from its pieces: blocks in order, and how it finished."""
+
+    blocks: list[Block] = field(default_factory=list)
+    finish_reason: str | None = None
+    logprobs: list[EngineLogprob] = field(default_factory=list)
+    _open: Block | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(b.text for b in self.blocks if b.call_id is None)
+
+    @property
+    def calls(self) -> list[ParsedCall]:
+        return [b.as_call() for b in self.blocks if b.call_id is not None]
+
+    def push(self, piece: Piece) -> list[BlockEvent]:
+        """Take a piece; returns the block events it makes (a new block closes the open one)."""
+        events: list[BlockEvent] = []
+        self.logprobs += piece.logprobs or []
+        if piece.text:
+            if self._open is None or self._open.call_id is not None:
+                self._start(Block(len(self.blocks)), events)
+            events.append(self._extend(piece.text))
+        for call in piece.calls:
+            if call.id is not None:
+                self._start(Block(len(self.blocks), call_id=call.id, name=call.name), events)
+            if call.arguments:
+                events.append(self._extend(call.arguments))
+        if piece.finish_reason is not None:
+            self.finish_reason = piece.finish_reason
+            if not self.blocks:  # an empty answer is still one (empty) text block
+                self._start(Block(0), events)
+            self._close(events)
+        return events
+
+    def _start(self, block: Block, events: list[BlockEvent]) -> None:
+        self._close(events)
+        self.blocks.append(block)
+        self._open = block
+        events.append(BlockEvent("start", block))
+
+    def _extend(self, text: str) -> BlockEvent:
+        assert self._open is not None
+        self._open.text += text
+        return BlockEvent("delta", self._open, text)
+
+    def _close(self, events: list[BlockEvent]) -> None:
+        if self._open is not None:
+            events.append(BlockEvent("stop", self._open))
+            self._open = None
+
+
+async def collect(run: Run) -> list[Choice]:
+    """The whole answer: every choice built from its pieces, as a stream would have sent them."""
+    choices = [Choice() for _ in range(len(run.parts) * run.n)]
+    try:
+        async for ready in run.pieces():
+            for piece in ready:
+                choices[piece.choice].push(piece)
+    finally:
+        run.cancel()
+    return choices

@@ -1,0 +1,297 @@
+"""``/v1/responses`` (OpenAI's Responses API): input items to a :class:`GenRequest`, pieces to a response or events.
+
+A stored response keeps its whole conversation (:mod:`.response_store`), so ``previous_response_id``
+continues it. The stream follows OpenAI's order: ``response.created``, ``response.in_progress``, then for
+each output item ``output_item.added``, its content (``content_part.added``, ``output_text.delta``...,
+``output_text.done``, ``content_part.done``; or ``function_call_arguments.delta``..., ``.done``) and
+``output_item.done``; last ``response.completed`` (``response.incomplete`` at ``max_output_tokens``, as
+OpenAI sends it), or ``response.failed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from edge_run.api.assembly import Block, BlockEvent, Choice, Run, Totals, call_input, collect, sse
+from edge_run.api.internal import CallRecord, GenRequest, JsonOutput, Turn, arguments, function_spec, join_text
+from edge_run.api.schemas import JsonObjectFormat
+from edge_run.api.schemas_responses import (
+    FunctionCallItem,
+    FunctionTool,
+    IncompleteDetails,
+    InputItem,
+    InputText,
+    InputTokensDetails,
+    OutputMessage,
+    OutputText,
+    Refusal,
+    ResponseError,
+    ResponseJsonSchemaFormat,
+    ResponseObject,
+    ResponseRequest,
+    ResponseUsage,
+    TextConfig,
+)
+from edge_run.errors import EdgeRunError, InvalidRequest
+
+if TYPE_CHECKING:
+    from edge_run.api.response_store import ResponseStore
+    from edge_run.api.schemas_responses import ContentPart
+
+__all__ = ["ResponseJob", "complete", "prepare", "stream"]
+
+Status = Literal["in_progress", "completed", "incomplete", "failed"]
+
+
+def _text(content: str | list[ContentPart] | None, param: str) -> str:
+    if not isinstance(content, list):
+        return content or ""
+    texts = [
+        p.text if isinstance(p, InputText | OutputText) else p.refusal if isinstance(p, Refusal) else None
+        for p in content
+    ]
+    return join_text(texts, param)
+
+
+def _turns(items: str | list[InputItem]) -> list[Turn]:
+    if isinstance(items, str):
+        return [Turn("user", items)]
+    turns: list[Turn] = []
+    for i, item in enumerate(items):
+        at = f"input[{i}]"
+        if item.type == "message":
+            if item.role is None:
+                raise InvalidRequest(f"`{at}.role` is required for a message", param=f"{at}.role")
+            turns.append(
+                Turn("system" if item.role == "developer" else item.role, _text(item.content, f"{at}.content"))
+            )
+        elif item.type == "function_call":
+            if not item.call_id or not item.name:
+                raise InvalidRequest(f"`{at}`: a function_call needs `call_id` and `name`", param=at)
+            call = CallRecord(item.call_id, item.name, arguments(item.arguments or "{}", f"{at}.arguments"))
+            if turns and turns[-1].role == "assistant":  # calls after a message are that message's calls
+                turns[-1] = dataclasses.replace(turns[-1], calls=(*turns[-1].calls, call))
+            else:
+                turns.append(Turn("assistant", calls=(call,)))
+        elif item.type == "function_call_output":
+            if not item.call_id:
+                raise InvalidRequest(f"`{at}.call_id` is required for a function_call_output", param=f"{at}.call_id")
+            turns.append(Turn("tool", _text(item.output, f"{at}.output"), call_id=item.call_id))
+        else:
+            raise InvalidRequest(
+                f"input items of type `{item.type}` are not supported (only messages, `function_call` and "
+                "`function_call_output`)",
+                param=f"{at}.type",
+            )
+    return turns
+
+
+def _tool(tool: FunctionTool, i: int) -> dict[str, object]:
+    if tool.type != "function":
+        raise InvalidRequest(
+            f"tools of type `{tool.type}` are not supported; only `function` tools are", param=f"tools[{i}].type"
+        )
+    if tool.name is None:
+        raise InvalidRequest(f"`tools[{i}].name` is required", param=f"tools[{i}].name")
+    return function_spec(tool.name, tool.description, tool.parameters)
+
+
+def _refuse_unsupported(req: ResponseRequest) -> None:
+    refused = {
+        "background": req.background,
+        "conversation": req.conversation is not None,
+        "truncation": req.truncation == "auto",
+        "top_logprobs": bool(req.top_logprobs),
+    }
+    for param, set_ in refused.items():
+        if set_:
+            raise InvalidRequest(f"`{param}` is not supported by this server", param=param)
+
+
+@dataclass
+class ResponseJob:
+    """A responses request on its way: the internal request, and what storing its answer needs."""
+
+    req: ResponseRequest
+    gen: GenRequest
+    history: list[Turn]  # the conversation without instructions: what a later response continues
+    store: ResponseStore
+    owner: str | None  # the key that asked (see ResponseStore)
+    id: str = field(default_factory=lambda: "resp_" + secrets.token_hex(24))
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+
+def prepare(req: ResponseRequest, store: ResponseStore, owner: str | None) -> ResponseJob:
+    """Check and translate, before any model is loaded; an unknown ``previous_response_id`` is a 404."""
+    _refuse_unsupported(req)
+    history: list[Turn] = []
+    if req.previous_response_id is not None:
+        history = list(store.get(req.previous_response_id, owner, "previous_response_id").turns)
+    history += _turns(req.input)
+    fmt = req.text.format if req.text is not None else None
+    output = None
+    if isinstance(fmt, JsonObjectFormat):
+        output = JsonOutput(None, "text.format")
+    elif isinstance(fmt, ResponseJsonSchemaFormat):
+        output = JsonOutput(fmt.schema or {"type": "object"}, "text.format")
+    choice = req.tool_choice
+    gen = GenRequest(
+        model=req.model,
+        sampling=req,
+        turns=([Turn("system", req.instructions)] if req.instructions else []) + history,
+        tools=[_tool(t, i) for i, t in enumerate(req.tools or ())],
+        tool_choice=choice if choice is None or isinstance(choice, str) else choice.name,
+        output=output,
+        max_tokens=req.max_output_tokens,
+    )
+    return ResponseJob(req=req, gen=gen, history=history, store=store, owner=owner)
+
+
+class _Output:
+    """The response's output items, built from the choice's blocks, with their ids."""
+
+    def __init__(self, choice: Choice | None = None) -> None:
+        self.choice = choice or Choice()
+        self._ids: dict[int, str] = {}
+
+    def id(self, block: Block) -> str:
+        if block.index not in self._ids:
+            self._ids[block.index] = ("msg_" if block.call_id is None else "fc_") + secrets.token_hex(24)
+        return self._ids[block.index]
+
+    def item(self, block: Block, done: bool = True) -> OutputMessage | FunctionCallItem:
+        item_id = self.id(block)
+        status: Literal["in_progress", "completed", "incomplete"] = "in_progress"
+        if done:
+            cut = self.choice.finish_reason == "length" and block is self.choice.blocks[-1]
+            status = "incomplete" if cut else "completed"
+        if block.call_id is None:
+            return OutputMessage(id=item_id, status=status, content=[OutputText(text=block.text)] if done else [])
+        assert block.name is not None
+        args = block.text if done else ""
+        return FunctionCallItem(id=item_id, call_id=block.call_id, name=block.name, arguments=args, status=status)
+
+    def items(self) -> list[OutputMessage | FunctionCallItem]:
+        return [self.item(b) for b in self.choice.blocks]
+
+    @property
+    def status(self) -> Status:
+        return "incomplete" if self.choice.finish_reason == "length" else "completed"
+
+
+def _response(
+    job: ResponseJob, status: Status, output: _Output, totals: Totals | None = None, error: ResponseError | None = None
+) -> ResponseObject:
+    req = job.req
+    usage = None
+    if totals is not None:
+        usage = ResponseUsage(
+            input_tokens=totals.prompt_tokens,
+            output_tokens=totals.completion_tokens,
+            total_tokens=totals.prompt_tokens + totals.completion_tokens,
+            input_tokens_details=InputTokensDetails(cached_tokens=totals.cached_tokens),
+        )
+    return ResponseObject(
+        id=job.id,
+        created_at=job.created_at,
+        model=req.model,
+        status=status,
+        output=output.items() if status in ("completed", "incomplete") else [],
+        error=error,
+        incomplete_details=IncompleteDetails("max_output_tokens") if status == "incomplete" else None,
+        instructions=req.instructions,
+        max_output_tokens=req.max_output_tokens,
+        parallel_tool_calls=req.parallel_tool_calls is not False,
+        previous_response_id=req.previous_response_id,
+        store=req.store,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        text=req.text or TextConfig(),
+        tool_choice=req.tool_choice or "auto",
+        tools=req.tools or [],
+        usage=usage,
+        user=req.user,
+        metadata=req.metadata or {},
+    )
+
+
+def _finish(job: ResponseJob, output: _Output, totals: Totals) -> ResponseObject:
+    """The final response; stored, with its conversation, when the request asked for that."""
+    response = _response(job, output.status, output, totals)
+    if job.req.store:
+        calls = tuple(CallRecord(c.id, c.name, call_input(c.arguments)) for c in output.choice.calls)
+        job.store.put(response, [*job.history, Turn("assistant", output.choice.text, calls=calls)], job.owner)
+    return response
+
+
+async def complete(job: ResponseJob, run: Run) -> ResponseObject:
+    [choice] = await collect(run)
+    return _finish(job, _Output(choice), run.totals)
+
+
+class _Events:
+    """The stream's events, numbered in order, as ``event:``/``data:`` frames."""
+
+    def __init__(self, job: ResponseJob) -> None:
+        self.job = job
+        self.output = _Output()
+        self._seq = itertools.count()
+
+    def frame(self, kind: str, **fields: object) -> bytes:
+        return sse({"type": kind, "sequence_number": next(self._seq), **fields}, kind)
+
+    def lifecycle(self, kind: str, status: Status, error: ResponseError | None = None) -> bytes:
+        return self.frame(kind, response=_response(self.job, status, self.output, error=error))
+
+    def block(self, e: BlockEvent) -> list[bytes]:
+        b, out = e.block, self.output
+        at = {"item_id": out.id(b), "output_index": b.index}
+        text = b.call_id is None
+        if e.kind == "start":
+            frames = [self.frame("response.output_item.added", output_index=b.index, item=out.item(b, done=False))]
+            if text:
+                frames.append(
+                    self.frame("response.content_part.added", **at, content_index=0, part=OutputText(text=""))
+                )
+            return frames
+        if e.kind == "delta":
+            if text:
+                return [self.frame("response.output_text.delta", **at, content_index=0, delta=e.delta, logprobs=[])]
+            return [self.frame("response.function_call_arguments.delta", **at, delta=e.delta)]
+        if text:
+            part = OutputText(text=b.text)
+            frames = [
+                self.frame("response.output_text.done", **at, content_index=0, text=b.text, logprobs=[]),
+                self.frame("response.content_part.done", **at, content_index=0, part=part),
+            ]
+        else:
+            frames = [self.frame("response.function_call_arguments.done", **at, name=b.name, arguments=b.text)]
+        return [*frames, self.frame("response.output_item.done", output_index=b.index, item=out.item(b))]
+
+
+async def stream(job: ResponseJob, run: Run) -> AsyncIterator[bytes]:
+    """The response's events; whatever is ready goes out in one write. A client that leaves frees the slot."""
+    events = _Events(job)
+    try:
+        yield events.lifecycle("response.created", "in_progress") + events.lifecycle(
+            "response.in_progress", "in_progress"
+        )
+        try:
+            async for ready in run.pieces():
+                frames = [f for piece in ready for e in events.output.choice.push(piece) for f in events.block(e)]
+                if frames:
+                    yield b"".join(frames)
+        except EdgeRunError as exc:  # headers are gone: report in-band, as OpenAI does
+            code = "rate_limit_exceeded" if exc.status == 429 else "server_error"
+            yield events.lifecycle("response.failed", "failed", error=ResponseError(code=code, message=exc.message))
+            return
+        final = _finish(job, events.output, run.totals)
+        yield events.frame(f"response.{final.status}", response=final)
+    finally:
+        run.cancel()
