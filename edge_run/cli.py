@@ -298,7 +298,7 @@ def serve(
     login_code = secrets.token_urlsafe(24)
     try:
         server = build_server(settings, paths, keys, login_code=login_code)
-        preloaded = [e.spec for e in server.registry if e.spec.id in server.preload]
+        preloaded = [e.spec for e in server.registry if e.spec.id in server.preload and e.spec.local]
         placements = {spec.id: describe_placement(spec, server.options) for spec in preloaded}
     except (ModelNotFound, EngineFailure) as exc:
         raise click.ClickException(exc.message) from exc
@@ -310,6 +310,9 @@ def serve(
     click.echo(f"  one-time login:  {login}", err=True)
     click.echo(f"  OpenAI base_url: {page}v1", err=True)
     for entry in server.registry:
+        if not entry.spec.local:
+            click.echo(f"  model:           {entry.spec.id}, upstream", err=True)
+            continue
         where = f"loads now on {placements[entry.spec.id]}" if entry.spec.id in placements else "loads on first use"
         click.echo(f"  model:           {entry.spec.id} ({entry.spec.path.name}), {where}", err=True)
     keep = "never" if settings.keep_alive < 0 else f"after {settings.keep_alive} s idle"

@@ -209,3 +209,34 @@ def ps(port: int | None) -> None:
         memory = f"{m.get('memory_bytes', 0) / MIB:.0f} MiB"
         rows.append((m["id"], m["state"], memory, f"{m.get('slots_busy', 0)}/{m.get('slots_total', '?')}", when))
     _table(rows)
+
+
+@models.command("add-upstream")
+@click.argument("model_id")
+@click.option("--base-url", required=True, help="The upstream's OpenAI base URL, e.g. http://gpu-box:8000/v1")
+@click.option("--api-key-env", help="The NAME of an environment variable holding the upstream's key (never stored).")
+@click.option("--model", "upstream_model", help="The upstream's own id for the model.  [default: MODEL_ID]")
+@click.option("--weight", type=float, help="Share of requests against other replicas of MODEL_ID.  [default: 1]")
+@click.option("--timeout", type=float, help="Seconds an answer may take.  [default: 600]")
+def models_add_upstream(
+    model_id: str,
+    base_url: str,
+    api_key_env: str | None,
+    upstream_model: str | None,
+    weight: float | None,
+    timeout: float | None,
+) -> None:
+    """Serve MODEL_ID from an OpenAI-compatible server (vLLM, llama-server, another edge-run...).
+
+    Writes an [[upstream]] table to config.toml; adding the same MODEL_ID again adds a replica.
+    """
+    from edge_run.config import append_table
+
+    paths, _ = _context()
+    table: dict[str, object] = {"id": model_id, "base_url": base_url, "api_key_env": api_key_env}
+    table |= {"model": upstream_model, "weight": weight, "timeout": timeout}
+    try:
+        append_table(paths, "upstream", {k: v for k, v in table.items() if v is not None})
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"added upstream `{model_id}` -> {base_url} (in {paths.config_file})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -12,7 +13,15 @@ import msgspec
 
 from edge_run.paths import Paths
 
-__all__ = ["ConfigError", "ModelConfig", "Settings", "load_settings", "physical_cores"]
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "Settings",
+    "UpstreamConfig",
+    "append_table",
+    "load_settings",
+    "physical_cores",
+]
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
@@ -31,6 +40,19 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     slots: Positive | None = None
     gpu_layers: NonNegative | None = None  # "auto" in the file
     chat_template: str | None = None  # a Jinja template that replaces the GGUF's own
+    overflow: str | None = None  # an [[upstream]] id that takes requests when every slot and the queue are full
+    rpc_servers: list[str] = []  # llama.cpp rpc-server workers (host:port) that hold part of the model
+
+
+class UpstreamConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """An ``[[upstream]]`` table: an OpenAI-compatible server behind a local id. Several with one id are replicas."""
+
+    id: str
+    base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    api_key_env: str | None = None  # the NAME of an environment variable holding the upstream's key
+    model: str | None = None  # the upstream's own id; default: the local one
+    weight: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    timeout: Annotated[float, msgspec.Meta(gt=0)] = 600.0
 
 
 class ConfigError(ValueError):
@@ -51,6 +73,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     port: Port = 8080
     preload: list[str] = []
     model: list[ModelConfig] = []
+    upstream: list[UpstreamConfig] = []
     keep_alive: KeepAlive = 300
     max_loaded: Positive = 2
     memory_budget: GiB | None = None
@@ -109,7 +132,7 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{paths.config_file}: {exc}") from exc
     for name in FIELDS:
-        if name == "model":  # tables: config.toml only
+        if name in ("model", "upstream"):  # tables: config.toml only
             continue
         value = env.get(f"EDGE_RUN_{name.upper()}")
         if value is not None and value != "":
@@ -132,3 +155,28 @@ def load_settings(
             f"invalid setting: batch ({settings.batch}) must be at least slots + 3 ({settings.slots + 3})"
         )
     return settings
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def append_table(paths: Paths, name: str, table: Mapping[str, object]) -> None:
+    """Add a ``[[name]]`` table to ``config.toml``, keeping the file as it was if the result does not load."""
+    path = paths.config_file
+    before = path.read_text() if path.exists() else None
+    lines = [f"\n[[{name}]]"] + [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text((before or "") + "\n".join(lines) + "\n")
+    try:
+        load_settings(paths, environ={})
+    except ConfigError as exc:
+        if before is None:
+            path.unlink()
+        else:
+            path.write_text(before)
+        raise ValueError(f"not added: {exc}") from None

@@ -17,6 +17,7 @@ __all__ = [
     "ModelUnavailable",
     "Overloaded",
     "RateLimited",
+    "UpstreamUnavailable",
 ]
 
 
@@ -118,3 +119,15 @@ class ClientDisconnected(EdgeRunError):
     status = 499
     type = "invalid_request_error"
     code = "client_disconnected"
+
+
+class UpstreamUnavailable(EdgeRunError):
+    """No upstream replica of a model answered: 502 (unreachable), 503 (all failing) or 504 (timed out)."""
+
+    type = "server_error"
+    code = "upstream_unavailable"
+
+    def __init__(self, message: str, *, status: int, retry_after: int | None = None) -> None:
+        super().__init__(message, param="model")
+        self.status = status
+        self.retry_after = retry_after

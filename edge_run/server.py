@@ -21,6 +21,7 @@ from edge_run.models.fetch import fetch
 from edge_run.models.inventory import inventory
 from edge_run.models.local import check_gguf
 from edge_run.models.registry import ModelRegistry, ModelSpec
+from edge_run.upstream.pool import Replica, UpstreamPool
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -65,7 +66,31 @@ def spec_options(spec: ModelSpec, base: EngineOptions) -> EngineOptions:
         batch=max(base.batch, slots + 3),
         gpu_layers=base.gpu_layers if spec.gpu_layers is None else spec.gpu_layers,
         chat_template=spec.chat_template,
+        rpc_servers=spec.rpc_servers,
     )
+
+
+def upstream_pools(settings: Settings) -> dict[str, UpstreamPool]:
+    """The ``[[upstream]]`` tables by id: tables that share an id are replicas of one pool."""
+    pools: dict[str, UpstreamPool] = {}
+    for table in settings.upstream:
+        replica = Replica(
+            base_url=table.base_url,
+            model=table.model or table.id,
+            api_key_env=table.api_key_env,
+            weight=table.weight,
+            timeout=table.timeout,
+        )
+        pools.setdefault(table.id, UpstreamPool(table.id, [])).replicas.append(replica)
+    return pools
+
+
+def _check_links(specs: list[ModelSpec], pools: dict[str, UpstreamPool]) -> None:
+    for spec in specs:
+        if spec.id in pools:
+            raise ValueError(f"`{spec.id}` is both a local model and an [[upstream]] id; rename one")
+        if spec.overflow is not None and spec.overflow not in pools:
+            raise ValueError(f"model `{spec.id}` overflows to `{spec.overflow}`, which is no [[upstream]] id")
 
 
 def model_cost(spec: ModelSpec, options: EngineOptions) -> int:
@@ -139,11 +164,19 @@ def build_server(
     specs, preload = _resolve_preloads(settings.preload, specs, paths, catalog)
     # each spec says its own ctx and slots, so that /health tells them before the model is loaded
     specs = [dataclasses.replace(s, ctx=s.ctx or settings.ctx, slots=s.slots or settings.slots) for s in specs]
+    pools = upstream_pools(settings)
+    _check_links(specs, pools)
+    specs += [ModelSpec(pool_id, Path(), "upstream") for pool_id in pools]
+    preload = [*preload, *pools]  # an upstream "loads" at once: its health checks start
     cores = CoreShare(settings.threads or physical_cores())
     base = engine_options(settings, cores)
+
+    def build(spec: ModelSpec) -> Engine | UpstreamPool:
+        return pools[spec.id] if not spec.local else Engine(spec.id, spec.path, spec_options(spec, base))
+
     registry = ModelRegistry(
         specs,
-        lambda spec: Engine(spec.id, spec.path, spec_options(spec, base)),
+        build,
         cost=lambda spec: model_cost(spec, spec_options(spec, base)),
         keep_alive=settings.keep_alive,
         max_loaded=settings.max_loaded,
@@ -188,4 +221,7 @@ def run(server: Server, settings: Settings) -> None:
         access_log=False,  # edge-run writes its own (api/access_log.py)
         timeout_graceful_shutdown=settings.drain_timeout,
     )
-    Draining(config).run()
+    try:
+        Draining(config).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled: the stop was clean (as uvicorn.run does)
+        pass

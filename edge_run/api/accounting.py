@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_run.api.access_log import AccessLine
 from edge_run.errors import ModelNotFound
+from edge_run.upstream.pool import UpstreamPool
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
@@ -89,6 +90,7 @@ class Meter:
             return
         self.done = True
         if self.lease is not None:
+            self.lease.model = self.model or ""
             self.lease.finish(status)
         if self.metrics is not None and self.model is not None:
             self.metrics.requests.labels(self.model, self.path, str(status)).inc()
@@ -129,11 +131,10 @@ async def use_model(connection: ASGIConnection, model: str, keep_alive: float | 
         raise ModelNotFound(model)  # the same answer as for a model that does not exist
     async with connection.app.state.registry.use(model, keep_alive) as engine:
         meter = meter_of(connection)
-        if meter is None:
-            yield engine
-        else:
+        if meter is not None:
             meter.model = model
-            yield MeteredEngine(engine, meter)
+        # an upstream pool is handed out as it is: its proxy charges the meter from the upstream's usage
+        yield engine if meter is None or isinstance(engine, UpstreamPool) else MeteredEngine(engine, meter)
 
 
 class MeteredEngine:

@@ -18,7 +18,20 @@ from edge_run.api.errors import EXCEPTION_HANDLERS
 from edge_run.api.guard import require_key
 from edge_run.api.hosts import host_check
 from edge_run.api.metrics import Metrics, metrics_route
-from edge_run.api.routes import chat_completions, embeddings, get_model, health, list_models, text_completions
+from edge_run.api.response_store import ResponseStore
+from edge_run.api.routes import (
+    chat_completions,
+    count_message_tokens,
+    create_message,
+    create_response,
+    delete_response,
+    embeddings,
+    get_model,
+    get_response,
+    health,
+    list_models,
+    text_completions,
+)
 from edge_run.api.usage import usage as usage_route
 from edge_run.api.web import LoginCodes, web_routes
 from edge_run.keys.limits import Limiter
@@ -84,7 +97,19 @@ def create_app(
     v1 = Router(
         path="/v1",
         guards=[require_key],
-        route_handlers=[chat_completions, text_completions, embeddings, list_models, get_model, usage_route],
+        route_handlers=[
+            chat_completions,
+            text_completions,
+            embeddings,
+            list_models,
+            get_model,
+            usage_route,
+            create_response,
+            get_response,
+            delete_response,
+            create_message,
+            count_message_tokens,
+        ],
     )
     metrics = Router(path="/", guards=[] if metrics_public else [require_key], route_handlers=[metrics_route])
     return Litestar(
@@ -100,6 +125,7 @@ def create_app(
                 "access_log": access_log,
                 "draining": False,
                 "login_codes": login_codes,
+                "responses": ResponseStore(),  # stored responses: 1000 at most, each for an hour
             }
         ),
         lifespan=[lifespan],

@@ -1,36 +1,65 @@
-"""Every error a client sees, in OpenAI's envelope. The one place exceptions become HTTP."""
+"""Every error a client sees, mapped to HTTP in one place.
+
+Errors use OpenAI's envelope, ``{"error": {"message", "type", "param", "code"}}``, except on the
+Anthropic routes (``/v1/messages...``), where they use Anthropic's: ``{"type": "error", "error":
+{"type", "message"}}``. The route's path decides, so an SDK always reads the shape it knows.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from litestar import Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from edge_run.api.schemas import ErrorBody, ErrorResponse
+from edge_run.api.schemas_messages import AnthropicError, AnthropicErrorBody
 from edge_run.errors import AuthenticationError, EdgeRunError
+from edge_run.upstream.proxy import Forwarded
 
 if TYPE_CHECKING:
     from litestar import Request
 
-__all__ = ["EXCEPTION_HANDLERS", "error_body"]
+__all__ = ["ANTHROPIC_PREFIX", "EXCEPTION_HANDLERS", "anthropic_error", "error_body"]
 
 log = logging.getLogger(__name__)
 
+ANTHROPIC_PREFIX = "/v1/messages"  # routes whose errors use Anthropic's envelope
+
 _TYPES = {401: "invalid_request_error", 404: "invalid_request_error", 429: "rate_limit_exceeded"}
 _CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+_ANTHROPIC_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
 
 
 def error_body(exc: EdgeRunError) -> ErrorResponse:
     return ErrorResponse(ErrorBody(message=exc.message, type=exc.type, param=exc.param, code=exc.code))
 
 
-def _respond(body: ErrorResponse, status: int, headers: dict[str, str] | None = None) -> Response[ErrorResponse]:
-    return Response(body, status_code=status, headers=headers, media_type="application/json")
+def anthropic_error(status: int, message: str) -> AnthropicError:
+    """Anthropic's envelope; its error ``type`` follows from the status."""
+    kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return AnthropicError(AnthropicErrorBody(type=kind, message=message))
 
 
-def _domain(_: Request, exc: EdgeRunError) -> Response[ErrorResponse]:
+def _respond(
+    request: Request, body: ErrorBody, status: int, headers: dict[str, str] | None = None
+) -> Response[ErrorResponse | AnthropicError]:
+    content: ErrorResponse | AnthropicError = ErrorResponse(body)
+    if request.scope["path"].startswith(ANTHROPIC_PREFIX):
+        content = anthropic_error(status, body.message)
+    return Response(content, status_code=status, headers=headers, media_type="application/json")
+
+
+def _domain(request: Request, exc: EdgeRunError) -> Response[ErrorResponse | AnthropicError]:
     headers: dict[str, str] = {}
     if isinstance(exc, AuthenticationError):
         headers["WWW-Authenticate"] = 'Bearer realm="edge-run"'
@@ -38,10 +67,10 @@ def _domain(_: Request, exc: EdgeRunError) -> Response[ErrorResponse]:
         headers["Retry-After"] = str(exc.retry_after)
     if exc.status >= 500:
         log.error("request failed: %s", exc.message)
-    return _respond(error_body(exc), exc.status, headers)
+    return _respond(request, error_body(exc).error, exc.status, headers)
 
 
-def _validation(_: Request, exc: ValidationException) -> Response[ErrorResponse]:
+def _validation(request: Request, exc: ValidationException) -> Response[ErrorResponse | AnthropicError]:
     """Malformed JSON or a schema violation: msgspec's message plus the path it names."""
     details = [d for d in (exc.extra if isinstance(exc.extra, list) else []) if isinstance(d, dict)]
     messages, param = [], None
@@ -51,17 +80,17 @@ def _validation(_: Request, exc: ValidationException) -> Response[ErrorResponse]
         messages.append(f"{d.get('message')} - at `$.{key}`" if key else f"Invalid request body: {d.get('message')}")
     message = "; ".join(messages) or str(exc.detail)
     body = ErrorBody(message=message, type="invalid_request_error", param=param, code=None)
-    return _respond(ErrorResponse(body), 400)
+    return _respond(request, body, 400)
 
 
-def _http(_: Request, exc: HTTPException) -> Response[ErrorResponse]:
+def _http(request: Request, exc: HTTPException) -> Response[ErrorResponse | AnthropicError]:
     status = exc.status_code
     kind = _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
     body = ErrorBody(message=exc.detail, type=kind, param=None, code=_CODES.get(status))
-    return _respond(ErrorResponse(body), status, dict(exc.headers or {}))
+    return _respond(request, body, status, dict(exc.headers or {}))
 
 
-def _unexpected(_: Request, exc: Exception) -> Response[ErrorResponse]:
+def _unexpected(request: Request, exc: Exception) -> Response[ErrorResponse | AnthropicError]:
     log.exception("unhandled error", exc_info=exc)
     body = ErrorBody(
         message="The server had an error processing the request.",
@@ -69,10 +98,16 @@ def _unexpected(_: Request, exc: Exception) -> Response[ErrorResponse]:
         param=None,
         code="internal_error",
     )
-    return _respond(ErrorResponse(body), 500)
+    return _respond(request, body, 500)
+
+
+def _forwarded(_: Request, exc: Forwarded) -> Response[Any]:
+    """An upstream answered: its response goes out as it is (not an error)."""
+    return exc.response
 
 
 EXCEPTION_HANDLERS = {
+    Forwarded: _forwarded,
     EdgeRunError: _domain,
     ValidationException: _validation,
     HTTPException: _http,

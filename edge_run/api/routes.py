@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from litestar import Request, Response, get, post
+import msgspec
+from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody
-from litestar.response import Stream
-from litestar.response.base import ASGIResponse
 
-from edge_run.api import chat, completions
-from edge_run.api.accounting import key_of, use_model
+from edge_run.api import chat, completions, internal, messages, responses
+from edge_run.api.accounting import key_of, meter_of, use_model
 from edge_run.api.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -25,23 +24,31 @@ from edge_run.api.schemas import (
     ModelCard,
     ModelList,
 )
-from edge_run.errors import ClientDisconnected, ModelNotFound
+from edge_run.api.schemas_messages import CountTokensRequest, MessageObject, MessagesRequest, TokenCountResult
+from edge_run.api.schemas_responses import DeletedResponse, ResponseObject, ResponseRequest
+from edge_run.api.sse import SSE_HEADERS, EventStream
+from edge_run.errors import ClientDisconnected, ModelNotFound, Overloaded
 from edge_run.models.registry import ModelEntry, ModelRegistry
+from edge_run.upstream.pool import UpstreamPool
+from edge_run.upstream.proxy import Forwarded, forward
 
-__all__ = ["chat_completions", "embeddings", "get_model", "health", "list_models", "text_completions"]
+__all__ = [
+    "chat_completions",
+    "count_message_tokens",
+    "create_message",
+    "create_response",
+    "delete_response",
+    "embeddings",
+    "get_model",
+    "get_response",
+    "health",
+    "list_models",
+    "text_completions",
+]
 
 _STARTED = int(time.time())
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 T = TypeVar("T")
-
-
-class EventStream(Stream):
-    """A ``Stream`` whose own media type wins: Litestar's ``Stream`` lets the handler's (JSON) override it."""
-
-    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
-        kwargs["media_type"] = self.media_type
-        return super().to_asgi_response(*args, **kwargs)
 
 
 async def _disconnect(request: Request) -> None:
@@ -68,15 +75,37 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
+async def _admit(request: Request, model: str, keep_alive: float | None, start: Callable[[Any], Awaitable[T]]) -> T:
+    """Start the request on its model. An upstream id, or a local model that is full and names an
+    ``overflow`` upstream, is forwarded there instead: then the upstream's answer is raised as
+    :class:`Forwarded` and relayed as is."""
+    path = request.scope["path"].removeprefix("/v1")
+    async with use_model(request, model, keep_alive) as engine:
+        if isinstance(engine, UpstreamPool):
+            raise Forwarded(await forward(engine, path, await _body(request), meter_of(request)))
+        try:
+            return await start(engine)
+        except Overloaded:
+            overflow = request.app.state.registry.entry(model).spec.overflow
+            if overflow is None:
+                raise
+    async with request.app.state.registry.use(overflow) as pool:  # the key's scope is the local model's
+        raise Forwarded(await forward(pool, path, await _body(request), meter_of(request)))
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    body = msgspec.json.decode(await request.body())
+    return body if isinstance(body, dict) else {}
+
+
 @post("/chat/completions", status_code=200, summary="Create a chat completion (OpenAI-compatible)")
 async def chat_completions(
     data: JSONBody[ChatCompletionRequest], state: State, request: Request
 ) -> ChatCompletion | EventStream:
     # the model is held until the answer is admitted; from then on the answer keeps it busy
-    async with use_model(request, data.model, data.keep_alive) as engine:
-        run = await chat.start(data, engine)
+    run = await _admit(request, data.model, data.keep_alive, lambda engine: chat.start(data, engine))
     if data.stream:
-        return EventStream(chat.stream(data, run), media_type="text/event-stream", headers=_SSE_HEADERS)
+        return EventStream(chat.stream(data, run), media_type="text/event-stream", headers=SSE_HEADERS)
     return await _unless_disconnected(request, chat.complete(data, run))
 
 
@@ -84,17 +113,64 @@ async def chat_completions(
 async def text_completions(
     data: JSONBody[CompletionRequest], state: State, request: Request
 ) -> Completion | EventStream:
-    async with use_model(request, data.model, data.keep_alive) as engine:
-        started = await completions.start(data, engine)
+    started = await _admit(request, data.model, data.keep_alive, lambda engine: completions.start(data, engine))
     if data.stream:
-        return EventStream(completions.stream(data, started), media_type="text/event-stream", headers=_SSE_HEADERS)
+        return EventStream(completions.stream(data, started), media_type="text/event-stream", headers=SSE_HEADERS)
     return await _unless_disconnected(request, completions.complete(data, started))
 
 
 @post("/embeddings", status_code=200, summary="Create embeddings (mean-pooled, unit length)")
 async def embeddings(data: JSONBody[EmbeddingRequest], request: Request) -> EmbeddingList:
-    async with use_model(request, data.model, data.keep_alive) as engine:
-        return await completions.embed(data, engine)
+    return await _admit(request, data.model, data.keep_alive, lambda engine: completions.embed(data, engine))
+
+
+async def _reply(
+    request: Request, streaming: bool, events: Callable[[], AsyncIterator[bytes]], whole: Callable[[], Awaitable[T]]
+) -> T | EventStream:
+    """Stream the answer's events, or wait for all of it (cancelled if the client leaves first)."""
+    if streaming:
+        return EventStream(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return await _unless_disconnected(request, whole())
+
+
+@post("/responses", status_code=200, summary="Create a model response (OpenAI Responses API)")
+async def create_response(
+    data: JSONBody[ResponseRequest], state: State, request: Request
+) -> ResponseObject | EventStream:
+    # an unknown previous_response_id is refused before any model loads
+    job = responses.prepare(data, state.responses, _owner(request))
+    run = await _admit(request, data.model, data.keep_alive, lambda engine: internal.start(job.gen, engine))
+    return await _reply(request, data.stream, lambda: responses.stream(job, run), lambda: responses.complete(job, run))
+
+
+@get("/responses/{response_id:str}", summary="Get a stored response (only the key that made it sees it)")
+async def get_response(response_id: FromPath[str], state: State, request: Request) -> ResponseObject:
+    return state.responses.get(response_id, _owner(request)).response
+
+
+@delete("/responses/{response_id:str}", status_code=200, summary="Delete a stored response")
+async def delete_response(response_id: FromPath[str], state: State, request: Request) -> DeletedResponse:
+    state.responses.delete(response_id, _owner(request))
+    return DeletedResponse(id=response_id)
+
+
+def _owner(request: Request) -> str | None:
+    key = key_of(request)
+    return key.sha256 if key is not None else None
+
+
+@post("/messages", status_code=200, summary="Create a message (Anthropic Messages API)")
+async def create_message(data: JSONBody[MessagesRequest], request: Request) -> MessageObject | EventStream:
+    gen = messages.translate(data)
+    run = await _admit(request, data.model, data.keep_alive, lambda engine: internal.start(gen, engine))
+    return await _reply(request, data.stream, lambda: messages.stream(data, run), lambda: messages.complete(data, run))
+
+
+@post("/messages/count_tokens", status_code=200, summary="Count a message's prompt tokens (Anthropic Messages API)")
+async def count_message_tokens(data: JSONBody[CountTokensRequest], request: Request) -> TokenCountResult:
+    gen = messages.conversation(data)
+    tokens = await _admit(request, data.model, data.keep_alive, lambda engine: internal.count_tokens(gen, engine))
+    return TokenCountResult(input_tokens=tokens)
 
 
 def _card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:

@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_run.engine.llama import Context, Embedder, GpuDevice, Model, Sampler, SamplerSpec, gpu_devices
+from edge_run.engine.llama import (
+    Context,
+    Embedder,
+    GpuDevice,
+    Model,
+    Sampler,
+    SamplerSpec,
+    add_rpc_servers,
+    gpu_devices,
+)
 from edge_run.engine.offload import GgufLayout, plan_offload, read_layout
 from edge_run.engine.scheduler import PREFILL_CHUNK, Chunk, Job, Scheduler
 from edge_run.engine.templates import ChatTemplate
@@ -34,6 +43,7 @@ class EngineOptions:
     device_sampling: bool | None = None  # None: when the model is offloaded whole to a GPU
     chat_template: str | None = None  # a Jinja template that replaces the GGUF's own
     cores: CoreShare | None = None  # shared by every loaded model; None: this engine alone
+    rpc_servers: tuple[str, ...] = ()  # llama.cpp rpc-server workers, offloaded to as GPUs are
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +158,7 @@ class Engine:
     def placement(self) -> Placement:
         """Where the layers go; decided once, before loading (it reads the free GPU memory)."""
         if self._placement is None:
+            add_rpc_servers(self.options.rpc_servers)  # their devices count for --gpu-layers
             self._placement = Placement.resolve(self.path, self.options)
         return self._placement
 

@@ -29,6 +29,7 @@ __all__ = [
     "Model",
     "Sampler",
     "SamplerSpec",
+    "add_rpc_servers",
     "gpu_devices",
     "gpu_offload_supported",
     "json_grammar",
@@ -134,6 +135,46 @@ def gpu_devices() -> list[GpuDevice]:
         description = lib.ggml_backend_dev_description(dev) or b""
         found.append(GpuDevice(name.decode(), description.decode(errors="replace"), free.value, total.value))
     return found
+
+
+def add_rpc_servers(servers: tuple[str, ...]) -> None:
+    """Make llama.cpp ``rpc-server`` workers (``host:port``) devices that layers can be offloaded to.
+
+    As llama.cpp's own ``--rpc`` does: the RPC backend's ``ggml_backend_rpc_add_server`` registers each
+    worker's devices, which then count as GPUs for ``--gpu-layers``. Needs a build with ``GGML_RPC=on``.
+    """
+    _init_backend()
+    if not servers:
+        return
+    if not L.llama_supports_rpc():
+        raise EngineFailure(
+            "rpc_servers needs llama-cpp-python built with RPC: "
+            'CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-deps llama-cpp-python==0.3.36'
+        )
+    lib = _ggml()
+    lib.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
+    lib.ggml_backend_reg_by_name.restype = ctypes.c_void_p
+    lib.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    lib.ggml_backend_register.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_register.restype = None
+    rpc = lib.ggml_backend_reg_by_name(b"RPC")
+    address = lib.ggml_backend_reg_get_proc_address(rpc, b"ggml_backend_rpc_add_server") if rpc else None
+    if not address:
+        raise EngineFailure("this llama.cpp build has no RPC backend (ggml_backend_rpc_add_server)")
+    add_server = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)(address)
+    for server in servers:
+        if server in _RPC_ADDED:
+            continue
+        registered = add_server(server.encode())
+        if not registered:
+            raise EngineFailure(f"could not reach the rpc-server at {server}")
+        lib.ggml_backend_register(registered)
+        _RPC_ADDED.add(server)
+
+
+# llama.cpp's device registry is process-wide, so this mirrors it: a reloaded model must not add a worker twice
+_RPC_ADDED: set[str] = set()
 
 
 def system_info() -> str:

@@ -49,6 +49,8 @@ def inventory(
             slots=table.slots,
             gpu_layers=table.gpu_layers,
             chat_template=table.chat_template,
+            overflow=table.overflow,
+            rpc_servers=tuple(table.rpc_servers),
         )
     return sorted(specs.values(), key=lambda s: s.id)
 

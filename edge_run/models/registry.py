@@ -38,11 +38,18 @@ class ModelSpec:
 
     id: str
     path: Path
-    source: str  # catalog, local, hf, config or path
+    source: str  # catalog, local, hf, config, path or upstream
     ctx: int | None = None  # None: the server's setting
     slots: int | None = None
     gpu_layers: int | None = None
     chat_template: str | None = None
+    overflow: str | None = None  # an upstream id that takes requests when this model is full
+    rpc_servers: tuple[str, ...] = ()
+
+    @property
+    def local(self) -> bool:
+        """Runs here (counts toward ``max_loaded`` and the budget, unloads when idle); upstreams do not."""
+        return self.source != "upstream"
 
 
 class Backend(Protocol):
@@ -129,11 +136,13 @@ class ModelRegistry:
 
     def expires_in(self, entry: ModelEntry) -> float | None:
         """Seconds until an idle loaded model unloads; None when it is busy, not loaded, or kept forever."""
-        if entry.status != "loaded" or entry.busy or entry.keep_alive < 0:
+        if entry.status != "loaded" or entry.busy or entry.keep_alive < 0 or not entry.spec.local:
             return None
         return max(0.0, entry.last_used + entry.keep_alive - self._clock())
 
     def cost(self, entry: ModelEntry) -> int:
+        if not entry.spec.local:
+            return 0
         if entry.cost is None:
             entry.cost = self._cost(entry.spec)
         return entry.cost
@@ -212,8 +221,8 @@ class ModelRegistry:
             )
         deadline = self._clock() + self.wait
         while True:
-            loaded = [e for e in self._entries.values() if e.status == "loaded"]
-            over_count = len(loaded) + 1 > self.max_loaded
+            loaded = [e for e in self._entries.values() if e.status == "loaded" and e.spec.local]
+            over_count = entry.spec.local and len(loaded) + 1 > self.max_loaded
             over_budget = self.budget is not None and sum(map(self.cost, loaded)) + need > self.budget
             if not over_count and not over_budget:
                 return
@@ -257,7 +266,7 @@ class ModelRegistry:
                 continue
             async with self._lock:
                 for entry in list(self._entries.values()):
-                    if entry.status == "loaded" and not entry.busy and entry.keep_alive >= 0:
+                    if entry.status == "loaded" and entry.spec.local and not entry.busy and entry.keep_alive >= 0:
                         if now - entry.last_used >= entry.keep_alive:
                             log.info("unloading %s: idle for %.0f s", entry.spec.id, now - entry.last_used)
                             await self._unload(entry)

@@ -19,6 +19,7 @@ from edge_run.errors import ModelNotFound
 from edge_run.models.catalog import load_catalog
 from edge_run.models.inventory import inventory
 from edge_run.paths import Paths
+from tests.unit.test_catalog_fetch import tiny_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +49,7 @@ def test_frozen_binary_serves_the_embedded_default_model(frozen):
 def test_frozen_binary_prefers_a_given_gguf(frozen, tmp_path):
     _, paths = frozen
     gguf = tmp_path / "mine.gguf"
-    gguf.write_bytes(b"GGUF")
+    gguf.write_bytes(tiny_gguf())
     specs, preload = server._resolve_preloads([str(gguf)], [], paths, load_catalog())
     assert preload == ["mine"] and specs[0].path == gguf.resolve()
     with pytest.raises(ModelNotFound):

@@ -475,7 +475,9 @@ def test_usage_view_charts_each_keys_tokens_and_a_user_key_sees_only_its_own(bro
         _screenshot(page, tmp_path / "web-usage.png")
 
         page.select_option("#usage-since", "30d")
-        page.wait_for_function("document.querySelectorAll('#usage-chart g[data-day]').length > 30")
+        deadline = time.monotonic() + 30  # polled here: the page's CSP forbids wait_for_function's eval
+        while page.locator("#usage-chart g[data-day]").count() <= 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert page.locator("#usage-chart g[data-day]").last.get_attribute("data-day") == today.isoformat()
         total = page.locator("#usage-table tfoot th:last-child").text_content() or ""
         assert int(re.sub(r"\D", "", total)) == sum(spent.values())
