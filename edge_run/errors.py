@@ -17,6 +17,7 @@ __all__ = [
     "ModelUnavailable",
     "Overloaded",
     "RateLimited",
+    "UnsupportedMediaType",
     "UpstreamUnavailable",
 ]
 
@@ -45,6 +46,11 @@ class ContextLengthExceeded(InvalidRequest):
 
     def __init__(self, message: str, *, param: str = "messages") -> None:
         super().__init__(message, param=param)
+
+
+class UnsupportedMediaType(InvalidRequest):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class AuthenticationError(EdgeRunError):

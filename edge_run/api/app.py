@@ -15,7 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from edge_run import __version__
 from edge_run.api.accounting import accounting
 from edge_run.api.errors import EXCEPTION_HANDLERS
-from edge_run.api.guard import require_key
+from edge_run.api.guard import require_json, require_key
 from edge_run.api.hosts import host_check
 from edge_run.api.metrics import Metrics, metrics_route
 from edge_run.api.response_store import ResponseStore
@@ -96,7 +96,7 @@ def create_app(
 
     v1 = Router(
         path="/v1",
-        guards=[require_key],
+        guards=[require_key, require_json],
         route_handlers=[
             chat_completions,
             text_completions,

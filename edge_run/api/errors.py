@@ -79,7 +79,19 @@ def _validation(request: Request, exc: ValidationException) -> Response[ErrorRes
         param = param or key
         messages.append(f"{d.get('message')} - at `$.{key}`" if key else f"Invalid request body: {d.get('message')}")
     message = "; ".join(messages) or str(exc.detail)
+    if request.headers.get("content-length") == "0":
+        message, param = "The request body is empty: send a JSON object.", None
     body = ErrorBody(message=message, type="invalid_request_error", param=param, code=None)
+    return _respond(request, body, 400)
+
+
+def _undecodable(
+    request: Request, exc: RecursionError | UnicodeDecodeError
+) -> Response[ErrorResponse | AnthropicError]:
+    """A body msgspec cannot decode at all: nested past its depth limit, or not UTF-8 (raised while decoding)."""
+    why = "it is not UTF-8" if isinstance(exc, UnicodeDecodeError) else "it is nested too deeply"
+    body = ErrorBody(message=f"The request body is not valid JSON: {why}.", type="invalid_request_error", param=None,
+                     code=None)  # fmt: skip
     return _respond(request, body, 400)
 
 
@@ -110,6 +122,8 @@ EXCEPTION_HANDLERS = {
     Forwarded: _forwarded,
     EdgeRunError: _domain,
     ValidationException: _validation,
+    RecursionError: _undecodable,
+    UnicodeDecodeError: _undecodable,
     HTTPException: _http,
     Exception: _unexpected,
 }

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from edge_run.api.accounting import meter_of
-from edge_run.errors import AuthenticationError, RateLimited
+from edge_run.errors import AuthenticationError, RateLimited, UnsupportedMediaType
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from edge_run.keys import KeyStore
     from edge_run.keys.limits import Limiter
 
-__all__ = ["require_key"]
+__all__ = ["require_json", "require_key"]
 
 
 async def require_key(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
@@ -54,3 +54,15 @@ async def require_key(connection: ASGIConnection, handler: BaseRouteHandler) -> 
             meter.headers = exc.headers
             raise
         meter.headers = meter.lease.headers
+
+
+async def require_json(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """A ``POST`` body must be JSON. A form or ``text/plain`` post is refused: besides being a client's
+    mistake, it is what a hostile web page can send without a CORS preflight."""
+    if connection.scope.get("method") != "POST":
+        return
+    kind = connection.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"Content-Type `{kind[:100]}` is not accepted: send the body as JSON with `Content-Type: application/json`."
+        )

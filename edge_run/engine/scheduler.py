@@ -261,6 +261,7 @@ class Scheduler:
 
     def _run(self) -> None:
         handover = Handover(lambda out: self._loop.call_soon_threadsafe(_dispatch, out), HANDOVER_INTERVAL)
+        failed_in_a_row = 0
         while True:
             with self._cond:
                 while (
@@ -287,9 +288,13 @@ class Scheduler:
             try:
                 self._step(out)
                 handover.add(out, time.monotonic(), idle=self.busy == 0)
+                failed_in_a_row = 0
             except Exception:  # keep serving: fail only the requests in flight
                 log.exception("engine step failed")
-                self._fail_all(handover.take() + out, EngineFailure(FAILED))
+                failed_in_a_row += 1
+                # a second failure in a row may be the waiting requests' own (one that cannot even start):
+                # then they end too, instead of being tried again and again
+                self._fail_all(handover.take() + out, EngineFailure(FAILED), waiting=failed_in_a_row > 1)
         self._cores.set_active(self._member, False)
         self._fail_all(handover.take(), EngineFailure("server is shutting down"))
 
@@ -592,8 +597,12 @@ class Scheduler:
         del slot.cache[slot.exact :]
         self.ctx.seq_rm(slot.seq, slot.exact, -1)
 
-    def _fail_all(self, out: list[tuple[Job, Chunk]], err: EdgeRunError) -> None:
-        """End every request in flight and waiting with ``err``; never raises (the thread must live on)."""
+    def _fail_all(self, out: list[tuple[Job, Chunk]], err: EdgeRunError, *, waiting: bool = True) -> None:
+        """End every request in flight (and, unless ``waiting`` is False, every waiting one) with ``err``.
+
+        Never raises: the thread must live on. A failed step affects the requests in the slots only; the
+        waiting ones are kept for the next steps, on caches cleared of whatever the step left.
+        """
         failed = {id(job) for job, chunk in out if chunk.finish_reason is not None}
         for slot in self._slots:
             job = slot.job
@@ -611,7 +620,7 @@ class Scheduler:
                     slot.device_sampler = False
         self.busy = sum(not s.idle for s in self._slots)
         with self._cond:
-            while self._waiting:
+            while waiting and self._waiting:
                 job = self._waiting.popleft()
                 _close_samplers(job)
                 out.append((job, Chunk(finish_reason="error", error=err)))

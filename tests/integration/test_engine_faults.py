@@ -63,3 +63,34 @@ def test_a_failed_step_fails_its_requests_and_the_engine_serves_on(
             await engine.close()
 
     asyncio.run(go())
+
+
+def test_a_failed_step_leaves_the_waiting_requests_to_run(model_path: Path, monkeypatch: pytest.MonkeyPatch):
+    real_decode = llama.Context.decode
+    fail_next = {"n": 0}
+
+    def decode(self: llama.Context, batch: llama.Batch) -> None:
+        if fail_next["n"]:
+            fail_next["n"] -= 1
+            raise EngineFailure("llama_decode returned -3")
+        real_decode(self, batch)
+
+    monkeypatch.setattr(llama.Context, "decode", decode)
+
+    async def go() -> None:
+        options = EngineOptions(ctx=512, threads=2, gpu_layers=0, slots=1, max_queue=4, batch=64)
+        engine = Engine("t", model_path, options)
+        await engine.load()
+        try:
+            expected = await answer(engine, "Say hi.")
+            first = asyncio.ensure_future(answer(engine, "Tell me about cats."))
+            await asyncio.sleep(0)  # the first takes the only slot; the second waits for it
+            fail_next["n"] = 1
+            second = asyncio.ensure_future(answer(engine, "Say hi."))
+            results = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 60)
+            assert isinstance(results[0], EngineFailure)  # in the slot when the step failed
+            assert results[1] == expected  # waiting then: it ran afterwards, as if nothing had happened
+        finally:
+            await engine.close()
+
+    asyncio.run(go())
