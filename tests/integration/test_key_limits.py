@@ -43,16 +43,17 @@ def chat(server: Server, key: str, model: str = "acme/one", **body) -> httpx.Res
     )
 
 
-def usage_rows(server: Server, key_name: str) -> dict[str, int]:
-    """`keys usage --key NAME --by key`: the key's row of totals, as printed."""
-    for _ in range(50):  # the server writes usage about once a second
+def usage_rows(server: Server, key_name: str, requests: int) -> dict[str, int]:
+    """`keys usage --key NAME --by key`: the key's row of totals once it counts ``requests`` (or after 15 s)."""
+    names = ("requests", "prompt", "completion", "cached", "total")
+    totals: dict[str, int] = {}
+    deadline = time.monotonic() + 15
+    while totals.get("requests", 0) < requests and time.monotonic() < deadline:
+        time.sleep(0.3)  # the server writes usage about once a second
         out = run_cli(server.home, "keys", "usage", "--key", key_name, "--by", "key").stdout.splitlines()
         rows = [line.split() for line in out[1:] if line.startswith(key_name)]
-        if rows:
-            names = ("requests", "prompt", "completion", "cached", "total")
-            return dict(zip(names, map(int, rows[0][1:]), strict=True))
-        time.sleep(0.2)
-    return {}
+        totals = dict(zip(names, map(int, rows[0][1:]), strict=True)) if rows else {}
+    return totals
 
 
 def test_alice_sees_only_her_models_and_her_fourth_request_in_a_minute_is_429(server: Server):
@@ -76,8 +77,9 @@ def test_alice_sees_only_her_models_and_her_fourth_request_in_a_minute_is_429(se
     assert fourth.headers["x-ratelimit-remaining-requests"] == "0"
     assert fourth.headers["x-ratelimit-reset-requests"].endswith("s")
 
-    totals = usage_rows(server, "alice")
-    assert totals["requests"] == 3  # the refused fourth ran nothing and is not counted
+    totals = usage_rows(server, "alice", 3)
+    time.sleep(1.5)
+    assert usage_rows(server, "alice", 4)["requests"] == 3  # the refused fourth ran nothing and is not counted
     assert totals["prompt"] == sum(u.prompt_tokens for u in answers)
     assert totals["completion"] == sum(u.completion_tokens for u in answers)
 
