@@ -60,6 +60,9 @@ def _turn(m: Message, i: int) -> Turn:
 
 
 def translate(req: ChatCompletionRequest) -> GenRequest:
+    for legacy, instead in (("functions", "tools"), ("function_call", "tool_choice")):
+        if getattr(req, legacy) is not None:  # ignoring it would silently drop the client's tools
+            raise InvalidRequest(f"`{legacy}` is deprecated and not supported: use `{instead}`", param=legacy)
     if req.top_logprobs is not None and not req.logprobs:
         raise InvalidRequest("`top_logprobs` needs `logprobs: true`", param="top_logprobs")
     fmt = req.response_format

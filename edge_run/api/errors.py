@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from litestar import Response
 from litestar.exceptions import HTTPException, ValidationException
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 ANTHROPIC_PREFIX = "/v1/messages"  # routes whose errors use Anthropic's envelope
 
+_MESSAGE_LIMIT = 1000  # characters; past that a message keeps its start and its end
+
 _TYPES = {401: "invalid_request_error", 404: "invalid_request_error", 429: "rate_limit_exceeded"}
 _CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 _ANTHROPIC_TYPES = {
@@ -40,20 +43,27 @@ _ANTHROPIC_TYPES = {
 }
 
 
+def _clip(message: str) -> str:
+    """A message quoting a client's value (a model id, a tool name) stays short however long the value was."""
+    if len(message) <= _MESSAGE_LIMIT:
+        return message
+    return f"{message[:600]}[... {len(message) - 900} characters ...]{message[-300:]}"
+
+
 def error_body(exc: EdgeRunError) -> ErrorResponse:
-    return ErrorResponse(ErrorBody(message=exc.message, type=exc.type, param=exc.param, code=exc.code))
+    return ErrorResponse(ErrorBody(message=_clip(exc.message), type=exc.type, param=exc.param, code=exc.code))
 
 
 def anthropic_error(status: int, message: str) -> AnthropicError:
     """Anthropic's envelope; its error ``type`` follows from the status."""
     kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-    return AnthropicError(AnthropicErrorBody(type=kind, message=message))
+    return AnthropicError(AnthropicErrorBody(type=kind, message=_clip(message)))
 
 
 def _respond(
     request: Request, body: ErrorBody, status: int, headers: dict[str, str] | None = None
 ) -> Response[ErrorResponse | AnthropicError]:
-    content: ErrorResponse | AnthropicError = ErrorResponse(body)
+    content: ErrorResponse | AnthropicError = ErrorResponse(msgspec.structs.replace(body, message=_clip(body.message)))
     if request.scope["path"].startswith(ANTHROPIC_PREFIX):
         content = anthropic_error(status, body.message)
     return Response(content, status_code=status, headers=headers, media_type="application/json")

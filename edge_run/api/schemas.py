@@ -154,6 +154,8 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     logprobs: bool = False
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     keep_alive: KeepAlive | None = None
+    functions: list[Any] | None = None  # OpenAI's deprecated form of `tools`: refused with a 400 that says so
+    function_call: Any = None
 
 
 class PromptTokensDetails(Struct):

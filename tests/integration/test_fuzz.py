@@ -1,0 +1,119 @@
+"""Fuzz every operation of the app's own OpenAPI schema against the real server with schemathesis.
+
+Valid and invalid requests alike (schemathesis' positive and negative modes) must never get a 5xx, and
+every error must carry the route's envelope: OpenAI's, or Anthropic's on ``/v1/messages...``. Half of
+the generated bodies name the served model, so they get past the model lookup into translation,
+tokenizing and the context check; a 128-token context keeps any request that runs the model short.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+
+from edge_run.api.app import create_app
+from edge_run.models.registry import ModelRegistry
+from tests.conftest import MODEL_ID, Server, run_cli, start_server
+
+pytestmark = pytest.mark.integration
+
+MAX_EXAMPLES = 50  # per operation, on top of schemathesis' examples and coverage cases
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
+    """A small context (128 tokens): a valid request finishes fast, a long prompt or ``max_tokens`` is a fast 400."""
+    home = tmp_path_factory.mktemp("fuzz-home")
+    run_cli(home, "models", "add", str(model_path), "--id", MODEL_ID)
+    server = start_server(home, "--model", MODEL_ID, "--ctx", "128", "--slots", "2")
+    yield server
+    server.stop()
+
+
+def _app_schema() -> dict[str, Any]:
+    """The schema the server serves, built from the app itself: schemathesis needs it when pytest collects the
+    tests (its loader that waits for a fixture breaks on pytest 9), before any server runs.
+    ``test_the_server_serves_this_schema`` checks it is the one served."""
+    app = create_app(ModelRegistry([], lambda spec: None, cost=lambda spec: 0), None)  # type: ignore[arg-type, return-value]
+    return app.openapi_schema.to_schema()
+
+
+APP_SCHEMA = _app_schema()
+schema = schemathesis.openapi.from_dict(APP_SCHEMA)
+
+
+def test_the_server_serves_this_schema(fuzz_server: Server) -> None:
+    r = httpx.get(fuzz_server.url + "/openapi/openapi.json", headers=_auth(fuzz_server), timeout=30)
+    assert r.status_code == 200
+    assert r.json() == APP_SCHEMA
+    operations = {f"{method.upper()} {path}" for path, item in APP_SCHEMA["paths"].items() for method in item}
+    assert operations >= {  # each gets its own fuzz test
+        "POST /v1/chat/completions",
+        "POST /v1/completions",
+        "POST /v1/embeddings",
+        "POST /v1/responses",
+        "GET /v1/responses/{response_id}",
+        "DELETE /v1/responses/{response_id}",
+        "POST /v1/messages",
+        "POST /v1/messages/count_tokens",
+        "GET /v1/models",
+        "GET /v1/models/{model_id}",
+        "GET /v1/usage",
+        "GET /metrics",
+        "GET /health",
+    }
+
+
+def _auth(server: Server) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.key}"}
+
+
+def _aim_at_the_model(case: Any) -> None:
+    """Half the bodies (chosen by their content, so a replay picks the same) name the served model."""
+    body = case.body
+    if isinstance(body, dict) and isinstance(body.get("model"), str) and zlib.crc32(repr(body).encode()) % 2:
+        body["model"] = MODEL_ID
+
+
+def _check_envelope(path: str, response: Any) -> None:
+    if response.status_code < 400:
+        return
+    assert response.headers["content-type"] == ["application/json"], response.text[:500]
+    body = response.json()
+    if path.startswith("/v1/messages"):
+        assert body["type"] == "error", body
+        assert set(body["error"]) == {"type", "message"}, body
+    else:
+        assert set(body) == {"error"}, body
+        assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+
+
+@schema.parametrize()
+@settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+def test_no_input_gets_a_server_error(case: Any, fuzz_server: Server) -> None:
+    _aim_at_the_model(case)
+    response = case.call(base_url=fuzz_server.url, headers=_auth(fuzz_server), timeout=120)
+    case.validate_response(response, checks=[not_a_server_error])
+    _check_envelope(case.operation.path, response)
+
+
+def test_server_still_answers_after_the_fuzz(fuzz_server: Server) -> None:
+    assert fuzz_server.proc.poll() is None, fuzz_server.log.read_text()[-4000:]
+    assert httpx.get(fuzz_server.url + "/health", timeout=10).status_code == 200
+    r = httpx.post(
+        fuzz_server.base_url + "/chat/completions",
+        headers=_auth(fuzz_server),
+        json={"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"]
