@@ -83,13 +83,23 @@ def test_a_failed_step_leaves_the_waiting_requests_to_run(model_path: Path, monk
         await engine.load()
         try:
             expected = await answer(engine, "Say hi.")
-            first = asyncio.ensure_future(answer(engine, "Tell me about cats."))
-            await asyncio.sleep(0)  # the first takes the only slot; the second waits for it
-            fail_next["n"] = 1
+            prompt = await engine.prompt_tokens([{"role": "user", "content": "Tell me about cats."}])
+            first = await engine.generate(prompt, SamplerSpec(temperature=0), max_tokens=400, stops=())
+            chunks = first.__aiter__()
+            await chunks.__anext__()  # the first has the only slot and is generating
             second = asyncio.ensure_future(answer(engine, "Say hi."))
-            results = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 60)
-            assert isinstance(results[0], EngineFailure)  # in the slot when the step failed
-            assert results[1] == expected  # waiting then: it ran afterwards, as if nothing had happened
+            deadline = asyncio.get_running_loop().time() + 10
+            while not engine.status()["queued"] and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.001)  # the second waits for the slot (within milliseconds)
+            fail_next["n"] = 1  # the next step fails: the first's
+
+            async def rest() -> None:
+                async for _ in chunks:
+                    pass
+
+            with pytest.raises(EngineFailure):
+                await asyncio.wait_for(rest(), 60)
+            assert await asyncio.wait_for(second, 60) == expected  # it ran afterwards, as if nothing happened
         finally:
             await engine.close()
 
