@@ -322,14 +322,21 @@ def start_server(
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    wait_healthy(url)
+    return proc, url + "/v1", key, home
+
+
+def wait_healthy(url: str, timeout: float = 60) -> None:
+    """Until ``url``'s ``/health`` answers 200 (the server's preloads are done); RuntimeError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    return proc, url + "/v1", key, home
+    raise RuntimeError(f"{url} did not become healthy in {timeout:.0f} s")
 
 
 def run_part(name: str, model: Path, threads: int, max_tokens: int) -> dict:

@@ -32,7 +32,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import one_stream
+from bench import one_stream, wait_healthy
 from edge_run.models.catalog import load_catalog
 from edge_run.models.fetch import fetch
 
@@ -61,14 +61,7 @@ class Server:
             stderr=subprocess.DEVNULL,
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        for _ in range(600):
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("server did not start")
+        wait_healthy(self.url)
 
     def cli(self, *args: str) -> str:
         cmd = [sys.executable, "-m", "edge_run", *args]

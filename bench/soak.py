@@ -31,7 +31,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench import wait_healthy
 from edge_run.models.catalog import load_catalog
 from edge_run.models.fetch import fetch
 
@@ -114,13 +116,7 @@ def main() -> None:
     proc = subprocess.Popen(serve, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        wait_healthy(url)
         warm = {"model": "soak", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16}
         httpx.post(url + "/v1/chat/completions", json=warm, headers={"Authorization": f"Bearer {key}"}, timeout=60)
         rss_before = rss(proc.pid)
