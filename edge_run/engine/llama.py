@@ -11,6 +11,7 @@ import ctypes
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,11 +167,20 @@ def add_rpc_servers(servers: tuple[str, ...]) -> None:
     for server in servers:
         if server in _RPC_ADDED:
             continue
+        _reachable(server)  # ggml aborts the whole process when it cannot connect
         registered = add_server(server.encode())
         if not registered:
             raise EngineFailure(f"could not reach the rpc-server at {server}")
         lib.ggml_backend_register(registered)
         _RPC_ADDED.add(server)
+
+
+def _reachable(server: str) -> None:
+    host, _, port = server.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise EngineFailure(f"could not reach the rpc-server at {server}: {exc}") from None
 
 
 # llama.cpp's device registry is process-wide, so this mirrors it: a reloaded model must not add a worker twice

@@ -220,3 +220,33 @@ def test_rpc_servers_reach_the_engine_and_a_build_without_rpc_says_how_to_get_it
         assert "-DGGML_RPC=on" in message or "could not reach the rpc-server" in message
     finally:
         server.stop()
+
+
+def test_a_model_split_onto_an_rpc_server_answers(tmp_path: Path, model_path: Path):
+    """Runs where llama-cpp-python has RPC and ``EDGE_RUN_RPC_SERVER`` names llama.cpp's ``rpc-server``
+    (docs/scale-out.md says how to build both); CI's build has no RPC, and the test above covers that."""
+    binary = os.environ.get("EDGE_RUN_RPC_SERVER")
+    if not binary:
+        pytest.skip("set EDGE_RUN_RPC_SERVER to an rpc-server binary, with an RPC build of llama-cpp-python")
+    port = free_port()
+    worker = subprocess.Popen([binary, "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        time.sleep(1)
+        home = tmp_path / "home"
+        (home / "config").mkdir(parents=True)
+        (home / "config" / "config.toml").write_text(
+            f'[[model]]\nid = "team/split"\npath = "{model_path}"\nrpc_servers = ["127.0.0.1:{port}"]\n'
+        )
+        server = start_server(home, "--model", "team/split")
+        try:
+            [model] = server.health()["models"]
+            assert model["gpu_layers"] == model["gpu_layers_total"] > 0  # every layer on the worker
+            assert any(d.startswith("RPC") for d in model["gpu_devices"])
+            client = openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=120)
+            assert client.chat.completions.create(model="team/split", messages=ASK, max_tokens=8).choices[0].message
+        finally:
+            server.stop()
+    finally:
+        worker.kill()
+        worker.wait()
