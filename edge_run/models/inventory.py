@@ -7,7 +7,6 @@ one-file binary carries), models added with ``models add`` or pulled with ``mode
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING
 from edge_run.engine.offload import read_layout
 from edge_run.errors import EngineFailure, ModelNotFound
 from edge_run.models.catalog import DEFAULT_ALIAS, load_catalog
-from edge_run.models.fetch import cached_path
+from edge_run.models.fetch import cached_path, sha256_file
 from edge_run.models.local import LocalModel, LocalRegistry
 from edge_run.models.registry import ModelSpec
 
@@ -107,8 +106,7 @@ def known_sha256(spec: ModelSpec, paths: Paths) -> str:
     local = LocalRegistry(paths.registry_file).get(spec.id)
     if local is not None and local.sha256:
         return local.sha256
-    with spec.path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return sha256_file(spec.path)
 
 
 def pull_hf(spec: str, paths: Paths, *, model_id: str | None = None, progress: bool = True) -> LocalModel:

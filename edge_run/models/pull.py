@@ -9,7 +9,6 @@ and removes a file that fails from the cache.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.file_download import repo_folder_name
 
+from edge_run.models.fetch import sha256_file
 from edge_run.models.progress import transfer_bars
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["HfRef", "PullError", "Pulled", "PulledFile", "parse_hf", "pick_files", "pull", "quant_of"]
 
-CHUNK = 1 << 20
 DEFAULT_QUANTS = ("Q4_K_M", "Q4_0")  # what llama.cpp's ``-hf`` picks when no quant is named
 LISTED_FILES = 20  # how many GGUF names an error message shows
 
@@ -250,7 +249,7 @@ def _pull_file(
             )
         )
     if not isinstance(cached, str) or local.stat().st_size != size:
-        actual = _sha256_file(local)
+        actual = sha256_file(local)
         if actual != expected:
             _evict(local)
             raise PullError(f"{ref.repo}/{name} has sha256 {actual}, but the Hub says {expected}; refusing it")
@@ -272,14 +271,6 @@ def _record_ref(cache_dir: Path, ref: HfRef, commit: str) -> None:
     ref_file = cache_dir / repo_folder_name(repo_id=ref.repo, repo_type="model") / "refs" / ref.revision
     ref_file.parent.mkdir(parents=True, exist_ok=True)
     ref_file.write_text(commit)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _one_line(exc: BaseException | str) -> str:

@@ -283,7 +283,7 @@ def test_fetch_from_html_index_verifies_and_then_reuses(
     assert JSON_TYPE in index.requests[before][1]
     assert cached_path(entry, models_dir) == path
 
-    monkeypatch.setattr(fetch_mod, "_sha256_file", _no_pip)  # the marker spares the re-hash too
+    monkeypatch.setattr(fetch_mod, "sha256_file", _no_pip)  # the marker spares the re-hash too
     assert fetch(entry, models_dir, index_url=index.html, progress=False) == path
     assert len(index.requests) == before + 2
 
