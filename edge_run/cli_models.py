@@ -107,7 +107,7 @@ def models_show(model: str) -> None:
         template = "the GGUF's own (tokenizer.chat_template)"
     else:
         template = "none in the GGUF: ChatML"
-    kv = layout.kv_bytes_per_token * layout.n_layer * options.ctx * options.slots
+    kv = layout.kv_bytes(options.ctx * options.slots)
     click.echo(f"id:             {spec.id}")
     click.echo(f"source:         {spec.source}")
     click.echo(f"file:           {spec.path} ({_size(spec.path)})")

@@ -100,7 +100,7 @@ def model_cost(spec: ModelSpec, options: EngineOptions) -> int:
         layout = read_layout(spec.path)
     except EngineFailure:
         return size
-    return size + layout.kv_bytes_per_token * layout.n_layer * options.ctx * options.slots
+    return size + layout.kv_bytes(options.ctx * options.slots)
 
 
 def memory_budget(settings: Settings) -> int | None:

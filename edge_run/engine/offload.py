@@ -64,6 +64,10 @@ class GgufLayout:
     def quant(self) -> str:
         return quant_name(self.file_type)
 
+    def kv_bytes(self, tokens: int) -> int:
+        """The KV cache of ``tokens`` tokens in every layer (``ctx x slots`` for a server)."""
+        return self.kv_bytes_per_token * self.n_layer * tokens
+
 
 def quant_name(file_type: int | None) -> str:
     """``general.file_type``'s usual name (Q4_K_M...), or ``?`` when unknown."""
