@@ -100,6 +100,8 @@ def models_show(model: str) -> None:
         placement = Placement.resolve(spec.path, options)
     except (ModelNotFound, EngineFailure) as exc:
         raise click.ClickException(exc.message) from exc
+    except ValueError as exc:  # a GGUF path that is a broken file
+        raise click.ClickException(str(exc)) from exc
     layout = placement.layout
     if spec.chat_template:
         template = "config.toml ([[model]] chat_template)"

