@@ -100,23 +100,21 @@ async def _body(request: Request) -> dict[str, Any]:
 
 @post("/chat/completions", status_code=200, summary="Create a chat completion (OpenAI-compatible)")
 async def chat_completions(
-    data: JSONBody[ChatCompletionRequest], state: State, request: Request
+    data: JSONBody[ChatCompletionRequest], request: Request
 ) -> ChatCompletion | EventStream:
     # the model is held until the answer is admitted; from then on the answer keeps it busy
     run = await _admit(request, data.model, data.keep_alive, lambda engine: chat.start(data, engine))
-    if data.stream:
-        return EventStream(chat.stream(data, run), media_type="text/event-stream", headers=SSE_HEADERS)
-    return await _unless_disconnected(request, chat.complete(data, run))
+    return await _reply(request, data.stream, lambda: chat.stream(data, run), lambda: chat.complete(data, run))
 
 
 @post("/completions", status_code=200, summary="Create a text completion (legacy, OpenAI-compatible)")
 async def text_completions(
-    data: JSONBody[CompletionRequest], state: State, request: Request
+    data: JSONBody[CompletionRequest], request: Request
 ) -> Completion | EventStream:
-    started = await _admit(request, data.model, data.keep_alive, lambda engine: completions.start(data, engine))
-    if data.stream:
-        return EventStream(completions.stream(data, started), media_type="text/event-stream", headers=SSE_HEADERS)
-    return await _unless_disconnected(request, completions.complete(data, started))
+    run = await _admit(request, data.model, data.keep_alive, lambda engine: completions.start(data, engine))
+    return await _reply(
+        request, data.stream, lambda: completions.stream(data, run), lambda: completions.complete(data, run)
+    )
 
 
 @post("/embeddings", status_code=200, summary="Create embeddings (mean-pooled, unit length)")

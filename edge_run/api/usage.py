@@ -14,26 +14,16 @@ from litestar.params import FromQuery
 
 from edge_run.api.accounting import key_of
 from edge_run.errors import InvalidRequest
-from edge_run.keys.usage import since_seconds
+from edge_run.keys.usage import UsageRow, since_seconds
 
 __all__ = ["UsageReport", "usage"]
-
-
-class UsageEntry(msgspec.Struct, kw_only=True):
-    group: str  # the day (YYYY-MM-DD, local), model or key
-    key: str
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    total_tokens: int
 
 
 class UsageReport(msgspec.Struct, kw_only=True):
     since: float  # Unix time
     by: str
     scope: Literal["all keys", "this key"]
-    data: list[UsageEntry]
+    data: list[UsageRow]
 
 
 @get("/usage", summary="Token usage per day, model or key (an admin key sees every key, others their own)")
@@ -48,16 +38,4 @@ async def usage(
     key = key_of(request)
     only = None if key is None or key.admin else key.name
     rows = [] if log is None else log.totals(since=start, by=by, key=only, split_keys=True)
-    data = [
-        UsageEntry(
-            group=r.group,
-            key=r.key,
-            requests=r.requests,
-            prompt_tokens=r.prompt_tokens,
-            completion_tokens=r.completion_tokens,
-            cached_tokens=r.cached_tokens,
-            total_tokens=r.total_tokens,
-        )
-        for r in rows
-    ]
-    return UsageReport(since=start, by=by, scope="this key" if only else "all keys", data=data)
+    return UsageReport(since=start, by=by, scope="this key" if only else "all keys", data=rows)

@@ -41,19 +41,19 @@ class UsageRecord(msgspec.Struct, frozen=True):
     duration_ms: int
 
 
-class UsageRow(msgspec.Struct, frozen=True):
-    """Totals of one group (a day, a model or a key), and of one key within it when split by key."""
+class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
+    """Totals of one group (a day, a model or a key), and of one key within it when split by key.
 
-    group: str
+    Also the rows of ``GET /v1/usage``.
+    """
+
+    group: str  # the day (YYYY-MM-DD, local time), model or key
     key: str
     requests: int
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+    total_tokens: int  # prompt and completion
 
 
 class UsageLog:
@@ -150,7 +150,18 @@ class UsageLog:
             )
             .fetchall()
         )
-        return [UsageRow(str(g), str(k), int(n), int(p), int(c), int(x)) for g, k, n, p, c, x in rows]
+        return [
+            UsageRow(
+                group=str(g),
+                key=str(k),
+                requests=int(n),
+                prompt_tokens=int(p),
+                completion_tokens=int(c),
+                cached_tokens=int(x),
+                total_tokens=int(p) + int(c),
+            )
+            for g, k, n, p, c, x in rows
+        ]
 
 
 def since_seconds(text: str, now: float | None = None) -> float:
