@@ -63,7 +63,7 @@ class Meter:
         self.prompt_tokens += tokens
         self.cached_tokens += cached
         if self.lease is not None:
-            self.lease.prompt(tokens, cached)
+            self.lease.spend(tokens)
         if self.metrics is not None and self.model is not None:
             self.metrics.prompt_tokens.labels(self.model).inc(tokens)
             self.metrics.cached_tokens.labels(self.model).inc(cached)
@@ -74,7 +74,7 @@ class Meter:
         now = time.monotonic()
         self.completion_tokens += tokens
         if self.lease is not None:
-            self.lease.completion(tokens)
+            self.lease.spend(tokens)
         if self.metrics is not None and self.model is not None:
             self.metrics.tokens_predicted.labels(self.model).inc(tokens)
             if self.first_token is None:
@@ -90,8 +90,13 @@ class Meter:
             return
         self.done = True
         if self.lease is not None:
-            self.lease.model = self.model or ""
-            self.lease.finish(status)
+            self.lease.finish(
+                status,
+                model=self.model or "",
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                cached_tokens=self.cached_tokens,
+            )
         if self.metrics is not None and self.model is not None:
             self.metrics.requests.labels(self.model, self.path, str(status)).inc()
         if log is not None and not self.path.startswith(QUIET):
@@ -158,7 +163,8 @@ class MeteredEngine:
 
 
 class MeteredGeneration:
-    """A generation that counts each choice's tokens on the meter as they arrive."""
+    """A generation that counts each choice's tokens on the meter as they arrive (read by ``batches()``, as
+    the response assembly reads every generation)."""
 
     def __init__(self, generation: Any, meter: Meter) -> None:
         self._generation = generation
@@ -181,11 +187,6 @@ class MeteredGeneration:
             for chunk in ready:
                 self._count(chunk)
             yield ready
-
-    async def __aiter__(self) -> AsyncIterator[Chunk]:
-        async for ready in self.batches():
-            for chunk in ready:
-                yield chunk
 
 
 def accounting(app: ASGIApp) -> ASGIApp:

@@ -143,24 +143,23 @@ class Lease:
     route: str
     started: float
     headers: dict[str, str]
-    model: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
     done: bool = False
 
-    def prompt(self, tokens: int, cached: int = 0) -> None:
-        self.prompt_tokens += tokens
-        self.cached_tokens += cached
-        self.limiter._spend(self.key, tokens)
-
-    def completion(self, tokens: int) -> None:
+    def spend(self, tokens: int) -> None:
+        """Prompt or generated tokens, counted against the key's per-minute and per-day limits now."""
         if tokens > 0:
-            self.completion_tokens += tokens
             self.limiter._spend(self.key, tokens)
 
-    def finish(self, status: int) -> None:
-        """The response is over (sent, failed or cut off); record it once."""
+    def finish(
+        self,
+        status: int,
+        *,
+        model: str = "",
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cached_tokens: int = 0,
+    ) -> None:
+        """The response is over (sent, failed or cut off): free its place, and record it once."""
         if self.done:
             return
         self.done = True
@@ -172,11 +171,11 @@ class Lease:
                 UsageRecord(
                     ts=self.started,
                     key=self.key.name,
-                    model=self.model,
+                    model=model,
                     route=self.route,
-                    prompt_tokens=self.prompt_tokens,
-                    completion_tokens=self.completion_tokens,
-                    cached_tokens=self.cached_tokens,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    cached_tokens=cached_tokens,
                     status=status,
                     duration_ms=int((now - self.started) * 1000),
                 )

@@ -47,9 +47,9 @@ def test_tpm_counts_tokens_as_they_are_spent_and_frees_them_a_minute_later():
     limiter = Limiter(clock=clock)
     k = key(tpm=100)
     lease = limiter.admit(k, "/v1/chat/completions")
-    lease.prompt(30)
+    lease.spend(30)
     for _ in range(80):  # a streamed answer, a token at a time
-        lease.completion(1)
+        lease.spend(1)
     lease.finish(200)
     with pytest.raises(RateLimited) as refused:
         limiter.admit(k, "/v1/chat/completions")
