@@ -266,11 +266,10 @@ class ModelRegistry:
                 continue
             async with self._lock:
                 for entry in list(self._entries.values()):
-                    if entry.status == "loaded" and entry.spec.local and not entry.busy and entry.keep_alive >= 0:
-                        if now - entry.last_used >= entry.keep_alive:
-                            log.info("unloading %s: idle for %.0f s", entry.spec.id, now - entry.last_used)
-                            await self._unload(entry)
-                            self._changed.set()
+                    if self.expires_in(entry) == 0:  # checked right before: an unload awaits nothing first
+                        log.info("unloading %s: idle for %.0f s", entry.spec.id, now - entry.last_used)
+                        await self._unload(entry)
+                        self._changed.set()
 
     async def close(self) -> None:
         """Stop the keep-alive task and unload everything (server shutdown)."""
