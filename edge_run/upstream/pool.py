@@ -53,13 +53,13 @@ class Replica:
     def url(self) -> str:
         return self.base_url.rstrip("/")
 
-    def headers(self) -> dict[str, str]:
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        return {"Authorization": f"Bearer {key}"} if key else {}
-
     def secret(self) -> str | None:
-        """The upstream's key, to scrub from anything that might reach a client."""
+        """The upstream's key, read from the environment at each use (also to scrub it from answers)."""
         return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def headers(self) -> dict[str, str]:
+        key = self.secret()
+        return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 @dataclass(eq=False)
