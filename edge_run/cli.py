@@ -46,30 +46,37 @@ def _browse_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _already_serving(host: str, port: int) -> bool:
-    """True if another edge-run answers on the port; a usage error if some other program holds it."""
+def _edge_run_health(host: str, port: int) -> dict[str, Any] | None:
+    """The ``/health`` of the edge-run serving on ``host:port``; None if nothing, or something else, answers."""
     import json
-    import socket
     import urllib.error
     import urllib.request
 
-    target = _browse_host(host).strip("[]")
-    try:
-        socket.create_connection((target, port), timeout=1).close()
-    except OSError:
-        return False
     try:
         with urllib.request.urlopen(f"http://{_browse_host(host)}:{port}/health", timeout=3) as r:
             body = r.read()
-    except urllib.error.HTTPError as exc:  # 503 while the other server loads its model
+    except urllib.error.HTTPError as exc:  # 503 while it loads the models named at start-up
         body = exc.read()
     except (OSError, ValueError):
-        body = b""
+        return None
     try:
         health = json.loads(body)
     except ValueError:
-        health = None
+        return None
     if isinstance(health, dict) and isinstance(health.get("models"), list) and "status" in health:
+        return health
+    return None
+
+
+def _already_serving(host: str, port: int) -> bool:
+    """True if another edge-run answers on the port; a usage error if some other program holds it."""
+    import socket
+
+    try:
+        socket.create_connection((_browse_host(host).strip("[]"), port), timeout=1).close()
+    except OSError:
+        return False
+    if _edge_run_health(host, port) is not None:
         return True
     raise click.UsageError(f"port {port} is in use by another program; pick another with --port.")
 

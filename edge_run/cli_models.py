@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,20 +29,10 @@ def _context(**flags: Any) -> tuple[Paths, Settings]:
 
 def _running_models(host: str, port: int) -> dict[str, dict[str, Any]] | None:
     """Each model's entry in a running server's ``/health``, by id; None when no edge-run answers."""
-    from edge_run.cli import _browse_host
+    from edge_run.cli import _edge_run_health
 
-    try:
-        with urllib.request.urlopen(f"http://{_browse_host(host)}:{port}/health", timeout=3) as r:
-            body = r.read()
-    except urllib.error.HTTPError as exc:  # 503 while it preloads
-        body = exc.read()
-    except (OSError, ValueError):
-        return None
-    try:
-        health = json.loads(body)
-        return {m["id"]: m for m in health["models"]}
-    except (ValueError, KeyError, TypeError):
-        return None
+    health = _edge_run_health(host, port)
+    return None if health is None else {m["id"]: m for m in health["models"]}
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> None:
