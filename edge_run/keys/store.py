@@ -19,6 +19,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -191,7 +192,7 @@ class KeyStore:
             records = msgspec.json.decode(data, type=_LegacyFile).keys
         except msgspec.DecodeError as exc:
             raise KeyStoreError(f"The key file {legacy} is corrupt ({exc}). Fix or delete it.") from None
-        with self._write(conn):
+        with self.transaction(conn):
             conn.executemany(
                 f"INSERT OR IGNORE INTO keys ({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})",
                 [_row(r) for r in records],
@@ -199,10 +200,12 @@ class KeyStore:
         os.replace(legacy, legacy.with_name(legacy.name + ".migrated"))
 
     @contextlib.contextmanager
-    def _write(self, conn: sqlite3.Connection) -> Any:
+    def transaction(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        """A write transaction on this thread's connection (or ``conn``), committed when the block ends."""
+        conn = conn or self.connect()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            yield
+            yield conn
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -224,9 +227,8 @@ class KeyStore:
         Raises:
             ValueError: The name is empty or already taken.
         """
-        conn = self.connect()
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        with self._write(conn):
+        with self.transaction() as conn:
             taken = {row[0] for row in conn.execute("SELECT name FROM keys")}
             if name is None:
                 n = 1
@@ -249,8 +251,7 @@ class KeyStore:
 
     def update(self, name: str, **attributes: Any) -> KeyRecord:
         """Change a key's attributes (``None`` turns a limit off); raises ``KeyError`` for an unknown name."""
-        conn = self.connect()
-        with self._write(conn):
+        with self.transaction() as conn:
             row = conn.execute(f"SELECT {','.join(COLUMNS)} FROM keys WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise KeyError(f"No key is named {_shown(name)!r}; see `edge-run keys list`.")
@@ -269,8 +270,7 @@ class KeyStore:
             ValueError: The prefix matches more than one key.
         """
         s = name_or_prefix
-        conn = self.connect()
-        with self._write(conn):
+        with self.transaction() as conn:
             records = [_record(r) for r in conn.execute(f"SELECT {','.join(COLUMNS)} FROM keys")]
             matches = [r for r in records if r.name == s]
             if not matches and len(s) >= MIN_PREFIX_MATCH:

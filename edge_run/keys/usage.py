@@ -90,9 +90,7 @@ class UsageLog:
             log.exception("could not write %d usage records", len(batch))
 
     def _write(self, batch: list[UsageRecord]) -> None:
-        conn = self._store.connect()
-        with conn:
-            conn.execute("BEGIN")
+        with self._store.transaction() as conn:
             conn.executemany(
                 "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [msgspec.structs.astuple(r) for r in batch]
             )
