@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from edge_run.config import ConfigError, load_settings, physical_cores
@@ -87,3 +89,16 @@ def test_model_tables_preloads_and_unloading_settings(tmp_path):
     p.config_file.write_text("")
     with pytest.raises(ConfigError, match="keep_alive"):
         load_settings(p, environ={"EDGE_RUN_KEEP_ALIVE": "-2"})
+
+
+def test_every_package_is_installed_by_a_plain_pip_install():
+    """``pip install .`` (the README's serve command) ships only the packages pyproject.toml lists;
+    CI's editable install would not notice one missing."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(root).parts) for init in (root / "edge_run").rglob("__init__.py")
+    }
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
