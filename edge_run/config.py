@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from edge_run.atomic import write_atomically
 from edge_run.paths import Paths
 
 __all__ = [
@@ -170,13 +171,12 @@ def append_table(paths: Paths, name: str, table: Mapping[str, object]) -> None:
     path = paths.config_file
     before = path.read_text() if path.exists() else None
     lines = [f"\n[[{name}]]"] + [f"{key} = {_toml_value(value)}" for key, value in table.items()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text((before or "") + "\n".join(lines) + "\n")
+    write_atomically(path, ((before or "") + "\n".join(lines) + "\n").encode())
     try:
         load_settings(paths, environ={})
     except ConfigError as exc:
         if before is None:
             path.unlink()
         else:
-            path.write_text(before)
+            write_atomically(path, before.encode())
         raise ValueError(f"not added: {exc}") from None

@@ -6,15 +6,14 @@ The registry is a small JSON file at :attr:`Paths.registry_file`, rewritten atom
 from __future__ import annotations
 
 import builtins
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from edge_run.atomic import write_atomically
 from edge_run.engine.offload import read_layout
 from edge_run.errors import EngineFailure
 
@@ -119,16 +118,5 @@ class LocalRegistry:
             raise ValueError(f"{self.path} is not a valid model registry: {exc}") from None
 
     def _save(self, models: builtins.list[LocalModel]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = _encoder.encode(_RegistryFile(sorted(models, key=lambda m: m.id)))
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self.path, _encoder.encode(_RegistryFile(sorted(models, key=lambda m: m.id))))
 
