@@ -100,8 +100,7 @@ def ceiling(model: Path, threads: int, n_tokens: int) -> tuple[float, list[int]]
 
 async def engine_only(model: Path, threads: int, n_tokens: int) -> float:
     """edge-run's engine driven in-process (no HTTP): separates scheduler cost from server cost."""
-    from edge_run.engine.engine import Engine, EngineOptions
-    from edge_run.engine.llama import SamplerSpec
+    from edge_run.engine import Engine, EngineOptions, SamplerSpec
 
     engine = Engine(
         "bench", model, EngineOptions(ctx=2048, threads=threads, gpu_layers=None, slots=1, max_queue=1, batch=512)

@@ -76,7 +76,7 @@ def models_list() -> None:
 @click.argument("model", default="default")
 def models_show(model: str) -> None:
     """A model's architecture, parameters, quant, trained context, chat template, file, sha256 and placement."""
-    from edge_run.engine.engine import Placement
+    from edge_run.engine import Placement
     from edge_run.models.inventory import find_spec, known_sha256
     from edge_run.server import engine_options, spec_options
 

@@ -11,10 +11,7 @@ from typing import TYPE_CHECKING
 
 from edge_run.api.access_log import AccessLog
 from edge_run.config import Settings, physical_cores
-from edge_run.engine.engine import Engine, EngineOptions, Placement
-from edge_run.engine.llama import gpu_devices
-from edge_run.engine.offload import read_layout
-from edge_run.engine.threads import CoreShare
+from edge_run.engine import CoreShare, Engine, EngineOptions, Placement, gpu_devices, read_layout
 from edge_run.errors import EngineFailure
 from edge_run.models.catalog import Catalog, load_catalog
 from edge_run.models.fetch import fetch

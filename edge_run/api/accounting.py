@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from edge_run.api.access_log import AccessLog
     from edge_run.api.metrics import Metrics
-    from edge_run.engine.scheduler import Chunk
+    from edge_run.engine import Chunk
     from edge_run.keys.limits import Lease
     from edge_run.keys.store import KeyRecord
 

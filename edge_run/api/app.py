@@ -39,7 +39,7 @@ from edge_run.keys.usage import UsageLog
 
 if TYPE_CHECKING:
     from edge_run.api.access_log import AccessLog
-    from edge_run.engine.threads import CoreShare
+    from edge_run.engine import CoreShare
     from edge_run.keys import KeyStore
     from edge_run.models.registry import ModelRegistry
 

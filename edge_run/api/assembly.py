@@ -19,9 +19,8 @@ from edge_run.api.tools import ParsedCall, ToolEvent, ToolStream
 
 if TYPE_CHECKING:
     from edge_run.api.tools import CallPlan
-    from edge_run.engine.engine import Generation
-    from edge_run.engine.scheduler import Chunk
-    from edge_run.engine.scheduler import TokenLogprob as EngineLogprob
+    from edge_run.engine import Chunk, Generation
+    from edge_run.engine import TokenLogprob as EngineLogprob
 
 __all__ = ["Block", "BlockEvent", "CallPiece", "Choice", "Piece", "Run", "Totals", "call_input", "collect", "sse"]
 

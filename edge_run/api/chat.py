@@ -36,8 +36,8 @@ from edge_run.api.schemas import (
 from edge_run.errors import EdgeRunError, InvalidRequest
 
 if TYPE_CHECKING:
-    from edge_run.engine.engine import Engine
-    from edge_run.engine.scheduler import TokenLogprob as EngineLogprob
+    from edge_run.engine import Engine
+    from edge_run.engine import TokenLogprob as EngineLogprob
 
 __all__ = ["complete", "start", "stop_list", "stream", "translate", "usage"]
 

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from edge_run.api.assembly import Run
 from edge_run.api.tools import CallPlan, check_schema, plan_tools
-from edge_run.engine.llama import SamplerSpec, json_grammar
+from edge_run.engine import SamplerSpec, json_grammar
 from edge_run.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from edge_run.api.schemas import SamplingFields
-    from edge_run.engine.engine import Engine
+    from edge_run.engine import Engine
 
 __all__ = [
     "CallRecord",
@@ -171,7 +171,7 @@ def _check(schema: Any, param: str) -> None:
 
 def _sampler(fields: SamplingFields, engine: Engine, grammar: str | None) -> SamplerSpec:
     bias: list[tuple[int, float]] = []
-    n_vocab = engine.model.n_vocab if engine.model else 0
+    n_vocab = engine.n_vocab
     for key, value in (fields.logit_bias or {}).items():
         if not key.lstrip("-").isdigit() or not 0 <= int(key) < n_vocab:
             raise InvalidRequest(f"logit_bias key {key!r} is not a token id of this model", param="logit_bias")

@@ -35,7 +35,7 @@ from edge_run.api.schemas_messages import (
 from edge_run.errors import EdgeRunError, InvalidRequest
 
 if TYPE_CHECKING:
-    from edge_run.engine.scheduler import TokenLogprob as EngineLogprob
+    from edge_run.engine import TokenLogprob as EngineLogprob
 
 __all__ = ["complete", "conversation", "stream", "translate"]
 

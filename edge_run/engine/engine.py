@@ -208,6 +208,11 @@ class Engine:
         return self.model, self.template, self._scheduler
 
     @property
+    def n_vocab(self) -> int:
+        """The loaded model's vocabulary size (0 while nothing is loaded)."""
+        return self.model.n_vocab if self.model else 0
+
+    @property
     def native_tools(self) -> bool:
         """Whether this model's chat template renders tool definitions itself."""
         return self.template is not None and self.template.supports_tools

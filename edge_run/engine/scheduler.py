@@ -68,6 +68,7 @@ class Chunk:
     cached_tokens: int = 0
     logprobs: list[TokenLogprob] | None = None
     error: EdgeRunError | None = None
+    stop: str | None = None  # the stop string that ended the choice (finish_reason "stop" without end-of-generation)
 
 
 @dataclass(eq=False)
@@ -567,6 +568,7 @@ class Scheduler:
             prompt_tokens=len(job.prompt),
             cached_tokens=slot.cached,
             logprobs=logprobs,
+            stop=text.stop,
         )
         out.append((job, chunk))
         if finish is not None:

@@ -20,20 +20,25 @@ class TextStream:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._stops = tuple(s for s in stops if s)
         self._held = ""
-        self.stopped = False
+        self.stop: str | None = None  # the stop string that ended the text, once one has
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop is not None
 
     def push(self, data: bytes) -> str:
-        """Add a token's bytes; return the text now safe to emit. Sets :attr:`stopped` on a stop string."""
+        """Add a token's bytes; return the text now safe to emit. Sets :attr:`stop` on a stop string."""
         if self.stopped:
             return ""
         self._held += self._decoder.decode(data)
         if not self._stops:
             out, self._held = self._held, ""
             return out
-        cut = min((i for i in (self._held.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, k) for k, i in enumerate(self._held.find(s) for s in self._stops) if i >= 0]
+        if found:
+            cut, k = min(found)  # the earliest match; at a tie, the stop string listed first
             out, self._held = self._held[:cut], ""
-            self.stopped = True
+            self.stop = self._stops[k]
             return out
         keep = self._partial_stop_len()
         out = self._held[: len(self._held) - keep]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_run.engine.offload import read_layout
+from edge_run.engine import read_layout
 from edge_run.errors import EngineFailure, ModelNotFound
 from edge_run.models.catalog import DEFAULT_ALIAS, load_catalog
 from edge_run.models.fetch import cached_path, fetch, sha256_file

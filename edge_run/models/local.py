@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from edge_run.atomic import write_atomically
-from edge_run.engine.offload import read_layout
+from edge_run.engine import read_layout
 from edge_run.errors import EngineFailure
 
 if TYPE_CHECKING:

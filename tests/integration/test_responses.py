@@ -14,7 +14,7 @@ from litestar.testing import TestClient
 from edge_run.api.app import create_app
 from edge_run.api.response_store import ResponseNotFound, ResponseStore
 from edge_run.api.schemas_responses import ResponseObject
-from edge_run.engine.scheduler import Chunk
+from edge_run.engine import Chunk
 from edge_run.errors import EngineFailure
 from edge_run.keys import KeyStore
 from tests.conftest import MODEL_ID, run_cli

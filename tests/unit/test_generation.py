@@ -7,8 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from edge_run.engine.engine import Generation
-from edge_run.engine.scheduler import Chunk
+from edge_run.engine import Chunk, Generation
 from edge_run.errors import EngineFailure
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -12,8 +11,7 @@ import pytest
 from litestar.testing import TestClient
 
 from edge_run.api.app import create_app
-from edge_run.engine.engine import Generation
-from edge_run.engine.scheduler import Chunk
+from edge_run.engine import Chunk, Generation
 from edge_run.errors import EngineFailure
 from edge_run.keys import KeyStore
 from edge_run.models.registry import ModelRegistry, ModelSpec
@@ -38,7 +36,7 @@ class FakeGeneration:
 
 class FakeEngine:
     model_id = "fake/model"
-    model = SimpleNamespace(n_vocab=100)
+    n_vocab = 100
 
     def __init__(self) -> None:
         self.fail: Exception | None = None

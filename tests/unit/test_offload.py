@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from edge_run.config import ConfigError, load_settings
+from edge_run.engine import EngineOptions, GpuDevice, Placement
 from edge_run.engine import engine as engine_module
-from edge_run.engine.engine import EngineOptions, Placement
-from edge_run.engine.llama import GpuDevice
 from edge_run.engine.offload import GgufLayout, plan_offload, read_layout
 from edge_run.errors import EngineFailure
 from edge_run.paths import Paths

@@ -167,7 +167,7 @@ def test_a_lucky_step_on_a_busy_machine_does_not_bring_all_threads_back():
 def test_core_share_splits_the_cores_among_active_models_and_never_oversubscribes():
     import threading
 
-    from edge_run.engine.threads import CoreShare
+    from edge_run.engine import CoreShare
 
     share = CoreShare(2)
     a, b = share.join(), share.join()
