@@ -4,8 +4,8 @@
     python packaging/build.py --embed-default-model  # the default GGUF inside: serves offline at once
     python packaging/build.py --backend cuda         # rebuild llama-cpp-python for CUDA first (or metal)
 
-Run it from an environment where edge-run is installed (``pip install -e '.[package]'`` or
-``pip install '.[package]'``); the executable is built from that install, for this OS and CPU
+Run it from an environment where edge-run is installed (``pip install -c constraints.txt -e '.[package]'`` or
+``pip install -c constraints.txt '.[package]'``); the executable is built from that install, for this OS and CPU
 architecture, with whatever llama.cpp backend that install was compiled with (CPU, CUDA, Metal).
 """
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import PyInstaller.__main__
     except ImportError:
-        sys.exit("PyInstaller is missing: pip install -e '.[package]'")
+        sys.exit("PyInstaller is missing: pip install -c constraints.txt -e '.[package]'")
 
     if args.backend:
         rebuild_llama_cpp(args.backend)

@@ -8,6 +8,8 @@ Anthropic routes (``/v1/messages...``), where they use Anthropic's: ``{"type": "
 from __future__ import annotations
 
 import logging
+import re
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -81,35 +83,70 @@ def _domain(request: Request, exc: EdgeRunError) -> Response[ErrorResponse | Ant
 
 
 def _validation(request: Request, exc: ValidationException) -> Response[ErrorResponse | AnthropicError]:
-    """Malformed JSON or a schema violation: msgspec's message plus the path it names."""
+    """Malformed JSON or a schema violation: a schema violation passes msgspec's message on with the path it
+    names; a body that does not decode at all is said in edge-run's own words (see :func:`undecodable`)."""
     details = [d for d in (exc.extra if isinstance(exc.extra, list) else []) if isinstance(d, dict)]
     messages, param = [], None
     for d in details:
         key = str(d.get("key", "")).removeprefix("data").lstrip(".") or None
         param = param or key
-        messages.append(f"{d.get('message')} - at `$.{key}`" if key else f"Invalid request body: {d.get('message')}")
-    message = "; ".join(messages) or str(exc.detail)
+        text = str(d.get("message"))
+        messages.append(f"{text} - at `$.{key}`" if key else undecodable(text) or f"{text} - at `$`")
+    message = "; ".join(messages) or undecodable(str(exc.detail)) or "The request body is not valid JSON."
     if request.headers.get("content-length") == "0":
         message, param = "The request body is empty: send a JSON object.", None
     body = ErrorBody(message=message, type="invalid_request_error", param=param, code=None)
     return _respond(request, body, 400)
 
 
+_NOT_JSON = "The request body is not valid JSON"
+_DECODE_FAILURES = (  # msgspec's decode errors (they differ between its versions), in edge-run's words
+    (re.compile(r"utf-?8|unicode", re.IGNORECASE), f"{_NOT_JSON}: it is not UTF-8."),
+    (re.compile(r"truncated", re.IGNORECASE), f"{_NOT_JSON}: it ends before the JSON does."),
+    (re.compile(r"recursion|nest|depth", re.IGNORECASE), f"{_NOT_JSON}: it is nested too deeply."),
+    (re.compile(r"malformed|invalid|unexpected|trailing|expected .?[,:\]}\"]", re.IGNORECASE), _NOT_JSON),
+)
+_BYTE = re.compile(r"\(byte (\d+)\)")
+
+
+def undecodable(message: str) -> str | None:
+    """edge-run's message for a body that is not JSON at all, from msgspec's; None for a schema violation.
+
+    A client matching on the message then reads the same words whichever msgspec version is installed.
+    """
+    for pattern, words in _DECODE_FAILURES:
+        if pattern.search(message):
+            at = _BYTE.search(message)
+            return f"{words.rstrip('.')} (at byte {at.group(1)})." if at and words == _NOT_JSON else words
+    return None
+
+
 def _undecodable(
     request: Request, exc: RecursionError | UnicodeDecodeError
 ) -> Response[ErrorResponse | AnthropicError]:
-    """A body msgspec cannot decode at all: nested past its depth limit, or not UTF-8 (raised while decoding)."""
+    """A body msgspec cannot decode at all, raised while decoding (older msgspec raises these as they are)."""
     why = "it is not UTF-8" if isinstance(exc, UnicodeDecodeError) else "it is nested too deeply"
-    body = ErrorBody(message=f"The request body is not valid JSON: {why}.", type="invalid_request_error", param=None,
-                     code=None)  # fmt: skip
+    body = ErrorBody(message=f"{_NOT_JSON}: {why}.", type="invalid_request_error", param=None, code=None)
     return _respond(request, body, 400)
 
 
 def _http(request: Request, exc: HTTPException) -> Response[ErrorResponse | AnthropicError]:
+    """Litestar's own refusals (no such route, a method not allowed, a body too large), in edge-run's words."""
     status = exc.status_code
     kind = _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-    body = ErrorBody(message=exc.detail, type=kind, param=None, code=_CODES.get(status))
+    body = ErrorBody(message=_http_message(request, status), type=kind, param=None, code=_CODES.get(status))
     return _respond(request, body, status, dict(exc.headers or {}))
+
+
+def _http_message(request: Request, status: int) -> str:
+    route = f"{request.method} {request.scope['path']}"
+    if status == 404:
+        return f"There is no route {route}."
+    if status == 405:
+        return f"The method is not allowed: {route}."
+    if status == 413:
+        return f"The request body is too large: at most {request.app.request_max_body_size} bytes are accepted."
+    return f"{HTTPStatus(status).phrase}." if status in HTTPStatus._value2member_map_ else f"HTTP error {status}."
 
 
 def _unexpected(request: Request, exc: Exception) -> Response[ErrorResponse | AnthropicError]:

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_run.engine import llama
-from edge_run.engine.engine import Engine, EngineOptions
-from edge_run.engine.llama import SamplerSpec
+from edge_run.engine import Engine, EngineOptions, SamplerSpec, llama
 from edge_run.errors import EngineFailure
 
 pytestmark = pytest.mark.integration
@@ -104,3 +102,31 @@ def test_a_failed_step_leaves_the_waiting_requests_to_run(model_path: Path, monk
             await engine.close()
 
     asyncio.run(go())
+
+
+def test_models_load_without_llama_cpp_s_extra_cpu_buffer_types(model_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """edge-run's own choice (README, "The same request gives the same answer"): weights are never repacked
+    or put in AMX buffers. Repacking changes a token's logits with its neighbours, and on Intel CPUs with AMX
+    the vendored llama.cpp's extra buffer types crash ``llama_decode`` on any prompt of two or more tokens."""
+    seen: list[bool] = []
+    real_load = llama.L.llama_model_load_from_file
+
+    def load(path: bytes, params: object) -> object:
+        seen.append(bool(params.use_extra_bufts))  # type: ignore[attr-defined]
+        return real_load(path, params)
+
+    monkeypatch.setattr(llama.L, "llama_model_load_from_file", load)
+
+    async def go() -> tuple[int, str]:
+        options = EngineOptions(ctx=512, threads=1, gpu_layers=0, slots=1, max_queue=1, batch=64)
+        engine = Engine("t", model_path, options)
+        await engine.load()
+        try:
+            prompt = await engine.prompt_tokens([{"role": "user", "content": "Name three colours."}])
+            return len(prompt), await answer(engine, "Name three colours.")
+        finally:
+            await engine.close()
+
+    n_prompt, text = asyncio.run(go())
+    assert seen == [False]
+    assert n_prompt > 2 and text.strip()
