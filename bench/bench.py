@@ -12,6 +12,7 @@ spinning all cores would measure the contention, not the servers.
     python bench/bench.py                      # default model, concurrency 1 4 8
     python bench/bench.py --compare http://127.0.0.1:8081/v1 --compare-model x
     python bench/bench.py --deterministic      # what `serve --deterministic` costs
+    python bench/bench.py --llama-server ~/llama.cpp/build/bin/llama-server   # started here, as the peer
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import msgspec
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from peers import cpu_model, start_llama_server  # noqa: E402  (bench/ is sys.path[0])
 
 from edge_run.config import physical_cores  # noqa: E402
 from edge_run.models.catalog import load_catalog  # noqa: E402
@@ -383,6 +386,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--ctx", type=int, default=2048, help="context per slot for edge-run")
     ap.add_argument("--compare", action="append", default=[], help="another OpenAI-compatible base URL")
+    ap.add_argument("--llama-server", type=Path, help="a llama-server binary to start and compare against")
     ap.add_argument("--compare-model", default="default", help="model name to send to --compare servers")
     ap.add_argument("--compare-key", default="", help="bearer key for --compare servers")
     ap.add_argument("--rounds", type=int, default=5, help="repeat each measurement; medians are shown")
@@ -405,9 +409,17 @@ def main() -> None:
 
     model = args.model or fetch(load_catalog().default_entry, Path.home() / ".cache" / "edge-run-tests")
     print(
-        f"model {model.name}, {args.threads} threads, {args.max_tokens} tokens per stream, EOS banned, "
-        f"median of {args.rounds} rounds\n"
+        f"{cpu_model()}\nmodel {model.name}, {args.threads} threads, {args.max_tokens} tokens per stream, "
+        f"EOS banned, median of {args.rounds} rounds"
     )
+    peer = None
+    if args.llama_server:
+        peer = start_llama_server(args.llama_server, model, threads=args.threads, slots=max(args.concurrency),
+                                  ctx=args.ctx, alias=model.stem)  # fmt: skip
+        args.compare.append(peer.url)
+        args.compare_model = model.stem
+        print(f"{peer.url} is llama-server {' '.join(peer.flags[2:])} ({peer.note})")
+    print()
 
     if args.scenario:
         run_scenario(args, model)
@@ -463,6 +475,8 @@ def main() -> None:
         for p in procs:
             p.terminate()
             p.wait()
+        if peer is not None:
+            peer.stop()
         if clients is not None:
             clients.terminate()
 
