@@ -94,17 +94,18 @@ def _validation(request: Request, exc: ValidationException) -> Response[ErrorRes
         messages.append(f"{text} - at `$.{key}`" if key else undecodable(text) or f"{text} - at `$`")
     message = "; ".join(messages) or undecodable(str(exc.detail)) or "The request body is not valid JSON."
     if request.headers.get("content-length") == "0":
-        message, param = "The request body is empty: send a JSON object.", None
+        message, param = _EMPTY, None
     body = ErrorBody(message=message, type="invalid_request_error", param=param, code=None)
     return _respond(request, body, 400)
 
 
 _NOT_JSON = "The request body is not valid JSON"
+_EMPTY = "The request body is empty: send a JSON object."
 _DECODE_FAILURES = (  # msgspec's decode errors (they differ between its versions), in edge-run's words
     (re.compile(r"utf-?8|unicode", re.IGNORECASE), f"{_NOT_JSON}: it is not UTF-8."),
     (re.compile(r"truncated", re.IGNORECASE), f"{_NOT_JSON}: it ends before the JSON does."),
     (re.compile(r"recursion|nest|depth", re.IGNORECASE), f"{_NOT_JSON}: it is nested too deeply."),
-    (re.compile(r"malformed|invalid|unexpected|trailing|expected .?[,:\]}\"]", re.IGNORECASE), _NOT_JSON),
+    (re.compile(r"malformed", re.IGNORECASE), _NOT_JSON),
 )
 _BYTE = re.compile(r"\(byte (\d+)\)")
 
@@ -134,12 +135,19 @@ def _http(request: Request, exc: HTTPException) -> Response[ErrorResponse | Anth
     """Litestar's own refusals (no such route, a method not allowed, a body too large), in edge-run's words."""
     status = exc.status_code
     kind = _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-    body = ErrorBody(message=_http_message(request, status), type=kind, param=None, code=_CODES.get(status))
+    message = _http_message(request, status, str(exc.detail))
+    body = ErrorBody(message=message, type=kind, param=None, code=_CODES.get(status))
     return _respond(request, body, status, dict(exc.headers or {}))
 
 
-def _http_message(request: Request, status: int) -> str:
+def _http_message(request: Request, status: int, detail: str) -> str:
     route = f"{request.method} {request.scope['path']}"
+    if status == 400:  # Litestar's: a body msgspec could not decode, or a bad Content-Length
+        if detail.lower().startswith("invalid content-length"):
+            return "The Content-Length header is not a valid length."
+        if request.headers.get("content-length") == "0":
+            return _EMPTY
+        return undecodable(detail) or f"{_NOT_JSON}."
     if status == 404:
         return f"There is no route {route}."
     if status == 405:

@@ -104,7 +104,7 @@ def test_context_length_exceeded_is_400(server):
 def test_body_too_large_is_413(server):
     r = post(server, b'{"model": "' + b"a" * (9 * 1024 * 1024) + b'"}')
     assert r.status_code == 413
-    envelope(r)
+    assert envelope(r)["message"] == f"The request body is too large: at most {8 * 1024 * 1024} bytes are accepted."
 
 
 @pytest.mark.parametrize(
@@ -135,4 +135,10 @@ def test_image_parts_are_refused(server):
 def test_unknown_route_is_404_envelope(server):
     r = httpx.get(server.url + "/v2/whatever")
     assert r.status_code == 404
-    envelope(r)
+    assert envelope(r)["message"] == "There is no route GET /v2/whatever."  # edge-run's words, not Litestar's
+
+
+def test_a_method_not_allowed_is_405_in_edge_run_s_words(server):
+    r = httpx.delete(server.base_url + "/chat/completions", headers={"Authorization": f"Bearer {server.key}"})
+    assert r.status_code == 405
+    assert envelope(r)["message"] == "The method is not allowed: DELETE /v1/chat/completions."
