@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from edge_run.config import ConfigError, Settings, load_settings
+from edge_run.config import ConfigError, load_settings
 from edge_run.paths import Paths
+
+if TYPE_CHECKING:
+    from edge_run.config import Settings
 
 __all__ = ["browse_host", "context", "edge_run_health", "listening"]
 
