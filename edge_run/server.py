@@ -66,6 +66,12 @@ def spec_options(spec: ModelSpec, base: EngineOptions) -> EngineOptions:
     )
 
 
+def _sized(spec: ModelSpec, base: EngineOptions) -> ModelSpec:
+    """The spec with the ctx and slots it runs with, so that /health tells them before the model is loaded."""
+    options = spec_options(spec, base)
+    return dataclasses.replace(spec, ctx=options.ctx, slots=options.slots)
+
+
 def upstream_pools(settings: Settings) -> dict[str, UpstreamPool]:
     """The ``[[upstream]]`` tables by id: tables that share an id are replicas of one pool."""
     pools: dict[str, UpstreamPool] = {}
@@ -148,14 +154,13 @@ def build_server(
     catalog = load_catalog()
     specs = inventory(paths, catalog, settings.model, bundled=_bundled())
     specs, preload = _resolve_preloads(settings.preload, specs, paths, catalog)
-    # each spec says its own ctx and slots, so that /health tells them before the model is loaded
-    specs = [dataclasses.replace(s, ctx=s.ctx or settings.ctx, slots=s.slots or settings.slots) for s in specs]
+    cores = CoreShare(settings.threads or physical_cores())
+    base = engine_options(settings, cores)
+    specs = [_sized(s, base) for s in specs]
     pools = upstream_pools(settings)
     _check_links(specs, pools)
     specs += [ModelSpec(pool_id, Path(), "upstream") for pool_id in pools]
     preload = [*preload, *pools]  # an upstream "loads" at once: its health checks start
-    cores = CoreShare(settings.threads or physical_cores())
-    base = engine_options(settings, cores)
 
     def build(spec: ModelSpec) -> Engine | UpstreamPool:
         return pools[spec.id] if not spec.local else Engine(spec.id, spec.path, spec_options(spec, base))

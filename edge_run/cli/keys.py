@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from edge_run.paths import Paths
+
 if TYPE_CHECKING:
     from edge_run.keys import KeyRecord, KeyStore
 
@@ -19,10 +21,9 @@ OFF = ("off", "none", "unlimited")
 
 
 def _store() -> KeyStore:
-    from edge_run.cli import _paths  # here: edge_run.cli imports this module
     from edge_run.keys import KeyStore
 
-    paths = _paths()
+    paths = Paths.resolve()
     return KeyStore(paths.keys_db, legacy=paths.keys_file)
 
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-if TYPE_CHECKING:
-    from edge_run.config import Settings
-    from edge_run.paths import Paths
-
+from edge_run.cli.common import context, edge_run_health
 from edge_run.errors import EngineFailure, ModelNotFound
 
 __all__ = ["models", "ps"]
@@ -20,18 +17,9 @@ __all__ = ["models", "ps"]
 MIB = 1 << 20
 
 
-def _context(**flags: Any) -> tuple[Paths, Settings]:
-    from edge_run.cli import _paths, _settings  # here: edge_run.cli imports this module
-
-    paths = _paths()
-    return paths, _settings(paths, **flags)
-
-
 def _running_models(host: str, port: int) -> dict[str, dict[str, Any]] | None:
     """Each model's entry in a running server's ``/health``, by id; None when no edge-run answers."""
-    from edge_run.cli import _edge_run_health
-
-    health = _edge_run_health(host, port)
+    health = edge_run_health(host, port)
     return None if health is None else {m["id"]: m for m in health["models"]}
 
 
@@ -59,7 +47,7 @@ def models_list() -> None:
     from edge_run.models.catalog import load_catalog
     from edge_run.models.inventory import describe_all
 
-    paths, settings = _context()
+    paths, settings = context()
     running = _running_models(settings.host, settings.port)
     default = load_catalog().default
     rows = [("ID", "SOURCE", "SIZE", "QUANT", "STATUS")]
@@ -80,7 +68,7 @@ def models_show(model: str) -> None:
     from edge_run.models.inventory import find_spec, known_sha256
     from edge_run.server import engine_options, spec_options
 
-    paths, settings = _context()
+    paths, settings = context()
     try:
         spec = find_spec(model, paths, settings.model)
         options = spec_options(spec, engine_options(settings))
@@ -121,7 +109,7 @@ def models_add(path: Path, model_id: str) -> None:
     from edge_run.models.local import LocalRegistry
 
     try:
-        entry = LocalRegistry(_context()[0].registry_file).add(model_id, path)
+        entry = LocalRegistry(context()[0].registry_file).add(model_id, path)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"added `{entry.id}` -> {entry.path}")
@@ -142,7 +130,7 @@ def models_pull(spec: str, model_id: str | None) -> None:
     from edge_run.models.inventory import pull_hf
     from edge_run.models.pull import PullError
 
-    paths = _context()[0]
+    paths = context()[0]
     try:
         if spec.startswith("hf:"):
             entry = pull_hf(spec, paths, model_id=model_id)
@@ -165,7 +153,7 @@ def models_rm(model_id: str) -> None:
     from edge_run.models.inventory import remove_model
 
     try:
-        paths, settings = _context()
+        paths, settings = context()
         deleted = remove_model(model_id, paths, settings.model)
     except (ModelNotFound, ValueError) as exc:
         raise click.ClickException(getattr(exc, "message", str(exc))) from exc
@@ -178,7 +166,7 @@ def models_rm(model_id: str) -> None:
 @click.option("--port", "-p", type=int, help="The server's port.  [default: the configured one, 8080]")
 def ps(port: int | None) -> None:
     """The models a running server has loaded: memory, slots busy, and when each unloads."""
-    _, settings = _context(port=port)
+    _, settings = context(port=port)
     running = _running_models(settings.host, settings.port)
     if running is None:
         raise click.ClickException(f"no edge-run answers on {settings.host}:{settings.port} (see --port in config)")
@@ -221,7 +209,7 @@ def models_add_upstream(
     """
     from edge_run.config import append_table
 
-    paths, _ = _context()
+    paths, _ = context()
     table: dict[str, object] = {"id": model_id, "base_url": base_url, "api_key_env": api_key_env}
     table |= {"model": upstream_model, "weight": weight, "timeout": timeout}
     try:
