@@ -20,11 +20,12 @@ from edge_run.engine.llama import (
     add_rpc_servers,
     gpu_devices,
 )
-from edge_run.engine.offload import GgufLayout, plan_offload, read_layout
+from edge_run.engine.offload import plan_offload
 from edge_run.engine.scheduler import PREFILL_CHUNK, Chunk, Job, Scheduler
 from edge_run.engine.templates import ChatTemplate
 from edge_run.engine.threads import CoreShare
 from edge_run.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, ModelLoading, Overloaded
+from edge_run.gguf import GgufLayout, read_layout
 
 __all__ = ["Engine", "EngineOptions", "Generation", "Placement"]
 

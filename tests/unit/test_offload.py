@@ -10,8 +10,9 @@ import pytest
 from edge_run.config import ConfigError, load_settings
 from edge_run.engine import EngineOptions, GpuDevice, Placement
 from edge_run.engine import engine as engine_module
-from edge_run.engine.offload import GgufLayout, plan_offload, read_layout
+from edge_run.engine.offload import plan_offload
 from edge_run.errors import EngineFailure
+from edge_run.gguf import GgufLayout, read_layout
 from edge_run.paths import Paths
 
 MIB = 1 << 20

@@ -1,0 +1,209 @@
+"""GGUF header reading: the tensor table and the metadata that size a model's layers and KV cache.
+
+Read without llama.cpp, so that ``edge_run.models`` and the memory plan (``edge_run.engine.placement``)
+can size a file before, or without, loading it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from edge_run.errors import EngineFailure
+
+__all__ = ["GgufLayout", "read_layout"]
+
+# GGUF metadata value types: struct format of the scalars; 8 is a string, 9 an array
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+# ggml tensor types -> (elements per block, bytes per block): enough to find where the last tensor ends
+_TYPE_SIZES = {
+    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 36),
+    10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 15: (256, 292),
+    16: (256, 66), 17: (256, 74), 18: (256, 98), 19: (256, 50), 20: (32, 18), 21: (256, 110), 22: (256, 82),
+    23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8), 29: (256, 56), 30: (1, 2),
+    34: (256, 54), 35: (256, 66), 39: (32, 17),
+}  # fmt: skip
+# ``general.file_type`` (llama.cpp's llama_ftype) -> its usual name
+_FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
+    12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
+    19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
+    26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
+    36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE",
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class GgufLayout:
+    """What the memory plan needs from a GGUF file."""
+
+    n_layer: int
+    layer_bytes: tuple[int, ...]  # weights of each repeating layer (``blk.N.*``), in order
+    output_bytes: int  # the output layer: norm and projection (a copy of the embeddings when tied)
+    kv_bytes_per_token: int  # K and V of one token in one layer, at f16
+    n_vocab: int
+    n_embd: int
+    # what `models show` prints
+    architecture: str = ""
+    name: str = ""
+    file_type: int | None = None
+    context_length: int = 0  # trained context
+    n_params: int = 0
+    has_chat_template: bool = False
+
+    @property
+    def quant(self) -> str:
+        return _quant_name(self.file_type)
+
+    def kv_bytes(self, tokens: int) -> int:
+        """The KV cache of ``tokens`` tokens in every layer (``ctx x slots`` for a server)."""
+        return self.kv_bytes_per_token * self.n_layer * tokens
+
+
+def _quant_name(file_type: int | None) -> str:
+    """``general.file_type``'s usual name (Q4_K_M...), or ``?`` when unknown."""
+    return "?" if file_type is None else _FILE_TYPES.get(file_type, f"type {file_type}")
+
+
+def read_layout(path: Path) -> GgufLayout:
+    """Read a GGUF file's tensor table and the metadata that sizes its layers and KV cache."""
+    try:
+        with path.open("rb") as f:
+            return _read(f, path.stat().st_size)
+    except (OSError, struct.error, UnicodeDecodeError, KeyError, ValueError) as exc:
+        raise EngineFailure(f"could not read the GGUF layout of {path.name}: {exc}") from exc
+
+
+class _Reader:
+    """GGUF's little-endian values, read from a file whose lengths are checked against its size."""
+
+    def __init__(self, f: BinaryIO, file_size: int) -> None:
+        self.f = f
+        self.file_size = file_size
+
+    def unpack(self, fmt: str) -> int | float | bool:
+        size = struct.calcsize(fmt)
+        data = self.f.read(size)
+        if len(data) != size:
+            raise ValueError("truncated file")
+        return struct.unpack(fmt, data)[0]
+
+    def count(self, fmt: str = "<Q") -> int:
+        return int(self.unpack(fmt))
+
+    def length(self, count: int, size: int = 1) -> int:
+        """A length read from the file, refused if it runs past the file's end (a corrupt header)."""
+        if count * size > self.file_size - self.f.tell():
+            raise ValueError(f"corrupt: a length of {count} runs past the end of the file")
+        return count
+
+    def string(self) -> str:
+        return self.f.read(self.length(self.count())).decode("utf-8")
+
+    def value(self, kind: int) -> object:
+        if kind in _SCALARS:
+            return self.unpack(_SCALARS[kind])
+        if kind == _STRING:
+            return self.string()
+        if kind == _ARRAY:
+            item, count = self.count("<I"), self.length(self.count())
+            if count <= 64:
+                return [self.value(item) for _ in range(count)]
+            # long arrays (the vocabulary, its scores and merges): only their length is needed
+            if item in _SCALARS:
+                self.f.seek(struct.calcsize(_SCALARS[item]) * count, 1)
+            elif item == _STRING:
+                for _ in range(count):
+                    self.f.seek(self.length(self.count()), 1)
+            else:
+                for _ in range(count):
+                    self.value(item)
+            return count
+        raise ValueError(f"unknown metadata type {kind}")
+
+
+def _read(f: BinaryIO, file_size: int) -> GgufLayout:
+    r = _Reader(f, file_size)
+    if f.read(4) != b"GGUF":
+        raise ValueError("not a GGUF file")
+    version = r.unpack("<I")
+    if version < 2:
+        raise ValueError(f"GGUF version {version} is too old")
+    n_tensors, n_kv = r.length(r.count(), 24), r.length(r.count(), 12)  # the least each one takes
+    meta: dict[str, object] = {}
+    for _ in range(n_kv):
+        key = r.string()
+        meta[key] = r.value(r.count("<I"))
+    tensors: list[tuple[str, int]] = []
+    n_params = 0
+    last = (-1, 0, 0)  # (offset, type, elements) of the tensor that lies last in the file
+    for _ in range(n_tensors):
+        name = r.string()
+        elements = 1
+        for _ in range(r.count("<I")):
+            elements *= r.count()
+        n_params += elements
+        kind = r.count("<I")
+        offset = r.count()
+        tensors.append((name, offset))
+        last = max(last, (offset, kind, elements))
+    if not tensors:
+        raise ValueError("it has no tensors (a vocabulary-only file cannot be served)")
+    align = int(meta.get("general.alignment", 32))  # type: ignore[call-overload]
+    data_start = -(-f.tell() // align) * align
+    if last[1] in _TYPE_SIZES:
+        per_block, block_bytes = _TYPE_SIZES[last[1]]
+        end = data_start + last[0] + last[2] // per_block * block_bytes
+        if end > file_size:
+            raise ValueError(f"truncated: its tensors need {end} bytes, the file has {file_size}")
+    # a tensor's bytes run to the next tensor's offset (padding included); the last one to the end
+    by_offset = sorted(tensors, key=lambda t: t[1])
+    ends = [t[1] for t in by_offset[1:]] + [file_size - data_start]
+    sizes = {name: end - offset for (name, offset), end in zip(by_offset, ends, strict=True)}
+    return _layout(meta, sizes, n_params)
+
+
+def _layout(meta: dict[str, object], sizes: dict[str, int], n_params: int) -> GgufLayout:
+    """The layout from the metadata and each tensor's bytes."""
+    arch = str(meta["general.architecture"])
+
+    def hparam(name: str, default: int | None = None) -> int:
+        raw = meta.get(f"{arch}.{name}", default)
+        if raw is None:
+            raise KeyError(f"{arch}.{name}")
+        if isinstance(raw, list):  # per-layer values (some architectures): the largest
+            raw = max(raw)
+        return int(raw)  # type: ignore[call-overload]
+
+    n_layer = hparam("block_count")
+    n_embd = hparam("embedding_length")
+    n_head = hparam("attention.head_count")
+    n_head_kv = hparam("attention.head_count_kv", n_head)
+    head_k = hparam("attention.key_length", n_embd // max(n_head, 1))
+    head_v = hparam("attention.value_length", head_k)
+    layer_bytes = [0] * n_layer
+    for name, size in sizes.items():
+        if name.startswith("blk."):
+            index = int(name.split(".")[1])
+            if index < n_layer:
+                layer_bytes[index] += size
+    output = sizes.get("output.weight", sizes.get("token_embd.weight", 0)) + sizes.get("output_norm.weight", 0)
+    tokens = meta.get("tokenizer.ggml.tokens", 0)
+    n_vocab = len(tokens) if isinstance(tokens, list) else int(tokens)  # type: ignore[call-overload]
+    return GgufLayout(
+        n_layer=n_layer,
+        layer_bytes=tuple(layer_bytes),
+        output_bytes=output,
+        kv_bytes_per_token=(head_k + head_v) * n_head_kv * 2,
+        n_vocab=n_vocab,
+        n_embd=n_embd,
+        architecture=arch,
+        name=str(meta.get("general.name", "")),
+        file_type=int(meta["general.file_type"]) if "general.file_type" in meta else None,  # type: ignore[call-overload]
+        context_length=hparam("context_length", 0),
+        n_params=n_params,
+        has_chat_template="tokenizer.chat_template" in meta,
+    )
