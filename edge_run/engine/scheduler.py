@@ -89,7 +89,6 @@ class Scheduler:
         self.waiting: deque[Job] = deque()
         # counters read by /health; plain ints written by the engine thread only
         self.busy = 0
-        self.steps = 0
         self.tokens_generated = 0
         self.prompt_tokens_evaluated = 0
         self.tokens_refreshed = 0  # answers prefilled again while idle, for the next turn
@@ -166,7 +165,6 @@ class Scheduler:
             self.ctx.decode(batch)
         finally:
             self.cores.release(self.member)
-        self.steps += 1
         slot.cache += tokens
         if len(tokens) >= 2 and slot.exact == start:
             slot.exact = len(slot.cache)
@@ -210,7 +208,6 @@ class Scheduler:
             self.cores.release(self.member)
         if threads == wanted:  # a step cut short by the core share says nothing about the machine
             self.governor.observe(threads, len(rows), time.perf_counter() - start)
-        self.steps += 1
 
     def _use_threads(self, wanted: int) -> int:
         """Set the context to ``wanted`` threads, or fewer: this model's free share of the cores (held until

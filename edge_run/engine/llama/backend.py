@@ -17,7 +17,7 @@ import llama_cpp as L
 from edge_run.engine.types import GpuDevice
 from edge_run.errors import EngineFailure
 
-__all__ = ["add_rpc_servers", "gpu_devices", "gpu_offload_supported", "init_backend", "system_info"]
+__all__ = ["add_rpc_servers", "gpu_devices", "gpu_offload_supported", "init_backend"]
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,3 @@ def _reachable(server: str) -> None:
 
 # llama.cpp's device registry is process-wide, so this mirrors it: a reloaded model must not add a worker twice
 _RPC_ADDED: set[str] = set()
-
-
-def system_info() -> str:
-    return L.llama_print_system_info().decode("utf-8", "replace").strip()

@@ -41,10 +41,6 @@ class Batch:
         self.n = i + 1
         return i
 
-    @property
-    def free(self) -> int:
-        return self.capacity - self.n
-
     def close(self) -> None:
         if self._b is not None:
             L.llama_batch_free(self._b)

@@ -36,7 +36,6 @@ class Model:
             raise EngineFailure(f"could not load model file {path.name}")
         self.vocab = L.llama_model_get_vocab(self._ptr)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
-        self.n_ctx_train = L.llama_model_n_ctx_train(self._ptr)
         self.n_layer = L.llama_model_n_layer(self._ptr)
         self.gpu_layers = min(gpu_layers, self.n_layer + 1) if gpu_offload_supported() else 0
         self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))

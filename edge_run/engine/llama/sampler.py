@@ -27,13 +27,13 @@ _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama
 class Sampler:
     """A llama.cpp sampler chain for one request.
 
-    A grammar is not a link of the chain (unless ``grammar_first``): the chain picks a token from the
-    raw logits, and the grammar checks only that token; the whole vocabulary is masked by the grammar
-    only when it rejects the pick, and the chain picks again. llama.cpp's own server samples this way.
+    A grammar is not a link of the chain: the chain picks a token from the raw logits, and the grammar
+    checks only that token; the whole vocabulary is masked by the grammar only when it rejects the pick,
+    and the chain picks again. llama.cpp's own server samples this way.
     A greedy pick is the same either way: the best token, if allowed, is the best allowed one.
     """
 
-    def __init__(self, model: Model, spec: SamplerSpec, *, grammar_first: bool = False) -> None:
+    def __init__(self, model: Model, spec: SamplerSpec) -> None:
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         self._ptr = chain
         self._grammar: Any = None
@@ -50,12 +50,9 @@ class Sampler:
             if not grammar:
                 self.close()
                 raise InvalidRequest("the output constraint could not be compiled to a grammar")
-            if grammar_first:
-                add(chain, grammar)
-            else:
-                self._grammar = grammar
-                self._cand = np.zeros(model.n_vocab, dtype=_TOKEN_DATA)
-                self._ids = np.arange(model.n_vocab, dtype=np.int32)
+            self._grammar = grammar
+            self._cand = np.zeros(model.n_vocab, dtype=_TOKEN_DATA)
+            self._ids = np.arange(model.n_vocab, dtype=np.int32)
         if spec.repeat_penalty != 1.0 or spec.frequency_penalty or spec.presence_penalty:
             add(
                 chain,
