@@ -93,7 +93,7 @@ install_python() {
     python_env
     python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . > "$OUT/pip-edge-run.log" 2>&1 \
         || ln -sfn ../models edge_run/catalog  # what the editable install maps, for a setuptools too old
-    python3 -c "import edge_run.engine.llama as l; print(l.gpu_devices())" | tee -a "$OUT/steps.log"
+    python3 -c "from edge_run.engine import gpu_devices; print(gpu_devices())" | tee -a "$OUT/steps.log"
 }
 
 test_model() {

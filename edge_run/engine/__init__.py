@@ -1,12 +1,17 @@
-"""The engine's public surface: everything outside ``edge_run.engine`` imports from here, never from its modules."""
+"""The engine's public surface: everything outside ``edge_run.engine`` imports from here, never from its modules.
+
+Importing it does not load llama.cpp: that happens when a model is loaded, GPUs are listed
+(:func:`gpu_devices`) or a grammar is built (:func:`json_grammar`).
+"""
 
 from __future__ import annotations
 
-from edge_run.engine.engine import Engine, EngineOptions, Generation, Placement
-from edge_run.engine.llama import GpuDevice, SamplerSpec, gpu_devices, json_grammar
-from edge_run.engine.offload import GgufLayout, read_layout
-from edge_run.engine.scheduler import Chunk, TokenLogprob
+from edge_run.engine.engine import Engine, Generation
+from edge_run.engine.llama.grammar import json_grammar
+from edge_run.engine.placement import Placement, gpu_devices
 from edge_run.engine.threads import CoreShare
+from edge_run.engine.types import Chunk, EngineOptions, GpuDevice, SamplerSpec, TokenLogprob
+from edge_run.gguf import GgufLayout, read_layout
 
 __all__ = [
     "Chunk",

@@ -1,96 +1,36 @@
-"""The engine as the event loop sees it: load a model, turn messages into a token stream."""
+"""The engine as the event loop sees it: load a model, turn messages into a token stream.
+
+The llama.cpp adapter (:mod:`edge_run.engine.llama`) is imported inside the methods that load or use a
+model: importing ``edge_run.engine`` does not load llama.cpp.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge_run.engine.llama import (
-    Context,
-    Embedder,
-    GpuDevice,
-    Model,
-    Sampler,
-    SamplerSpec,
-    add_rpc_servers,
-    gpu_devices,
-)
-from edge_run.engine.offload import GgufLayout, plan_offload, read_layout
-from edge_run.engine.scheduler import PREFILL_CHUNK, Chunk, Job, Scheduler
+from edge_run.engine.placement import Placement, gpu_devices
+from edge_run.engine.scheduler import PREFILL_CHUNK, Scheduler
+from edge_run.engine.slots import Job
 from edge_run.engine.templates import ChatTemplate
-from edge_run.engine.threads import CoreShare
+from edge_run.engine.types import Chunk
+from edge_run.engine.worker import Worker
 from edge_run.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, ModelLoading, Overloaded
 
-__all__ = ["Engine", "EngineOptions", "Generation", "Placement"]
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from edge_run.engine.llama.context import Context, Embedder
+    from edge_run.engine.llama.model import Model
+    from edge_run.engine.llama.sampler import Sampler
+    from edge_run.engine.types import EngineOptions, SamplerSpec
+
+__all__ = ["Engine", "Generation"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class EngineOptions:
-    ctx: int
-    threads: int
-    gpu_layers: int | None
-    slots: int
-    max_queue: int
-    batch: int
-    deterministic: bool = False
-    device_sampling: bool | None = None  # None: when the model is offloaded whole to a GPU
-    chat_template: str | None = None  # a Jinja template that replaces the GGUF's own
-    cores: CoreShare | None = None  # shared by every loaded model; None: this engine alone
-    rpc_servers: tuple[str, ...] = ()  # llama.cpp rpc-server workers, offloaded to as GPUs are
-
-
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """Where a model's layers go: ``--gpu-layers`` resolved against the GPUs found."""
-
-    layers: int  # llama.cpp's n_gpu_layers, at most total_layers
-    layout: GgufLayout
-    devices: tuple[GpuDevice, ...]
-    reason: str
-
-    @classmethod
-    def resolve(cls, path: Path, options: EngineOptions) -> Placement:
-        devices = tuple(gpu_devices())
-        layout = read_layout(path)
-        if not devices:
-            return cls(0, layout, devices, "no GPU in this llama.cpp build")
-        if options.gpu_layers is not None:
-            layers = min(options.gpu_layers, layout.n_layer + 1)
-            return cls(layers, layout, devices, f"--gpu-layers {options.gpu_layers}")
-        plan = plan_offload(
-            layout,
-            free=sum(d.free for d in devices),
-            kv_tokens=options.ctx * options.slots,
-            n_batch=options.batch,
-        )
-        return cls(plan.layers, layout, devices, f"auto: {plan.reason}")
-
-    @property
-    def total_layers(self) -> int:
-        """The repeating layers and the output layer."""
-        return self.layout.n_layer + 1
-
-    @property
-    def full(self) -> bool:
-        """Every layer on the GPU (never true without one)."""
-        return self.layers >= self.total_layers
-
-    def describe(self) -> str:
-        """One line for the start-up banner and ``models show``."""
-        if not self.devices:
-            return "CPU"
-        gpus = ", ".join(d.label for d in self.devices)
-        if self.layers == 0:
-            return f"CPU, {gpus} unused ({self.reason})"
-        done = "all" if self.full else str(self.layers)
-        return f"{gpus}: {done} of {self.total_layers} layers offloaded ({self.reason})"
 
 
 class Generation:
@@ -149,7 +89,7 @@ class Engine:
         self.model: Model | None = None
         self.template: ChatTemplate | None = None
         self._ctx: Context | None = None
-        self._scheduler: Scheduler | None = None
+        self._worker: Worker | None = None
         self._inflight = 0
         self._embedder: Embedder | None = None
         self._placement: Placement | None = None
@@ -158,6 +98,8 @@ class Engine:
     def placement(self) -> Placement:
         """Where the layers go; decided once, before loading (it reads the free GPU memory)."""
         if self._placement is None:
+            from edge_run.engine.llama.backend import add_rpc_servers
+
             add_rpc_servers(self.options.rpc_servers)  # their devices count for --gpu-layers
             self._placement = Placement.resolve(self.path, self.options)
         return self._placement
@@ -174,6 +116,9 @@ class Engine:
             raise
 
     def _load_blocking(self, loop: asyncio.AbstractEventLoop) -> None:
+        from edge_run.engine.llama.context import Batch, Context
+        from edge_run.engine.llama.model import Model
+
         opts = self.options
         placement = self.placement()
         model = Model(self.path, gpu_layers=placement.layers)
@@ -184,12 +129,11 @@ class Engine:
         offloaded = placement.full
         if placement.devices:
             self.vram_used = max(0, sum(d.free for d in placement.devices) - sum(d.free for d in gpu_devices()))
-        self._scheduler = Scheduler(
+        scheduler = Scheduler(
             model,
             self._ctx,
+            Batch(opts.batch),
             slots=opts.slots,
-            batch=opts.batch,
-            loop=loop,
             deterministic=opts.deterministic,
             # offloaded whole, the prompt goes in batch-sized chunks (see the scheduler's docstring)
             prefill_chunk=opts.batch if offloaded else PREFILL_CHUNK,
@@ -198,14 +142,15 @@ class Engine:
             adapt_threads=not offloaded,  # offloaded whole, the CPU threads barely work
             cores=opts.cores,
         )
-        self._scheduler.start()
+        self._worker = Worker(scheduler, loop)
+        self._worker.start()
 
-    def _ready(self) -> tuple[Model, ChatTemplate, Scheduler]:
-        if self.state != "ready" or self.model is None or self.template is None or self._scheduler is None:
+    def _ready(self) -> tuple[Model, ChatTemplate, Worker]:
+        if self.state != "ready" or self.model is None or self.template is None or self._worker is None:
             if self.state == "failed":
                 raise EngineFailure(f"model `{self.model_id}` failed to load")
             raise ModelLoading(f"model `{self.model_id}` is still loading; retry shortly")
-        return self.model, self.template, self._scheduler
+        return self.model, self.template, self._worker
 
     @property
     def n_vocab(self) -> int:
@@ -253,43 +198,16 @@ class Engine:
         top_logprobs: int | None = None,
     ) -> Generation:
         """Admit one request, or raise ``Overloaded`` / ``ContextLengthExceeded`` before any output."""
-        model, _, scheduler = self._ready()
-        limit = self.options.ctx
-        wanted = len(prompt) + (max_tokens or 1)
-        if wanted > limit:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens. However, you requested {wanted} "
-                f"tokens ({len(prompt)} in the messages, {max_tokens or 1} in the completion). "
-                "Please reduce the length of the messages or completion."
-            )
-        if n > scheduler.n_slots:
-            raise InvalidRequest(f"n={n} is more than this server's {scheduler.n_slots} slots", param="n")
-        if self._inflight >= scheduler.n_slots + self.options.max_queue:
-            raise Overloaded(
-                f"all {scheduler.n_slots} slots are busy and the queue of {self.options.max_queue} is full; "
-                "retry shortly"
-            )
-
-        def samplers() -> list[Sampler]:
-            made: list[Sampler] = []
-            try:
-                for i in range(n):  # each choice its own seed, so seeded choices differ yet repeat
-                    seed = None if spec.seed is None else spec.seed + i
-                    made.append(Sampler(model, dataclasses.replace(spec, seed=seed)))
-            except Exception:
-                for sampler in made:
-                    sampler.close()
-                raise
-            return made
-
+        model, _, worker = self._ready()
+        self._check_admission(len(prompt), max_tokens, n)
         self._inflight += 1  # before the await below, so concurrent requests see the seat taken
         try:
-            made = await asyncio.to_thread(samplers)
+            made = await asyncio.to_thread(_samplers, model, spec, n)
         except BaseException:
             self._inflight -= 1
             raise
         queue: asyncio.Queue[Chunk] = asyncio.Queue()
-        budget = max_tokens if max_tokens is not None else limit - len(prompt)
+        budget = max_tokens if max_tokens is not None else self.options.ctx - len(prompt)
         jobs = [
             Job(
                 prompt=prompt,
@@ -303,12 +221,26 @@ class Engine:
             for i, sampler in enumerate(made)
         ]
         jobs[0].followers = jobs[1:]
-        scheduler.submit(jobs[0])
+        worker.submit(jobs[0])
         return Generation(self, jobs, queue)
+
+    def _check_admission(self, n_prompt: int, max_tokens: int | None, n: int) -> None:
+        limit, slots, max_queue = self.options.ctx, self.options.slots, self.options.max_queue
+        wanted = n_prompt + (max_tokens or 1)
+        if wanted > limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens. However, you requested {wanted} "
+                f"tokens ({n_prompt} in the messages, {max_tokens or 1} in the completion). "
+                "Please reduce the length of the messages or completion."
+            )
+        if n > slots:
+            raise InvalidRequest(f"n={n} is more than this server's {slots} slots", param="n")
+        if self._inflight >= slots + max_queue:
+            raise Overloaded(f"all {slots} slots are busy and the queue of {max_queue} is full; retry shortly")
 
     async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
         """Unit vectors for each text, computed on the engine thread; returns them and the token count."""
-        model, _, scheduler = self._ready()
+        model, _, worker = self._ready()
         token_lists = await asyncio.to_thread(lambda: [model.tokenize(t) for t in texts])
         for i, tokens in enumerate(token_lists):
             if not tokens:
@@ -320,11 +252,13 @@ class Engine:
                 )
 
         def work() -> list[list[float]]:
+            from edge_run.engine.llama.context import Embedder
+
             if self._embedder is None:
                 self._embedder = Embedder(model, n_ctx=self.options.ctx, threads=self.options.threads)
             return [self._embedder.embed(tokens) for tokens in token_lists]
 
-        return await scheduler.call(work), sum(map(len, token_lists))
+        return await worker.call(work), sum(map(len, token_lists))
 
     @property
     def inflight(self) -> int:
@@ -333,11 +267,11 @@ class Engine:
 
     def _finished(self) -> None:
         self._inflight -= 1
-        if self._scheduler is not None:
-            self._scheduler.wake()
+        if self._worker is not None:
+            self._worker.wake()
 
     def status(self) -> dict[str, Any]:
-        s = self._scheduler
+        s = self._worker.scheduler if self._worker else None
         return {
             "id": self.model_id,
             "state": self.state,
@@ -370,11 +304,27 @@ class Engine:
         return "cpu"
 
     async def close(self) -> None:
-        if self._scheduler is not None:
-            await asyncio.to_thread(self._scheduler.stop)
+        if self._worker is not None:
+            await asyncio.to_thread(self._worker.stop)
         if self._embedder is not None:
             self._embedder.close()
         if self._ctx is not None:
             self._ctx.close()
         if self.model is not None:
             self.model.close()
+
+
+def _samplers(model: Model, spec: SamplerSpec, n: int) -> list[Sampler]:
+    """A sampler chain for each of ``n`` choices, each its own seed, so that seeded choices differ yet repeat."""
+    from edge_run.engine.llama.sampler import Sampler
+
+    made: list[Sampler] = []
+    try:
+        for i in range(n):
+            seed = None if spec.seed is None else spec.seed + i
+            made.append(Sampler(model, dataclasses.replace(spec, seed=seed)))
+    except Exception:
+        for sampler in made:
+            sampler.close()
+        raise
+    return made

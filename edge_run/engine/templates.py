@@ -33,14 +33,11 @@ class ChatTemplate:
     """Renders messages the way the model was trained to read them (HF ``apply_chat_template`` rules)."""
 
     def __init__(self, source: str | None, *, bos_token: str = "", eos_token: str = "") -> None:
-        self.source = source or CHATML
-        self.is_fallback = source is None
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, loader=jinja2.BaseLoader())
         env.globals.update(raise_exception=_raise, strftime_now=_strftime_now)
         try:
-            self._template = env.from_string(self.source)
+            self._template = env.from_string(source or CHATML)
         except jinja2.TemplateError:
-            self.source, self.is_fallback = CHATML, True
             self._template = env.from_string(CHATML)
         self._bos, self._eos = bos_token, eos_token
         self.supports_tools = self._renders_tools()

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_run.engine import read_layout
 from edge_run.errors import EngineFailure, ModelNotFound
+from edge_run.gguf import read_layout
 from edge_run.models.catalog import DEFAULT_ALIAS, load_catalog
 from edge_run.models.fetch import cached_path, fetch, sha256_file
 from edge_run.models.local import LocalModel, LocalRegistry, check_gguf

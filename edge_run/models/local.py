@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from edge_run.atomic import write_atomically
-from edge_run.engine import read_layout
 from edge_run.errors import EngineFailure
+from edge_run.gguf import read_layout
 
 if TYPE_CHECKING:
     pass

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_run.engine import Engine, EngineOptions, SamplerSpec, llama
+from edge_run.engine import Engine, EngineOptions, SamplerSpec
+from edge_run.engine.llama import context as llama_context
+from edge_run.engine.llama import model as llama_model
 from edge_run.errors import EngineFailure
 
 pytestmark = pytest.mark.integration
@@ -24,21 +26,21 @@ async def answer(engine: Engine, text: str) -> str:
 def test_a_failed_step_fails_its_requests_and_the_engine_serves_on(
     model_path: Path, monkeypatch: pytest.MonkeyPatch, also_when_clearing: bool
 ):
-    real_decode, real_seq_rm = llama.Context.decode, llama.Context.seq_rm
+    real_decode, real_seq_rm = llama_context.Context.decode, llama_context.Context.seq_rm
     broken = {"on": False}
 
-    def decode(self: llama.Context, batch: llama.Batch) -> None:
+    def decode(self: llama_context.Context, batch: llama_context.Batch) -> None:
         if broken["on"]:
             raise EngineFailure("llama_decode returned -3")  # what Context.decode raises
         real_decode(self, batch)
 
-    def seq_rm(self: llama.Context, seq: int, p0: int, p1: int = -1) -> None:
+    def seq_rm(self: llama_context.Context, seq: int, p0: int, p1: int = -1) -> None:
         if broken["on"] and also_when_clearing:
             raise RuntimeError("cannot clear")
         real_seq_rm(self, seq, p0, p1)
 
-    monkeypatch.setattr(llama.Context, "decode", decode)
-    monkeypatch.setattr(llama.Context, "seq_rm", seq_rm)
+    monkeypatch.setattr(llama_context.Context, "decode", decode)
+    monkeypatch.setattr(llama_context.Context, "seq_rm", seq_rm)
 
     async def go() -> None:
         options = EngineOptions(ctx=512, threads=2, gpu_layers=0, slots=2, max_queue=4, batch=64)
@@ -64,16 +66,16 @@ def test_a_failed_step_fails_its_requests_and_the_engine_serves_on(
 
 
 def test_a_failed_step_leaves_the_waiting_requests_to_run(model_path: Path, monkeypatch: pytest.MonkeyPatch):
-    real_decode = llama.Context.decode
+    real_decode = llama_context.Context.decode
     fail_next = {"n": 0}
 
-    def decode(self: llama.Context, batch: llama.Batch) -> None:
+    def decode(self: llama_context.Context, batch: llama_context.Batch) -> None:
         if fail_next["n"]:
             fail_next["n"] -= 1
             raise EngineFailure("llama_decode returned -3")
         real_decode(self, batch)
 
-    monkeypatch.setattr(llama.Context, "decode", decode)
+    monkeypatch.setattr(llama_context.Context, "decode", decode)
 
     async def go() -> None:
         options = EngineOptions(ctx=512, threads=2, gpu_layers=0, slots=1, max_queue=4, batch=64)
@@ -109,13 +111,13 @@ def test_models_load_without_llama_cpp_s_extra_cpu_buffer_types(model_path: Path
     or put in AMX buffers. Repacking changes a token's logits with its neighbours, and on Intel CPUs with AMX
     the vendored llama.cpp's extra buffer types crash ``llama_decode`` on any prompt of two or more tokens."""
     seen: list[bool] = []
-    real_load = llama.L.llama_model_load_from_file
+    real_load = llama_model.L.llama_model_load_from_file
 
     def load(path: bytes, params: object) -> object:
         seen.append(bool(params.use_extra_bufts))  # type: ignore[attr-defined]
         return real_load(path, params)
 
-    monkeypatch.setattr(llama.L, "llama_model_load_from_file", load)
+    monkeypatch.setattr(llama_model.L, "llama_model_load_from_file", load)
 
     async def go() -> tuple[int, str]:
         options = EngineOptions(ctx=512, threads=1, gpu_layers=0, slots=1, max_queue=1, batch=64)

@@ -1,14 +1,19 @@
 """The grammar checks the chain's pick instead of masking the whole vocabulary every token
 (``Sampler``'s fast path). Greedy output must be the same token for token as with the grammar as a link
-of the chain, on the real model, for JSON mode, a JSON schema and a generic tool call's schema."""
+of the chain (``MaskedSampler`` here), on the real model, for JSON mode, a JSON schema and a generic tool
+call's schema."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import llama_cpp as L
 import pytest
 
-from edge_run.engine.llama import Batch, Context, Model, Sampler, SamplerSpec, json_grammar
+from edge_run.engine import SamplerSpec, json_grammar
+from edge_run.engine.llama.context import Batch, Context
+from edge_run.engine.llama.model import Model
+from edge_run.engine.llama.sampler import Sampler
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +41,29 @@ CASES = [
 ]
 
 
+class MaskedSampler:
+    """The reference: the grammar as the chain's first link, masking the whole vocabulary every token."""
+
+    def __init__(self, model: Model, spec: SamplerSpec) -> None:
+        assert spec.grammar is not None and spec.temperature <= 0 and not spec.logit_bias  # what the cases use
+        self._ptr = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        grammar = L.llama_sampler_init_grammar(model.vocab, spec.grammar.encode(), b"root")
+        assert grammar
+        L.llama_sampler_chain_add(self._ptr, grammar)
+        if spec.repeat_penalty != 1.0 or spec.frequency_penalty or spec.presence_penalty:
+            penalties = L.llama_sampler_init_penalties(
+                model.n_vocab, spec.penalty_last_n, spec.repeat_penalty, spec.frequency_penalty, spec.presence_penalty
+            )
+            L.llama_sampler_chain_add(self._ptr, penalties)
+        L.llama_sampler_chain_add(self._ptr, L.llama_sampler_init_greedy())
+
+    def sample(self, ctx: Context, idx: int) -> int:
+        return int(L.llama_sampler_sample(self._ptr, ctx.ptr, idx))
+
+    def close(self) -> None:
+        L.llama_sampler_free(self._ptr)
+
+
 @pytest.fixture(scope="module")
 def llama(model_path: Path):
     model = Model(model_path, gpu_layers=0)
@@ -47,7 +75,7 @@ def llama(model_path: Path):
     model.close()
 
 
-def greedy(llama, prompt: str, sampler: Sampler, n: int = 96) -> list[int]:
+def greedy(llama, prompt: str, sampler: Sampler | MaskedSampler, n: int = 96) -> list[int]:
     model, ctx, batch = llama
     ctx.seq_rm(0, 0, -1)
     batch.clear()
@@ -73,7 +101,7 @@ def greedy(llama, prompt: str, sampler: Sampler, n: int = 96) -> list[int]:
 def test_greedy_output_is_the_same_with_and_without_the_fast_path(llama, name, schema, prompt, penalty):
     model = llama[0]
     spec = SamplerSpec(temperature=0, repeat_penalty=penalty, grammar=json_grammar(schema))
-    masked = greedy(llama, prompt, Sampler(model, spec, grammar_first=True))
+    masked = greedy(llama, prompt, MaskedSampler(model, spec))
     fast = greedy(llama, prompt, Sampler(model, spec))
     assert fast == masked
     text = b"".join(model.piece(t) for t in fast).decode()

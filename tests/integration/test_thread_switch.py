@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_run.engine.llama import Batch, Context, Model, Sampler, SamplerSpec
+from edge_run.engine import SamplerSpec
+from edge_run.engine.llama.context import Batch, Context
+from edge_run.engine.llama.model import Model
+from edge_run.engine.llama.sampler import Sampler
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from edge_run.engine.scheduler import Chunk, Handover, Job
+from edge_run.engine.handover import Handover
+from edge_run.engine.slots import Job
+from edge_run.engine.types import Chunk
 
 
 def job() -> Job:

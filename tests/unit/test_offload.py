@@ -9,9 +9,10 @@ import pytest
 
 from edge_run.config import ConfigError, load_settings
 from edge_run.engine import EngineOptions, GpuDevice, Placement
-from edge_run.engine import engine as engine_module
-from edge_run.engine.offload import GgufLayout, plan_offload, read_layout
+from edge_run.engine import placement as placement_module
+from edge_run.engine.placement import plan_offload
 from edge_run.errors import EngineFailure
+from edge_run.gguf import GgufLayout, read_layout
 from edge_run.paths import Paths
 
 MIB = 1 << 20
@@ -154,7 +155,7 @@ def options(gpu_layers: int | None = None, slots: int = 4) -> EngineOptions:
 
 def fake_gpus(monkeypatch: pytest.MonkeyPatch, *free_total: tuple[int, int]) -> None:
     devices = [GpuDevice(f"CUDA{i}", "Fake GPU", free, total) for i, (free, total) in enumerate(free_total)]
-    monkeypatch.setattr(engine_module, "gpu_devices", lambda: devices)
+    monkeypatch.setattr(placement_module, "gpu_devices", lambda: devices)
 
 
 def test_auto_offloads_everything_that_fits(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

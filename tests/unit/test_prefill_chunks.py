@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_run.engine.scheduler import _prefill_size
+from edge_run.engine.slots import prefill_size
 
 
 @pytest.mark.parametrize(
@@ -22,7 +22,7 @@ from edge_run.engine.scheduler import _prefill_size
     ],
 )
 def test_prefill_size(left: int, budget: int, take: int) -> None:
-    assert _prefill_size(left, budget) == take
+    assert prefill_size(left, budget) == take
 
 
 def test_chunks_cover_a_prompt_without_single_tokens() -> None:
@@ -30,7 +30,7 @@ def test_chunks_cover_a_prompt_without_single_tokens() -> None:
         for budget in (3, 7, 64, 512):  # a step always has room for 3 (Settings: batch >= slots + 3)
             sizes, rest = [], left
             while rest:
-                take = _prefill_size(rest, budget)
+                take = prefill_size(rest, budget)
                 assert take != 1 and take <= budget
                 sizes.append(take)
                 rest -= take

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_run.engine.scheduler import _plan_moves, _runs
+from edge_run.engine.slots import count_runs, plan_moves
 
 
 def busy(pattern: str) -> list[bool]:
@@ -15,7 +15,7 @@ def busy(pattern: str) -> list[bool]:
     ("pattern", "runs"), [("....", 0), ("xx..", 1), ("..xx", 1), ("x.x.", 2), ("x..x", 2), (".x.x.x.x", 4)]
 )
 def test_runs_counts_groups_of_consecutive_busy_slots(pattern: str, runs: int) -> None:
-    assert _runs(busy(pattern)) == runs
+    assert count_runs(busy(pattern)) == runs
 
 
 @pytest.mark.parametrize(
@@ -32,10 +32,10 @@ def test_runs_counts_groups_of_consecutive_busy_slots(pattern: str, runs: int) -
     ],
 )
 def test_moves_gather_busy_slots_into_one_run_with_the_fewest_moves(pattern: str, moves: list) -> None:
-    assert _plan_moves(busy(pattern)) == moves
+    assert plan_moves(busy(pattern)) == moves
     after = busy(pattern)
     for src, dst in moves:
         assert after[src] and not after[dst]
         after[src], after[dst] = False, True
-    assert _runs(after) <= 1
+    assert count_runs(after) <= 1
     assert sum(after) == sum(busy(pattern))

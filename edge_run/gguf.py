@@ -1,10 +1,7 @@
-"""How many layers to offload to the GPU: ``--gpu-layers auto``.
+"""GGUF header reading: the tensor table and the metadata that size a model's layers and KV cache.
 
-The GGUF's tensor table gives each layer's weight bytes, its metadata the KV cache's bytes per token;
-the free device memory comes from llama.cpp (:func:`edge_run.engine.llama.gpu_devices`). The plan
-keeps room for the KV cache of ``ctx x slots`` tokens, the compute buffers and a margin, then fits as
-many layers as the rest allows, counted the way llama.cpp counts ``n_gpu_layers``: the output layer
-first, then the repeating layers from the last one down.
+Read without llama.cpp, so that ``edge_run.models`` and the memory plan (``edge_run.engine.placement``)
+can size a file before, or without, loading it.
 """
 
 from __future__ import annotations
@@ -16,10 +13,7 @@ from typing import BinaryIO
 
 from edge_run.errors import EngineFailure
 
-__all__ = ["GgufLayout", "OffloadPlan", "plan_offload", "quant_name", "read_layout"]
-
-MIB = 1 << 20
-MARGIN = 512 * MIB  # the CUDA/Metal context's own growth, fragmentation, other programs' spikes
+__all__ = ["GgufLayout", "read_layout"]
 
 # GGUF metadata value types: struct format of the scalars; 8 is a string, 9 an array
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -62,59 +56,16 @@ class GgufLayout:
 
     @property
     def quant(self) -> str:
-        return quant_name(self.file_type)
+        return _quant_name(self.file_type)
 
     def kv_bytes(self, tokens: int) -> int:
         """The KV cache of ``tokens`` tokens in every layer (``ctx x slots`` for a server)."""
         return self.kv_bytes_per_token * self.n_layer * tokens
 
 
-def quant_name(file_type: int | None) -> str:
+def _quant_name(file_type: int | None) -> str:
     """``general.file_type``'s usual name (Q4_K_M...), or ``?`` when unknown."""
     return "?" if file_type is None else _FILE_TYPES.get(file_type, f"type {file_type}")
-
-
-@dataclass(frozen=True, slots=True)
-class OffloadPlan:
-    """The layers to offload and the figures they were chosen from (bytes)."""
-
-    layers: int  # llama.cpp's n_gpu_layers: 0 = none, n_layer + 1 = all
-    total_layers: int  # n_layer + 1: the repeating layers and the output layer
-    free: int  # device memory free before loading
-    needed: int  # estimated device memory for those layers, their KV cache and compute buffers
-    reason: str
-
-    @property
-    def full(self) -> bool:
-        return self.layers >= self.total_layers
-
-
-def plan_offload(layout: GgufLayout, *, free: int, kv_tokens: int, n_batch: int, margin: int = MARGIN) -> OffloadPlan:
-    """The most layers whose weights and KV cache fit in ``free`` after compute buffers and ``margin``.
-
-    ``kv_tokens`` is every slot's context together (ctx x slots); ``n_batch`` the largest batch decoded
-    at once (its logits and activations live in the compute buffer).
-    """
-    total = layout.n_layer + 1
-    compute = n_batch * (layout.n_vocab + 8 * layout.n_embd) * 4  # f32 logits and activations
-    budget = free - margin - compute
-    kv_layer = layout.kv_bytes_per_token * kv_tokens
-    layers, used = 0, 0
-    for k in range(1, total + 1):
-        # k = 1 is the output layer; each further k adds the next repeating layer from the end
-        cost = layout.output_bytes if k == 1 else layout.layer_bytes[layout.n_layer - (k - 1)] + kv_layer
-        if used + cost > budget:
-            break
-        layers, used = k, used + cost
-    needed = used + (compute + margin if layers else 0)
-    gib = 1 << 30
-    if layers == total:
-        reason = f"all {total} layers fit: {needed / gib:.2f} of {free / gib:.2f} GiB free"
-    elif layers == 0:
-        reason = f"no layer fits in {free / gib:.2f} GiB free (KV cache {kv_tokens} tokens)"
-    else:
-        reason = f"{layers} of {total} layers fit in {free / gib:.2f} GiB free (KV cache {kv_tokens} tokens)"
-    return OffloadPlan(layers=layers, total_layers=total, free=free, needed=needed, reason=reason)
 
 
 def read_layout(path: Path) -> GgufLayout:
@@ -126,65 +77,77 @@ def read_layout(path: Path) -> GgufLayout:
         raise EngineFailure(f"could not read the GGUF layout of {path.name}: {exc}") from exc
 
 
-def _read(f: BinaryIO, file_size: int) -> GgufLayout:
-    def unpack(fmt: str) -> int | float | bool:
+class _Reader:
+    """GGUF's little-endian values, read from a file whose lengths are checked against its size."""
+
+    def __init__(self, f: BinaryIO, file_size: int) -> None:
+        self.f = f
+        self.file_size = file_size
+
+    def unpack(self, fmt: str) -> int | float | bool:
         size = struct.calcsize(fmt)
-        data = f.read(size)
+        data = self.f.read(size)
         if len(data) != size:
             raise ValueError("truncated file")
         return struct.unpack(fmt, data)[0]
 
-    def length(count: int, size: int = 1) -> int:
+    def count(self, fmt: str = "<Q") -> int:
+        return int(self.unpack(fmt))
+
+    def length(self, count: int, size: int = 1) -> int:
         """A length read from the file, refused if it runs past the file's end (a corrupt header)."""
-        if count * size > file_size - f.tell():
+        if count * size > self.file_size - self.f.tell():
             raise ValueError(f"corrupt: a length of {count} runs past the end of the file")
         return count
 
-    def string() -> str:
-        return f.read(length(int(unpack("<Q")))).decode("utf-8")
+    def string(self) -> str:
+        return self.f.read(self.length(self.count())).decode("utf-8")
 
-    def value(kind: int) -> object:
+    def value(self, kind: int) -> object:
         if kind in _SCALARS:
-            return unpack(_SCALARS[kind])
+            return self.unpack(_SCALARS[kind])
         if kind == _STRING:
-            return string()
+            return self.string()
         if kind == _ARRAY:
-            item, count = int(unpack("<I")), length(int(unpack("<Q")))
+            item, count = self.count("<I"), self.length(self.count())
             if count <= 64:
-                return [value(item) for _ in range(count)]
+                return [self.value(item) for _ in range(count)]
             # long arrays (the vocabulary, its scores and merges): only their length is needed
             if item in _SCALARS:
-                f.seek(struct.calcsize(_SCALARS[item]) * count, 1)
+                self.f.seek(struct.calcsize(_SCALARS[item]) * count, 1)
             elif item == _STRING:
                 for _ in range(count):
-                    f.seek(length(int(unpack("<Q"))), 1)
+                    self.f.seek(self.length(self.count()), 1)
             else:
                 for _ in range(count):
-                    value(item)
+                    self.value(item)
             return count
         raise ValueError(f"unknown metadata type {kind}")
 
+
+def _read(f: BinaryIO, file_size: int) -> GgufLayout:
+    r = _Reader(f, file_size)
     if f.read(4) != b"GGUF":
         raise ValueError("not a GGUF file")
-    version = unpack("<I")
+    version = r.unpack("<I")
     if version < 2:
         raise ValueError(f"GGUF version {version} is too old")
-    n_tensors, n_kv = length(int(unpack("<Q")), 24), length(int(unpack("<Q")), 12)  # the least each one takes
+    n_tensors, n_kv = r.length(r.count(), 24), r.length(r.count(), 12)  # the least each one takes
     meta: dict[str, object] = {}
     for _ in range(n_kv):
-        key = string()
-        meta[key] = value(int(unpack("<I")))
+        key = r.string()
+        meta[key] = r.value(r.count("<I"))
     tensors: list[tuple[str, int]] = []
     n_params = 0
     last = (-1, 0, 0)  # (offset, type, elements) of the tensor that lies last in the file
     for _ in range(n_tensors):
-        name = string()
+        name = r.string()
         elements = 1
-        for _ in range(int(unpack("<I"))):
-            elements *= int(unpack("<Q"))
+        for _ in range(r.count("<I")):
+            elements *= r.count()
         n_params += elements
-        kind = int(unpack("<I"))
-        offset = int(unpack("<Q"))
+        kind = r.count("<I")
+        offset = r.count()
         tensors.append((name, offset))
         last = max(last, (offset, kind, elements))
     if not tensors:
@@ -200,7 +163,11 @@ def _read(f: BinaryIO, file_size: int) -> GgufLayout:
     by_offset = sorted(tensors, key=lambda t: t[1])
     ends = [t[1] for t in by_offset[1:]] + [file_size - data_start]
     sizes = {name: end - offset for (name, offset), end in zip(by_offset, ends, strict=True)}
+    return _layout(meta, sizes, n_params)
 
+
+def _layout(meta: dict[str, object], sizes: dict[str, int], n_params: int) -> GgufLayout:
+    """The layout from the metadata and each tensor's bytes."""
     arch = str(meta["general.architecture"])
 
     def hparam(name: str, default: int | None = None) -> int:

@@ -1,0 +1,164 @@
+"""llama contexts: the engine's, with one sequence per slot, and the embedder's; the batch they decode.
+
+Everything here runs on the engine thread.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import llama_cpp as L
+import numpy as np
+
+from edge_run.errors import EngineFailure, InvalidRequest
+
+if TYPE_CHECKING:
+    from edge_run.engine.llama.model import Model
+
+__all__ = ["Batch", "Context", "Embedder"]
+
+
+class Batch:
+    """A reusable ``llama_batch`` that the scheduler fills each step."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._b = L.llama_batch_init(capacity, 0, 1)
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        """Append one token; returns its index in the batch (for :meth:`Sampler.sample`)."""
+        i = self.n
+        b = self._b
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = logits
+        self.n = i + 1
+        return i
+
+    def close(self) -> None:
+        if self._b is not None:
+            L.llama_batch_free(self._b)
+            self._b = None
+
+
+class Context:
+    """One llama context with ``n_seq`` sequences (slots), each of ``n_ctx_seq`` tokens."""
+
+    def __init__(self, model: Model, *, n_seq: int, n_ctx_seq: int, n_batch: int, threads: int) -> None:
+        params = L.llama_context_default_params()
+        params.n_ctx = n_ctx_seq * n_seq
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_seq
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.kv_unified = False  # each slot its own KV stream: attention never scans other slots
+        params.no_perf = True
+        self._ptr = L.llama_init_from_model(model.ptr, params)
+        if not self._ptr:
+            raise EngineFailure("could not create a llama.cpp context (out of memory?)")
+        self._mem = L.llama_get_memory(self._ptr)
+        self.n_ctx_seq = n_ctx_seq
+        self.n_vocab = model.n_vocab
+
+    @property
+    def ptr(self) -> L.llama_context_p:
+        return self._ptr
+
+    def decode(self, batch: Batch) -> None:
+        batch._b.n_tokens = batch.n
+        rc = L.llama_decode(self._ptr, batch._b)
+        if rc != 0:
+            raise EngineFailure(f"llama_decode returned {rc}")
+
+    def set_threads(self, threads: int) -> None:
+        """Threads for the next decodes (``ThreadGovernor`` changes it between steps)."""
+        L.llama_set_n_threads(self._ptr, threads, threads)
+
+    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> None:
+        L.llama_memory_seq_rm(self._mem, seq, p0, p1)
+
+    def set_sampler(self, seq: int, chain: Any) -> None:
+        """Sample ``seq``'s rows inside the decode graph with ``chain`` (a :class:`Sampler`'s ``ptr``), on the
+        device that computes the logits; ``None`` stops that.
+
+        Then only the sampled token comes back to the host, not a row of vocabulary-sized logits, and the
+        host skips its pass over the vocabulary. llama.cpp initialises a chain for this once: a sampler
+        that moves to another sequence is replaced by a copy (:meth:`Sampler.fresh_copy`).
+        """
+        if not L.llama_set_sampler(self._ptr, seq, chain):
+            raise EngineFailure("llama.cpp refused to sample this sequence on the device")
+
+    def seq_cp(self, src: int, dst: int) -> None:
+        """Copy a whole sequence's KV: the only copy llama.cpp allows between per-slot KV streams."""
+        L.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+
+    def logprobs(self, idx: int, token: int, top_n: int) -> tuple[float, list[tuple[int, float]]]:
+        """Log-probability of ``token`` and the ``top_n`` likeliest tokens, from batch index ``idx``."""
+        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self._ptr, idx), shape=(self.n_vocab,))
+        peak = float(logits.max())
+        lse = peak + float(np.log(np.exp(logits - peak).sum()))
+        top: list[tuple[int, float]] = []
+        if top_n > 0:
+            ids = np.argpartition(-logits, top_n)[:top_n]
+            ids = ids[np.argsort(-logits[ids])]
+            top = [(int(i), float(logits[i]) - lse) for i in ids]
+        return float(logits[token]) - lse, top
+
+    def close(self) -> None:
+        if self._ptr:
+            L.llama_free(self._ptr)
+            self._ptr = None
+
+
+class Embedder:
+    """A second context on the same weights, mean-pooling one input at a time into a unit vector."""
+
+    def __init__(self, model: Model, *, n_ctx: int, threads: int) -> None:
+        if L.llama_model_has_encoder(model.ptr):
+            raise InvalidRequest("this model cannot produce embeddings here (encoder models are not supported)")
+        params = L.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_ctx
+        params.n_ubatch = n_ctx  # mean pooling needs a whole input in one micro-batch
+        params.n_seq_max = 1
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.embeddings = True
+        params.pooling_type = L.LLAMA_POOLING_TYPE_MEAN
+        params.no_perf = True
+        self._ptr = L.llama_init_from_model(model.ptr, params)
+        if not self._ptr:
+            raise EngineFailure("could not create an embedding context")
+        self._mem = L.llama_get_memory(self._ptr)
+        self._batch = Batch(n_ctx)
+        self.n_ctx = n_ctx
+        self.n_embd = L.llama_model_n_embd(model.ptr)
+
+    def embed(self, tokens: list[int]) -> list[float]:
+        batch = self._batch
+        batch.clear()
+        for i, token in enumerate(tokens):
+            batch.add(token, i, 0, True)
+        L.llama_memory_clear(self._mem, True)
+        batch._b.n_tokens = batch.n
+        if L.llama_decode(self._ptr, batch._b) != 0:
+            raise EngineFailure("embedding decode failed")
+        ptr = L.llama_get_embeddings_seq(self._ptr, 0)
+        if not ptr:
+            raise EngineFailure("the model returned no pooled embedding")
+        vec = np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).astype(np.float64)
+        norm = float(np.linalg.norm(vec)) or 1.0
+        return (vec / norm).tolist()
+
+    def close(self) -> None:
+        self._batch.close()
+        if self._ptr:
+            L.llama_free(self._ptr)
+            self._ptr = None

@@ -1,0 +1,107 @@
+"""A loaded GGUF: weights and vocabulary.
+
+:meth:`Model.tokenize` and :meth:`Model.piece` only read the immutable vocabulary, so any thread may
+call them; the rest runs on the engine thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import TYPE_CHECKING
+
+import llama_cpp as L
+
+from edge_run.engine.llama.backend import gpu_offload_supported, init_backend
+from edge_run.errors import EngineFailure
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = ["Model"]
+
+
+class Model:
+    """A loaded GGUF: weights and vocabulary."""
+
+    def __init__(self, path: Path, *, gpu_layers: int) -> None:
+        init_backend()
+        params = L.llama_model_default_params()
+        params.n_gpu_layers = gpu_layers
+        # repacked weights (Q4_0, Q4_K, IQ4_NL... on AVX2) take a 4-column kernel and a 1-column one,
+        # so a token's logits would depend on the rows decoded beside it
+        params.use_extra_bufts = False
+        self.path = path
+        self._ptr = L.llama_model_load_from_file(str(path).encode(), params)
+        if not self._ptr:
+            raise EngineFailure(f"could not load model file {path.name}")
+        self.vocab = L.llama_model_get_vocab(self._ptr)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.n_layer = L.llama_model_n_layer(self._ptr)
+        self.gpu_layers = min(gpu_layers, self.n_layer + 1) if gpu_offload_supported() else 0
+        self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
+        self.bos_text = self._special_text(L.llama_vocab_bos(self.vocab))
+        self.eos_text = self._special_text(L.llama_vocab_eos(self.vocab))
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.piece(token, special=True).decode("utf-8", "replace")
+
+    @property
+    def ptr(self) -> L.llama_model_p:
+        return self._ptr
+
+    def meta(self, key: str) -> str | None:
+        size = 1 << 16
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = L.llama_model_meta_val_str(self._ptr, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", "replace")
+            size = n + 1
+
+    def chat_template(self) -> str | None:
+        return self.meta("tokenizer.chat_template")
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (L.llama_token * cap)()
+        n = L.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (L.llama_token * cap)()
+            n = L.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            raise EngineFailure("tokenization failed")
+        return list(buf[:n])
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes of one token; special tokens render as nothing unless asked for."""
+        key = token if not special else -token - 1
+        cached = self._pieces.get(key)
+        if cached is not None:
+            return cached
+        buf = ctypes.create_string_buffer(64)
+        n = L.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+        out = buf.raw[:n]
+        self._pieces[key] = out
+        return out
+
+    def is_eog(self, token: int) -> bool:
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(L.llama_vocab_is_eog(self.vocab, token))
+        return eog
+
+    def close(self) -> None:
+        if self._ptr:
+            L.llama_model_free(self._ptr)
+            self._ptr = None
