@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_run.api.access_log import AccessLog
 from edge_run.config import Settings, physical_cores
 from edge_run.engine import CoreShare, Engine, EngineOptions, Placement, gpu_devices, read_layout
 from edge_run.errors import EngineFailure
@@ -22,10 +22,21 @@ from edge_run.upstream.pool import Replica, UpstreamPool
 if TYPE_CHECKING:
     from litestar import Litestar
 
+    from edge_run.api.deps import Services
+    from edge_run.api.http.access_log import AccessLog
     from edge_run.keys import KeyStore
     from edge_run.paths import Paths
 
-__all__ = ["BUDGET_SHARE", "Server", "build_server", "engine_options", "memory_budget", "model_cost", "run"]
+__all__ = [
+    "BUDGET_SHARE",
+    "Server",
+    "app_services",
+    "build_server",
+    "engine_options",
+    "memory_budget",
+    "model_cost",
+    "run",
+]
 
 BUDGET_SHARE = 0.75  # of RAM, or of free GPU memory when offloading: what loaded models may take by default
 
@@ -145,11 +156,51 @@ def _resolve_preloads(
     return sorted(by_id.values(), key=lambda s: s.id), ids
 
 
-def build_server(
-    settings: Settings, paths: Paths, keys: KeyStore | None, *, login_code: str | None = None
-) -> Server:
+def app_services(
+    registry: ModelRegistry,
+    keys: KeyStore | None,
+    *,
+    preload: Iterable[str] = (),
+    cores: CoreShare | None = None,
+    login_code: str | None = None,
+    access_log: AccessLog | None = None,
+) -> Services:
+    """The app's long-lived objects around ``registry``. ``keys=None`` turns auth off, and with it limits and usage.
+
+    ``preload`` names the models loaded at start-up; ``/health`` answers 503 until they are. ``login_code``
+    is a one-time code the web page can trade for an API key; ``access_log`` gets a line per request.
+    """
+    # the HTTP layer loads only to serve: `models` commands use this module's helpers too
+    from edge_run.api.deps import Services
+    from edge_run.api.http.health import Preload
+    from edge_run.api.http.metrics import Metrics
+    from edge_run.api.responses.store import ResponseStore
+    from edge_run.api.web.routes import LoginCodes
+    from edge_run.keys.limits import Limiter
+    from edge_run.keys.usage import UsageLog
+
+    usage = UsageLog(keys) if keys is not None else None
+    login_codes = LoginCodes()
+    if login_code:
+        login_codes.add(login_code)
+    return Services(
+        registry=registry,
+        keys=keys,
+        usage=usage,
+        limiter=Limiter(usage) if usage is not None else None,
+        metrics=Metrics(registry),
+        responses=ResponseStore(),  # stored responses: 1000 at most, each for an hour
+        login_codes=login_codes,
+        preload=Preload(registry, list(preload)),
+        cores=cores,
+        access_log=access_log,
+    )
+
+
+def build_server(settings: Settings, paths: Paths, keys: KeyStore | None, *, login_code: str | None = None) -> Server:
     """Everything ``serve`` runs, from settings; raises ``ModelNotFound``, ``ValueError`` or ``FetchError``."""
     from edge_run.api.app import create_app
+    from edge_run.api.http.access_log import AccessLog
 
     catalog = load_catalog()
     specs = inventory(paths, catalog, settings.model, bundled=_bundled())
@@ -173,15 +224,12 @@ def build_server(
         max_loaded=settings.max_loaded,
         budget=memory_budget(settings),
     )
+    access_log = AccessLog(paths.log_dir, settings.log_format)
+    services = app_services(registry, keys, preload=preload, cores=cores, login_code=login_code, access_log=access_log)
     app = create_app(
-        registry,
-        keys,
-        preload=preload,
-        cores=cores,
+        services,
         metrics_public=settings.metrics_public,
-        access_log=AccessLog(paths.log_dir, settings.log_format),
         max_body_bytes=settings.max_body_bytes,
-        login_code=login_code,
         allowed_hosts=[settings.host, *settings.allowed_hosts],
         cors_origins=settings.cors_origins,
     )
@@ -209,7 +257,7 @@ def run(server: Server, settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level="warning",
-        access_log=False,  # edge-run writes its own (api/access_log.py)
+        access_log=False,  # edge-run writes its own (api/http/access_log.py)
         timeout_graceful_shutdown=settings.drain_timeout,
     )
     try:

@@ -1,6 +1,6 @@
 """PyInstaller hook for edge-run: data files that are read by path, not imported.
 
-* ``edge_run/api/static``: the web page, served from disk by Litestar.
+* ``edge_run/api/web/static``: the web page, served from disk by Litestar.
 * ``edge_run.catalog``: the model catalog, installed from the repository's ``models/`` folder and
   read with ``importlib.resources``. Nothing imports it where the analysis could see it, and an
   editable install maps it with a finder the analysis cannot follow, so the package travels as
@@ -18,7 +18,7 @@ _package = Path(edge_run.__file__).parent
 _catalog = resources.files("edge_run.catalog")
 
 datas = [
-    (str(_package / "api" / "static"), "edge_run/api/static"),
+    (str(_package / "api" / "web" / "static"), "edge_run/api/web/static"),
     (str(_catalog / "catalog.toml"), "edge_run/catalog"),
     (str(_catalog / "__init__.py"), "edge_run/catalog"),
 ]

@@ -21,6 +21,7 @@ from schemathesis.checks import not_a_server_error
 
 from edge_run.api.app import create_app
 from edge_run.models.registry import ModelRegistry
+from edge_run.server import app_services
 from tests.conftest import MODEL_ID, Server, run_cli, start_server
 
 pytestmark = pytest.mark.integration
@@ -42,7 +43,7 @@ def _app_schema() -> dict[str, Any]:
     """The schema the server serves, built from the app itself: schemathesis needs it when pytest collects the
     tests (its loader that waits for a fixture breaks on pytest 9), before any server runs.
     ``test_the_server_serves_this_schema`` checks it is the one served."""
-    app = create_app(ModelRegistry([], lambda spec: None, cost=lambda spec: 0), None)  # type: ignore[arg-type, return-value]
+    app = create_app(app_services(ModelRegistry([], lambda spec: None, cost=lambda spec: 0), None))  # type: ignore[arg-type, return-value]
     return app.openapi_schema.to_schema()
 
 

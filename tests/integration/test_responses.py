@@ -12,11 +12,12 @@ import pytest
 from litestar.testing import TestClient
 
 from edge_run.api.app import create_app
-from edge_run.api.response_store import ResponseNotFound, ResponseStore
-from edge_run.api.schemas_responses import ResponseObject
+from edge_run.api.responses.schemas import ResponseObject
+from edge_run.api.responses.store import ResponseNotFound, ResponseStore
 from edge_run.engine import Chunk
 from edge_run.errors import EngineFailure
 from edge_run.keys import KeyStore
+from edge_run.server import app_services
 from tests.conftest import MODEL_ID, run_cli
 from tests.integration.test_tools_and_formats import WEATHER as CHAT_WEATHER
 from tests.integration.test_tools_and_formats import validate
@@ -232,7 +233,7 @@ def stream_that_fails(tmp_path, path: str, body: dict) -> tuple[str, FakeEngine]
     key, _ = keys.create()
     engine = FakeEngine()
     engine.chunks = [Chunk(text="Hel", completion_tokens=1), Chunk(finish_reason="error", error=EngineFailure("boom"))]
-    with TestClient(create_app(fake_registry(engine), keys), base_url="http://127.0.0.1") as http:
+    with TestClient(create_app(app_services(fake_registry(engine), keys)), base_url="http://127.0.0.1") as http:
         r = http.post(path, json={"model": "fake/model", "stream": True, **body}, headers={"x-api-key": key})
     assert engine.generations[-1].cancelled  # the slot is handed back
     return r.text, engine

@@ -24,6 +24,7 @@ from litestar.testing import TestClient
 
 from edge_run.api.app import create_app
 from edge_run.keys import KeyStore
+from edge_run.server import app_services
 from tests.conftest import MODEL_ID, Server, free_port, run_cli, start_server, wait_healthy
 from tests.unit.test_http import fake_registry
 
@@ -49,7 +50,7 @@ def app_client(tmp_path: Path) -> Iterator[tuple[TestClient, KeyStore]]:
     keys = KeyStore(tmp_path / "keys.sqlite3")
     keys.create("default")
     with TestClient(
-        create_app(fake_registry(), keys, login_code="one-time-code"), base_url="http://127.0.0.1"
+        create_app(app_services(fake_registry(), keys, login_code="one-time-code")), base_url="http://127.0.0.1"
     ) as client:
         yield client, keys
 
@@ -96,7 +97,9 @@ def test_page_and_assets_need_no_key_but_the_api_still_does(app_client):
 
 
 def test_no_auth_server_exchanges_for_no_key(tmp_path):
-    with TestClient(create_app(fake_registry(), None, login_code="c"), base_url="http://127.0.0.1") as client:
+    with TestClient(
+        create_app(app_services(fake_registry(), None, login_code="c")), base_url="http://127.0.0.1"
+    ) as client:
         r = client.post("/auth/exchange", json={"code": "c"})
         assert r.status_code == 200
         assert r.json() == {"api_key": None, "key_name": None}

@@ -8,6 +8,7 @@ from litestar.testing import TestClient
 
 from edge_run.api.app import create_app
 from edge_run.keys import KeyStore
+from edge_run.server import app_services
 from tests.unit.test_http import FakeEngine, fake_registry
 
 APP_ORIGIN = "https://app.example"
@@ -22,7 +23,7 @@ def keyed(tmp_path):
 
 
 def client_for(keys: KeyStore, origins: list[str]) -> TestClient:
-    return TestClient(create_app(fake_registry(FakeEngine()), keys, cors_origins=origins), base_url="http://127.0.0.1")
+    return TestClient(create_app(app_services(fake_registry(FakeEngine()), keys), cors_origins=origins), base_url="http://127.0.0.1")
 
 
 def test_a_preflight_from_a_configured_origin_gets_the_cors_headers(keyed):

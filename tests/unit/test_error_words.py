@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from edge_run.api.errors import undecodable
+from edge_run.api.http.errors import undecodable
 
 NOT_JSON = "The request body is not valid JSON"
 

@@ -6,7 +6,8 @@ import pytest
 from litestar.testing import TestClient
 
 from edge_run.api.app import create_app
-from edge_run.api.hosts import host_allowed
+from edge_run.api.http.hosts import host_allowed
+from edge_run.server import app_services
 from tests.unit.test_http import FakeEngine, fake_registry
 
 ALLOWED = frozenset({"mybox.lan"})
@@ -45,7 +46,7 @@ def test_a_star_allows_any_name():
 
 @pytest.fixture
 def client():
-    app = create_app(fake_registry(FakeEngine()), None, allowed_hosts=["mybox.lan"])
+    app = create_app(app_services(fake_registry(FakeEngine()), None), allowed_hosts=["mybox.lan"])
     with TestClient(app) as c:
         yield c
 
@@ -65,7 +66,7 @@ def test_loopback_and_allowed_names_are_served(client):
 
 
 def test_every_static_asset_carries_the_pages_security_headers():
-    with TestClient(create_app(fake_registry(FakeEngine()), None), base_url="http://127.0.0.1") as client:
+    with TestClient(create_app(app_services(fake_registry(FakeEngine()), None)), base_url="http://127.0.0.1") as client:
         for path in ("/", "/static/app.js", "/static/app.css", "/static/index.html"):
             r = client.get(path)
             assert r.status_code == 200, path

@@ -15,6 +15,7 @@ from edge_run.engine import Chunk, Generation
 from edge_run.errors import EngineFailure
 from edge_run.keys import KeyStore
 from edge_run.models.registry import ModelRegistry, ModelSpec
+from edge_run.server import app_services
 
 
 class FakeGeneration:
@@ -80,7 +81,7 @@ def setup(tmp_path):
     keys = KeyStore(tmp_path / "keys.sqlite3")
     key, _ = keys.create()
     engine = FakeEngine()
-    app = create_app(fake_registry(engine), keys, max_body_bytes=4096)
+    app = create_app(app_services(fake_registry(engine), keys), max_body_bytes=4096)
     with TestClient(app, base_url="http://127.0.0.1") as client:
         client.headers["Authorization"] = f"Bearer {key}"
         yield client, engine
@@ -155,3 +156,4 @@ def test_body_limit_is_413(setup):
     r = client.post("/v1/chat/completions", content=b"{" + b" " * 5000 + b"}")
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "request_too_large"
+

@@ -15,19 +15,13 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = [
-    "CallPlan",
-    "ParsedCall",
-    "ToolStream",
-    "check_schema",
-    "parse_calls",
-    "plan_tools",
-]
+from edge_run.serving.request import json_object, new_id
+
+__all__ = ["CallPlan", "ParsedCall", "ToolEvent", "ToolStream", "check_schema", "parse_calls", "plan_tools"]
 
 # JSON-schema keywords the grammar converter honours; anything else is refused, never ignored.
 SUPPORTED_KEYWORDS = frozenset(
@@ -119,10 +113,6 @@ def plan_tools(functions: list[dict[str, Any]], choice: str | None, *, native: b
     return CallPlan(system_prompt=prompt, call_schema=schema, allow_text=not forced, native=native)
 
 
-def new_call_id() -> str:
-    return "call_" + secrets.token_hex(12)
-
-
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 _MARKERS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "{")
 
@@ -133,12 +123,12 @@ def _as_call(obj: Any) -> ParsedCall | None:
     args = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(args, str):  # some models already send a JSON string
         try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
+            args = json_object(args)
+        except ValueError:
             return None
     if not isinstance(args, dict):
         return None
-    return ParsedCall(id=new_call_id(), name=obj["name"], arguments=json.dumps(args, ensure_ascii=False))
+    return ParsedCall(id=new_id("call_"), name=obj["name"], arguments=json.dumps(args, ensure_ascii=False))
 
 
 def _json_values(text: str) -> Iterator[Any]:
@@ -188,7 +178,6 @@ class ToolEvent:
     content: str | None = None
     call: ParsedCall | None = None  # a call's header (id, name) with its first arguments
     arguments: str | None = None  # a later fragment of the current call's arguments
-    index: int = 0
 
 
 _GENERIC_HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
@@ -208,7 +197,7 @@ class ToolStream:
         self._mode: str | None = None  # None (undecided), "text", "generic", "native"
         self._header_sent = False
         self._sent = 0  # characters of the arguments already sent (generic mode)
-        self._id = new_call_id()
+        self._id = new_id("call_")
 
     def push(self, text: str) -> list[ToolEvent]:
         self._buf += text
@@ -246,25 +235,11 @@ class ToolStream:
             self._sent = end
         return events
 
-    def collect(self, text: str) -> tuple[str | None, list[ParsedCall]]:
-        """The whole answer at once, through the same path as streaming (so both agree exactly)."""
-        content: list[str] = []
-        calls: list[ParsedCall] = []
-        for event in [*self.push(text), *self.finish()[0]]:
-            if event.content:
-                content.append(event.content)
-            if event.call is not None:
-                calls.append(event.call)
-            if event.arguments is not None:
-                last = calls[-1]
-                calls[-1] = ParsedCall(id=last.id, name=last.name, arguments=last.arguments + event.arguments)
-        return ("".join(content) or None), calls
-
     def finish(self) -> tuple[list[ToolEvent], bool]:
         """Flush what is held; returns the events and whether the answer was a tool call."""
         if self._mode == "generic" and _GENERIC_HEAD.match(self._buf):
             return self._generic(), True
         content, calls = parse_calls(self._buf) if self._buf else (None, [])
         events = [ToolEvent(content=content)] if content else []
-        events += [ToolEvent(call=c, index=i) for i, c in enumerate(calls)]
+        events += [ToolEvent(call=c) for c in calls]
         return events, bool(calls)

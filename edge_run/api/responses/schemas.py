@@ -1,8 +1,8 @@
 """OpenAI's Responses API (``/v1/responses``), as msgspec Structs.
 
-Input items are one loose Struct checked field by field in :mod:`.responses`: a message's ``type``
+Input items are one loose Struct checked field by field in :mod:`.translate`: a message's ``type``
 may be left out, so the items cannot be a tagged union. Everything else follows
-:mod:`.schemas`: requests ignore unknown fields, responses mirror OpenAI's shapes.
+:mod:`edge_run.api.openai.schemas`: requests ignore unknown fields, responses mirror OpenAI's shapes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from edge_run.api.schemas import JsonObjectFormat, KeepAlive, SamplingFields, TextFormat, TokenCount, ToolName
+from edge_run.api.openai.schemas import JsonObjectFormat, KeepAlive, SamplingFields, TextFormat, TokenCount, ToolName
 
 __all__ = [
     "DeletedResponse",

@@ -13,25 +13,24 @@ import asyncio
 import datetime as dt
 import hashlib
 import hmac
-import secrets
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 from litestar import Response, get, post
-from litestar.datastructures import CacheControlHeader, State
+from litestar.datastructures import CacheControlHeader
+from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.static_files import create_static_files_router
 
 from edge_run.errors import AuthenticationError
+from edge_run.keys import KeyStore
 
 if TYPE_CHECKING:
     from litestar.types import ControllerRouterHandler
 
-    from edge_run.keys import KeyStore
-
-__all__ = ["STATIC_DIR", "LoginCodes", "web_routes"]
+__all__ = ["LoginCodes", "web_routes"]
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -53,12 +52,6 @@ class LoginCodes:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._digests: list[bytes] = []
-
-    def mint(self) -> str:
-        """A new code (URL-safe, 192 bits), valid until redeemed or the server stops."""
-        code = secrets.token_urlsafe(24)
-        self.add(code)
-        return code
 
     def add(self, code: str) -> None:
         with self._lock:
@@ -111,20 +104,21 @@ async def index() -> Response[bytes]:
 
 
 @post("/auth/exchange", status_code=200, include_in_schema=False)
-async def exchange(data: JSONBody[ExchangeRequest], state: State) -> ExchangeResult:
+async def exchange(
+    data: JSONBody[ExchangeRequest], login_codes: NamedDependency[LoginCodes], keys: NamedDependency[KeyStore | None]
+) -> ExchangeResult:
     """Trade a one-time login code for an API key the page keeps in the browser."""
-    codes: LoginCodes = state.login_codes
-    if not codes.redeem(data.code):
+    if not login_codes.redeem(data.code):
         raise AuthenticationError(
             "This login link is invalid or was already used. Paste an API key instead "
             "(`edge-run keys create`), or restart edge-run for a new link."
         )
-    keys: KeyStore | None = state.key_store
     if keys is None:
         return ExchangeResult(api_key=None, key_name=None)
+    store = keys
 
     def create() -> tuple[str, str]:
-        key, record = keys.create(_web_key_name(keys), role="admin")  # the person at this machine
+        key, record = store.create(_web_key_name(store), role="admin")  # the person at this machine
         return key, record.name
 
     key, name = await asyncio.to_thread(create)

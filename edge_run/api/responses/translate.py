@@ -1,27 +1,18 @@
-"""``/v1/responses`` (OpenAI's Responses API): input items to a :class:`GenRequest`, pieces to a response or events.
+"""``/v1/responses`` (OpenAI's Responses API): input items to a :class:`GenRequest`, a choice to a response.
 
-A stored response keeps its whole conversation (:mod:`.response_store`), so ``previous_response_id``
-continues it. The stream follows OpenAI's order: ``response.created``, ``response.in_progress``, then for
-each output item ``output_item.added``, its content (``content_part.added``, ``output_text.delta``...,
-``output_text.done``, ``content_part.done``; or ``function_call_arguments.delta``..., ``.done``) and
-``output_item.done``; last ``response.completed`` (``response.incomplete`` at ``max_output_tokens``, as
-OpenAI sends it), or ``response.failed``.
+A stored response keeps its whole conversation (:mod:`.store`), so ``previous_response_id`` continues
+it. The stream's events are :mod:`.events`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import secrets
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from edge_run.api.assembly import Block, BlockEvent, Choice, Run, Totals, call_input, collect, sse
-from edge_run.api.internal import CallRecord, GenRequest, JsonOutput, Turn, arguments, function_spec, join_text
-from edge_run.api.schemas import JsonObjectFormat
-from edge_run.api.schemas_responses import (
+from edge_run.api.openai.schemas import JsonObjectFormat
+from edge_run.api.responses.schemas import (
     FunctionCallItem,
     FunctionTool,
     IncompleteDetails,
@@ -31,20 +22,31 @@ from edge_run.api.schemas_responses import (
     OutputMessage,
     OutputText,
     Refusal,
-    ResponseError,
     ResponseJsonSchemaFormat,
     ResponseObject,
     ResponseRequest,
     ResponseUsage,
     TextConfig,
 )
-from edge_run.errors import EdgeRunError, InvalidRequest
+from edge_run.errors import InvalidRequest
+from edge_run.serving.assembly import Choice, call_input, collect
+from edge_run.serving.request import (
+    CallRecord,
+    GenRequest,
+    JsonOutput,
+    Turn,
+    arguments,
+    function_spec,
+    join_text,
+    new_id,
+)
 
 if TYPE_CHECKING:
-    from edge_run.api.response_store import ResponseStore
-    from edge_run.api.schemas_responses import ContentPart
+    from edge_run.api.responses.schemas import ContentPart, ResponseError
+    from edge_run.api.responses.store import ResponseStore
+    from edge_run.serving.assembly import Block, Run, Totals
 
-__all__ = ["ResponseJob", "complete", "prepare", "stream"]
+__all__ = ["Output", "ResponseJob", "Status", "complete", "finish", "prepare", "response"]
 
 Status = Literal["in_progress", "completed", "incomplete", "failed"]
 
@@ -123,7 +125,7 @@ class ResponseJob:
     history: list[Turn]  # the conversation without instructions: what a later response continues
     store: ResponseStore
     owner: str | None  # the key that asked (see ResponseStore)
-    id: str = field(default_factory=lambda: "resp_" + secrets.token_hex(24))
+    id: str = field(default_factory=lambda: new_id("resp_", 24))
     created_at: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -153,7 +155,7 @@ def prepare(req: ResponseRequest, store: ResponseStore, owner: str | None) -> Re
     return ResponseJob(req=req, gen=gen, history=history, store=store, owner=owner)
 
 
-class _Output:
+class Output:
     """The response's output items, built from the choice's blocks, with their ids."""
 
     def __init__(self, choice: Choice | None = None) -> None:
@@ -162,7 +164,7 @@ class _Output:
 
     def id(self, block: Block) -> str:
         if block.index not in self._ids:
-            self._ids[block.index] = ("msg_" if block.call_id is None else "fc_") + secrets.token_hex(24)
+            self._ids[block.index] = new_id("msg_" if block.call_id is None else "fc_", 24)
         return self._ids[block.index]
 
     def item(self, block: Block, done: bool = True) -> OutputMessage | FunctionCallItem:
@@ -185,8 +187,8 @@ class _Output:
         return "incomplete" if self.choice.finish_reason == "length" else "completed"
 
 
-def _response(
-    job: ResponseJob, status: Status, output: _Output, totals: Totals | None = None, error: ResponseError | None = None
+def response(
+    job: ResponseJob, status: Status, output: Output, totals: Totals | None = None, error: ResponseError | None = None
 ) -> ResponseObject:
     req = job.req
     usage = None
@@ -221,77 +223,15 @@ def _response(
     )
 
 
-def _finish(job: ResponseJob, output: _Output, totals: Totals) -> ResponseObject:
+def finish(job: ResponseJob, output: Output, totals: Totals) -> ResponseObject:
     """The final response; stored, with its conversation, when the request asked for that."""
-    response = _response(job, output.status, output, totals)
+    final = response(job, output.status, output, totals)
     if job.req.store:
         calls = tuple(CallRecord(c.id, c.name, call_input(c.arguments)) for c in output.choice.calls)
-        job.store.put(response, [*job.history, Turn("assistant", output.choice.text, calls=calls)], job.owner)
-    return response
+        job.store.put(final, [*job.history, Turn("assistant", output.choice.text, calls=calls)], job.owner)
+    return final
 
 
 async def complete(job: ResponseJob, run: Run) -> ResponseObject:
     [choice] = await collect(run)
-    return _finish(job, _Output(choice), run.totals)
-
-
-class _Events:
-    """The stream's events, numbered in order, as ``event:``/``data:`` frames."""
-
-    def __init__(self, job: ResponseJob) -> None:
-        self.job = job
-        self.output = _Output()
-        self._seq = itertools.count()
-
-    def frame(self, kind: str, **fields: object) -> bytes:
-        return sse({"type": kind, "sequence_number": next(self._seq), **fields}, kind)
-
-    def lifecycle(self, kind: str, status: Status, error: ResponseError | None = None) -> bytes:
-        return self.frame(kind, response=_response(self.job, status, self.output, error=error))
-
-    def block(self, e: BlockEvent) -> list[bytes]:
-        b, out = e.block, self.output
-        at = {"item_id": out.id(b), "output_index": b.index}
-        text = b.call_id is None
-        if e.kind == "start":
-            frames = [self.frame("response.output_item.added", output_index=b.index, item=out.item(b, done=False))]
-            if text:
-                frames.append(
-                    self.frame("response.content_part.added", **at, content_index=0, part=OutputText(text=""))
-                )
-            return frames
-        if e.kind == "delta":
-            if text:
-                return [self.frame("response.output_text.delta", **at, content_index=0, delta=e.delta, logprobs=[])]
-            return [self.frame("response.function_call_arguments.delta", **at, delta=e.delta)]
-        if text:
-            part = OutputText(text=b.text)
-            frames = [
-                self.frame("response.output_text.done", **at, content_index=0, text=b.text, logprobs=[]),
-                self.frame("response.content_part.done", **at, content_index=0, part=part),
-            ]
-        else:
-            frames = [self.frame("response.function_call_arguments.done", **at, name=b.name, arguments=b.text)]
-        return [*frames, self.frame("response.output_item.done", output_index=b.index, item=out.item(b))]
-
-
-async def stream(job: ResponseJob, run: Run) -> AsyncIterator[bytes]:
-    """The response's events; whatever is ready goes out in one write. A client that leaves frees the slot."""
-    events = _Events(job)
-    try:
-        yield events.lifecycle("response.created", "in_progress") + events.lifecycle(
-            "response.in_progress", "in_progress"
-        )
-        try:
-            async for ready in run.pieces():
-                frames = [f for piece in ready for e in events.output.choice.push(piece) for f in events.block(e)]
-                if frames:
-                    yield b"".join(frames)
-        except EdgeRunError as exc:  # headers are gone: report in-band, as OpenAI does
-            code = "rate_limit_exceeded" if exc.status == 429 else "server_error"
-            yield events.lifecycle("response.failed", "failed", error=ResponseError(code=code, message=exc.message))
-            return
-        final = _finish(job, events.output, run.totals)
-        yield events.frame(f"response.{final.status}", response=final)
-    finally:
-        run.cancel()
+    return finish(job, Output(choice), run.totals)

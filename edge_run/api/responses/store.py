@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from edge_run.errors import EdgeRunError
 
 if TYPE_CHECKING:
-    from edge_run.api.internal import Turn
-    from edge_run.api.schemas_responses import ResponseObject
+    from edge_run.api.responses.schemas import ResponseObject
+    from edge_run.serving.request import Turn
 
 __all__ = ["ResponseNotFound", "ResponseStore", "Stored"]
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from litestar import Response, get
-from litestar.datastructures import State
+from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -51,6 +51,17 @@ class Metrics:
         )  # fmt: skip
         r.register(_ModelsCollector(models))
 
+    def prompt(self, model: str, tokens: int, cached: int) -> None:
+        self.prompt_tokens.labels(model).inc(tokens)
+        self.cached_tokens.labels(model).inc(cached)
+
+    def completion(self, model: str, tokens: int, *, first_after: float | None, gap: float | None) -> None:
+        self.tokens_predicted.labels(model).inc(tokens)
+        if first_after is not None:
+            self.ttft.labels(model).observe(first_after)
+        if gap is not None:
+            self.token_gap.labels(model).observe(gap)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -83,5 +94,5 @@ class _ModelsCollector(Collector):
 
 
 @get("/metrics", summary="Prometheus metrics (needs a key unless --metrics-public)", include_in_schema=True)
-async def metrics_route(state: State) -> Response[bytes]:
-    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+async def metrics_route(metrics: NamedDependency[Metrics]) -> Response[bytes]:
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

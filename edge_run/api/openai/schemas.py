@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from edge_run.keys.usage import UsageRow
+
 __all__ = [
     "ChatCompletion",
     "ChatCompletionChunk",
@@ -20,8 +22,6 @@ __all__ = [
     "Choice",
     "ChunkChoice",
     "Delta",
-    "ErrorBody",
-    "ErrorResponse",
     "ImagePart",
     "Message",
     "ModelCard",
@@ -102,7 +102,7 @@ class FunctionDef(Struct):
     strict: bool | None = None
 
 
-class Tool(Struct):
+class ChatCompletionTool(Struct):
     function: FunctionDef
     type: Literal["function"] = "function"
 
@@ -147,7 +147,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     stream_options: StreamOptions | None = None
     n: Annotated[int, Meta(ge=1, le=128)] = 1
     user: str | None = None
-    tools: list[Tool] | None = None
+    tools: list[ChatCompletionTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: TextFormat | JsonObjectFormat | JsonSchemaFormat | None = None
@@ -261,17 +261,6 @@ class ModelList(Struct):
     object: Literal["list"] = "list"
 
 
-class ErrorBody(Struct):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class ErrorResponse(Struct):
-    error: ErrorBody
-
-
 class CompletionRequest(SamplingFields, kw_only=True):
     """``POST /v1/completions`` (legacy text completion)."""
 
@@ -338,3 +327,12 @@ class EmbeddingList(Struct):
     model: str
     usage: EmbeddingUsage
     object: Literal["list"] = "list"
+
+
+class UsageReport(Struct, kw_only=True):
+    """``GET /v1/usage`` (edge-run's): tokens per day, model or key."""
+
+    since: float  # Unix time
+    by: str
+    scope: Literal["all keys", "this key"]
+    data: list[UsageRow]

@@ -1,6 +1,6 @@
 """The auth guard: every route but ``/health`` needs ``Authorization: Bearer <key>`` (or ``x-api-key: <key>``,
-as Anthropic's SDK sends it), a key that has not expired, and, for a request that runs a model (``POST``),
-room under the key's limits.
+as Anthropic's SDK sends it) and a key that has not expired. The key's limits are checked later, once the
+body is valid (:mod:`edge_run.api.deps`): a malformed request does not use up a place.
 
 ``OPTIONS`` requests pass: a browser's CORS preflight never carries the key. They answer with the
 allowed methods only, and with CORS headers for the ``--cors-origin`` origins.
@@ -9,26 +9,35 @@ allowed methods only, and with CORS headers for the ``--cors-origin`` origins.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from edge_run.api.accounting import meter_of
-from edge_run.errors import AuthenticationError, RateLimited, UnsupportedMediaType
+from edge_run.api.http.accounting import meter_of
+from edge_run.errors import AuthenticationError, UnsupportedMediaType
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
     from litestar.handlers.base import BaseRouteHandler
 
     from edge_run.keys import KeyStore
-    from edge_run.keys.limits import Limiter
 
 __all__ = ["require_json", "require_key"]
 
+_Guard = Callable[["ASGIConnection", "BaseRouteHandler"], Awaitable[None]]
 
-async def require_key(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-    """Raise unless the request carries a valid key (or auth is off for this loopback server)."""
-    keys: KeyStore | None = connection.app.state.key_store
-    if keys is None or connection.scope.get("method") == "OPTIONS":  # a CORS preflight carries no key
-        return
+
+def require_key(keys: KeyStore | None) -> _Guard:
+    """The guard that checks keys against ``keys``; ``None`` turns auth off (the CLI allows that on loopback)."""
+
+    async def guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+        if keys is not None and connection.scope.get("method") != "OPTIONS":  # a CORS preflight carries no key
+            _check_key(connection, keys)
+
+    return guard
+
+
+def _check_key(connection: ASGIConnection, keys: KeyStore) -> None:
+    """Raise unless the request carries a valid key; put it on the request's meter."""
     scheme, _, token = connection.headers.get("authorization", "").partition(" ")
     if not token.strip() and connection.headers.get("x-api-key"):
         scheme, token = "bearer", connection.headers["x-api-key"]
@@ -46,14 +55,6 @@ async def require_key(connection: ASGIConnection, handler: BaseRouteHandler) -> 
     if meter is None:
         raise RuntimeError("the accounting middleware is missing")
     meter.key = record
-    limiter: Limiter | None = connection.app.state.limiter
-    if limiter is not None and connection.scope.get("method") == "POST":
-        try:
-            meter.lease = limiter.admit(record, connection.scope["path"])
-        except RateLimited as exc:
-            meter.headers = exc.headers
-            raise
-        meter.headers = meter.lease.headers
 
 
 async def require_json(connection: ASGIConnection, handler: BaseRouteHandler) -> None:

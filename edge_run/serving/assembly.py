@@ -8,29 +8,19 @@ pieces. A whole answer is the same pieces gathered (:func:`collect`), so streame
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-import msgspec
-
-from edge_run.api.tools import ParsedCall, ToolEvent, ToolStream
+from edge_run.serving.request import json_object
+from edge_run.serving.tools import ParsedCall, ToolStream
 
 if TYPE_CHECKING:
-    from edge_run.api.tools import CallPlan
     from edge_run.engine import Chunk, Generation
     from edge_run.engine import TokenLogprob as EngineLogprob
+    from edge_run.serving.tools import CallPlan, ToolEvent
 
-__all__ = ["Block", "BlockEvent", "CallPiece", "Choice", "Piece", "Run", "Totals", "call_input", "collect", "sse"]
-
-_encode = msgspec.json.Encoder().encode
-
-
-def sse(body: object, event: str | None = None) -> bytes:
-    """One server-sent event frame holding ``body`` as JSON, under an ``event:`` name if given."""
-    head = b"event: " + event.encode() + b"\n" if event else b""
-    return head + b"data: " + _encode(body) + b"\n\n"
+__all__ = ["Block", "BlockEvent", "CallPiece", "Choice", "Piece", "Run", "Totals", "call_input", "collect"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +42,7 @@ class Piece:
     calls: list[CallPiece] = field(default_factory=list)
     logprobs: list[EngineLogprob] | None = None
     finish_reason: str | None = None  # "stop", "length" or "tool_calls": the choice is done
+    stop: str | None = None  # the stop string that ended the choice, if one did
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +87,7 @@ class Run:
 
         def piece(index: int, chunk: Chunk) -> Piece:
             self._completion[index] = chunk.completion_tokens
-            out = Piece(choice=index, logprobs=chunk.logprobs or None, finish_reason=chunk.finish_reason)
+            out = Piece(index, logprobs=chunk.logprobs or None, finish_reason=chunk.finish_reason, stop=chunk.stop)
             if streams is None:
                 out.text = chunk.text
                 return out
@@ -149,10 +140,9 @@ class Block:
 def call_input(arguments: str) -> dict[str, Any]:
     """A generated call's arguments as an object; ``{}`` for a call cut off before its JSON closed."""
     try:
-        value = json.loads(arguments)
-    except json.JSONDecodeError:
+        return json_object(arguments)
+    except ValueError:
         return {}
-    return value if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +158,7 @@ class Choice:
 
     blocks: list[Block] = field(default_factory=list)
     finish_reason: str | None = None
+    stop: str | None = None  # the stop string that ended it, if one did
     logprobs: list[EngineLogprob] = field(default_factory=list)
     _open: Block | None = None
 
@@ -193,7 +184,7 @@ class Choice:
             if call.arguments:
                 events.append(self._extend(call.arguments))
         if piece.finish_reason is not None:
-            self.finish_reason = piece.finish_reason
+            self.finish_reason, self.stop = piece.finish_reason, piece.stop
             if not self.blocks:  # an empty answer is still one (empty) text block
                 self._start(Block(0), events)
             self._close(events)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
-from edge_run.api.schemas import KeepAlive, Probability, SamplingFields, StopList, TokenCount
+from edge_run.api.openai.schemas import KeepAlive, Probability, SamplingFields, StopList, TokenCount
 
 __all__ = [
     "AnthropicError",
@@ -56,7 +56,7 @@ class InputMessage(Struct):
     content: str | list[TextBlock | ImageBlock | DocumentBlock | ToolUseBlock | ToolResultBlock]
 
 
-class Tool(Struct, kw_only=True):
+class AnthropicTool(Struct, kw_only=True):
     """A client tool. Anthropic's server tools (``bash_...``, ``web_search_...``) are refused by ``type``."""
 
     name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.\-]{1,128}$")]
@@ -101,7 +101,7 @@ class CountTokensRequest(SamplingFields, kw_only=True):
     model: str
     messages: Annotated[list[InputMessage], Meta(min_length=1)]
     system: str | list[TextBlock] | None = None
-    tools: list[Tool] | None = None
+    tools: list[AnthropicTool] | None = None
     tool_choice: ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone | None = None
     output_config: OutputConfig | None = None
     thinking: Thinking | None = None

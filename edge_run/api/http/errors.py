@@ -10,21 +10,27 @@ from __future__ import annotations
 import logging
 import re
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 from litestar import Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from edge_run.api.schemas import ErrorBody, ErrorResponse
-from edge_run.api.schemas_messages import AnthropicError, AnthropicErrorBody
+from edge_run.api.anthropic.schemas import AnthropicError, AnthropicErrorBody
 from edge_run.errors import AuthenticationError, EdgeRunError
-from edge_run.upstream.proxy import Forwarded
 
 if TYPE_CHECKING:
     from litestar import Request
 
-__all__ = ["ANTHROPIC_PREFIX", "EXCEPTION_HANDLERS", "anthropic_error", "error_body"]
+__all__ = [
+    "EXCEPTION_HANDLERS",
+    "HostNotAllowed",
+    "ServerDraining",
+    "anthropic_error",
+    "error_body",
+    "refusal",
+    "undecodable",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,34 @@ _ANTHROPIC_TYPES = {
 }
 
 
+class ErrorBody(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(msgspec.Struct):
+    """OpenAI's error envelope."""
+
+    error: ErrorBody
+
+
+class HostNotAllowed(EdgeRunError):
+    """A ``Host`` header that names another machine (see :mod:`.hosts`)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "host_not_allowed"
+
+
+class ServerDraining(EdgeRunError):
+    status = 503
+    type = "server_error"
+    code = "shutting_down"
+    retry_after = 5
+
+
 def _clip(message: str) -> str:
     """A message quoting a client's value (a model id, a tool name) stays short however long the value was."""
     if len(message) <= _MESSAGE_LIMIT:
@@ -54,6 +88,15 @@ def _clip(message: str) -> str:
 
 def error_body(exc: EdgeRunError) -> ErrorResponse:
     return ErrorResponse(ErrorBody(message=_clip(exc.message), type=exc.type, param=exc.param, code=exc.code))
+
+
+def refusal(exc: EdgeRunError) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The body and headers of an answer sent by ASGI middleware, before any route (Host check, draining)."""
+    body = msgspec.json.encode(error_body(exc))
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if exc.retry_after is not None:
+        headers.append((b"retry-after", str(exc.retry_after).encode()))
+    return body, headers
 
 
 def anthropic_error(status: int, message: str) -> AnthropicError:
@@ -168,13 +211,7 @@ def _unexpected(request: Request, exc: Exception) -> Response[ErrorResponse | An
     return _respond(request, body, 500)
 
 
-def _forwarded(_: Request, exc: Forwarded) -> Response[Any]:
-    """An upstream answered: its response goes out as it is (not an error)."""
-    return exc.response
-
-
 EXCEPTION_HANDLERS = {
-    Forwarded: _forwarded,
     EdgeRunError: _domain,
     ValidationException: _validation,
     RecursionError: _undecodable,

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from edge_run.api import internal
-from edge_run.api.assembly import Piece, Run, Totals, collect, sse
-from edge_run.api.errors import error_body
-from edge_run.api.internal import CallRecord, GenRequest, JsonOutput, Turn, arguments, function_spec, join_text
-from edge_run.api.schemas import (
+from edge_run.api.http.errors import error_body
+from edge_run.api.http.sse import sse
+from edge_run.api.openai.schemas import (
     ChatCompletion,
     ChatCompletionChunk,
-    ChatCompletionRequest,
     ChatMessage,
     Choice,
     ChoiceLogprobs,
@@ -23,7 +19,6 @@ from edge_run.api.schemas import (
     FunctionDelta,
     JsonObjectFormat,
     JsonSchemaFormat,
-    Message,
     PromptTokensDetails,
     TextPart,
     TokenLogprob,
@@ -33,13 +28,26 @@ from edge_run.api.schemas import (
     TopLogprob,
     Usage,
 )
-from edge_run.errors import EdgeRunError, InvalidRequest
+from edge_run.errors import InvalidRequest
+from edge_run.serving.assembly import collect
+from edge_run.serving.request import (
+    CallRecord,
+    GenRequest,
+    JsonOutput,
+    Turn,
+    arguments,
+    function_spec,
+    join_text,
+    new_id,
+)
 
 if TYPE_CHECKING:
-    from edge_run.engine import Engine
+    from edge_run.api.openai.schemas import ChatCompletionRequest, Message
     from edge_run.engine import TokenLogprob as EngineLogprob
+    from edge_run.errors import EdgeRunError
+    from edge_run.serving.assembly import Piece, Run, Totals
 
-__all__ = ["complete", "start", "stop_list", "stream", "translate", "usage"]
+__all__ = ["ChatFrames", "complete", "stop_list", "translate", "usage"]
 
 
 def stop_list(stop: str | list[str] | None) -> tuple[str, ...]:
@@ -86,10 +94,6 @@ def translate(req: ChatCompletionRequest) -> GenRequest:
     )
 
 
-async def start(req: ChatCompletionRequest, engine: Engine) -> Run:
-    return await internal.start(translate(req), engine)
-
-
 def _logprobs(items: list[EngineLogprob]) -> list[TokenLogprob]:
     def text(b: bytes) -> str:
         return b.decode("utf-8", "replace")
@@ -115,10 +119,6 @@ def usage(totals: Totals) -> Usage:
     )
 
 
-def _new_id() -> str:
-    return "chatcmpl-" + secrets.token_hex(12)
-
-
 async def complete(req: ChatCompletionRequest, run: Run) -> ChatCompletion:
     choices = []
     for i, choice in enumerate(await collect(run)):
@@ -133,7 +133,7 @@ async def complete(req: ChatCompletionRequest, run: Run) -> ChatCompletion:
             )
         )
     return ChatCompletion(
-        id=_new_id(), created=int(time.time()), model=req.model, choices=choices, usage=usage(run.totals)
+        id=new_id("chatcmpl-"), created=int(time.time()), model=req.model, choices=choices, usage=usage(run.totals)
     )
 
 
@@ -149,35 +149,40 @@ def _tool_deltas(piece: Piece) -> list[ToolCallDelta]:
     return deltas
 
 
-async def stream(req: ChatCompletionRequest, run: Run) -> AsyncIterator[bytes]:
-    """SSE frames, one per engine step's text; all that are ready go out in one write. A client that leaves frees
-    its slots."""
-    cid, created = _new_id(), int(time.time())
+class ChatFrames:
+    """The stream's ``chat.completion.chunk`` frames: one per engine step's text, then usage and ``[DONE]``."""
 
-    def frame(choices: list[ChunkChoice], totals: Usage | None = None) -> bytes:
-        return sse(ChatCompletionChunk(id=cid, created=created, model=req.model, choices=choices, usage=totals))
+    def __init__(self, req: ChatCompletionRequest, run: Run) -> None:
+        self.req = req
+        self.run = run
+        self.id, self.created = new_id("chatcmpl-"), int(time.time())
 
-    def frames(piece: Piece) -> Iterator[bytes]:
+    def _frame(self, choices: list[ChunkChoice], totals: Usage | None = None) -> bytes:
+        chunk = ChatCompletionChunk(
+            id=self.id, created=self.created, model=self.req.model, choices=choices, usage=totals
+        )
+        return sse(chunk)
+
+    def head(self) -> bytes:
+        role = Delta(role="assistant", content="")
+        return b"".join(self._frame([ChunkChoice(index=i, delta=role)]) for i in range(self.req.n))
+
+    def _piece(self, piece: Piece) -> Iterator[bytes]:
         tools = _tool_deltas(piece)
         lp = ChoiceLogprobs(content=_logprobs(piece.logprobs)) if piece.logprobs else None
         if piece.text or tools or lp is not None:
             delta = Delta(content=piece.text or None, tool_calls=tools or None)
-            yield frame([ChunkChoice(index=piece.choice, delta=delta, logprobs=lp)])
+            yield self._frame([ChunkChoice(index=piece.choice, delta=delta, logprobs=lp)])
         if piece.finish_reason is not None:
-            yield frame([ChunkChoice(index=piece.choice, delta=Delta(), finish_reason=piece.finish_reason)])
+            yield self._frame([ChunkChoice(index=piece.choice, delta=Delta(), finish_reason=piece.finish_reason)])
 
-    try:
-        yield b"".join(frame([ChunkChoice(index=i, delta=Delta(role="assistant", content=""))]) for i in range(req.n))
-        try:
-            async for ready in run.pieces():  # whatever is ready goes out in one write
-                if out := b"".join(f for piece in ready for f in frames(piece)):
-                    yield out
-        except EdgeRunError as exc:  # headers are gone: report in-band, as OpenAI does
-            yield sse(error_body(exc))
-            return
-        tail = b""
-        if req.stream_options is not None and req.stream_options.include_usage:
-            tail = frame([], usage(run.totals))
-        yield tail + b"data: [DONE]\n\n"
-    finally:
-        run.cancel()
+    def pieces(self, ready: list[Piece]) -> bytes:
+        return b"".join(f for piece in ready for f in self._piece(piece))
+
+    def tail(self) -> bytes:
+        options = self.req.stream_options
+        totals = self._frame([], usage(self.run.totals)) if options is not None and options.include_usage else b""
+        return totals + b"data: [DONE]\n\n"
+
+    def failed(self, exc: EdgeRunError) -> bytes:
+        return sse(error_body(exc))  # as OpenAI does

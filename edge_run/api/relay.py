@@ -1,4 +1,5 @@
-"""Forward one request to an upstream pool and its answer back: JSON as is, server-sent events as they come.
+"""Relay one request to an upstream pool and its answer back as an ordinary response: JSON as is, server-sent
+events as they come.
 
 Streams pass through event by event, never buffered whole. A streamed chat or text completion asks the
 upstream for its usage (``stream_options.include_usage``) so that the local key is charged exactly; the
@@ -8,33 +9,23 @@ scrubbed from it.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Response
 
-from edge_run.api.sse import SSE_HEADERS, EventStream
+from edge_run.api.http.sse import SSE_HEADERS, EventStream
 
 if TYPE_CHECKING:
     import httpx
 
-    from edge_run.api.accounting import Meter
+    from edge_run.serving.metering import Meter
     from edge_run.upstream.pool import Replica, UpstreamPool
 
-__all__ = ["Forwarded", "forward"]
+__all__ = ["relay"]
 
-log = logging.getLogger(__name__)
 USAGE_ROUTES = ("/chat/completions", "/completions")  # where stream_options.include_usage exists
-
-
-class Forwarded(Exception):
-    """The request was answered by an upstream: ``response`` is relayed to the client as it is."""
-
-    def __init__(self, response: Response[Any]) -> None:
-        super().__init__("forwarded to an upstream")
-        self.response = response
 
 
 def _scrub(data: bytes, replica: Replica) -> bytes:
@@ -53,7 +44,7 @@ def _charge(meter: Meter | None, usage: Any) -> None:
     meter.completion(int(completion))
 
 
-async def forward(pool: UpstreamPool, path: str, body: dict[str, Any], meter: Meter | None) -> Response[Any]:
+async def relay(pool: UpstreamPool, path: str, body: dict[str, Any], meter: Meter | None) -> Response[Any]:
     """Send ``body`` to ``path`` (under the upstream's base URL, e.g. ``/chat/completions``) and relay the answer."""
     stream = bool(body.get("stream"))
     wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -73,11 +64,11 @@ async def forward(pool: UpstreamPool, path: str, body: dict[str, Any], meter: Me
             except (msgspec.DecodeError, AttributeError):
                 pass
         return Response(data, status_code=response.status_code, media_type=media_type)
-    events = _relay(pool, replica, response, meter, drop_usage=stream and path in USAGE_ROUTES and not wants_usage)
+    events = _events(pool, replica, response, meter, drop_usage=stream and path in USAGE_ROUTES and not wants_usage)
     return EventStream(events, status_code=response.status_code, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def _relay(
+async def _events(
     pool: UpstreamPool, replica: Replica, response: httpx.Response, meter: Meter | None, *, drop_usage: bool
 ) -> AsyncIterator[bytes]:
     buffer = b""

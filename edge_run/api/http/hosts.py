@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-import msgspec
+from edge_run.api.http.errors import HostNotAllowed, refusal
 
 __all__ = ["host_allowed", "host_check"]
 
@@ -65,9 +65,6 @@ async def _forbid(send: Any, name: str) -> None:
         "(a defence against DNS rebinding). To allow that name, start the server with "
         f"`--allowed-host {name[:200]}`."
     )
-    body = msgspec.json.encode(
-        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "host_not_allowed"}}
-    )
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    body, headers = refusal(HostNotAllowed(message))
     await send({"type": "http.response.start", "status": 403, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,116 @@
+"""A request checked, its prompt rendered (chat template or raw text) and tokenized, and started on an engine.
+
+:func:`check` runs every check that needs no model, before the model registry is touched, so a bad
+request never loads or evicts a model. :func:`start` checks what only the loaded model can tell (its
+vocabulary, whether its template renders tools), renders, tokenizes and admits: every client error
+surfaces before any output.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from edge_run.errors import InvalidRequest
+from edge_run.serving.assembly import Run
+from edge_run.serving.sampling import check_bias, check_grammar, grammar, sampler_spec
+from edge_run.serving.tools import CallPlan, plan_tools
+
+if TYPE_CHECKING:
+    from edge_run.engine import Engine
+    from edge_run.serving.request import GenRequest, Turn
+
+__all__ = ["check", "check_tools", "count_tokens", "start"]
+
+
+def _template_messages(turns: list[Turn], plan: CallPlan | None) -> list[dict[str, Any]]:
+    """The conversation as chat templates expect it: ``content`` a plain string."""
+    out: list[dict[str, Any]] = []
+    generic = plan is not None and not plan.native
+    for turn in turns:
+        msg: dict[str, Any] = {"role": turn.role, "content": turn.content}
+        if turn.name is not None:
+            msg["name"] = turn.name
+        if turn.calls:
+            calls = [{"name": c.name, "arguments": c.arguments} for c in turn.calls]
+            if generic:  # the model saw calls as JSON text: show it its own format back
+                msg["content"] = (turn.content + "\n" if turn.content else "") + "\n".join(map(json.dumps, calls))
+            else:
+                msg["tool_calls"] = [{"type": "function", "id": c.id, "function": f}
+                                     for c, f in zip(turn.calls, calls, strict=True)]  # fmt: skip
+        if turn.role == "tool":
+            msg["tool_call_id"] = turn.call_id
+            if generic:
+                msg = {"role": "user", "content": f"Function result ({turn.call_id}): {turn.content}"}
+        out.append(msg)
+    if generic and plan is not None and plan.system_prompt:
+        if out and out[0]["role"] == "system":
+            out[0] = {**out[0], "content": (out[0]["content"] + "\n\n" + plan.system_prompt).strip()}
+        else:
+            out.insert(0, {"role": "system", "content": plan.system_prompt})
+    return out
+
+
+def _plan(req: GenRequest, native: bool) -> CallPlan | None:
+    choice = req.tool_choice
+    if not req.tools:
+        if choice not in (None, "none", "auto"):
+            raise InvalidRequest("`tool_choice` needs `tools`", param="tool_choice")
+        return None
+    if choice not in (None, "none", "auto", "required") and choice not in {f["name"] for f in req.tools}:
+        raise InvalidRequest(f"`tool_choice` names `{choice}`, which is not in `tools`", param="tool_choice")
+    return plan_tools(req.tools, choice, native=native)
+
+
+def check_tools(req: GenRequest) -> None:
+    """``tool_choice`` against ``tools``: what rendering the prompt checks, known before any model is loaded."""
+    _plan(req, native=True)
+
+
+def check(req: GenRequest) -> None:
+    """Every check that needs no model. A model whose template does not render tools may still refuse an output
+    format beside tools (its calls are held by a grammar too), and a ``logit_bias`` token outside its vocabulary."""
+    # a native plan holds calls by grammar only when they are forced: what any model refuses
+    check_grammar(req.output, _plan(req, native=True))
+    check_bias(req.sampling)
+
+
+@dataclass
+class _Prompt:
+    tokens: list[list[int]]  # one token list per generation
+    plan: CallPlan | None
+
+
+async def _render(req: GenRequest, engine: Engine) -> _Prompt:
+    if req.prompts is not None:
+        tokens = [await engine.tokenize(text) for text in req.prompts]
+        if not all(tokens):
+            raise InvalidRequest("`prompt` is empty", param="prompt")
+        return _Prompt(tokens, None)
+    plan = _plan(req, engine.native_tools)
+    native = plan is not None and plan.native
+    tools = [{"type": "function", "function": f} for f in req.tools] if native else None
+    return _Prompt([await engine.prompt_tokens(_template_messages(req.turns, plan), tools)], plan)
+
+
+async def count_tokens(req: GenRequest, engine: Engine) -> int:
+    """How many tokens the prompt takes, tools and all, as :func:`start` would render it."""
+    return sum(map(len, (await _render(req, engine)).tokens))
+
+
+async def start(req: GenRequest, engine: Engine) -> Run:
+    """Check what needs the model, render, tokenize and admit; every client error surfaces here, before any output."""
+    prompt = await _render(req, engine)
+    spec = sampler_spec(req.sampling, engine.n_vocab, grammar(req.output, prompt.plan))
+    run = Run(parts=[], n=req.n, plan=prompt.plan)
+    try:
+        for tokens in prompt.tokens:
+            gen = await engine.generate(
+                tokens, spec, max_tokens=req.max_tokens, stops=req.stops, n=req.n, top_logprobs=req.top_logprobs
+            )
+            run.parts.append((len(tokens), gen))
+    except BaseException:
+        run.cancel()
+        raise
+    return run
