@@ -1,6 +1,6 @@
 """Domain errors. Each carries its HTTP status and OpenAI error ``type``/``code``.
 
-They are mapped to responses in one place: :mod:`edge_run.api.errors`.
+They are mapped to responses in one place: :mod:`edge_run.api.http.errors`.
 """
 
 from __future__ import annotations

@@ -32,10 +32,12 @@ __all__ = [
     "Server",
     "app_services",
     "build_server",
+    "describe_placement",
     "engine_options",
     "memory_budget",
     "model_cost",
     "run",
+    "spec_options",
 ]
 
 BUDGET_SHARE = 0.75  # of RAM, or of free GPU memory when offloading: what loaded models may take by default

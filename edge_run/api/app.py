@@ -29,6 +29,20 @@ if TYPE_CHECKING:
 
 __all__ = ["create_app"]
 
+_V1_ROUTES = (
+    chat_completions,
+    text_completions,
+    embeddings,
+    list_models,
+    get_model,
+    usage,
+    create_response,
+    get_response,
+    delete_response,
+    create_message,
+    count_message_tokens,
+)
+
 
 def create_app(
     services: Services,
@@ -64,23 +78,7 @@ def create_app(
                 services.access_log.close()
 
     key_guard = require_key(services.keys)
-    v1 = Router(
-        path="/v1",
-        guards=[key_guard, require_json],
-        route_handlers=[
-            chat_completions,
-            text_completions,
-            embeddings,
-            list_models,
-            get_model,
-            usage,
-            create_response,
-            get_response,
-            delete_response,
-            create_message,
-            count_message_tokens,
-        ],
-    )
+    v1 = Router(path="/v1", guards=[key_guard, require_json], route_handlers=list(_V1_ROUTES))
     metrics = Router(path="/", guards=[] if metrics_public else [key_guard], route_handlers=[metrics_route])
     return Litestar(
         route_handlers=[health, v1, metrics, *web_routes()],

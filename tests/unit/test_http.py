@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -157,3 +160,141 @@ def test_body_limit_is_413(setup):
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "request_too_large"
 
+
+def _client(tmp_path: Path, engine: FakeEngine, **key: Any) -> tuple[TestClient, ModelRegistry]:
+    keys = KeyStore(tmp_path / "keys.sqlite3")
+    secret, _ = keys.create(**key)
+    registry = fake_registry(engine)
+    client = TestClient(create_app(app_services(registry, keys)), base_url="http://127.0.0.1")
+    client.headers["Authorization"] = f"Bearer {secret}"
+    return client, registry
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", {**BODY, "functions": [{"name": "f"}]}, "functions"),
+        ("/v1/chat/completions", {**BODY, "tool_choice": "required"}, "tool_choice"),
+        ("/v1/chat/completions", {**BODY, "logit_bias": {"x": 1}}, "logit_bias"),
+        (
+            "/v1/chat/completions",
+            {
+                **BODY,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "n", "schema": {"type": "object", "not": {}}},
+                },
+            },
+            "response_format",
+        ),
+        ("/v1/completions", {"model": "fake/model", "prompt": "hi", "suffix": "!"}, "suffix"),
+        ("/v1/embeddings", {"model": "fake/model", "input": "hi", "dimensions": 8}, "dimensions"),
+        ("/v1/responses", {"model": "fake/model", "input": "hi", "tool_choice": "required"}, "tool_choice"),
+        (
+            "/v1/messages",
+            {
+                "model": "fake/model",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}],
+                "tool_choice": {"type": "any"},
+            },
+            "tool_choice",
+        ),
+    ],
+)
+def test_a_bad_body_is_refused_before_its_model_loads(tmp_path, path, body, param):
+    """A 400 must not load (or evict another model for) the model it names."""
+    engine = FakeEngine()
+    loads: list[int] = []
+
+    async def load() -> None:
+        loads.append(1)
+
+    engine.load = load  # type: ignore[method-assign]
+    client, registry = _client(tmp_path, engine)
+    with client:
+        r = client.post(path, json=body)
+        assert r.status_code == 400, r.text
+        assert param in r.text
+        assert registry.entry("fake/model").status == "unloaded" and loads == []
+        assert engine.generations == []
+
+
+def test_refused_bodies_take_no_place_under_the_rpm_limit(tmp_path):
+    """Admission runs after validation: a 415, a malformed body or a 400 does not use up a request of the minute."""
+    client, _ = _client(tmp_path, FakeEngine(), rpm=1)
+    with client:
+        assert (
+            client.post("/v1/chat/completions", content=b"hi", headers={"content-type": "text/plain"}).status_code
+            == 415
+        )
+        assert client.post("/v1/chat/completions", content=b'{"model": ').status_code == 400
+        assert client.post("/v1/chat/completions", json={"model": "fake/model"}).status_code == 400
+        assert client.post("/v1/chat/completions", json={**BODY, "functions": [{}]}).status_code == 400
+        ok = client.post("/v1/chat/completions", json=BODY)
+        assert ok.status_code == 200, ok.text
+        assert ok.headers["x-ratelimit-remaining-requests"] == "0"
+        assert client.post("/v1/chat/completions", json=BODY).status_code == 429  # the limit itself still holds
+
+
+def test_a_stop_sequence_is_told_by_the_engine_without_asking_for_logprobs(tmp_path):
+    """Anthropic's ``stop_sequence`` comes from ``Chunk.stop``: asking for logprobs would cost a full-vocabulary
+    log-softmax per token and turn device sampling off."""
+    engine = FakeEngine()
+    engine.chunks = [
+        Chunk(text="one, two", completion_tokens=2, prompt_tokens=3),
+        Chunk(completion_tokens=3, prompt_tokens=3, finish_reason="stop", stop="three"),
+    ]
+    options: list[dict[str, Any]] = []
+    generate = engine.generate
+
+    async def recording(prompt: list[int], spec: Any, **kwargs: Any) -> FakeGeneration:
+        options.append(kwargs)
+        return await generate(prompt, spec, **kwargs)
+
+    engine.generate = recording  # type: ignore[method-assign]
+    body = {
+        "model": "fake/model",
+        "max_tokens": 9,
+        "stop_sequences": ["four", "three"],
+        "messages": [{"role": "user", "content": "count"}],
+    }
+    client, _ = _client(tmp_path, engine)
+    with client:
+        r = client.post("/v1/messages", json=body)
+        assert r.status_code == 200, r.text
+        assert (r.json()["stop_reason"], r.json()["stop_sequence"]) == ("stop_sequence", "three")
+        frames = client.post("/v1/messages", json={**body, "stream": True}).text
+        delta = next(f for f in frames.split("\n\n") if f.startswith("event: message_delta"))
+        assert msgspec.json.decode(delta.split("data: ", 1)[1])["delta"] == {
+            "stop_reason": "stop_sequence",
+            "stop_sequence": "three",
+        }
+        engine.chunks[-1] = Chunk(completion_tokens=3, prompt_tokens=3, finish_reason="stop")  # end of generation
+        assert client.post("/v1/messages", json=body).json()["stop_reason"] == "end_turn"
+    assert [o["top_logprobs"] for o in options] == [None, None, None]
+    assert [o["stops"] for o in options] == [("four", "three")] * 3
+
+
+def test_the_http_and_serving_layers_import_without_llama_cpp():
+    """``edge_run.api`` and ``edge_run.serving`` reach the engine only through its package surface, which loads
+    llama_cpp only when a model loads."""
+    code = textwrap.dedent(
+        """
+        import sys
+
+        class NoLlama:
+            def find_spec(self, name, path=None, target=None):
+                if name == "llama_cpp" or name.startswith("llama_cpp."):
+                    raise ImportError("llama_cpp is not importable here")
+                return None
+
+        sys.meta_path.insert(0, NoLlama())
+        import edge_run.api.app
+        import edge_run.serving.prompt
+        assert not any(m == "llama_cpp" or m.startswith("llama_cpp.") for m in sys.modules)
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

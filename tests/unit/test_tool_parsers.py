@@ -62,11 +62,10 @@ def test_generic_stream_sends_header_then_argument_fragments():
     fragments = [e.arguments for e in events if e.arguments]
     assert len(fragments) > 3
     assert json.loads("".join(fragments)) == {"city": "Paris", "unit": "c"}
-    whole = ToolStream(native=False)
-    header, *rest = [*whole.push(text), *whole.finish()[0]]  # the whole answer at once: the same call
-    assert header.call is not None and header.call.arguments + "".join(e.arguments or "" for e in rest) == "".join(
-        fragments
-    )
+    whole = ToolStream(native=False)  # the whole answer at once takes the same path: the same call
+    at_once = [*whole.push(text), *whole.finish()[0]]
+    assert at_once[0].call is not None and at_once[0].call.name == "get_weather"
+    assert at_once[0].call.arguments + "".join(e.arguments or "" for e in at_once[1:]) == "".join(fragments)
 
 
 def test_native_stream_passes_text_through_and_parses_calls_at_the_end():

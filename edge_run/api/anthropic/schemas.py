@@ -15,6 +15,7 @@ from edge_run.api.openai.schemas import KeepAlive, Probability, SamplingFields, 
 __all__ = [
     "AnthropicError",
     "AnthropicErrorBody",
+    "AnthropicTool",
     "CountTokensRequest",
     "InputMessage",
     "MessageObject",
@@ -22,6 +23,10 @@ __all__ = [
     "MessagesRequest",
     "TextBlock",
     "TokenCountResult",
+    "ToolChoiceAny",
+    "ToolChoiceAuto",
+    "ToolChoiceNone",
+    "ToolChoiceTool",
     "ToolResultBlock",
     "ToolUseBlock",
 ]

@@ -15,13 +15,20 @@ from msgspec import Meta, Struct
 from edge_run.api.openai.schemas import JsonObjectFormat, KeepAlive, SamplingFields, TextFormat, TokenCount, ToolName
 
 __all__ = [
+    "ContentPart",
     "DeletedResponse",
     "FunctionCallItem",
     "FunctionTool",
     "FunctionToolChoice",
+    "IncompleteDetails",
     "InputItem",
+    "InputText",
+    "InputTokensDetails",
     "OutputMessage",
     "OutputText",
+    "Refusal",
+    "ResponseError",
+    "ResponseJsonSchemaFormat",
     "ResponseObject",
     "ResponseRequest",
     "ResponseUsage",
