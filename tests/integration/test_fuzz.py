@@ -43,7 +43,8 @@ def _app_schema() -> dict[str, Any]:
     """The schema the server serves, built from the app itself: schemathesis needs it when pytest collects the
     tests (its loader that waits for a fixture breaks on pytest 9), before any server runs.
     ``test_the_server_serves_this_schema`` checks it is the one served."""
-    app = create_app(app_services(ModelRegistry([], lambda spec: None, cost=lambda spec: 0), None))  # type: ignore[arg-type, return-value]
+    registry = ModelRegistry([], lambda spec: None, cost=lambda spec: 0)  # type: ignore[arg-type, return-value]
+    app = create_app(app_services(registry, None))
     return app.openapi_schema.to_schema()
 
 

@@ -23,7 +23,8 @@ def keyed(tmp_path):
 
 
 def client_for(keys: KeyStore, origins: list[str]) -> TestClient:
-    return TestClient(create_app(app_services(fake_registry(FakeEngine()), keys), cors_origins=origins), base_url="http://127.0.0.1")
+    app = create_app(app_services(fake_registry(FakeEngine()), keys), cors_origins=origins)
+    return TestClient(app, base_url="http://127.0.0.1")
 
 
 def test_a_preflight_from_a_configured_origin_gets_the_cors_headers(keyed):
