@@ -1,14 +1,13 @@
 """The model catalog: which models edge-run can fetch by id, and how.
 
-The data lives in ``models/catalog.toml`` at the repository root, installed as the package
-``edge_run.catalog``.
+The data is ``edge_run/models/catalog.toml``, package data beside this module (``models/README.md`` at the
+repository's root documents its schema).
 """
 
 from __future__ import annotations
 
 import tomllib
 from importlib import resources
-from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -88,10 +87,4 @@ def parse_catalog(text: str) -> Catalog:
 
 def load_catalog() -> Catalog:
     """The catalog shipped with edge-run."""
-    try:
-        text = (resources.files("edge_run.catalog") / "catalog.toml").read_text(encoding="utf-8")
-    except ModuleNotFoundError:
-        # An uninstalled source checkout (PYTHONPATH=repo): only the installer maps `models/`
-        # to `edge_run.catalog`, so read it from the tree instead.
-        text = (Path(__file__).resolve().parents[2] / "models" / "catalog.toml").read_text(encoding="utf-8")
-    return parse_catalog(text)
+    return parse_catalog((resources.files("edge_run.models") / "catalog.toml").read_text(encoding="utf-8"))

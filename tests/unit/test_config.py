@@ -91,14 +91,27 @@ def test_model_tables_preloads_and_unloading_settings(tmp_path):
         load_settings(p, environ={"EDGE_RUN_KEEP_ALIVE": "-2"})
 
 
-def test_every_package_is_installed_by_a_plain_pip_install():
-    """``pip install .`` (the README's serve command) ships only the packages pyproject.toml lists;
-    CI's editable install would not notice one missing."""
-    import tomllib
+def test_the_wheel_holds_every_module_and_data_file(tmp_path):
+    """``pip install .`` (the README's serve command) installs the wheel, not the checkout: every module,
+    the web page and the catalog must be in it. CI's editable install would not notice one missing."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
 
     root = Path(__file__).resolve().parents[2]
-    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {
-        ".".join(init.parent.relative_to(root).parts) for init in (root / "edge_run").rglob("__init__.py")
+    source = tmp_path / "source"  # a copy: setuptools would reuse a stale build/ left in the checkout
+    shutil.copytree(root / "edge_run", source / "edge_run", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
+                   check=True, capture_output=True, timeout=600)  # fmt: skip
+    (wheel,) = tmp_path.glob("edge_run-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    wanted = {
+        path.relative_to(root).as_posix()
+        for path in (root / "edge_run").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
     }
-    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+    assert wanted - shipped == set(), "pyproject.toml's packages.find or package-data misses these"
+    assert {"edge_run/models/catalog.toml", "edge_run/api/web/static/index.html"} <= shipped
