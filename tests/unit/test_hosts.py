@@ -7,7 +7,7 @@ from litestar.testing import TestClient
 
 from edge_run.api.app import create_app
 from edge_run.api.hosts import host_allowed
-from tests.unit.test_http import FakeEngine, fake_registry
+from tests.fakes import FakeEngine, fake_registry
 
 ALLOWED = frozenset({"mybox.lan"})
 
