@@ -11,8 +11,8 @@ import openai
 import pytest
 
 from edge_run.config import physical_cores
-from tests.conftest import Server, run_cli, start_server
 from tests.hf_fixture import HubFixture
+from tests.support import Server, run_cli, start_server
 
 pytestmark = pytest.mark.integration
 
