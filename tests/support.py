@@ -75,6 +75,9 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, every: float = 0
 
 @dataclass
 class Server:
+    """A running ``edge-run serve``: its home, port and key, its process and log; ``extra`` holds what its
+    fixture adds (another key, a file to look at)."""
+
     home: Path
     port: int
     key: str

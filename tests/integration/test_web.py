@@ -163,9 +163,9 @@ def test_no_arguments_serves_and_opens_a_login_link_that_works(tmp_path, model_p
 
 @pytest.fixture(scope="module")
 def web_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
-    """``serve`` as the shared server runs, with ``$EDGE_RUN_BROWSER`` set to a recorder (``extra["opened"]``,
-    the file it writes; ``extra["ready"]``, when the server answered). Its one-time login link is
-    ``test_login_link_then_a_streamed_answer``'s: trading it creates a key."""
+    """``serve`` with the shared server's flags and ``$EDGE_RUN_BROWSER`` set to a recorder (``extra["opened"]``,
+    the file it would write; ``extra["ready"]``, when the server answered). Its one-time login link is
+    ``test_login_link_then_a_streamed_answer``'s: trading it creates a key, so the shared server keeps its own."""
     home = tmp_path_factory.mktemp("web-home")
     opener, record = browser_recorder(home)
     run_cli(home, "models", "add", str(model_path), "--id", MODEL_ID)
