@@ -9,7 +9,7 @@ import httpx
 import msgspec
 import pytest
 
-from tests.conftest import MODEL_ID, Server
+from tests.support import MODEL_ID, Server
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from edge_run.errors import ModelNotFound
 from edge_run.models.catalog import load_catalog
 from edge_run.models.inventory import inventory
 from edge_run.paths import Paths
-from tests.unit.test_catalog_fetch import tiny_gguf
+from tests.fakes import tiny_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
 

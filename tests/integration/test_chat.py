@@ -7,7 +7,7 @@ import asyncio
 import openai
 import pytest
 
-from tests.conftest import MODEL_ID
+from tests.support import MODEL_ID
 
 pytestmark = pytest.mark.integration
 
@@ -98,6 +98,10 @@ def test_async_client_streams(server):
 
     text = asyncio.run(go())
     assert text.strip()
+    whole = openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0).chat.completions.create(
+        model=MODEL_ID, messages=QUESTION, max_tokens=16, temperature=0
+    )
+    assert text == whole.choices[0].message.content
 
 
 def test_stop_sequence_cuts_the_answer(client):
@@ -127,7 +131,16 @@ def test_content_parts_and_system_message(client):
         user="someone",
         extra_body={"unknown_field": 1},
     )
-    assert r.choices[0].message.content is not None
+    # the same prompt and answer as the plain form: the parts are the text, the extra fields change nothing
+    plain = client.chat.completions.create(
+        model=MODEL_ID,
+        messages=[{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hi."}],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert r.choices[0].message.content
+    assert r.choices[0].message.content == plain.choices[0].message.content
+    assert r.usage.prompt_tokens == plain.usage.prompt_tokens
 
 
 def test_seed_makes_sampling_reproducible(client):

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL_ID
+from tests.support import MODEL_ID
 
 pytestmark = pytest.mark.integration
 

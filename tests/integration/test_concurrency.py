@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL_ID, stream_in_slot_order
+from tests.payloads import NO_EOS
+from tests.support import MODEL_ID, Server, run_cli, start_server, stream_in_slot_order, wait_for
 
 pytestmark = pytest.mark.integration
-
-# Token ids 0, 2 and 4 are SmolLM2's end-of-generation tokens: banning them keeps a stream going.
-NO_EOS = {"0": -100, "2": -100, "4": -100}
 
 
 def prompts(n: int) -> list[list[dict]]:
@@ -116,8 +115,27 @@ def test_full_queue_answers_429_with_retry_after(make_server):
         client.close()
 
 
-def test_disconnect_frees_the_slot_for_the_next_request(make_server):
-    server = make_server("--slots", "1", "--ctx", "2048")
+@pytest.fixture(scope="module")
+def one_slot(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
+    """One slot of 2048 tokens, for the clients that leave: each test leaves the slot free."""
+    home = tmp_path_factory.mktemp("one-slot")
+    run_cli(home, "models", "add", str(model_path), "--id", MODEL_ID)
+    server = start_server(home, "--model", MODEL_ID, "--slots", "1", "--ctx", "2048")
+    yield server
+    server.stop()
+
+
+def generated(server: Server) -> int:
+    return server.health()["models"][0]["tokens_generated"]
+
+
+def slot_freed(server: Server, timeout: float) -> None:
+    wait_for(lambda: server.health()["models"][0]["slots_busy"] == 0, timeout, "the slot freed")
+
+
+def test_disconnect_frees_the_slot_for_the_next_request(one_slot: Server):
+    server = one_slot
+    before = generated(server)
     abandoned_budget = 1800
     client, stream = _open_stream(server, abandoned_budget)
     lines = stream.iter_lines()
@@ -129,30 +147,23 @@ def test_disconnect_frees_the_slot_for_the_next_request(make_server):
         model=MODEL_ID, messages=prompts(2)[1], max_tokens=8, temperature=0
     )
     assert follow.choices[0].finish_reason in ("stop", "length")
-    status = server.health()["models"][0]
     # the abandoned stream was stopped: far fewer tokens were generated than it had asked for
-    assert status["tokens_generated"] < abandoned_budget // 2
-    deadline = time.monotonic() + 30
-    while server.health()["models"][0]["slots_busy"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.health()["models"][0]["slots_busy"] == 0
+    assert generated(server) - before < abandoned_budget // 2
+    slot_freed(server, 30)
 
 
 @pytest.mark.parametrize("route", ["/chat/completions", "/completions"])
-def test_a_non_streaming_client_that_leaves_frees_its_slot(make_server, route):
-    server = make_server("--slots", "1", "--ctx", "2048")
+def test_a_non_streaming_client_that_leaves_frees_its_slot(one_slot: Server, route):
+    server = one_slot
+    before = generated(server)
     budget = 1800
     body = {"model": MODEL_ID, "max_tokens": budget, "logit_bias": NO_EOS}
     body |= {"messages": prompts(1)[0]} if route == "/chat/completions" else {"prompt": "Once upon a time"}
     with pytest.raises(httpx.ReadTimeout), httpx.Client(timeout=httpx.Timeout(60, read=1.0)) as http:
         http.post(server.base_url + route, json=body, headers={"Authorization": f"Bearer {server.key}"})
-    deadline = time.monotonic() + 60
-    while server.health()["models"][0]["slots_busy"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    status = server.health()["models"][0]
-    assert status["slots_busy"] == 0
+    slot_freed(server, 60)
     # the slot was freed by the disconnect, not by the answer running to its end
-    assert 0 < status["tokens_generated"] < budget // 2
+    assert 0 < generated(server) - before < budget // 2
     follow = openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0).chat.completions.create(
         model=MODEL_ID, messages=prompts(2)[1], max_tokens=8, temperature=0
     )

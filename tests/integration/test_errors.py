@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL_ID, run_cli
+from tests.support import MODEL_ID
 
 pytestmark = pytest.mark.integration
 
@@ -53,15 +53,6 @@ def test_sdk_sees_authentication_error(server):
     client = openai.OpenAI(base_url=server.base_url, api_key="er-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
-
-
-def test_revoked_key_stops_working_on_the_running_server(server):
-    key = run_cli(server.home, "keys", "create", "--name", "short-lived").stdout.strip()
-    assert httpx.get(server.base_url + "/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
-    run_cli(server.home, "keys", "revoke", "short-lived")
-    r = httpx.get(server.base_url + "/models", headers={"Authorization": f"Bearer {key}"})
-    assert r.status_code == 401
-    assert envelope(r)["type"] == "invalid_request_error"
 
 
 def test_malformed_json_is_400(server):

@@ -22,7 +22,7 @@ from schemathesis.checks import not_a_server_error
 from edge_run.api.app import create_app
 from edge_run.models.registry import ModelRegistry
 from edge_run.server import app_services
-from tests.conftest import MODEL_ID, Server, run_cli, start_server
+from tests.support import MODEL_ID, Server, run_cli, start_server
 
 pytestmark = pytest.mark.integration
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import Server, run_cli, start_server
+from tests.support import Server, run_cli, start_server, usage_by, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -43,17 +42,16 @@ def chat(server: Server, key: str, model: str = "acme/one", **body) -> httpx.Res
     )
 
 
-def usage_rows(server: Server, key_name: str, requests: int) -> dict[str, int]:
-    """`keys usage --key NAME --by key`: the key's row of totals once it counts ``requests`` (or after 15 s)."""
+def written_usage(server: Server, key_name: str, requests: int) -> dict[str, int]:
+    """`keys usage --key NAME --by key`: the key's totals, once the key database holds ``requests`` of its
+    requests (the server writes usage about once a second)."""
     names = ("requests", "prompt", "completion", "cached", "total")
-    totals: dict[str, int] = {}
-    deadline = time.monotonic() + 15
-    while totals.get("requests", 0) < requests and time.monotonic() < deadline:
-        time.sleep(0.3)  # the server writes usage about once a second
-        out = run_cli(server.home, "keys", "usage", "--key", key_name, "--by", "key").stdout.splitlines()
-        rows = [line.split() for line in out[1:] if line.startswith(key_name)]
-        totals = dict(zip(names, map(int, rows[0][1:]), strict=True)) if rows else {}
-    return totals
+
+    def totals() -> dict[str, int] | None:
+        row = usage_by(server, "key", key_name).get(key_name)
+        return dict(zip(names, row, strict=True)) if row and row[0] >= requests else None
+
+    return wait_for(totals, 15, f"{requests} requests of `{key_name}` in the usage", every=0.2)
 
 
 def test_alice_sees_only_her_models_and_her_fourth_request_in_a_minute_is_429(server: Server):
@@ -77,9 +75,13 @@ def test_alice_sees_only_her_models_and_her_fourth_request_in_a_minute_is_429(se
     assert fourth.headers["x-ratelimit-remaining-requests"] == "0"
     assert fourth.headers["x-ratelimit-reset-requests"].endswith("s")
 
-    totals = usage_rows(server, "alice", 3)
-    time.sleep(1.5)
-    assert usage_rows(server, "alice", 4)["requests"] == 3  # the refused fourth ran nothing and is not counted
+    totals = written_usage(server, "alice", 3)
+    # the refused fourth ran nothing and is not counted: one task writes the records in the order they came,
+    # so once a later request's record is written, the fourth's would be too
+    later = new_key(server, "after-alice")
+    assert chat(server, later).status_code == 200
+    written_usage(server, "after-alice", 1)
+    assert written_usage(server, "alice", 3)["requests"] == 3
     assert totals["prompt"] == sum(u.prompt_tokens for u in answers)
     assert totals["completion"] == sum(u.completion_tokens for u in answers)
 
@@ -183,16 +185,31 @@ def test_usage_route_shows_a_user_only_their_own_and_an_admin_everything(server:
     user = new_key(server, "carol")
     admin = new_key(server, "boss", "--role", "admin")
     assert chat(server, user).status_code == 200
-    time.sleep(1.5)  # written about once a second
 
     def report(key: str) -> dict:
         r = httpx.get(server.base_url + "/usage", params={"since": "1d"}, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200
         return r.json()
 
-    mine = report(user)
+    def written() -> dict | None:  # the server writes usage about once a second
+        mine = report(user)
+        return mine if mine["data"] else None
+
+    mine = wait_for(written, 15, "carol's usage in the report")
     assert mine["scope"] == "this key" and {row["key"] for row in mine["data"]} == {"carol"}
     everything = report(admin)
     assert everything["scope"] == "all keys" and "carol" in {row["key"] for row in everything["data"]}
     bad = httpx.get(server.base_url + "/usage", params={"since": "soon"}, headers={"Authorization": f"Bearer {user}"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
+
+
+def test_revoked_key_stops_working_on_the_running_server(server: Server):
+    key = new_key(server, "short-lived")
+    assert httpx.get(server.base_url + "/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    run_cli(server.home, "keys", "revoke", "short-lived")
+    r = httpx.get(server.base_url + "/models", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 401
+    assert set(r.json()) == {"error"}
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert error["type"] == "invalid_request_error"

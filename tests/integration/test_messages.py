@@ -10,10 +10,10 @@ import httpx
 import msgspec
 import pytest
 
-from tests.conftest import MODEL_ID
-from tests.integration.test_responses import stream_that_fails
-from tests.integration.test_tools_and_formats import WEATHER as CHAT_WEATHER
-from tests.integration.test_tools_and_formats import validate
+from tests.fakes import stream_that_fails
+from tests.payloads import WEATHER as CHAT_WEATHER
+from tests.payloads import validate
+from tests.support import MODEL_ID
 
 pytestmark = pytest.mark.integration
 
@@ -154,9 +154,11 @@ def test_json_output_format(client):
     validate(json.loads(m.content[0].text), schema)
 
 
-def test_bearer_auth_works_too(server):
+def test_bearer_auth_works_too(client, server):
     bearer = anthropic.Anthropic(base_url=server.url, auth_token=server.key, max_retries=0)
-    assert bearer.messages.create(model=MODEL_ID, max_tokens=2, messages=ASK).content
+    body = dict(model=MODEL_ID, max_tokens=2, messages=ASK, extra_body=GREEDY)
+    answer = bearer.messages.create(**body)
+    assert answer.content and answer.content == client.messages.create(**body).content
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -11,8 +12,8 @@ import openai
 import pytest
 
 from edge_run.config import physical_cores
-from tests.conftest import Server, run_cli, start_server
 from tests.hf_fixture import HubFixture
+from tests.support import Server, run_cli, start_server, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,20 +36,32 @@ def complete(client: openai.OpenAI, model: str, **kwargs) -> str:
     return r.choices[0].text
 
 
-@pytest.fixture
-def two_models(tmp_path: Path, model_path: Path, second_model_path: Path):
-    """A fresh home with `acme/one` (SmolLM2) and `acme/two` (Gemma), served with --keep-alive 5 --max-loaded 1."""
-    home = tmp_path / "home"
+def serve_two_models(home: Path, model_path: Path, second_model_path: Path) -> Server:
+    """A home with `acme/one` (SmolLM2) and `acme/two` (Gemma), served with --keep-alive 5 --max-loaded 1."""
     home.mkdir()
     run_cli(home, "models", "add", str(model_path), "--id", "acme/one")
     run_cli(home, "models", "add", str(second_model_path), "--id", "acme/two")
-    server = start_server(home, "--keep-alive", "5", "--max-loaded", "1", "--ctx", "512", "--slots", "4")
+    return start_server(home, "--keep-alive", "5", "--max-loaded", "1", "--ctx", "512", "--slots", "4")
+
+
+@pytest.fixture
+def fresh_two_models(tmp_path: Path, model_path: Path, second_model_path: Path) -> Iterator[Server]:
+    """The two models on a server of this test's own: neither has loaded yet."""
+    server = serve_two_models(tmp_path / "home", model_path, second_model_path)
     yield server
     server.stop()
 
 
-def test_two_models_answer_alternately_and_unload_when_idle(two_models: Server):
-    server = two_models
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory: pytest.TempPathFactory, model_path: Path, second_model_path: Path) -> Iterator[Server]:
+    """The two models on one server for the tests that work from whatever state they find it in."""
+    server = serve_two_models(tmp_path_factory.mktemp("two-models") / "home", model_path, second_model_path)
+    yield server
+    server.stop()
+
+
+def test_two_models_answer_alternately_and_unload_when_idle(fresh_two_models: Server):
+    server = fresh_two_models
     assert statuses(server) == {"acme/one": "unloaded", "acme/two": "unloaded"}
     client = openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=300)
     answers: dict[str, list[str]] = {"acme/one": [], "acme/two": []}
@@ -72,6 +85,8 @@ def test_two_models_answer_alternately_and_unload_when_idle(two_models: Server):
 
 def test_eight_first_requests_to_an_unloaded_model_cause_one_load(two_models: Server):
     server = two_models
+    wait_for(lambda: statuses(server)["acme/two"] == "unloaded", 10, "acme/two unloaded (keep-alive 5 s)")
+    before = loads(server)["acme/two"]
 
     async def burst() -> list[str]:
         client = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=300)
@@ -89,7 +104,7 @@ def test_eight_first_requests_to_an_unloaded_model_cause_one_load(two_models: Se
         return [r.choices[0].finish_reason for r in replies]
 
     assert all(reason in ("stop", "length") for reason in asyncio.run(burst()))
-    assert loads(server)["acme/two"] == 1
+    assert loads(server)["acme/two"] == before + 1
 
 
 def test_keep_alive_in_the_request_body_unloads_right_after_the_answer(two_models: Server):

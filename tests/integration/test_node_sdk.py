@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MODEL_ID
+from tests.support import MODEL_ID
 
 pytestmark = pytest.mark.integration
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MODEL_ID, Server
+from tests.support import MODEL_ID, Server, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -24,8 +23,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def test_metrics_need_a_key_parse_and_count_the_tokens_of_a_request(make_server):
-    server: Server = make_server()
+def test_metrics_need_a_key_parse_and_count_the_tokens_of_a_request(server: Server):
     auth = {"Authorization": f"Bearer {server.key}"}
     assert httpx.get(server.url + "/metrics").status_code == 401
     label = (("model", MODEL_ID),)
@@ -57,19 +55,17 @@ def test_metrics_public_needs_no_key(make_server):
     assert r.status_code == 200 and "llamacpp:requests_processing" in r.text
 
 
-def test_the_access_log_has_a_line_per_request_and_no_key(make_server):
-    server: Server = make_server()
+def test_the_access_log_has_a_line_per_request_and_no_key(server: Server):
     auth = {"Authorization": f"Bearer {server.key}"}
     body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    log = server.home / "logs" / "access.log"
+    before = len(log.read_text().splitlines()) if log.exists() else 0  # the lines of the tests before
     httpx.post(server.base_url + "/chat/completions", headers=auth, json=body, timeout=120)
     httpx.post(server.base_url + "/chat/completions", headers={"Authorization": "Bearer er-wrong"}, json=body)
     httpx.get(server.base_url + "/models", headers=auth)
     httpx.get(server.url + "/health")  # polled by the page: not logged
-    log = server.home / "logs" / "access.log"
-    deadline = time.monotonic() + 10
-    while (not log.exists() or len(log.read_text().splitlines()) < 3) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= before + 3, 10, "three access log lines")
+    lines = [json.loads(line) for line in log.read_text().splitlines()[before:]]
     assert [(x["method"], x["path"], x["status"]) for x in lines] == [
         ("POST", "/v1/chat/completions", 200),
         ("POST", "/v1/chat/completions", 401),

@@ -9,19 +9,13 @@ import httpx
 import msgspec
 import openai
 import pytest
-from litestar.testing import TestClient
 
-from edge_run.api.app import create_app
 from edge_run.api.responses.schemas import ResponseObject
 from edge_run.api.responses.store import ResponseNotFound, ResponseStore
-from edge_run.engine import Chunk
-from edge_run.errors import EngineFailure
-from edge_run.keys import KeyStore
-from edge_run.server import app_services
-from tests.conftest import MODEL_ID, run_cli
-from tests.integration.test_tools_and_formats import WEATHER as CHAT_WEATHER
-from tests.integration.test_tools_and_formats import validate
-from tests.unit.test_http import FakeEngine, fake_registry
+from tests.fakes import stream_that_fails
+from tests.payloads import WEATHER as CHAT_WEATHER
+from tests.payloads import validate
+from tests.support import MODEL_ID
 
 pytestmark = pytest.mark.integration
 
@@ -198,7 +192,7 @@ def test_bad_requests_name_the_parameter(server, body, param):
 
 
 def test_another_key_cannot_read_a_stored_response(client, server):
-    other = run_cli(server.home, "keys", "create", "--name", "other-responses").stdout.strip()
+    other = server.extra["other_key"]
     r = client.responses.create(model=MODEL_ID, input="Hi", max_output_tokens=4, temperature=0)
     stranger = openai.OpenAI(base_url=server.base_url, api_key=other, max_retries=0)
     with pytest.raises(openai.NotFoundError):
@@ -225,18 +219,6 @@ def test_the_store_is_bounded_by_count_and_age():
     assert store.get("d", None).response.id == "d"
     with pytest.raises(ResponseNotFound):
         store.get("d", "another key")
-
-
-def stream_that_fails(tmp_path, path: str, body: dict) -> tuple[str, FakeEngine]:
-    """Stream ``body`` from ``path`` over a fake engine whose generation fails after one token."""
-    keys = KeyStore(tmp_path / "keys.sqlite3")
-    key, _ = keys.create()
-    engine = FakeEngine()
-    engine.chunks = [Chunk(text="Hel", completion_tokens=1), Chunk(finish_reason="error", error=EngineFailure("boom"))]
-    with TestClient(create_app(app_services(fake_registry(engine), keys)), base_url="http://127.0.0.1") as http:
-        r = http.post(path, json={"model": "fake/model", "stream": True, **body}, headers={"x-api-key": key})
-    assert engine.generations[-1].cancelled  # the slot is handed back
-    return r.text, engine
 
 
 def test_a_failure_mid_stream_sends_response_failed(tmp_path):

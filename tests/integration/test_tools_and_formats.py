@@ -7,22 +7,11 @@ import json
 import openai
 import pytest
 
-from tests.conftest import MODEL_ID
+from tests.payloads import ASK, WEATHER, validate
+from tests.support import MODEL_ID
 
 pytestmark = pytest.mark.integration
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 40}, "unit": {"type": "string", "enum": ["c", "f"]}},
-            "required": ["city", "unit"],
-        },
-    },
-}
 TIME = {
     "type": "function",
     "function": {
@@ -35,38 +24,11 @@ TIME = {
         },
     },
 }
-ASK = [{"role": "user", "content": "What's the weather like in Paris right now?"}]
 
 
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0)
-
-
-def validate(value, schema) -> None:
-    """A small JSON-schema check for the features these tests use (no extra dependency)."""
-    kind = schema.get("type")
-    if "enum" in schema:
-        assert value in schema["enum"], (value, schema["enum"])
-    if kind == "object":
-        assert isinstance(value, dict)
-        for key in schema.get("required", []):
-            assert key in value, (key, value)
-        for key, sub in schema.get("properties", {}).items():
-            if key in value:
-                validate(value[key], sub)
-    elif kind == "array":
-        assert isinstance(value, list)
-        assert len(value) <= schema.get("maxItems", len(value))
-        for item in value:
-            validate(item, schema["items"])
-    elif kind == "string":
-        assert isinstance(value, str)
-        assert len(value) <= schema.get("maxLength", len(value))
-    elif kind == "integer":
-        assert isinstance(value, int) and not isinstance(value, bool)
-    elif kind == "boolean":
-        assert isinstance(value, bool)
 
 
 def only_call(response) -> tuple[str, dict]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Server, free_port, run_cli, start_server
+from tests.support import Server, free_port, run_cli, start_server, usage_by, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +107,7 @@ def test_models_lists_upstreams_with_their_health(stack):
 
 
 def test_a_streamed_answer_through_edge_run_equals_the_direct_one(stack):
-    server, replicas, _ = stack
+    server, replicas, other = stack
     via = openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=120)
     direct = openai.OpenAI(base_url=replicas[0].base_url, api_key=UPSTREAM_KEY, max_retries=0, timeout=120)
     body = {"messages": ASK, "max_tokens": 24, "temperature": 0, "seed": 1}
@@ -123,9 +124,11 @@ def test_a_streamed_answer_through_edge_run_equals_the_direct_one(stack):
     )
     expected = direct.chat.completions.create(model="smol-upstream", **body).choices[0].message.content
     assert streamed and streamed == expected
-    # another edge-run as the upstream, through the SDK, with this edge-run's key
-    reply = via.chat.completions.create(model="team/other", **body)
-    assert reply.choices[0].message.content
+    # another edge-run as the upstream, through the SDK, with this edge-run's key: its own answer
+    asked = openai.OpenAI(base_url=other.base_url, api_key=other.key, max_retries=0, timeout=120)
+    asked.chat.completions.create(model="smol", **body)  # both answers below find the prompt cached
+    reply = via.chat.completions.create(model="team/other", **body).choices[0].message.content
+    assert reply and reply == asked.chat.completions.create(model="smol", **body).choices[0].message.content
 
 
 def test_usage_is_charged_to_the_local_key_and_the_upstream_key_never_leaks(stack):
@@ -151,10 +154,13 @@ def test_usage_is_charged_to_the_local_key_and_the_upstream_key_never_leaks(stac
         timeout=60,
     )
     seen += [str(bad.headers), bad.text]
-    time.sleep(1.5)  # usage is written about once a second
-    out = run_cli(server.home, "keys", "usage", "--key", "upstream-user", "--by", "model").stdout
-    row = next(line.split() for line in out.splitlines() if line.startswith("team/big"))
-    assert int(row[1]) >= 2 and int(row[2]) >= usage.prompt_tokens
+
+    def both_written() -> list[int] | None:  # usage is written about once a second
+        row = usage_by(server, "model", "upstream-user").get("team/big")
+        return row if row and row[0] >= 2 else None
+
+    row = wait_for(both_written, 15, "team/big's two answers in the usage")
+    assert row[1] >= usage.prompt_tokens
     logs = [server.log.read_text(), (server.home / "logs" / "access.log").read_text()]
     for text in seen + logs:
         assert UPSTREAM_KEY not in text and other.key not in text
@@ -179,7 +185,7 @@ def test_killing_a_replica_loses_no_later_request(stack):
     replicas[1].proc.send_signal(signal.SIGKILL)
     replicas[1].proc.wait()
 
-    async def burst() -> list[str | None]:
+    async def burst() -> list[tuple[str, int]]:
         client = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=120)
         try:  # at once, so that some are sent to the dead replica (it has fewer outstanding) and fail over
             replies = await asyncio.gather(
@@ -187,9 +193,12 @@ def test_killing_a_replica_loses_no_later_request(stack):
             )
         finally:
             await client.close()
-        return [r.choices[0].message.content for r in replies]
+        return [(r.model, r.usage.completion_tokens) for r in replies]
 
-    assert all(text is not None for text in asyncio.run(burst()))
+    # each answered whole by the live replica: its model, and the tokens each asked for (or fewer, at a stop)
+    answered = asyncio.run(burst())
+    assert [model for model, _ in answered] == ["smol-upstream"] * 6
+    assert all(0 < tokens <= 4 + i for i, (_, tokens) in enumerate(answered)), answered
     big = next(m for m in server.health()["models"] if m["id"] == "team/big")
     dead = next(r for r in big["replicas"] if str(replicas[1].port) in r["base_url"])
     assert dead["last_error"] == "ConnectError"  # it was tried, failed, and the request went to the other one
@@ -231,6 +240,11 @@ def test_rpc_servers_reach_the_engine_and_a_build_without_rpc_says_how_to_get_it
         server.stop()
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def test_a_model_split_onto_an_rpc_server_answers(tmp_path: Path, model_path: Path):
     """Runs where llama-cpp-python has RPC and ``EDGE_RUN_RPC_SERVER`` names llama.cpp's ``rpc-server``
     (docs/scale-out.md says how to build both); CI's build has no RPC, and the test above covers that."""
@@ -241,7 +255,7 @@ def test_a_model_split_onto_an_rpc_server_answers(tmp_path: Path, model_path: Pa
     worker = subprocess.Popen([binary, "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        time.sleep(1)
+        wait_for(lambda: _listening(port), 30, "rpc-server listening")
         home = tmp_path / "home"
         (home / "config").mkdir(parents=True)
         (home / "config" / "config.toml").write_text(
@@ -253,7 +267,8 @@ def test_a_model_split_onto_an_rpc_server_answers(tmp_path: Path, model_path: Pa
             assert model["gpu_layers"] == model["gpu_layers_total"] > 0  # every layer on the worker
             assert any(d.startswith("RPC") for d in model["gpu_devices"])
             client = openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=120)
-            assert client.chat.completions.create(model="team/split", messages=ASK, max_tokens=8).choices[0].message
+            reply = client.chat.completions.create(model="team/split", messages=ASK, max_tokens=8)
+            assert reply.choices[0].message.content and 0 < reply.usage.completion_tokens <= 8
         finally:
             server.stop()
     finally:

@@ -25,8 +25,8 @@ from litestar.testing import TestClient
 from edge_run.api.app import create_app
 from edge_run.keys import KeyStore
 from edge_run.server import app_services
-from tests.conftest import MODEL_ID, Server, free_port, run_cli, start_server, wait_healthy
-from tests.unit.test_http import fake_registry
+from tests.fakes import fake_registry
+from tests.support import MODEL_ID, Server, browser_recorder, free_port, run_cli, start_server, wait_healthy
 
 CHROMIUM = os.environ.get("EDGE_RUN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -108,17 +108,6 @@ def test_no_auth_server_exchanges_for_no_key(tmp_path):
 # ---- the double-click path of the CLI, from source -----------------------------------------
 
 
-def _recorder(tmp_path: Path) -> tuple[Path, Path]:
-    """A fake browser: a script that appends the URL it is given to a file."""
-    record = tmp_path / "opened.txt"
-    script = tmp_path / "fake-browser.py"
-    script.write_text(
-        f"#!{sys.executable}\nimport sys\nwith open({str(record)!r}, 'a') as f:\n    f.write(sys.argv[1] + '\\n')\n"
-    )
-    script.chmod(0o755)
-    return script, record
-
-
 def _wait_for_lines(path: Path, n: int, timeout: float = 30) -> list[str]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -132,7 +121,7 @@ def _wait_for_lines(path: Path, n: int, timeout: float = 30) -> list[str]:
 def test_no_arguments_serves_and_opens_a_login_link_that_works(tmp_path, model_path):
     home = tmp_path / "home"
     run_cli(home, "models", "add", str(model_path), "--id", MODEL_ID)
-    opener, record = _recorder(tmp_path)
+    opener, record = browser_recorder(tmp_path)
     port = free_port()
     env = {
         **os.environ,
@@ -172,13 +161,23 @@ def test_no_arguments_serves_and_opens_a_login_link_that_works(tmp_path, model_p
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text()[-2000:]
 
 
-@pytest.mark.integration
-def test_serve_opens_no_browser_unless_asked(make_server, tmp_path):
-    opener, record = _recorder(tmp_path)
-    server = make_server(env={"EDGE_RUN_BROWSER": str(opener)})
-    assert LOGIN_RE.search(server.log.read_text())
-    time.sleep(0.5)
-    assert not record.exists()
+# ---- one server for the login link: `serve`, with a browser it must not open ------------------
+
+
+@pytest.fixture(scope="module")
+def web_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
+    """``serve`` with the shared server's flags and ``$EDGE_RUN_BROWSER`` set to a recorder (``extra["opened"]``,
+    the file it would write; ``extra["ready"]``, when the server answered). Its one-time login link is
+    ``test_login_link_then_a_streamed_answer``'s: trading it creates a key, so the shared server keeps its own."""
+    home = tmp_path_factory.mktemp("web-home")
+    opener, record = browser_recorder(home)
+    run_cli(home, "models", "add", str(model_path), "--id", MODEL_ID)
+    server = start_server(
+        home, "--model", MODEL_ID, "--ctx", "2048", "--slots", "4", env={"EDGE_RUN_BROWSER": str(opener)}
+    )
+    server.extra |= {"opened": str(record), "ready": str(time.monotonic())}
+    yield server
+    server.stop()
 
 
 # ---- the page in headless Chromium ---------------------------------------------------------
@@ -207,7 +206,8 @@ def _screenshot(page, path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_login_link_then_a_streamed_answer(browser, server, tmp_path):
+def test_login_link_then_a_streamed_answer(browser, web_server, tmp_path):
+    server = web_server
     [login] = LOGIN_RE.findall(server.log.read_text())
     context = browser.new_context()
     page = context.new_page()
@@ -283,6 +283,14 @@ def test_without_login_the_page_asks_for_a_key(browser, server):
         assert page.evaluate("localStorage.getItem('edge-run:key')") is None
     finally:
         context.close()
+
+
+@pytest.mark.integration
+def test_serve_opens_no_browser_unless_asked(web_server):
+    """After the browser tests here: a browser would have been opened once the server listened."""
+    assert LOGIN_RE.search(web_server.log.read_text())
+    time.sleep(max(0.0, float(web_server.extra["ready"]) + 0.5 - time.monotonic()))  # alone: half a second
+    assert not Path(web_server.extra["opened"]).exists()
 
 
 # ---- many models: the picker's states, and a model that loads on its first message ----------

@@ -8,7 +8,6 @@ import http.server
 import io
 import json
 import os
-import struct
 import subprocess
 import threading
 import zipfile
@@ -26,6 +25,7 @@ from edge_run.models.index import normalize, redact
 from edge_run.models.inventory import inventory, lookup
 from edge_run.models.local import LocalRegistry
 from edge_run.paths import Paths
+from tests.fakes import tiny_gguf
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -403,20 +403,6 @@ def test_fetch_missing_member_raises(index: _Index, tmp_path: Path) -> None:
 
 
 # --- local registry --------------------------------------------------------------------------------
-
-
-def tiny_gguf() -> bytes:
-    """The smallest GGUF that edge-run reads whole: the metadata a layout needs and one 8-float tensor."""
-
-    def text(value: str) -> bytes:
-        return struct.pack("<Q", len(value)) + value.encode()
-
-    numbers = [("block_count", 0), ("embedding_length", 8), ("attention.head_count", 1)]
-    kvs = [text("general.architecture") + struct.pack("<I", 8) + text("llama")]
-    kvs += [text(f"llama.{k}") + struct.pack("<II", 4, v) for k, v in numbers]
-    tensor = text("token_embd.weight") + struct.pack("<IQQIQ", 2, 8, 1, 0, 0)  # 8 x 1, F32, at offset 0
-    head = b"GGUF" + struct.pack("<IQQ", 3, 1, len(kvs)) + b"".join(kvs) + tensor
-    return head + b"\0" * (-len(head) % 32) + struct.pack("<8f", *range(8))
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from litestar.testing import TestClient
 from edge_run.api.app import create_app
 from edge_run.keys import KeyStore
 from edge_run.server import app_services
-from tests.unit.test_http import FakeEngine, fake_registry
+from tests.fakes import FakeEngine, fake_registry
 
 APP_ORIGIN = "https://app.example"
 PREFLIGHT = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}

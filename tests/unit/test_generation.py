@@ -9,21 +9,14 @@ import pytest
 
 from edge_run.engine import Chunk, Generation
 from edge_run.errors import EngineFailure
+from tests.fakes import FinishCounter
 
 
-class _Engine:
-    def __init__(self) -> None:
-        self.finished = 0
-
-    def _finished(self) -> None:
-        self.finished += 1
-
-
-def _generation(chunks: list[Chunk], n_jobs: int = 1) -> tuple[Generation, _Engine]:
+def _generation(chunks: list[Chunk], n_jobs: int = 1) -> tuple[Generation, FinishCounter]:
     queue: asyncio.Queue[Chunk] = asyncio.Queue()
     for chunk in chunks:
         queue.put_nowait(chunk)
-    engine = _Engine()
+    engine = FinishCounter()
     jobs = [SimpleNamespace(cancelled=False) for _ in range(n_jobs)]
     return Generation(engine, jobs, queue), engine  # type: ignore[arg-type]
 

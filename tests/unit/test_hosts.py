@@ -8,7 +8,7 @@ from litestar.testing import TestClient
 from edge_run.api.app import create_app
 from edge_run.api.http.hosts import host_allowed
 from edge_run.server import app_services
-from tests.unit.test_http import FakeEngine, fake_registry
+from tests.fakes import FakeEngine, fake_registry
 
 ALLOWED = frozenset({"mybox.lan"})
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,69 +13,12 @@ import pytest
 from litestar.testing import TestClient
 
 from edge_run.api.app import create_app
-from edge_run.engine import Chunk, Generation
+from edge_run.engine import Chunk
 from edge_run.errors import EngineFailure
 from edge_run.keys import KeyStore
-from edge_run.models.registry import ModelRegistry, ModelSpec
+from edge_run.models.registry import ModelRegistry
 from edge_run.server import app_services
-
-
-class FakeGeneration:
-    def __init__(self, chunks: list[Chunk]) -> None:
-        self.chunks = chunks
-        self.cancelled = False
-
-    __aiter__ = Generation.__aiter__  # the real flattening over the fake batches below
-
-    async def batches(self) -> AsyncIterator[list[Chunk]]:
-        for chunk in self.chunks:  # one step at a time, as from a consumer that keeps up
-            if chunk.error is not None:
-                raise chunk.error
-            yield [chunk]
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeEngine:
-    model_id = "fake/model"
-    n_vocab = 100
-
-    def __init__(self) -> None:
-        self.fail: Exception | None = None
-        self.chunks = [
-            Chunk(text="Hel", completion_tokens=1, prompt_tokens=3),
-            Chunk(text="lo", completion_tokens=2, prompt_tokens=3, finish_reason="stop"),
-        ]
-        self.generations: list[FakeGeneration] = []
-
-    inflight = 0
-
-    async def load(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    def status(self) -> dict[str, Any]:
-        return {"id": self.model_id, "state": "ready"}
-
-    native_tools = False
-
-    async def prompt_tokens(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
-        if self.fail is not None:
-            raise self.fail
-        return [1, 2, 3]
-
-    async def generate(self, prompt: list[int], spec: Any, **options: Any) -> FakeGeneration:
-        gen = FakeGeneration(self.chunks)
-        self.generations.append(gen)
-        return gen
-
-
-def fake_registry(*engines: Any) -> ModelRegistry:
-    """A registry of fake engines, each under its ``model_id``."""
-    by_id = {e.model_id: e for e in engines}
-    specs = [ModelSpec(e.model_id, Path(f"{e.model_id}.gguf"), "test") for e in engines]
-    return ModelRegistry(specs, lambda spec: by_id[spec.id], cost=lambda spec: 0)
+from tests.fakes import FakeEngine, FakeGeneration, fake_registry
 
 
 @pytest.fixture

@@ -11,14 +11,7 @@ from edge_run.errors import RateLimited
 from edge_run.keys import KeyRecord, KeyStore
 from edge_run.keys.limits import Limiter
 from edge_run.keys.usage import UsageLog, UsageRecord
-
-
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 def key(**limits: int) -> KeyRecord:
@@ -26,7 +19,7 @@ def key(**limits: int) -> KeyRecord:
 
 
 def test_rpm_refuses_the_request_past_the_limit_until_the_minute_moves_on():
-    clock = Clock()
+    clock = FakeClock()
     limiter = Limiter(clock=clock)
     k = key(rpm=2)
     first = limiter.admit(k, "/v1/chat/completions")
@@ -43,7 +36,7 @@ def test_rpm_refuses_the_request_past_the_limit_until_the_minute_moves_on():
 
 
 def test_tpm_counts_tokens_as_they_are_spent_and_frees_them_a_minute_later():
-    clock = Clock()
+    clock = FakeClock()
     limiter = Limiter(clock=clock)
     k = key(tpm=100)
     lease = limiter.admit(k, "/v1/chat/completions")
@@ -60,7 +53,7 @@ def test_tpm_counts_tokens_as_they_are_spent_and_frees_them_a_minute_later():
 
 
 def test_max_parallel_is_exact_and_a_finished_request_frees_its_place():
-    limiter = Limiter(clock=Clock())
+    limiter = Limiter(clock=FakeClock())
     k = key(max_parallel=2)
 
     async def burst() -> tuple[int, int]:
@@ -89,7 +82,7 @@ def test_max_parallel_is_exact_and_a_finished_request_frees_its_place():
 def test_daily_tokens_start_from_the_usage_records(tmp_path: Path):
     store = KeyStore(tmp_path / "keys.sqlite3")
     usage = UsageLog(store)
-    clock = Clock()
+    clock = FakeClock()
     usage._write([UsageRecord(clock.now - 60, "k", "m", "/v1/chat/completions", 400, 150, 0, 200, 10)])
     limiter = Limiter(usage, clock=clock)
     with pytest.raises(RateLimited) as refused:

@@ -11,28 +11,7 @@ import pytest
 from edge_run.errors import ModelNotFound, ModelUnavailable
 from edge_run.models import registry as registry_mod
 from edge_run.models.registry import ModelRegistry, ModelSpec
-
-
-class FakeBackend:
-    """Loads in ``load_time`` seconds (or fails); ``inflight`` is what a running answer would hold."""
-
-    def __init__(self, spec: ModelSpec, log: list[str], load_time: float, fail: str | None) -> None:
-        self.spec, self.log, self.load_time, self.fail = spec, log, load_time, fail
-        self.inflight = 0
-        self.closed = False
-
-    async def load(self) -> None:
-        self.log.append(f"load {self.spec.id}")
-        await asyncio.sleep(self.load_time)
-        if self.fail:
-            raise RuntimeError(self.fail)
-
-    async def close(self) -> None:
-        self.log.append(f"close {self.spec.id}")
-        self.closed = True
-
-    def status(self) -> dict[str, Any]:
-        return {}
+from tests.fakes import FakeBackend, FakeClock
 
 
 def make(
@@ -170,18 +149,28 @@ def test_a_load_that_cannot_wait_long_enough_is_503_with_retry_after():
     asyncio.run(go())
 
 
+async def until(check: Any, timeout: float = 5.0) -> None:
+    """Waits for the keep-alive task to make ``check()`` true (it looks every ``TICK``); fails after ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "the keep-alive task did not get there"
+        await asyncio.sleep(0.005)
+
+
 def test_keep_alive_unloads_idle_models_and_a_request_can_change_it():
     async def go() -> None:
-        registry, _, _ = make(keep_alive=0.3, max_loaded=3, load_time=0.01)
+        clock = FakeClock()
+        registry, _, _ = make(keep_alive=0.3, max_loaded=3, load_time=0.01, clock=clock)
         await registry.start()
         try:
             await answer(registry, "a")
             await answer(registry, "b", keep_alive=-1)  # never
             await answer(registry, "c", keep_alive=0)  # right after the answer
-            await asyncio.sleep(0.05)
-            assert statuses(registry)["c"] == "unloaded"
-            assert statuses(registry)["a"] == "loaded" and registry.expires_in(registry.entry("a")) is not None
-            await asyncio.sleep(0.4)
+            await until(lambda: statuses(registry)["c"] == "unloaded")
+            assert statuses(registry)["a"] == "loaded"
+            assert registry.expires_in(registry.entry("a")) == pytest.approx(0.3)  # the clock has not moved
+            clock.now += 0.4
+            await until(lambda: statuses(registry)["a"] == "unloaded")
             assert statuses(registry) == {"a": "unloaded", "b": "loaded", "c": "unloaded"}
             assert registry.expires_in(registry.entry("b")) is None
         finally:
@@ -197,9 +186,11 @@ def test_keep_alive_counts_from_the_end_of_the_answer():
         await registry.start()
         try:
             await answer(registry, "a", seconds=0.3)  # an answer longer than the keep-alive
+            ended = asyncio.get_running_loop().time()
             assert statuses(registry)["a"] == "loaded"
-            await asyncio.sleep(0.25)
-            assert statuses(registry)["a"] == "unloaded"
+            await until(lambda: statuses(registry)["a"] == "unloaded")
+            # last seen busy at most a tick before the end
+            assert asyncio.get_running_loop().time() - ended >= 0.1 - registry_mod.TICK
         finally:
             await registry.close()
 
