@@ -1,5 +1,6 @@
 """Importing the engine's surface does not load llama.cpp: only loading a model, listing GPUs or building a
-grammar does. A process where ``llama_cpp`` cannot be imported at all still imports ``edge_run.engine``."""
+grammar does. A process where ``llama_cpp`` cannot be imported at all still imports ``edge_run.engine``, and
+the layers above it (``edge_run.api``, ``edge_run.serving``), which reach the engine only through that surface."""
 
 from __future__ import annotations
 
@@ -35,6 +36,18 @@ def test_the_engine_surface_imports_without_llama_cpp() -> None:
         f"assert e.__file__.startswith({str(ROOT)!r}), e.__file__\n"
         "from edge_run.engine import Engine, EngineOptions, Generation, Chunk, SamplerSpec, json_grammar\n"
         "import edge_run.models.inventory, edge_run.gguf\n"
+        "assert not any(m == 'llama_cpp' or m.startswith('llama_cpp.') for m in sys.modules)\n"
+        "print('ok')\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_the_http_and_serving_layers_import_without_llama_cpp() -> None:
+    done = run_without_llama_cpp(
+        "import edge_run.api, edge_run.api.app, edge_run.api.deps, edge_run.server\n"
+        "import edge_run.serving.request, edge_run.serving.prompt, edge_run.serving.sampling\n"
+        "import edge_run.serving.tools, edge_run.serving.assembly, edge_run.serving.metering\n"
         "assert not any(m == 'llama_cpp' or m.startswith('llama_cpp.') for m in sys.modules)\n"
         "print('ok')\n"
     )
