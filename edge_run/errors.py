@@ -11,12 +11,14 @@ __all__ = [
     "ContextLengthExceeded",
     "EdgeRunError",
     "EngineFailure",
+    "HostNotAllowed",
     "InvalidRequest",
     "ModelLoading",
     "ModelNotFound",
     "ModelUnavailable",
     "Overloaded",
     "RateLimited",
+    "ServerDraining",
     "UnsupportedMediaType",
     "UpstreamUnavailable",
 ]
@@ -137,3 +139,20 @@ class UpstreamUnavailable(EdgeRunError):
         super().__init__(message, param="model")
         self.status = status
         self.retry_after = retry_after
+
+
+class HostNotAllowed(EdgeRunError):
+    """A ``Host`` header that names another machine (see ``api/http/hosts.py``)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "host_not_allowed"
+
+
+class ServerDraining(EdgeRunError):
+    """A request that arrives while the server stops: the running answers finish, new ones wait for a restart."""
+
+    status = 503
+    type = "server_error"
+    code = "shutting_down"
+    retry_after = 5

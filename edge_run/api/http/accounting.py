@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from edge_run.api.http.access_log import AccessLine
-from edge_run.api.http.errors import ServerDraining, refusal
+from edge_run.api.http.errors import refusal
+from edge_run.errors import ServerDraining
 from edge_run.serving.metering import Meter
 
 if TYPE_CHECKING:

@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXCEPTION_HANDLERS",
-    "HostNotAllowed",
-    "ServerDraining",
     "anthropic_error",
     "error_body",
     "refusal",
@@ -62,21 +60,6 @@ class ErrorResponse(msgspec.Struct):
     """OpenAI's error envelope."""
 
     error: ErrorBody
-
-
-class HostNotAllowed(EdgeRunError):
-    """A ``Host`` header that names another machine (see :mod:`.hosts`)."""
-
-    status = 403
-    type = "invalid_request_error"
-    code = "host_not_allowed"
-
-
-class ServerDraining(EdgeRunError):
-    status = 503
-    type = "server_error"
-    code = "shutting_down"
-    retry_after = 5
 
 
 def _clip(message: str) -> str:

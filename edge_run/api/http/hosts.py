@@ -13,7 +13,8 @@ import ipaddress
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from edge_run.api.http.errors import HostNotAllowed, refusal
+from edge_run.api.http.errors import refusal
+from edge_run.errors import HostNotAllowed
 
 __all__ = ["host_allowed", "host_check"]
 
