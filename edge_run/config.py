@@ -85,7 +85,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     max_queue: NonNegative = 64
     batch: Positive = 512
     auth: bool = True
-    deterministic: bool = False
+    deterministic: bool = False  # no effect since answers never depend on neighbours: old configs still load
+    draft_max: NonNegative = 8
     device_sampling: bool | None = None
     allowed_hosts: list[str] = []
     cors_origins: list[str] = []
@@ -151,9 +152,9 @@ def load_settings(
         settings = msgspec.convert(merged, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid setting: {exc}") from exc
-    if settings.batch < settings.slots + 3:  # each slot's row, plus a prompt chunk of 2 or more
+    if settings.batch < 2 * settings.slots:  # each slot's token and a draft or filler
         raise ConfigError(
-            f"invalid setting: batch ({settings.batch}) must be at least slots + 3 ({settings.slots + 3})"
+            f"invalid setting: batch ({settings.batch}) must be at least twice slots ({2 * settings.slots})"
         )
     return settings
 

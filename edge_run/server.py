@@ -60,7 +60,7 @@ def engine_options(settings: Settings, cores: CoreShare | None = None) -> Engine
         slots=settings.slots,
         max_queue=settings.max_queue,
         batch=settings.batch,
-        deterministic=settings.deterministic,
+        draft_max=settings.draft_max,
         device_sampling=settings.device_sampling,
         cores=cores,
     )
@@ -72,7 +72,7 @@ def spec_options(spec: ModelSpec, base: EngineOptions) -> EngineOptions:
         base,
         ctx=spec.ctx or base.ctx,
         slots=slots,
-        batch=max(base.batch, slots + 3),
+        batch=max(base.batch, 2 * slots),
         gpu_layers=base.gpu_layers if spec.gpu_layers is None else spec.gpu_layers,
         chat_template=spec.chat_template,
         rpc_servers=spec.rpc_servers,

@@ -202,7 +202,12 @@ class _GpuLayers(click.ParamType):
     "--deterministic",
     is_flag=True,
     default=None,
-    help="Greedy and seeded answers never depend on other requests running alongside (costs throughput).",
+    help="No effect: answers never depend on other requests running alongside now (kept for old scripts).",
+)
+@click.option(
+    "--draft-max",
+    type=click.IntRange(min=0),
+    help="Tokens drafted per step at most, looked up in the text so far (0: none).  [default: 8]",
 )
 @click.option(
     "--allowed-host",

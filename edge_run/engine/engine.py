@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from edge_run.engine.placement import Placement, gpu_devices
-from edge_run.engine.scheduler import PREFILL_CHUNK, Scheduler
+from edge_run.engine.scheduler import PREFILL_BLOCK, Scheduler
 from edge_run.engine.slots import Job
 from edge_run.engine.templates import ChatTemplate
 from edge_run.engine.types import Chunk
@@ -134,9 +134,10 @@ class Engine:
             self._ctx,
             Batch(opts.batch),
             slots=opts.slots,
-            deterministic=opts.deterministic,
-            # offloaded whole, the prompt goes in batch-sized chunks (see the scheduler's docstring)
-            prefill_chunk=opts.batch if offloaded else PREFILL_CHUNK,
+            # offloaded whole, blocks of half a batch, and no drafts (see the scheduler's docstring)
+            block=(opts.batch + 1) // 2 if offloaded else min(PREFILL_BLOCK, (opts.batch + 1) // 2),
+            max_drafts=0 if offloaded else opts.draft_max,
+            lone_row_threads=None if offloaded else 1,
             device_sampling=offloaded if opts.device_sampling is None else opts.device_sampling,
             threads=opts.threads,
             adapt_threads=not offloaded,  # offloaded whole, the CPU threads barely work
@@ -288,9 +289,10 @@ class Engine:
             "tokens_refreshed": s.tokens_refreshed if s else 0,
             "tokens_stale": s.tokens_stale if s else 0,
             "prefix_copies": s.prefix_copies if s else 0,
+            "drafts_accepted": s.drafts_accepted if s else 0,
+            "drafts_rejected": s.drafts_rejected if s else 0,
             "slot_moves": s.slot_moves if s else 0,
             "ctx_per_slot": self.options.ctx,
-            "deterministic": self.options.deterministic,
             "device_sampling": s.device_sampling if s else False,
             "threads": self.options.threads,
             "threads_now": s.threads_now if s else self.options.threads,

@@ -52,4 +52,6 @@ def token_chunk(model: Model, ctx: Context, slot: Slot, job: Job, token: int) ->
         cached_tokens=slot.cached,
         logprobs=logprobs,
         stop=text.stop,
+        drafts_accepted=slot.accepted,
+        drafts_rejected=slot.rejected,
     )

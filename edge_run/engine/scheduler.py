@@ -1,27 +1,24 @@
-"""The step policy: slots, continuous batching, prompt-prefix reuse, cancellation.
+"""The step policy: slots, continuous batching, prompt-prefix reuse, drafts, cancellation.
 
-Each step (run by the engine thread, :mod:`edge_run.engine.worker`) evaluates prompt chunks of newly
-admitted requests, then decodes one batch holding the next token of every generating slot, and samples.
+Each step (run by the engine thread, :mod:`edge_run.engine.worker`) evaluates prompt blocks of newly
+admitted requests, then decodes one batch holding the next token of every generating slot with its
+drafts, and samples.
 
 **The same request gives the same answer, cached or not.** llama.cpp's CPU kernels take other
-arithmetic for one row of a sequence than for several, and by how many rows there are (tinyBLAS from
-two rows, flash attention's tiled path from 64), and the logits differ by up to about 1.0, enough to
-flip a greedy choice. So every position is computed in one of two fixed ways, whatever the cache holds:
+arithmetic by how many rows of a sequence a ``llama_decode`` holds (flash attention tiles from 64
+rows, and splits a lone row's KV between threads), enough to flip a greedy choice. So the guarantee
+rests on the order of computation: every KV position is computed by the same ``llama_decode`` calls.
 
-- a prompt's tokens but its last are *prefilled*, in chunks of 2 to ``PREFILL_CHUNK`` tokens, each
-  chunk in a ``llama_decode`` of its own (mixed with other sequences, llama.cpp would split it into
-  rows of one);
-- a prompt's last token and every generated token are decoded as one row of their sequence.
+- A prompt is cut into blocks at multiples of ``block``, the remainder in the final block
+  (:func:`~edge_run.engine.slots.next_block`), each block a ``llama_decode`` of its own. Only whole
+  blocks before a request's final block are reused (a slot's ``exact``): a longer prompt computes
+  exactly those blocks the same way.
+- Generated tokens are decoded with their drafts (:mod:`edge_run.engine.drafts`), every slot with as
+  many rows; a lone row of a lone sequence runs on one thread, where it computes what a row among
+  others does. A row's logits depend neither on its place among its sequence's rows, nor on the thread
+  count, nor on the neighbours: drafting, the thread governor and other requests change no answer.
 
-A slot's ``exact`` counts the leading positions of its cache that were prefilled; only those are
-reused, so a cached prompt evaluates the same arithmetic as a cold one. A lone row at 512 or more
-KV cells takes flash attention's split-KV kernel, and a row beside other sequences' rows does not:
-with ``deterministic``, each slot's row is decoded alone, so that no neighbour can change its kernel.
-
-A model offloaded whole to a GPU prefills in chunks up to the batch size instead (``prefill_chunk``):
-there a llama_decode costs a kernel launch per operation whatever its width, and the GPU kernels switch
-at other widths (CUDA's quantized matrix products at 8 rows), so small chunks would cost time and buy
-no sameness. The same-answer guarantee is the CPU's.
+Offloaded whole to a GPU, blocks are half a batch and nothing is drafted: the guarantee is the CPU's.
 """
 
 from __future__ import annotations
@@ -32,8 +29,10 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from edge_run.engine.drafts import RETRY_EVERY, Drafter, after, next_k
+from edge_run.engine.gather import gather
 from edge_run.engine.output import token_chunk
-from edge_run.engine.slots import COPY_GAIN, Slot, pick_slot, plan_moves, prefill_size, reusable
+from edge_run.engine.slots import COPY_GAIN, Slot, next_block, pick_slot, reusable
 from edge_run.engine.text import TextStream
 from edge_run.engine.threads import CoreShare, ThreadGovernor
 from edge_run.engine.types import Chunk
@@ -44,14 +43,13 @@ if TYPE_CHECKING:
     from edge_run.engine.slots import Job
     from edge_run.errors import EdgeRunError
 
-__all__ = ["PREFILL_CHUNK", "Scheduler"]
+__all__ = ["PREFILL_BLOCK", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
-# Prefill chunks stay below flash attention's tile (64 query rows): from there on the CPU takes a
-# tiled kernel with other arithmetic. An idle engine prefills a finished answer again (for the next
-# turn to reuse) one such chunk a step, so a request that arrives meanwhile waits for one chunk at most.
-PREFILL_CHUNK = 63
+# Prompt blocks: 64 rows and more take flash attention's tiled kernel (a 3,000-token prompt in 63-token
+# chunks took 3.7 times as long), and a new turn computes one final block (64 to 127 tokens) again.
+PREFILL_BLOCK = 64
 
 
 class Scheduler:
@@ -67,16 +65,20 @@ class Scheduler:
         batch: Batch,
         *,
         slots: int,
-        deterministic: bool = False,
-        prefill_chunk: int = PREFILL_CHUNK,
+        block: int = PREFILL_BLOCK,
+        max_drafts: int = 8,
+        lone_row_threads: int | None = 1,
         device_sampling: bool = False,
         threads: int = 1,
         adapt_threads: bool = True,
         cores: CoreShare | None = None,
     ) -> None:
         self.model = model
-        self.deterministic = deterministic
-        self.prefill_chunk = prefill_chunk
+        self.block = block
+        self.max_drafts = max_drafts
+        # a sequence's lone row splits the KV between threads (flash attention at 512 cells and more): on one
+        # thread it computes what a row among others does; None where the GPU computes it
+        self.lone_row_threads = lone_row_threads
         self.device_sampling = device_sampling
         self.governor = ThreadGovernor(threads, adapt=adapt_threads)
         self.threads_now = threads  # what the context was last set to (the governor may be trying another)
@@ -91,7 +93,9 @@ class Scheduler:
         self.busy = 0
         self.tokens_generated = 0
         self.prompt_tokens_evaluated = 0
-        self.tokens_refreshed = 0  # answers prefilled again while idle, for the next turn
+        self.tokens_refreshed = 0  # answers computed again as blocks while idle, for the next turn
+        self.drafts_accepted = 0
+        self.drafts_rejected = 0
         self.prefix_copies = 0
         self.slot_moves = 0
 
@@ -101,7 +105,7 @@ class Scheduler:
 
     @property
     def tokens_stale(self) -> int:
-        """Tokens of finished answers still to prefill again (background work of an idle engine)."""
+        """Tokens of finished answers still to compute again (background work of an idle engine)."""
         return sum(len(slot.stale) for slot in self._slots if slot.idle)
 
     def has_work(self) -> bool:
@@ -118,96 +122,129 @@ class Scheduler:
                 self._release(slot)
         if not self._admit(out):  # requests often come in bursts: gather once the burst has a slot each
             self._gather()
-        # every busy slot's row always fits; prompt chunks share what is left
-        budget = self._batch.capacity - self.busy
-        rows: list[Slot] = []
-        for slot in self._slots:  # in sequence order: llama.cpp splits a batch at every gap in the ids
+        budget = self._batch.capacity  # prompt rows per step, past the first block
+        for slot in self._slots:
             slot.logit_index = -1
-            job = slot.job
-            if job is None:
-                continue
-            if slot.next_token is None and slot.n_prompt_done < len(job.prompt) - 1:
-                budget -= self._prefill(slot, budget)
-            if slot.next_token is not None or slot.n_prompt_done == len(job.prompt) - 1:
-                rows.append(slot)
-        if not rows:
-            if not self.busy and not self.waiting:
-                self._refresh()
-            return
-        # deterministic: each row alone, so that no neighbour changes the batch's width
-        for group in [[slot] for slot in rows] if self.deterministic else [rows]:
-            self._decode_rows(group)
-            for slot in group:
-                self._sample(slot, out)
+            if slot.job is not None and slot.next_token is None:
+                budget -= self._prefill(slot, budget, out)
+        if rows := [s for s in self._slots if s.next_token is not None]:  # in sequence order: see _gather
+            self._decode_rows(rows, out)
+        elif not self.busy and not self.waiting:
+            self._refresh()
 
-    def _prefill(self, slot: Slot, budget: int) -> int:
-        """Evaluate the slot's prompt, short of its last token, in chunks within ``budget``; returns the tokens used."""
+    def _prefill(self, slot: Slot, budget: int, out: list[tuple[Job, Chunk]]) -> int:
+        """Compute the slot's next prompt blocks within ``budget`` rows (one at least); the final block's
+        last row gives the first token. Returns the rows used."""
         job = slot.job
         assert job is not None
+        n = len(job.prompt)
         used = 0
-        while take := prefill_size(len(job.prompt) - 1 - slot.n_prompt_done, min(budget - used, self.prefill_chunk)):
+        while slot.n_prompt_done < n:
             start = slot.n_prompt_done
-            self._prefill_tokens(slot, job.prompt[start : start + take])
-            slot.n_prompt_done = start + take
-            used += take
+            end = next_block(start, n, self.block)
+            if used and used + end - start > budget:
+                break
+            self._decode_block(slot, job.prompt[start:end], final=end == n)
+            slot.n_prompt_done = end
+            used += end - start
+            if end == n:
+                slot.logit_index = end - start - 1
+                self._sample(slot, out)
         self.prompt_tokens_evaluated += used
         return used
 
-    def _prefill_tokens(self, slot: Slot, tokens: list[int]) -> None:
-        """Decode ``tokens`` after the slot's cache, in a ``llama_decode`` of their own."""
+    def _decode_block(self, slot: Slot, tokens: list[int], *, final: bool) -> None:
+        """Decode ``tokens`` after the slot's cache, in a ``llama_decode`` of their own; a block that is not
+        its prompt's final one extends the reusable ``exact`` part."""
         start = len(slot.cache)
         batch = self._batch
         batch.clear()
         for i, token in enumerate(tokens):
-            batch.add(token, start + i, slot.seq, False)
-        self._use_threads(self.governor.threads)
-        try:
-            self.ctx.decode(batch)
-        finally:
-            self.cores.release(self.member)
+            batch.add(token, start + i, slot.seq, final and i == len(tokens) - 1)
+        self._decode(batch, self.governor.for_step(), per=self.block)  # a final block counts as whole blocks
         slot.cache += tokens
-        if len(tokens) >= 2 and slot.exact == start:
+        if not final and slot.exact == start:
             slot.exact = len(slot.cache)
 
     def _stale(self) -> Slot | None:
-        """The most recently used idle slot that has tokens to prefill again, if any."""
-        slots = [s for s in self._slots if s.idle and len(s.stale) >= 2]
+        """The most recently used idle slot that has a whole block to compute again, if any."""
+        slots = [s for s in self._slots if s.idle and len(s.stale) >= self.block]
         return max(slots, key=lambda s: s.last_used) if slots else None
 
     def _refresh(self) -> None:
-        """Prefill the next chunk of an idle slot's stale tokens, so that its next turn reuses them."""
+        """Compute the next block of an idle slot's finished answer, so that its next turn reuses it."""
         slot = self._stale()
         if slot is None:
             return
-        take = prefill_size(len(slot.stale), self.prefill_chunk)
-        self._prefill_tokens(slot, slot.stale[:take])
-        del slot.stale[:take]
-        self.tokens_refreshed += take
+        self._decode_block(slot, slot.stale[: self.block], final=False)
+        del slot.stale[: self.block]
+        self.tokens_refreshed += self.block
 
-    def _decode_rows(self, rows: list[Slot]) -> None:
-        """Decode one row for each slot: its sampled token, or its prompt's last token."""
+    def _decode_rows(self, rows: list[Slot], out: list[tuple[Job, Chunk]]) -> None:
+        """Decode each slot's sampled token with its drafts, then keep the drafts its sampler agrees with.
+
+        Every slot decodes as many rows (fillers pad the shorter drafts), so that the batch is one micro-batch
+        whose sequences all take the same kernels; a lone row of a lone sequence runs on one thread.
+        """
         batch = self._batch
         batch.clear()
-        for slot in rows:
-            job = slot.job
-            assert job is not None
-            if slot.next_token is not None:
-                token, slot.next_token = slot.next_token, None
-            else:
-                token = job.prompt[-1]
-                slot.n_prompt_done = len(job.prompt)
-                self.prompt_tokens_evaluated += 1
-            slot.logit_index = batch.add(token, len(slot.cache), slot.seq, True)
-            slot.cache.append(token)
-        wanted = self.governor.for_step()
+        fit = batch.capacity // len(rows) - 1
+        drafts = [self._drafts(slot, fit) for slot in rows]
+        width = max(map(len, drafts))
+        planned = [after(slot.drafter, d, width) for slot, d in zip(rows, drafts, strict=True)]
+        for slot, (tokens, _) in zip(rows, planned, strict=True):
+            pos = len(slot.cache)
+            assert slot.next_token is not None
+            slot.logit_index = batch.add(slot.next_token, pos, slot.seq, True)
+            for i, token in enumerate(tokens):
+                batch.add(token, pos + 1 + i, slot.seq, True)
+        lone = self.lone_row_threads if batch.n == 1 else None
+        self._decode(batch, lone or self.governor.for_step(), observe=lone is None)
+        for slot, slot_rows in zip(rows, planned, strict=True):
+            self._accept(slot, slot_rows, out)
+
+    def _drafts(self, slot: Slot, fit: int) -> list[int]:
+        """The slot's drafts for this step: none where the device samples (it samples every row at once)."""
+        if slot.device_sampler or slot.drafter is None:
+            return []
+        fit = min(fit, self.ctx.n_ctx_seq - len(slot.cache) - 1)  # within the slot's context too
+        k = slot.draft_k or int(slot.generated % RETRY_EVERY == 0)  # off: one draft now and then
+        return slot.drafter.draft(min(k, fit))
+
+    def _accept(self, slot: Slot, rows: tuple[list[int], int], out: list[tuple[Job, Chunk]]) -> None:
+        """Sample the slot's rows in order while each sample equals the token decoded after it."""
+        drafts, real = rows
+        first, accepted, rejected, kept = slot.logit_index, slot.accepted, slot.rejected, 0
+        assert slot.next_token is not None
+        slot.cache.append(slot.next_token)
+        slot.next_token = None
+        for i in range(len(drafts) + 1):
+            slot.logit_index = first + i
+            slot.accepted, slot.rejected = accepted + min(i, real), rejected + real - min(i, real)
+            self._sample(slot, out)
+            if slot.job is None or i == len(drafts) or slot.next_token != drafts[i]:
+                break
+            slot.cache.append(drafts[i])
+            slot.next_token = None
+            kept += 1
+        kept = min(kept, real)  # fillers come after the drafts
+        self.drafts_accepted, self.drafts_rejected = self.drafts_accepted + kept, self.drafts_rejected + real - kept
+        slot.draft_k = next_k(slot.draft_k, real, kept, self.max_drafts)
+        if slot.job is not None:
+            self.ctx.seq_rm(slot.seq, len(slot.cache), -1)  # the rejected drafts
+
+    def _decode(self, batch: Batch, wanted: int, *, observe: bool = True, per: int = 0) -> None:
+        """One ``llama_decode`` on ``wanted`` threads or fewer (the core share); the governor learns from it,
+        as from ``batch.n / per`` steps of ``per`` rows where ``per`` is given."""
         threads = self._use_threads(wanted)
         start = time.perf_counter()
         try:
             self.ctx.decode(batch)
         finally:
             self.cores.release(self.member)
-        if threads == wanted:  # a step cut short by the core share says nothing about the machine
-            self.governor.observe(threads, len(rows), time.perf_counter() - start)
+        if observe and threads == wanted:  # a step cut short by the core share says nothing about the machine
+            seconds = time.perf_counter() - start
+            self.governor.observe(threads, per or batch.n, seconds * per / batch.n if per else seconds)
 
     def _use_threads(self, wanted: int) -> int:
         """Set the context to ``wanted`` threads, or fewer: this model's free share of the cores (held until
@@ -233,11 +270,11 @@ class Scheduler:
                 admitted = True
                 self.waiting.popleft()
                 try:
-                    slot = pick_slot(self._slots, idle, job.prompt)
+                    slot = pick_slot(self._slots, idle, job.prompt, self.block)
                     idle.remove(slot)
                     self._start(slot, job)
                     for follower in job.followers:
-                        fslot = pick_slot(self._slots, idle, None)
+                        fslot = pick_slot(self._slots, idle, None, self.block)
                         idle.remove(fslot)
                         self._start(fslot, follower, fork=True)
                         slot.followers.append(fslot)
@@ -248,54 +285,17 @@ class Scheduler:
         return admitted
 
     def _gather(self) -> None:
-        """Move busy slots into gaps between busy slots, so that their sequence ids stay consecutive.
-
-        llama.cpp decodes a batch over per-slot KV streams in one pass only for consecutive sequence
-        ids; each gap costs another pass per step (4 streams as {0, 2, 5, 7}: ~50% longer steps). A
-        move copies one whole KV stream once (~5 ms for the default model at 2048 tokens). The request that
-        finished in the gap keeps its prefix cache: it is copied first to the least recently used
-        idle slot outside the run.
-        """
-        moves = plan_moves([not s.idle for s in self._slots])
-        if not moves:
-            return
-        by_seq = {s.seq: s for s in self._slots}
-        touched = {seq for move in moves for seq in move}
-        spare = [s for s in self._slots if s.idle and s.seq not in touched]
-        for src, dst in moves:
-            mover, hole = by_seq[src], by_seq[dst]
-            if hole.exact >= COPY_GAIN and spare:
-                keep = min(spare, key=lambda s: s.last_used)
-                if keep.last_used < hole.last_used:
-                    spare.remove(keep)
-                    self.ctx.seq_cp(hole.seq, keep.seq)
-                    keep.cache, keep.exact, keep.last_used = list(hole.cache), hole.exact, hole.last_used
-                    keep.stale = hole.stale
-            if mover.cache:
-                self.ctx.seq_cp(mover.seq, hole.seq)
-            else:
-                self.ctx.seq_rm(hole.seq, 0, -1)
-            if mover.device_sampler:
-                self.ctx.set_sampler(mover.seq, None)
-            # the slots trade sequence ids: the mover's state now lives in the gap's stream, and the
-            # freed slot holds what the mover's stream still has
-            mover.seq, hole.seq = hole.seq, mover.seq
-            if mover.device_sampler and mover.job is not None:
-                mover.job.sampler.fresh_copy()  # llama.cpp sets a chain up for one sequence only
-                self.ctx.set_sampler(mover.seq, mover.job.sampler.ptr)
-            hole.cache, hole.exact, hole.last_used = list(mover.cache), mover.exact, 0.0
-            hole.stale = []
-            self.slot_moves += 1
-        self._slots.sort(key=lambda s: s.seq)
+        """Keep the busy slots' sequence ids consecutive (:func:`~edge_run.engine.gather.gather`)."""
+        self.slot_moves += gather(self._slots, self.ctx)
 
     def _start(self, slot: Slot, job: Job, *, fork: bool = False) -> None:
         if fork:  # the KV arrives by copy from the leader once its prompt is done
             keep = 0
             slot.n_prompt_done = len(job.prompt)
         else:
-            own = reusable(slot, job.prompt)
-            donor = max(self._slots, key=lambda s: reusable(s, job.prompt))
-            shared = reusable(donor, job.prompt)
+            own = reusable(slot, job.prompt, self.block)
+            donor = max(self._slots, key=lambda s: reusable(s, job.prompt, self.block))
+            shared = reusable(donor, job.prompt, self.block)
             if donor is not slot and shared - own >= COPY_GAIN:
                 # another slot (idle or busy) holds a longer prefix: copy its KV rather than recompute
                 self.ctx.seq_rm(slot.seq, 0, -1)
@@ -303,10 +303,7 @@ class Scheduler:
                 slot.cache, slot.exact = list(donor.cache), donor.exact
                 own = shared
                 self.prefix_copies += 1
-            # the last prompt token is always evaluated as a row of its own: its logits start the generation
-            keep = min(own, len(job.prompt) - 1)
-            if len(job.prompt) - 1 - keep == 1 and keep > 0:
-                keep -= 1  # the token before it is prefilled with one more, never alone
+            keep = own  # whole blocks before the prompt's final block
             slot.n_prompt_done = keep
         self.ctx.seq_rm(slot.seq, keep, -1)
         del slot.cache[keep:]
@@ -323,6 +320,9 @@ class Scheduler:
         slot.cached = keep
         slot.generated = 0
         slot.next_token = None
+        slot.drafter = Drafter(job.prompt)
+        slot.draft_k = self.max_drafts
+        slot.accepted = slot.rejected = 0
         self.busy += 1
 
     def _fork(self, leader: Slot, out: list[tuple[Job, Chunk]]) -> None:
@@ -349,6 +349,8 @@ class Scheduler:
         out.append((job, chunk))
         if chunk.finish_reason is not None:
             self._release(slot)
+        elif slot.drafter is not None:
+            slot.drafter.push(token)
 
     def _release(self, slot: Slot) -> None:
         if slot.device_sampler:  # before the chain is freed: the context holds it
@@ -364,6 +366,7 @@ class Scheduler:
         slot.followers.clear()
         slot.job = None
         slot.text = None
+        slot.drafter = None
         slot.next_token = None
         slot.last_used = time.monotonic()
         # what was decoded as rows is never reused: drop it now, and prefill it again once idle; only
@@ -393,6 +396,5 @@ class Scheduler:
                     self._release(slot)
                 except Exception:  # the slot is forgotten even if llama.cpp cannot clear it
                     log.exception("clearing slot %d failed", slot.seq)
-                    slot.job, slot.text, slot.next_token, slot.stale = None, None, None, []
-                    slot.device_sampler = False
+                    slot.job, slot.text, slot.next_token, slot.stale, slot.device_sampler = None, None, None, [], False
         self.busy = sum(not s.idle for s in self._slots)

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from edge_run.engine.drafts import Drafter
     from edge_run.engine.llama.sampler import Sampler
     from edge_run.engine.text import TextStream
     from edge_run.engine.types import Chunk
 
-__all__ = ["COPY_GAIN", "Job", "Slot", "count_runs", "pick_slot", "plan_moves", "prefill_size", "reusable"]
+__all__ = ["COPY_GAIN", "Job", "Slot", "count_runs", "final_block", "next_block", "pick_slot", "plan_moves", "reusable"]
 
 # Below this many tokens of extra prefix, re-evaluating them costs less than copying a slot's KV stream.
 COPY_GAIN = 16
@@ -49,8 +50,8 @@ class Slot:
 
     seq: int
     cache: list[int] = field(default_factory=list)  # tokens whose KV this slot's sequence holds
-    exact: int = 0  # leading positions of ``cache`` that were prefilled: the only ones reused
-    stale: list[int] = field(default_factory=list)  # decoded as rows, dropped at release, to prefill when idle
+    exact: int = 0  # leading positions of ``cache`` computed as whole blocks: the only ones reused
+    stale: list[int] = field(default_factory=list)  # dropped at release, to compute again as blocks when idle
     job: Job | None = None
     text: TextStream | None = None
     n_prompt_done: int = 0
@@ -61,6 +62,10 @@ class Slot:
     logit_index: int = -1
     followers: list[Slot] = field(default_factory=list)  # slots waiting to fork from this one
     device_sampler: bool = False  # its job's sampler runs inside the decode graph (Context.set_sampler)
+    drafter: Drafter | None = None  # the job's token history, for drafts
+    draft_k: int = 0  # drafts to try in the next step
+    accepted: int = 0  # the job's drafts that its sampler agreed with
+    rejected: int = 0
 
     @property
     def idle(self) -> bool:
@@ -72,7 +77,7 @@ def count_runs(busy: list[bool]) -> int:
     return sum(b and (i == 0 or not busy[i - 1]) for i, b in enumerate(busy))
 
 
-def pick_slot(slots: list[Slot], idle: list[Slot], prompt: list[int] | None) -> Slot:
+def pick_slot(slots: list[Slot], idle: list[Slot], prompt: list[int] | None, block: int) -> Slot:
     """The idle slot for a request: the longest cached prefix of ``prompt`` (``None`` for a choice that
     copies its leader's KV), then a slot next to the busy ones, then the least recently used."""
 
@@ -82,7 +87,7 @@ def pick_slot(slots: list[Slot], idle: list[Slot], prompt: list[int] | None) -> 
 
     if prompt is None:
         return max(idle, key=lambda s: (-runs_with(s), -s.last_used))
-    return max(idle, key=lambda s: (reusable(s, prompt), -runs_with(s), -s.last_used))
+    return max(idle, key=lambda s: (reusable(s, prompt, block), -runs_with(s), -s.last_used))
 
 
 def plan_moves(busy: list[bool]) -> list[tuple[int, int]]:
@@ -100,16 +105,15 @@ def plan_moves(busy: list[bool]) -> list[tuple[int, int]]:
     return list(zip(outside, holes, strict=True))
 
 
-def prefill_size(left: int, budget: int) -> int:
-    """How many of ``left`` prompt tokens to prefill now, with ``budget`` tokens free in this step.
+def final_block(n: int, block: int) -> int:
+    """Where the final block of an ``n``-token prompt starts: the prompt is cut at multiples of ``block``,
+    and the remainder joins the last block (``block`` to ``2 * block - 1`` tokens; a shorter prompt is one block)."""
+    return (max(1, n // block) - 1) * block
 
-    Never one token alone, and never so many that one token is left over for a later chunk: a single
-    row takes other arithmetic. The exception is a prompt with one token before its last.
-    """
-    take = min(left, budget)
-    if left - take == 1:
-        take -= 1
-    return take if take >= min(2, left) else 0
+
+def next_block(done: int, n: int, block: int) -> int:
+    """Where the block that starts at ``done`` of an ``n``-token prompt ends."""
+    return done + block if done < final_block(n, block) else n
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -120,6 +124,9 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-def reusable(slot: Slot, prompt: list[int]) -> int:
-    """How many leading tokens of ``prompt`` the slot's KV can give: prefilled positions only."""
-    return min(_common_prefix(slot.cache, prompt), slot.exact)
+def reusable(slot: Slot, prompt: list[int], block: int) -> int:
+    """How many leading tokens of ``prompt`` the slot's KV can give: whole blocks that it computed as blocks
+    (``exact``), that ``prompt`` shares, and that come before ``prompt``'s final block, which a cold
+    request would compute as a block of another width."""
+    shared = _common_prefix(slot.cache, prompt) // block * block
+    return min(shared, slot.exact, final_block(len(prompt), block))

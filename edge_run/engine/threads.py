@@ -56,7 +56,7 @@ class ThreadGovernor:
         self._probe_now = False
         self._best: dict[tuple[int, int], float] = {}  # (threads, rows) -> the best recent step time
         self._recent: list[bool] = []  # whether each of the latest steps was slow
-        self._tried: list[float] = []  # step times of the try under way
+        self._tried: list[float] = []  # the try's steps so far, as shares of the setting in use
         self._switched_at = float("-inf")
         self.switches = 0
 
@@ -80,14 +80,17 @@ class ThreadGovernor:
         if threads != self.threads:  # a step of a try of the other setting, against the setting in use
             # against the smoothed time of the setting in use: a few slow steps (our own event loop
             # writing to sockets beside the compute threads) must not hand a batch to one thread
-            ref = self._usual.get(key, 0.0)
-            self._tried.append(seconds)
+            ref = self._usual.get(key)
+            if ref is None:  # no step of this kind to compare with: the try goes on without it
+                self._probe_now = True
+                return
+            self._tried.append(seconds / ref)  # as a share of the setting in use: steps of several kinds mix
             if seconds <= ABORT * ref and len(self._tried) < TRY_STEPS:
                 self._probe_now = True  # so far so good: the next step tries too
                 return
             mean = sum(self._tried) / len(self._tried)
-            if seconds <= ABORT * ref and mean < (WIN_MORE if threads > self.threads else WIN_FEWER) * ref:
-                self._switch(threads, rows, mean)
+            if seconds <= ABORT * ref and mean < (WIN_MORE if threads > self.threads else WIN_FEWER):
+                self._switch(threads, rows, seconds)
             else:
                 self._wait = min(self._wait * 2, PROBE_MAX)
             self._tried = []

@@ -20,7 +20,7 @@ class EngineOptions:
     slots: int
     max_queue: int
     batch: int
-    deterministic: bool = False
+    draft_max: int = 8  # drafted tokens per step at most (prompt lookup); 0: none
     device_sampling: bool | None = None  # None: when the model is offloaded whole to a GPU
     chat_template: str | None = None  # a Jinja template that replaces the GGUF's own
     cores: CoreShare | None = None  # shared by every loaded model; None: this engine alone
@@ -49,6 +49,8 @@ class Chunk:
     logprobs: list[TokenLogprob] | None = None
     error: EdgeRunError | None = None
     stop: str | None = None  # the stop string that ended the choice (finish_reason "stop" without end-of-generation)
+    drafts_accepted: int = 0  # so far in this choice: drafted tokens its sampler agreed with
+    drafts_rejected: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,8 @@ class Totals:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    accepted_prediction_tokens: int = 0  # drafted tokens that sampling kept
+    rejected_prediction_tokens: int = 0
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Run:
     plan: CallPlan | None
     _completion: dict[int, int] = field(default_factory=dict)  # choice -> tokens so far
     _cached: dict[int, int] = field(default_factory=dict)  # part -> prompt tokens reused
+    _drafts: dict[int, tuple[int, int]] = field(default_factory=dict)  # choice -> drafts kept, drafts not
 
     @property
     def totals(self) -> Totals:
@@ -68,6 +71,8 @@ class Run:
             prompt_tokens=sum(tokens for tokens, _ in self.parts),
             completion_tokens=sum(self._completion.values()),
             cached_tokens=sum(self._cached.values()),
+            accepted_prediction_tokens=sum(kept for kept, _ in self._drafts.values()),
+            rejected_prediction_tokens=sum(lost for _, lost in self._drafts.values()),
         )
 
     def cancel(self) -> None:
@@ -87,6 +92,7 @@ class Run:
 
         def piece(index: int, chunk: Chunk) -> Piece:
             self._completion[index] = chunk.completion_tokens
+            self._drafts[index] = (chunk.drafts_accepted, chunk.drafts_rejected)
             out = Piece(index, logprobs=chunk.logprobs or None, finish_reason=chunk.finish_reason, stop=chunk.stop)
             if streams is None:
                 out.text = chunk.text

@@ -161,7 +161,7 @@ def test_follow_up_turn_reuses_the_cached_prefix(client, server):
     history = [
         {
             "role": "system",
-            "content": "You are a helpful assistant that answers questions about geography. " * 8,
+            "content": "You are a helpful assistant that answers questions about geography. " * 20,
         },
         {"role": "user", "content": "What is a river?"},
     ]
@@ -174,5 +174,8 @@ def test_follow_up_turn_reuses_the_cached_prefix(client, server):
     second = client.chat.completions.create(model=MODEL_ID, messages=history, max_tokens=8, temperature=0)
     evaluated = server.health()["models"][0]["prompt_tokens_evaluated"] - before
     cached = second.usage.prompt_tokens_details.cached_tokens
-    assert cached >= first.usage.prompt_tokens - 1
+    # whole 64-token blocks, at least those before the first prompt's final block (which starts at the last
+    # multiple of 64 that leaves 64 or more); the rest too once the engine has refreshed them
+    assert first.usage.prompt_tokens > 192
+    assert cached % 64 == 0 and cached >= (first.usage.prompt_tokens // 64 - 1) * 64
     assert evaluated == second.usage.prompt_tokens - cached

@@ -174,7 +174,7 @@ def test_a_new_slot_copies_a_shared_prefix_from_a_busy_one(make_server):
     """Slot 1 has never seen the system prompt; it gets slot 0's KV by copy instead of recomputing it."""
     server = make_server("--slots", "2", "--ctx", "1024")
     client = openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0)
-    system = {"role": "system", "content": "You are a careful assistant who answers questions about animals. " * 6}
+    system = {"role": "system", "content": "You are a careful assistant who answers questions about animals. " * 16}
 
     def messages(question: str) -> list[dict]:
         return [system, {"role": "user", "content": question}]
@@ -196,7 +196,8 @@ def test_a_new_slot_copies_a_shared_prefix_from_a_busy_one(make_server):
         next(lines)
         third = client.chat.completions.create(model=MODEL_ID, messages=messages("What do birds eat?"), max_tokens=4)
         assert server.health()["models"][0]["slots_busy"] >= 1
-    assert third.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 12
+    # the whole 64-token blocks of the system prompt (the last of them as far as the first prompt's final block)
+    assert third.usage.prompt_tokens_details.cached_tokens >= (first.usage.prompt_tokens // 64 - 1) * 64 > 0
     assert server.health()["models"][0]["prefix_copies"] == 1
 
 
@@ -207,6 +208,7 @@ def test_a_stream_moved_to_close_a_gap_keeps_its_answer_and_the_gap_keeps_its_ca
     The finished request's cache is kept elsewhere, so its next turn still starts from it."""
     server = make_server("--slots", "4", "--ctx", "1024")
     a, b, c = prompts(3)
+    b = [{"role": "system", "content": "You answer in a few words about everyday things. " * 16}, *b]  # 3 blocks
     lengths = {"a": 64, "b": 24, "c": 64}
     bodies = {
         name: {"messages": m, "max_tokens": lengths[name], "temperature": 0, "logit_bias": NO_EOS}
@@ -220,14 +222,14 @@ def test_a_stream_moved_to_close_a_gap_keeps_its_answer_and_the_gap_keeps_its_ca
 
     together = stream_in_slot_order(server, bodies)  # slots 0, 1, 2 in that order
     status = server.health()["models"][0]
-    assert status["slot_moves"] == 1
+    assert status["slot_moves"] >= 1  # b's slot is where its solo run left its blocks: one move or two
     assert together == solo
-    # b's next turn finds its first turn cached, although its slot now holds c's stream (all but the
-    # last prompt token, which is always decoded as a row of its own; the answer only once refreshed)
+    # b's next turn finds its first turn cached, although its slot now holds c's stream (its whole blocks
+    # before its final one; the rest only once refreshed)
     follow = sdk.chat.completions.create(
         model=MODEL_ID,
         messages=[*b, {"role": "assistant", "content": solo["b"]}, {"role": "user", "content": "Why?"}],
         max_tokens=4,
     )
     first_turn = sdk.chat.completions.create(model=MODEL_ID, messages=b, max_tokens=1).usage.prompt_tokens
-    assert follow.usage.prompt_tokens_details.cached_tokens >= first_turn - 1
+    assert follow.usage.prompt_tokens_details.cached_tokens >= (first_turn // 64 - 1) * 64 > 0

@@ -80,6 +80,9 @@ class _ModelsCollector(Collector):
         loaded = GaugeMetricFamily("edge_run_model_loaded", "1 while the model is loaded", labels=["model"])
         loads = CounterMetricFamily("edge_run_model_loads", "Loads of the model", labels=["model"])
         unloads = CounterMetricFamily("edge_run_model_unloads", "Unloads of the model", labels=["model"])
+        drafted = CounterMetricFamily(
+            "edge_run_draft_tokens", "Drafted tokens, by whether sampling kept them", labels=["model", "outcome"]
+        )
         for entry in self._models:
             model = entry.spec.id
             status = entry.backend.status() if entry.backend is not None else {}
@@ -90,7 +93,9 @@ class _ModelsCollector(Collector):
             loaded.add_metric([model], 1 if entry.status == "loaded" else 0)
             loads.add_metric([model], entry.loads)
             unloads.add_metric([model], entry.unloads)
-        yield from (processing, deferred, busy, total, loaded, loads, unloads)
+            drafted.add_metric([model, "accepted"], status.get("drafts_accepted", 0))
+            drafted.add_metric([model, "rejected"], status.get("drafts_rejected", 0))
+        yield from (processing, deferred, busy, total, loaded, loads, unloads, drafted)
 
 
 @get("/metrics", summary="Prometheus metrics (needs a key unless --metrics-public)", include_in_schema=True)

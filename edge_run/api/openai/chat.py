@@ -15,6 +15,7 @@ from edge_run.api.openai.schemas import (
     Choice,
     ChoiceLogprobs,
     ChunkChoice,
+    CompletionTokensDetails,
     Delta,
     FunctionDelta,
     JsonObjectFormat,
@@ -116,6 +117,10 @@ def usage(totals: Totals) -> Usage:
         completion_tokens=totals.completion_tokens,
         total_tokens=totals.prompt_tokens + totals.completion_tokens,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=totals.cached_tokens),
+        completion_tokens_details=CompletionTokensDetails(
+            accepted_prediction_tokens=totals.accepted_prediction_tokens,
+            rejected_prediction_tokens=totals.rejected_prediction_tokens,
+        ),
     )
 
 

@@ -1,0 +1,62 @@
+"""Drafts from the text so far (prompt lookup): the tokens that followed the latest earlier occurrence of
+the last few tokens. Edits, quotes and code repeat long runs of their prompt; a step that decodes a
+sampled token with its drafts keeps every draft the sampler then agrees with.
+
+Drafts are a function of the token history only, so a request drafts the same way every time it is sent.
+"""
+
+from __future__ import annotations
+
+__all__ = ["RETRY_EVERY", "Drafter", "after", "next_k"]
+
+# The n-grams looked up, longest first: a longer match predicts better, a shorter one matches more often.
+NGRAMS = (4, 2)
+# A request whose drafts failed drafts again once in this many tokens.
+RETRY_EVERY = 16
+
+
+class Drafter:
+    """An index of every n-gram of a token history to where it last continued."""
+
+    def __init__(self, history: list[int]) -> None:
+        self.history: list[int] = []
+        self._next: dict[tuple[int, ...], int] = {}
+        for token in history:
+            self.push(token)
+
+    def push(self, token: int) -> None:
+        """Append ``token``: each n-gram that ends just before it now continues here."""
+        h = self.history
+        end = len(h)
+        for n in NGRAMS:
+            if end >= n:
+                self._next[tuple(h[end - n : end])] = end
+        h.append(token)
+
+    def draft(self, k: int) -> list[int]:
+        """Up to ``k`` tokens that followed the latest earlier occurrence of the history's end."""
+        h = self.history
+        if k <= 0:
+            return []
+        for n in NGRAMS:
+            if len(h) > n:
+                at = self._next.get(tuple(h[-n:]))
+                if at is not None:
+                    return h[at : at + k]
+        return []
+
+
+def after(drafter: Drafter | None, drafts: list[int], rows: int) -> tuple[list[int], int]:
+    """The tokens to decode after a sampled one, and how many of them are drafts: ``drafts``, then fillers
+    (repeats of the last token, themselves kept if sampled) up to ``rows``."""
+    if drafter is None or not rows:
+        return [], 0
+    return drafts + [drafter.history[-1]] * (rows - len(drafts)), len(drafts)
+
+
+def next_k(k: int, drafted: int, kept: int, most: int) -> int:
+    """How many tokens to draft next: twice as many after all ``drafted`` were kept, as many as were kept
+    after some were, none after none were (drafts cost a row each, and ordinary chat seldom repeats)."""
+    if not drafted:
+        return k
+    return min(most, max(k, 2 * drafted) if kept == drafted else kept)

@@ -1,0 +1,48 @@
+"""Prompt-lookup drafts: what followed the latest earlier occurrence of the history's last tokens."""
+
+from __future__ import annotations
+
+from edge_run.engine.drafts import Drafter, after, next_k
+
+
+def test_drafts_continue_the_latest_earlier_occurrence_of_the_last_four_tokens() -> None:
+    d = Drafter([1, 2, 3, 4, 5, 6, 7, 9, 1, 2, 3, 4, 8, 8, 1, 2, 3])
+    assert d.draft(3) == [4, 8, 8]  # no 4-gram match for [8, 1, 2, 3]; the 2-gram [2, 3] last continued with 4
+    d.push(4)
+    assert d.draft(3) == [8, 8, 1]  # [1, 2, 3, 4] last continued with 8 (not with 5: that one is older)
+    assert d.draft(1) == [8]
+    assert d.draft(0) == []
+
+
+def test_a_two_token_match_drafts_when_no_four_token_one_does() -> None:
+    d = Drafter([5, 6, 7, 8, 0, 7])
+    d.push(8)
+    assert d.draft(2) == [0, 7]  # [7, 8] continued with 0, 7
+
+
+def test_drafts_stop_at_the_end_of_the_history() -> None:
+    d = Drafter([3, 4, 3, 4, 3])
+    assert d.draft(8) == [4, 3]  # [4, 3] last continued at index 3: only two tokens follow it so far
+
+
+def test_no_match_no_draft() -> None:
+    assert Drafter([1, 2, 3, 4]).draft(4) == []
+    assert Drafter([]).draft(4) == []
+
+
+def test_drafting_grows_while_drafts_are_kept_and_stops_when_none_are() -> None:
+    assert next_k(2, drafted=2, kept=2, most=8) == 4
+    assert next_k(8, drafted=8, kept=8, most=8) == 8
+    assert next_k(8, drafted=8, kept=3, most=8) == 3
+    assert next_k(4, drafted=4, kept=0, most=8) == 0
+    assert next_k(4, drafted=0, kept=0, most=8) == 4  # nothing to draft this step says nothing
+    assert next_k(0, drafted=1, kept=1, most=8) == 2  # the retry of a request that had stopped drafting
+    assert next_k(8, drafted=3, kept=3, most=8) == 8
+    assert next_k(0, drafted=1, kept=1, most=0) == 0  # --draft-max 0
+
+
+def test_fillers_pad_the_drafts_with_the_last_token() -> None:
+    d = Drafter([7, 8, 9])
+    assert after(d, [1], 3) == ([1, 9, 9], 1)
+    assert after(d, [], 0) == ([], 0)
+    assert after(None, [], 2) == ([], 0)

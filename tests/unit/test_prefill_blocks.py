@@ -1,0 +1,59 @@
+"""Prompt blocks: cut at multiples of the block size, the remainder in the final block; only whole blocks
+before the final one are reused, so a cached prompt is computed by the same llama_decode calls as a cold one."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_run.engine.slots import Slot, final_block, next_block, reusable
+
+
+def blocks(n: int, size: int) -> list[tuple[int, int]]:
+    cut, at = [], 0
+    while at < n:
+        end = next_block(at, n, size)
+        cut.append((at, end))
+        at = end
+    return cut
+
+
+@pytest.mark.parametrize(
+    ("n", "cut"),
+    [
+        (1, [(0, 1)]),
+        (63, [(0, 63)]),  # shorter than a block: one block
+        (64, [(0, 64)]),
+        (127, [(0, 127)]),  # the remainder joins the last block
+        (128, [(0, 64), (64, 128)]),
+        (191, [(0, 64), (64, 191)]),
+        (200, [(0, 64), (64, 128), (128, 200)]),
+    ],
+)
+def test_a_prompt_is_cut_at_multiples_of_the_block_and_the_final_block_takes_the_rest(n, cut) -> None:
+    assert blocks(n, 64) == cut
+
+
+def test_every_block_but_the_final_one_is_a_whole_block_at_an_aligned_start() -> None:
+    for n in range(1, 700):
+        cut = blocks(n, 64)
+        assert cut[-1][0] == final_block(n, 64) and cut[-1][1] == n
+        assert all(a % 64 == 0 and b - a == 64 for a, b in cut[:-1])
+        assert n < 64 or 64 <= cut[-1][1] - cut[-1][0] <= 127
+
+
+def test_a_longer_prompt_computes_the_shorter_ones_reusable_blocks_the_same_way() -> None:
+    for short in range(1, 400):
+        for long in (short + 1, short + 63, short + 200):
+            reuse = final_block(short, 64)
+            assert set(blocks(reuse, 64)) <= set(blocks(long, 64)) if reuse else True
+
+
+def test_only_whole_shared_blocks_computed_as_blocks_before_the_final_one_are_reused() -> None:
+    prompt = list(range(300))
+    slot = Slot(seq=0, cache=list(range(290)), exact=256)
+    assert reusable(slot, prompt, 64) == 192  # 300 tokens: the final block starts at 192
+    assert reusable(slot, prompt + [1] * 100, 64) == 256  # as far as the slot computed blocks
+    assert reusable(slot, [*range(130), -1, *range(131, 300)], 64) == 128  # they part inside the third block
+    slot.exact = 64
+    assert reusable(slot, prompt, 64) == 64
+    assert reusable(Slot(seq=1), prompt, 64) == 0
