@@ -27,11 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -40,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from peers import cpu_model, start_llama_server  # noqa: E402  (bench/ is sys.path[0])
+from sse_client import sse_events  # noqa: E402
 
 from edge_run.config import physical_cores  # noqa: E402
 from edge_run.models.catalog import load_catalog  # noqa: E402
@@ -122,48 +121,6 @@ async def engine_only(model: Path, threads: int, n_tokens: int) -> float:
         return (n_tokens - 1) / (last - first)
     finally:
         await engine.close()
-
-
-async def sse_events(url: str, headers: dict[str, str], body: dict) -> AsyncIterator[bytes]:
-    """POST ``body`` and yield each SSE ``data:`` payload.
-
-    A bare HTTP/1.1 client on asyncio streams: the load generator shares the machine with the server
-    under test, so it must cost as little as it can (about a third of httpx's CPU per event).
-    """
-    u = urlsplit(url)
-    host, port = u.hostname or "127.0.0.1", u.port or 80
-    reader, writer = await asyncio.open_connection(host, port)
-    payload = msgspec.json.encode(body)
-    head = [f"POST {u.path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json"]
-    head += [f"Content-Length: {len(payload)}", "Accept: text/event-stream", "Connection: close"]
-    head += [f"{k}: {v}" for k, v in headers.items()]
-    writer.write("\r\n".join(head).encode() + b"\r\n\r\n" + payload)
-    try:
-        status = await reader.readline()
-        if status.split(b" ")[1:2] != [b"200"]:
-            raise RuntimeError(f"{url}: {status.decode().strip()} {(await reader.read(2000)).decode(errors='replace')}")
-        chunked = False
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            chunked |= name.strip().lower() == "transfer-encoding" and "chunked" in value.lower()
-        buf = b""
-        while True:
-            if chunked:
-                size = int((await reader.readline()).split(b";")[0], 16)
-                if size == 0:
-                    break
-                buf += (await reader.readexactly(size + 2))[:-2]
-            elif not (data := await reader.read(65536)):
-                break
-            else:
-                buf += data
-            while (end := buf.find(b"\n\n")) >= 0:
-                event, buf = buf[:end], buf[end + 2 :]
-                for line in event.splitlines():
-                    if line.startswith(b"data: "):
-                        yield line[6:]
-    finally:
-        writer.close()
 
 
 async def one_stream(url: str, headers: dict[str, str], body: dict) -> StreamResult:
