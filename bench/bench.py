@@ -22,6 +22,7 @@ import asyncio
 import ctypes
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -37,7 +38,8 @@ import msgspec
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from peers import cpu_model, start_llama_server  # noqa: E402  (bench/ is sys.path[0])
+import workloads  # noqa: E402  (bench/ is sys.path[0])
+from peers import LlamaServer, cpu_model, ngram_flags, start_llama_server  # noqa: E402
 from sse_client import sse_events  # noqa: E402
 
 from edge_run.config import physical_cores  # noqa: E402
@@ -335,6 +337,58 @@ def run_scenario(args: argparse.Namespace, model: Path) -> None:
             p.wait()
 
 
+def start_peers(args: argparse.Namespace, model: Path, ctx: int, started: list[tuple[str, LlamaServer]]) -> None:
+    """llama-server with one slot of ``ctx`` tokens, and for ``repeats`` a second one with n-gram drafting."""
+    variants: list[tuple[str, list[str]]] = [("llama-server", [])]
+    if args.scenario == "repeats":
+        flags, note = ngram_flags(args.llama_server)
+        print(f"llama-server drafting: {note}")
+        if flags:
+            variants.append((f"llama-server {flags[-1]}", flags))
+    for name, extra in variants:
+        peer = start_llama_server(
+            args.llama_server, model, threads=args.threads, slots=1, ctx=ctx, alias=model.stem, extra=extra
+        )
+        started.append((name, peer))
+        print(f"{name} is llama-server {' '.join(peer.flags[2:])} ({peer.note})")
+
+
+def run_workload(args: argparse.Namespace, model: Path) -> None:
+    """One of workloads.py's scenarios: edge-run and every peer with one slot, as much context as it needs."""
+    args.answer_tokens = args.answer_tokens or {"conversation": 100, "repeats": 400}.get(args.scenario, 1)
+    need = workloads.context_needed(args.scenario, args.sizes, args.turns, args.turn_tokens, args.answer_tokens)
+    ctx = max(args.ctx, need)
+    print(f"{cpu_model()}\nmodel {model.name}, {args.threads} threads, one slot of {ctx} tokens on every server")
+    eog = run_part("ceiling", model, args.threads, 8)["eog"]
+    variants: list[tuple[str, tuple[str, ...]]] = [("edge-run", ())]
+    if args.scenario == "repeats" and args.no_draft_flags:
+        variants.append((workloads.NO_DRAFT, tuple(shlex.split(args.no_draft_flags))))
+    procs: list[subprocess.Popen] = []
+    peers: list[tuple[str, LlamaServer]] = []
+    try:
+        targets = []
+        for name, flags in variants:
+            proc, url, key, _ = start_server(model, args.threads, 1, ctx, *flags)
+            procs.append(proc)
+            targets.append((name, url, key, model.stem))
+            print(f"{name} is edge-run serve --slots 1 --ctx {ctx} --threads {args.threads} {' '.join(flags)}")
+        if args.llama_server:
+            start_peers(args, model, ctx, peers)
+        targets += [(name, peer.url, "", model.stem) for name, peer in peers]
+        targets += [(o, o, args.compare_key, args.compare_model) for o in args.compare]
+        print()
+        for _, u, k, m in targets:
+            asyncio.run(load(u, k, m, 1, 8, eog))  # warm-up
+            settle(u)
+        workloads.run(args.scenario, targets, args, eog, settle)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+        for _, peer in peers:
+            peer.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="GGUF to use (default: the catalog default, fetched if needed)")
@@ -350,8 +404,14 @@ def main() -> None:
     ap.add_argument("--deterministic", action="store_true", help="also measure an edge-run started with it")
     ap.add_argument("--prompt-words", type=int, default=400, help="words in the prompt-processing test (0: skip)")
     ap.add_argument("--client-procs", type=int, default=1, help="client processes for 8 or more streams")
-    ap.add_argument("--scenario", choices=["grammar", "contention"], help="run only this scenario (bench/scenarios.py)")
+    ap.add_argument("--scenario", choices=["grammar", "contention", *workloads.NAMES],
+                    help="run only this scenario (bench/scenarios.py, bench/workloads.py)")  # fmt: skip
     ap.add_argument("--contention", type=int, default=1, help="CPU-bound processes beside the contention scenario")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[700, 3000, 8000], help="long-prompts: prompt tokens")
+    ap.add_argument("--turns", type=int, default=12, help="conversation: turns")
+    ap.add_argument("--turn-tokens", type=int, default=150, help="conversation: user tokens each turn adds")
+    ap.add_argument("--answer-tokens", type=int, help="conversation and repeats: tokens per answer (100, 400)")
+    ap.add_argument("--no-draft-flags", help="repeats: serve flags that turn drafting off, for a second edge-run")
     ap.add_argument("--part", choices=["ceiling", "engine"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.part:
@@ -365,6 +425,9 @@ def main() -> None:
         return
 
     model = args.model or fetch(load_catalog().default_entry, Path.home() / ".cache" / "edge-run-tests")
+    if args.scenario in workloads.NAMES:
+        run_workload(args, model)
+        return
     print(
         f"{cpu_model()}\nmodel {model.name}, {args.threads} threads, {args.max_tokens} tokens per stream, "
         f"EOS banned, median of {args.rounds} rounds"
