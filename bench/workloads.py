@@ -159,7 +159,7 @@ def words_for(tokens: int, scale: tuple[float, float]) -> int:
 
 
 def context_needed(scenario: str, sizes: list[int], turns: int, turn_tokens: int, answer: int) -> int:
-    """Tokens of context one slot needs for ``scenario``, with room to spare, in whole KiB of tokens."""
+    """Tokens of context one slot needs for ``scenario``, with room to spare, rounded up to a multiple of 1024."""
     need = {
         "long-prompts": max(sizes) + 64,
         "conversation": 64 + turns * (turn_tokens + answer + 16),
