@@ -5,9 +5,10 @@
 - ``conversation``: a ``--turns``-turn conversation (12). Each turn adds about ``--turn-tokens`` user tokens
   (150) and an answer of ``--answer-tokens`` (100). The figure is the sum of the turns' times to first token.
 - ``repeats``: answers of ``--answer-tokens`` (400) that repeat the prompt's text: a 40-line function rewritten
-  with one name changed (``edit``), the same function copied exactly (``copy``), which a small model does
-  faithfully, and an ordinary answer (``chat``). The figures are decode tokens/s and, where the server reports
-  them, accepted and rejected draft tokens.
+  with one name changed (``edit``) and a prose passage repeated (``copy``: a 135M model drifts from code after a
+  few lines but copies prose, so its drafts are accepted as a larger model's would be), beside an ordinary
+  answer (``chat``). The figures are decode tokens/s and, where the server reports them, accepted and rejected
+  draft tokens.
 
 Every answer is greedy, with the end-of-generation tokens banned, so it has exactly the tokens asked for.
 
@@ -326,6 +327,30 @@ FUNCTION = '''def summarize_orders(orders, customers, tax_rate=0.2):
     return "\\n".join(lines)
 '''
 RENAMES = (("total", "amount"), ("entry", "row"), ("report", "totals"), ("lines", "rows"), ("price", "cost"))
+PASSAGE = (  # about 425 tokens, none repeated: a 135M model copies prose, where it drifts from code
+    "The lighthouse stood at the end of a long stone pier, where the harbour wall bent towards the open sea. "
+    "Every evening the keeper climbed the ninety steps of the tower, trimmed the wick, polished the great "
+    "lens and wound the clockwork that turned it. Ships far out at sea counted the flashes to know which "
+    "coast they were passing, and fishermen coming home late looked for the beam before they looked for the "
+    "stars.\n"
+    "The keeper had lived there for eleven years. He kept a logbook on the table by the window, and in it he "
+    "wrote the weather, the ships he saw, the oil he burned and the names of the few visitors who walked out "
+    "along the pier. Most of the entries were short. Wind from the west, light rain, two trawlers and a cargo"
+    " ship before midnight. Some were longer, when a storm had kept him awake or when a boat had come in with"
+    " a broken mast.\n"
+    "In winter the waves broke over the pier and threw spray as high as the gallery. On those nights the "
+    "keeper tied a rope from the door of his cottage to the foot of the tower, so that he could find his way "
+    "in the dark without being pulled into the water. He carried a lantern in one hand and held the rope with"
+    " the other, counting his steps until his fingers touched the cold iron of the door.\n"
+    "Once a year an inspector came from the city on the morning train. He checked the lens for scratches, "
+    "tested the clockwork with a stopwatch, read the logbook from the first page to the last and drank two "
+    "cups of tea in the kitchen. Then he signed the book, shook the keeper's hand and walked back along the "
+    "pier to catch the afternoon train home.\n"
+    "The summer evenings were the keeper's favourite. The sea was calm, the light lingered until almost ten, "
+    "and children from the town came out to fish from the end of the pier. He would lean on the rail of the "
+    "gallery and watch their lines glint in the low sun, and when the first star appeared he would go inside,"
+    " climb the steps and light the lamp again."
+)
 KINDS = ("edit", "copy", "chat")
 TOPICS = ("a lighthouse keeper", "a lost dog", "a city under the sea", "a clockmaker", "a long winter", "a comet")
 TARGETS = {("edit", "ngram"): 1.0, ("copy", "ngram"): 1.0, ("edit", "no-draft"): 1.5, ("copy", "no-draft"): 1.5,
@@ -333,16 +358,16 @@ TARGETS = {("edit", "ngram"): 1.0, ("copy", "ngram"): 1.0, ("edit", "no-draft"):
 
 
 def repeat_requests(salt: str, r: int) -> dict[str, list[dict]]:
-    """Round ``r``'s requests: new text each round, so that no n-gram table holds an earlier answer."""
-    code = f"# revision {salt}\n{FUNCTION}"
+    """Round ``r``'s requests, new each round: no cache holds the prompt, no n-gram table an earlier answer."""
+    session = {"role": "system", "content": f"Session {salt}."}
     old, new = RENAMES[r % len(RENAMES)]
     edit = f"Rewrite this function with the name `{old}` renamed to `{new}`, changing nothing else. "
     copy = "Repeat the following text exactly, with nothing before or after it.\n\n"
-    story = f"Tell me a long story about {TOPICS[r % len(TOPICS)]}, with many details. ({salt})"
+    story = f"Tell me a long story about {TOPICS[r % len(TOPICS)]}, with many details."
     return {
-        "edit": [{"role": "user", "content": f"{edit}Reply with the code only.\n\n```python\n{code}```"}],
-        "copy": [{"role": "user", "content": copy + code}],
-        "chat": [{"role": "user", "content": story}],
+        "edit": [session, {"role": "user", "content": f"{edit}Reply with the code only.\n\n```python\n{FUNCTION}```"}],
+        "copy": [session, {"role": "user", "content": copy + PASSAGE}],
+        "chat": [session, {"role": "user", "content": story}],
     }
 
 
