@@ -22,16 +22,15 @@ import asyncio
 import ctypes
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -39,7 +38,9 @@ import msgspec
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from peers import cpu_model, start_llama_server  # noqa: E402  (bench/ is sys.path[0])
+import workloads  # noqa: E402  (bench/ is sys.path[0])
+from peers import LlamaServer, cpu_model, ngram_flags, start_llama_server  # noqa: E402
+from sse_client import sse_events  # noqa: E402
 
 from edge_run.config import physical_cores  # noqa: E402
 from edge_run.models.catalog import load_catalog  # noqa: E402
@@ -124,48 +125,6 @@ async def engine_only(model: Path, threads: int, n_tokens: int) -> float:
         await engine.close()
 
 
-async def sse_events(url: str, headers: dict[str, str], body: dict) -> AsyncIterator[bytes]:
-    """POST ``body`` and yield each SSE ``data:`` payload.
-
-    A bare HTTP/1.1 client on asyncio streams: the load generator shares the machine with the server
-    under test, so it must cost as little as it can (about a third of httpx's CPU per event).
-    """
-    u = urlsplit(url)
-    host, port = u.hostname or "127.0.0.1", u.port or 80
-    reader, writer = await asyncio.open_connection(host, port)
-    payload = msgspec.json.encode(body)
-    head = [f"POST {u.path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json"]
-    head += [f"Content-Length: {len(payload)}", "Accept: text/event-stream", "Connection: close"]
-    head += [f"{k}: {v}" for k, v in headers.items()]
-    writer.write("\r\n".join(head).encode() + b"\r\n\r\n" + payload)
-    try:
-        status = await reader.readline()
-        if status.split(b" ")[1:2] != [b"200"]:
-            raise RuntimeError(f"{url}: {status.decode().strip()} {(await reader.read(2000)).decode(errors='replace')}")
-        chunked = False
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            chunked |= name.strip().lower() == "transfer-encoding" and "chunked" in value.lower()
-        buf = b""
-        while True:
-            if chunked:
-                size = int((await reader.readline()).split(b";")[0], 16)
-                if size == 0:
-                    break
-                buf += (await reader.readexactly(size + 2))[:-2]
-            elif not (data := await reader.read(65536)):
-                break
-            else:
-                buf += data
-            while (end := buf.find(b"\n\n")) >= 0:
-                event, buf = buf[:end], buf[end + 2 :]
-                for line in event.splitlines():
-                    if line.startswith(b"data: "):
-                        yield line[6:]
-    finally:
-        writer.close()
-
-
 async def one_stream(url: str, headers: dict[str, str], body: dict) -> StreamResult:
     start = time.monotonic()
     first = last = 0.0
@@ -187,18 +146,38 @@ async def one_stream(url: str, headers: dict[str, str], body: dict) -> StreamRes
     return StreamResult(tokens=tokens or chunks, ttft=first - start, duration=last - first)
 
 
-def settle(url: str) -> None:
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time used so far by process ``pid``, all its threads; None where /proc cannot tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def settle(url: str, timeout: float = 30, pid: int | None = None) -> None:
     """Wait until an edge-run server has no background work left: an idle engine prefills the latest
-    answer again, and on 2 cores that would run under the next measurement."""
+    answer again, and on 2 cores that would run under the next measurement.
+
+    Given the server's ``pid``, a server that reports stale tokens but has used under 5% of a core for
+    half a second has settled too: the engine leaves some stale tokens for good (a single one, today).
+    """
     health = url.removesuffix("/v1") + "/health"
-    for _ in range(600):
+    deadline = time.monotonic() + timeout
+    used = cpu_seconds(pid) if pid else None
+    while time.monotonic() < deadline:
         try:
             models = httpx.get(health, timeout=5).json().get("models", [])
         except (httpx.HTTPError, ValueError):
             return  # not an edge-run server
         if not any(m.get("tokens_stale") for m in models):
             return
-        time.sleep(0.05)
+        time.sleep(0.5 if used is not None else 0.05)
+        if used is not None and pid and (now := cpu_seconds(pid)) is not None:
+            if now - used < 0.025:
+                return
+            used = now
+    print(f"note: {url} still had background work after {timeout:.0f} s; measuring on", file=sys.stderr)
 
 
 def _streams(job: tuple[str, dict[str, str], list[dict], float]) -> tuple[list[StreamResult], float]:
@@ -378,6 +357,63 @@ def run_scenario(args: argparse.Namespace, model: Path) -> None:
             p.wait()
 
 
+def start_peers(args: argparse.Namespace, model: Path, ctx: int, started: list[tuple[str, LlamaServer]]) -> None:
+    """llama-server with one slot of ``ctx`` tokens, and for ``repeats`` a second one with n-gram drafting."""
+    variants: list[tuple[str, list[str]]] = [("llama-server", [])]
+    if args.scenario == "repeats":
+        flags, note = ngram_flags(args.llama_server)
+        print(f"llama-server drafting: {note}")
+        if flags:
+            variants.append((f"llama-server {flags[-1]}", flags))
+    for name, extra in variants:
+        peer = start_llama_server(
+            args.llama_server, model, threads=args.threads, slots=1, ctx=ctx, alias=model.stem, extra=extra
+        )
+        started.append((name, peer))
+        print(f"{name} is llama-server {' '.join(peer.flags[2:])} ({peer.note})")
+
+
+def run_workload(args: argparse.Namespace, model: Path) -> None:
+    """One of workloads.py's scenarios: edge-run and every peer with one slot, as much context as it needs."""
+    args.answer_tokens = args.answer_tokens or {"conversation": 100, "repeats": 400}.get(args.scenario, 1)
+    need = workloads.context_needed(args.scenario, args.sizes, args.turns, args.turn_tokens, args.answer_tokens)
+    ctx = max(args.ctx, need)
+    print(f"{cpu_model()}\nmodel {model.name}, {args.threads} threads, one slot of {ctx} tokens on every server")
+    eog = run_part("ceiling", model, args.threads, 8)["eog"]
+    variants: list[tuple[str, tuple[str, ...]]] = [("edge-run", ())]
+    if args.scenario == "repeats" and args.no_draft_flags:
+        variants.append((workloads.NO_DRAFT, tuple(shlex.split(args.no_draft_flags))))
+    procs: list[subprocess.Popen] = []
+    peers: list[tuple[str, LlamaServer]] = []
+    try:
+        targets = []
+        for name, flags in variants:
+            proc, url, key, _ = start_server(model, args.threads, 1, ctx, *flags)
+            procs.append(proc)
+            targets.append((name, url, key, model.stem))
+            print(f"{name} is edge-run serve --slots 1 --ctx {ctx} --threads {args.threads} {' '.join(flags)}")
+        if args.llama_server:
+            start_peers(args, model, ctx, peers)
+        targets += [(name, peer.url, "", model.stem) for name, peer in peers]
+        targets += [(o, o, args.compare_key, args.compare_model) for o in args.compare]
+        print()
+        pids = {t[1]: p.pid for t, p in zip(targets, procs, strict=False)}  # edge-run servers come first
+
+        def wait(u: str) -> None:  # a long prompt's refresh can take minutes today: wait it out, never measure over it
+            settle(u, timeout=900, pid=pids.get(u))
+
+        for _, u, k, m in targets:
+            asyncio.run(load(u, k, m, 1, 8, eog))  # warm-up
+            wait(u)
+        workloads.run(args.scenario, targets, args, eog, wait)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+        for _, peer in peers:
+            peer.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="GGUF to use (default: the catalog default, fetched if needed)")
@@ -393,8 +429,14 @@ def main() -> None:
     ap.add_argument("--deterministic", action="store_true", help="also measure an edge-run started with it")
     ap.add_argument("--prompt-words", type=int, default=400, help="words in the prompt-processing test (0: skip)")
     ap.add_argument("--client-procs", type=int, default=1, help="client processes for 8 or more streams")
-    ap.add_argument("--scenario", choices=["grammar", "contention"], help="run only this scenario (bench/scenarios.py)")
+    ap.add_argument("--scenario", choices=["grammar", "contention", *workloads.NAMES],
+                    help="run only this scenario (bench/scenarios.py, bench/workloads.py)")  # fmt: skip
     ap.add_argument("--contention", type=int, default=1, help="CPU-bound processes beside the contention scenario")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[700, 3000, 8000], help="long-prompts: prompt tokens")
+    ap.add_argument("--turns", type=int, default=12, help="conversation: turns")
+    ap.add_argument("--turn-tokens", type=int, default=150, help="conversation: user tokens each turn adds")
+    ap.add_argument("--answer-tokens", type=int, help="conversation and repeats: tokens per answer (100, 400)")
+    ap.add_argument("--no-draft-flags", help="repeats: serve flags that turn drafting off, for a second edge-run")
     ap.add_argument("--part", choices=["ceiling", "engine"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.part:
@@ -408,6 +450,9 @@ def main() -> None:
         return
 
     model = args.model or fetch(load_catalog().default_entry, Path.home() / ".cache" / "edge-run-tests")
+    if args.scenario in workloads.NAMES:
+        run_workload(args, model)
+        return
     print(
         f"{cpu_model()}\nmodel {model.name}, {args.threads} threads, {args.max_tokens} tokens per stream, "
         f"EOS banned, median of {args.rounds} rounds"

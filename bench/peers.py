@@ -12,11 +12,12 @@ import platform
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 
-__all__ = ["LlamaServer", "cpu_model", "start_llama_server"]
+__all__ = ["LlamaServer", "cpu_model", "ngram_flags", "start_llama_server"]
 
 
 def cpu_model() -> str:
@@ -66,12 +67,14 @@ def _answers(proc: subprocess.Popen[bytes], url: str, alias: str, timeout: float
     return False
 
 
-def start_llama_server(binary: Path, model: Path, *, threads: int, slots: int, ctx: int, alias: str) -> LlamaServer:
-    """llama-server with ``slots`` slots of ``ctx`` tokens: its default load, else ``--no-repack``."""
-    for extra, note in (([], "its default load"), (["--no-repack"], "--no-repack: its default load crashed here")):
+def start_llama_server(
+    binary: Path, model: Path, *, threads: int, slots: int, ctx: int, alias: str, extra: Sequence[str] = ()
+) -> LlamaServer:
+    """llama-server with ``slots`` slots of ``ctx`` tokens, plus ``extra``: its default load, else ``--no-repack``."""
+    for load, note in (([], "its default load"), (["--no-repack"], "--no-repack: its default load crashed here")):
         port = _free_port()
-        flags = ["-m", str(model), "--alias", alias, "--host", "127.0.0.1", "--port", str(port),
-                 "-np", str(slots), "-c", str(slots * ctx), "-t", str(threads), "--no-webui", *extra]  # fmt: skip
+        flags = ["-m", str(model), "--alias", alias, "--host", "127.0.0.1", "--port", str(port), "-np", str(slots),
+                 "-c", str(slots * ctx), "-t", str(threads), "--no-webui", *extra, *load]  # fmt: skip
         proc = subprocess.Popen([str(binary), *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}/v1"
         if _answers(proc, url, alias):
@@ -79,3 +82,28 @@ def start_llama_server(binary: Path, model: Path, *, threads: int, slots: int, c
         proc.kill()
         proc.wait()
     raise RuntimeError(f"{binary} did not answer, with its default load or with --no-repack")
+
+
+NGRAM_KINDS = ("ngram-mod", "ngram-simple", "ngram-map-k", "ngram-cache")  # the issue's first, then older kinds
+
+
+def ngram_flags(binary: Path) -> tuple[list[str], str]:
+    """The flags that give ``binary`` n-gram drafting from the context (no draft model), and what to print.
+
+    ``--spec-type ngram-mod`` if its ``--help`` lists it, else the first other n-gram kind it lists; ``[]`` with
+    the reason when it has none.
+    """
+    try:
+        out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return [], f"no n-gram drafting: {binary} --help failed ({e})"
+    lines = (out.stdout + out.stderr).splitlines()
+    at = next((i for i, x in enumerate(lines) if "--spec-type" in x), None)
+    line = " ".join(lines[at : at + 2]) if at is not None else ""  # the kinds may wrap onto the next line
+    if not line:
+        return [], f"no n-gram drafting: {binary} has no --spec-type"
+    for kind in NGRAM_KINDS:
+        if kind in line:
+            note = "" if kind == NGRAM_KINDS[0] else f" ({NGRAM_KINDS[0]} absent from its --help)"
+            return ["--spec-type", kind], f"--spec-type {kind}{note}"
+    return [], f"no n-gram drafting: its --spec-type offers none ({line.strip()})"
