@@ -6,17 +6,20 @@ can size a file before, or without, loading it.
 
 from __future__ import annotations
 
+import functools
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from edge_run.errors import EngineFailure
 
 __all__ = ["GgufLayout", "read_layout"]
 
 # GGUF metadata value types: struct format of the scalars; 8 is a string, 9 an array
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_SCALARS = {kind: struct.Struct(fmt) for kind, fmt in _FORMATS.items()}
+_U32, _U64 = _SCALARS[4], _SCALARS[10]
 _STRING, _ARRAY = 8, 9
 # ggml tensor types -> (elements per block, bytes per block): enough to find where the last tensor ends
 _TYPE_SIZES = {
@@ -69,39 +72,70 @@ def _quant_name(file_type: int | None) -> str:
 
 
 def read_layout(path: Path) -> GgufLayout:
-    """Read a GGUF file's tensor table and the metadata that sizes its layers and KV cache."""
+    """Read a GGUF file's tensor table and the metadata that sizes its layers and KV cache.
+
+    Each version of a file is read once per process (``serve`` sizes, places and loads a model: three asks)."""
     try:
-        with path.open("rb") as f:
-            return _read(f, path.stat().st_size)
+        stat = path.stat()
+        return _read_file(path, stat.st_size, stat.st_mtime_ns)
     except (OSError, struct.error, UnicodeDecodeError, KeyError, ValueError) as exc:
         raise EngineFailure(f"could not read the GGUF layout of {path.name}: {exc}") from exc
 
 
+@functools.lru_cache(maxsize=32)
+def _read_file(path: Path, size: int, mtime_ns: int) -> GgufLayout:
+    """``size`` and ``mtime_ns`` key the cache: a file replaced or rewritten is read again."""
+    if size < 4:
+        raise ValueError("not a GGUF file")
+    with path.open("rb") as f:
+        # mapped, not read: only the header's pages are touched, and the vocabulary's 10^5 strings are
+        # skipped by arithmetic on their lengths rather than one file call each
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return _read(_Reader(data))
+
+
 class _Reader:
-    """GGUF's little-endian values, read from a file whose lengths are checked against its size."""
+    """GGUF's little-endian values, read from a file's bytes whose lengths are checked against its size."""
 
-    def __init__(self, f: BinaryIO, file_size: int) -> None:
-        self.f = f
-        self.file_size = file_size
+    def __init__(self, data: mmap.mmap) -> None:
+        self.data = data
+        self.pos = 0
 
-    def unpack(self, fmt: str) -> int | float | bool:
-        size = struct.calcsize(fmt)
-        data = self.f.read(size)
-        if len(data) != size:
+    def unpack(self, fmt: struct.Struct) -> int | float | bool:
+        if self.pos + fmt.size > len(self.data):
             raise ValueError("truncated file")
-        return struct.unpack(fmt, data)[0]
+        value = fmt.unpack_from(self.data, self.pos)[0]
+        self.pos += fmt.size
+        return value  # type: ignore[no-any-return]
 
-    def count(self, fmt: str = "<Q") -> int:
+    def count(self, fmt: struct.Struct = _U64) -> int:
         return int(self.unpack(fmt))
 
     def length(self, count: int, size: int = 1) -> int:
         """A length read from the file, refused if it runs past the file's end (a corrupt header)."""
-        if count * size > self.file_size - self.f.tell():
+        if count * size > len(self.data) - self.pos:
             raise ValueError(f"corrupt: a length of {count} runs past the end of the file")
         return count
 
+    def skip(self, n: int) -> None:
+        self.pos += self.length(n)
+
     def string(self) -> str:
-        return self.f.read(self.length(self.count())).decode("utf-8")
+        n = self.length(self.count())
+        self.pos += n
+        return self.data[self.pos - n : self.pos].decode("utf-8")
+
+    def skip_strings(self, count: int) -> None:
+        """Skip ``count`` strings (a vocabulary: tens of thousands), checking each length as ``string`` does."""
+        data, pos, end = self.data, self.pos, len(self.data)
+        for _ in range(count):
+            if pos + 8 > end:
+                raise ValueError("truncated file")
+            n = _U64.unpack_from(data, pos)[0]
+            if n > end - pos - 8:
+                raise ValueError(f"corrupt: a length of {n} runs past the end of the file")
+            pos += 8 + n
+        self.pos = pos
 
     def value(self, kind: int) -> object:
         if kind in _SCALARS:
@@ -109,15 +143,14 @@ class _Reader:
         if kind == _STRING:
             return self.string()
         if kind == _ARRAY:
-            item, count = self.count("<I"), self.length(self.count())
+            item, count = self.count(_U32), self.length(self.count())
             if count <= 64:
                 return [self.value(item) for _ in range(count)]
             # long arrays (the vocabulary, its scores and merges): only their length is needed
             if item in _SCALARS:
-                self.f.seek(struct.calcsize(_SCALARS[item]) * count, 1)
+                self.skip(_SCALARS[item].size * count)
             elif item == _STRING:
-                for _ in range(count):
-                    self.f.seek(self.length(self.count()), 1)
+                self.skip_strings(count)
             else:
                 for _ in range(count):
                     self.value(item)
@@ -125,35 +158,36 @@ class _Reader:
         raise ValueError(f"unknown metadata type {kind}")
 
 
-def _read(f: BinaryIO, file_size: int) -> GgufLayout:
-    r = _Reader(f, file_size)
-    if f.read(4) != b"GGUF":
+def _read(r: _Reader) -> GgufLayout:
+    if r.data[:4] != b"GGUF":
         raise ValueError("not a GGUF file")
-    version = r.unpack("<I")
+    r.pos = 4
+    version = r.unpack(_U32)
     if version < 2:
         raise ValueError(f"GGUF version {version} is too old")
     n_tensors, n_kv = r.length(r.count(), 24), r.length(r.count(), 12)  # the least each one takes
     meta: dict[str, object] = {}
     for _ in range(n_kv):
         key = r.string()
-        meta[key] = r.value(r.count("<I"))
+        meta[key] = r.value(r.count(_U32))
     tensors: list[tuple[str, int]] = []
     n_params = 0
     last = (-1, 0, 0)  # (offset, type, elements) of the tensor that lies last in the file
     for _ in range(n_tensors):
         name = r.string()
         elements = 1
-        for _ in range(r.count("<I")):
+        for _ in range(r.count(_U32)):
             elements *= r.count()
         n_params += elements
-        kind = r.count("<I")
+        kind = r.count(_U32)
         offset = r.count()
         tensors.append((name, offset))
         last = max(last, (offset, kind, elements))
     if not tensors:
         raise ValueError("it has no tensors (a vocabulary-only file cannot be served)")
     align = int(meta.get("general.alignment", 32))  # type: ignore[call-overload]
-    data_start = -(-f.tell() // align) * align
+    data_start = -(-r.pos // align) * align
+    file_size = len(r.data)
     if last[1] in _TYPE_SIZES:
         per_block, block_bytes = _TYPE_SIZES[last[1]]
         end = data_start + last[0] + last[2] // per_block * block_bytes

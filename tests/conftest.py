@@ -16,7 +16,7 @@ import pytest
 
 from edge_run.models.catalog import load_catalog
 from edge_run.models.fetch import fetch
-from tests.support import MODEL_ID, Server, cache_dir, run_cli, start_server
+from tests.support import MODEL_ID, Server, cache_dir, set_up, start_server
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +51,7 @@ def make_server(tmp_path: Path, model_path: Path) -> Iterator:
     def make(*serve_args: str, model_id: str = MODEL_ID, **kwargs: Any) -> Server:
         home = tmp_path / f"home-{len(started)}"
         home.mkdir()
-        run_cli(home, "models", "add", str(model_path), "--id", model_id)
+        set_up(home, "models", "add", str(model_path), "--id", model_id)
         server = start_server(home, "--model", model_id, *serve_args, **kwargs)
         started.append(server)
         return server
@@ -71,8 +71,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterat
     the server, starts its own with ``make_server`` (or its module's server).
     """
     home = tmp_path_factory.mktemp("shared-home")
-    run_cli(home, "models", "add", str(model_path), "--id", MODEL_ID)
-    other_key = run_cli(home, "keys", "create", "--name", "other").stdout.strip()
+    set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
+    other_key = set_up(home, "keys", "create", "--name", "other").strip()
     srv = start_server(home, "--model", MODEL_ID, "--ctx", "2048", "--slots", "4")
     srv.extra["other_key"] = other_key
     yield srv

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.payloads import NO_EOS
-from tests.support import MODEL_ID, Server, run_cli, start_server, stream_in_slot_order, wait_for
+from tests.support import MODEL_ID, Server, set_up, start_server, stream_in_slot_order, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,8 +66,8 @@ def test_four_streaming_clients_all_complete_and_match_solo_answers(server):
         assert (text, finish) == (solo_text, solo_finish)
 
 
-def test_more_clients_than_slots_all_complete(make_server):
-    server = make_server("--slots", "2", "--ctx", "1024")
+def test_more_clients_than_slots_all_complete(server):
+    assert server.health()["models"][0]["slots_total"] < 6
     results = run_concurrently(server, prompts(6), 24)
     assert len(results) == 6
     for text, finish in results:
@@ -119,7 +119,7 @@ def test_full_queue_answers_429_with_retry_after(make_server):
 def one_slot(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
     """One slot of 2048 tokens, for the clients that leave: each test leaves the slot free."""
     home = tmp_path_factory.mktemp("one-slot")
-    run_cli(home, "models", "add", str(model_path), "--id", MODEL_ID)
+    set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
     server = start_server(home, "--model", MODEL_ID, "--slots", "1", "--ctx", "2048")
     yield server
     server.stop()

@@ -12,7 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.support import MODEL_ID, Server, run_cli, start_server, stream_in_slot_order
+from tests.support import MODEL_ID, Server, set_up, start_server, stream_in_slot_order
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ def answers(server) -> dict[str, str]:
 
 def _sampling_on_the(where: str, tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
     home = tmp_path_factory.mktemp(f"{where}-sampling")
-    run_cli(home, "models", "add", str(model_path), "--id", MODEL_ID)
+    set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
     env = {"EDGE_RUN_DEVICE_SAMPLING": "true" if where == "device" else "false"}
     server = start_server(home, "--model", MODEL_ID, "--slots", "4", env=env)
     yield server

@@ -3,7 +3,9 @@
 Valid and invalid requests alike (schemathesis' positive and negative modes) must never get a 5xx, and
 every error must carry the route's envelope: OpenAI's, or Anthropic's on ``/v1/messages...``. Half of
 the generated bodies name the served model, so they get past the model lookup into translation,
-tokenizing and the context check; a 128-token context keeps any request that runs the model short.
+tokenizing and the context check; a 128-token context keeps any request that runs the model short, and a
+valid token limit is cut to a few tokens (``_cap_generation``): the fuzz is after the server's handling of a
+request, which the first tokens already run through, not after the model's prose.
 """
 
 from __future__ import annotations
@@ -22,19 +24,24 @@ from schemathesis.checks import not_a_server_error
 from edge_run.api.app import create_app
 from edge_run.models.registry import ModelRegistry
 from edge_run.server import app_services
-from tests.support import MODEL_ID, Server, run_cli, start_server
+from tests.support import MODEL_ID, Server, set_up, start_server
 
 pytestmark = pytest.mark.integration
 
 MAX_EXAMPLES = 50  # per operation, on top of schemathesis' examples and coverage cases
+CTX = 128
+CAP = 4  # tokens a valid request generates at most: sampling, stop strings, assembly and usage all run
+_LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+# the token limit of each operation that generates, where it may be left out (or null) for "to the context's end"
+_OPTIONAL_LIMITS = {"/v1/chat/completions": "max_tokens", "/v1/responses": "max_output_tokens"}
 
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
     """A small context (128 tokens): a valid request finishes fast, a long prompt or ``max_tokens`` is a fast 400."""
     home = tmp_path_factory.mktemp("fuzz-home")
-    run_cli(home, "models", "add", str(model_path), "--id", MODEL_ID)
-    server = start_server(home, "--model", MODEL_ID, "--ctx", "128", "--slots", "2")
+    set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
+    server = start_server(home, "--model", MODEL_ID, "--ctx", str(CTX), "--slots", "2")
     yield server
     server.stop()
 
@@ -85,6 +92,22 @@ def _aim_at_the_model(case: Any) -> None:
         body["model"] = MODEL_ID
 
 
+def _cap_generation(case: Any) -> None:
+    """Valid token limits that fit the context become at most ``CAP``; a limit left out (or null) becomes ``CAP``
+    too, except in one body of eight, which keeps the no-limit path (generate to the context's end). Invalid
+    limits (0, negative, not an integer) and ones past the context stay as they are: they must be a 400."""
+    body = case.body
+    if not isinstance(body, dict):
+        return
+    for name in _LIMITS:
+        value = body.get(name)
+        if type(value) is int and CAP < value <= CTX:
+            body[name] = CAP
+    limit = _OPTIONAL_LIMITS.get(case.operation.path)
+    if limit and all(body.get(name) is None for name in _LIMITS) and zlib.crc32(b"cap" + repr(body).encode()) % 8:
+        body[limit] = CAP
+
+
 def _check_envelope(path: str, response: Any) -> None:
     if response.status_code < 400:
         return
@@ -103,6 +126,7 @@ def _check_envelope(path: str, response: Any) -> None:
 @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_no_input_gets_a_server_error(case: Any, fuzz_server: Server) -> None:
     _aim_at_the_model(case)
+    _cap_generation(case)
     response = case.call(base_url=fuzz_server.url, headers=_auth(fuzz_server), timeout=120)
     case.validate_response(response, checks=[not_a_server_error])
     _check_envelope(case.operation.path, response)

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support import Server, run_cli, start_server, usage_by, wait_for
+from tests.support import Server, run_cli, set_up, start_server, usage_by, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -23,14 +23,14 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_path: Path):
     """One server offering `acme/one`, `acme/two` and `other/model` (the same test GGUF under three ids)."""
     home = tmp_path_factory.mktemp("home")
     for model_id in ("acme/one", "acme/two", "other/model"):
-        run_cli(home, "models", "add", str(model_path), "--id", model_id)
+        set_up(home, "models", "add", str(model_path), "--id", model_id)
     srv = start_server(home, "--model", "acme/one", "--ctx", "1024", "--slots", "4")
     yield srv
     srv.stop()
 
 
 def new_key(server: Server, name: str, *options: str) -> str:
-    return run_cli(server.home, "keys", "create", "--name", name, *options).stdout.strip()
+    return set_up(server.home, "keys", "create", "--name", name, *options).strip()
 
 
 def chat(server: Server, key: str, model: str = "acme/one", **body) -> httpx.Response:

@@ -13,7 +13,7 @@ import pytest
 
 from edge_run.config import physical_cores
 from tests.hf_fixture import HubFixture
-from tests.support import Server, run_cli, start_server, wait_for
+from tests.support import Server, run_cli, set_up, start_server, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +39,8 @@ def complete(client: openai.OpenAI, model: str, **kwargs) -> str:
 def serve_two_models(home: Path, model_path: Path, second_model_path: Path) -> Server:
     """A home with `acme/one` (SmolLM2) and `acme/two` (Gemma), served with --keep-alive 5 --max-loaded 1."""
     home.mkdir()
-    run_cli(home, "models", "add", str(model_path), "--id", "acme/one")
-    run_cli(home, "models", "add", str(second_model_path), "--id", "acme/two")
+    set_up(home, "models", "add", str(model_path), "--id", "acme/one")
+    set_up(home, "models", "add", str(second_model_path), "--id", "acme/two")
     return start_server(home, "--keep-alive", "5", "--max-loaded", "1", "--ctx", "512", "--slots", "4")
 
 
@@ -144,8 +144,8 @@ def test_ps_and_models_list_ask_the_running_server(two_models: Server):
 def test_two_models_at_once_share_the_cores(tmp_path: Path, model_path: Path, second_model_path: Path):
     home = tmp_path / "home"
     home.mkdir()
-    run_cli(home, "models", "add", str(model_path), "--id", "acme/one")
-    run_cli(home, "models", "add", str(second_model_path), "--id", "acme/two")
+    set_up(home, "models", "add", str(model_path), "--id", "acme/one")
+    set_up(home, "models", "add", str(second_model_path), "--id", "acme/two")
     server = start_server(home, "--model", "acme/one", "--model", "acme/two", "--ctx", "512")
     try:
         both_busy: list[bool] = []
@@ -185,8 +185,8 @@ def test_a_model_that_fails_to_load_is_503_and_the_others_answer(tmp_path: Path,
     home.mkdir()
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(model_path.read_bytes())
-    run_cli(home, "models", "add", str(model_path), "--id", "acme/one")
-    run_cli(home, "models", "add", str(broken), "--id", "acme/broken")
+    set_up(home, "models", "add", str(model_path), "--id", "acme/one")
+    set_up(home, "models", "add", str(broken), "--id", "acme/broken")
     broken.write_bytes(model_path.read_bytes()[: 1 << 20])  # damaged after it was added: a real header, then nothing
     server = start_server(home, "--model", "acme/one")
     try:

@@ -23,7 +23,7 @@ import httpx
 import openai
 import pytest
 
-from tests.support import Server, free_port, run_cli, start_server, usage_by, wait_for
+from tests.support import Server, free_port, set_up, start_server, usage_by, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -71,16 +71,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterato
     replicas = [start_llama_cpp_server(model_path, work / f"replica-{i}.log") for i in range(2)]
     other_home = work / "other"
     other_home.mkdir()
-    run_cli(other_home, "models", "add", str(model_path), "--id", "smol")
+    set_up(other_home, "models", "add", str(model_path), "--id", "smol")
     other = start_server(other_home, "--model", "smol", "--ctx", "1024", "--threads", "1")
     home = work / "home"
     home.mkdir()
-    run_cli(home, "models", "add", str(model_path), "--id", "acme/local")
+    set_up(home, "models", "add", str(model_path), "--id", "acme/local")
     for replica in replicas:
-        run_cli(home, "models", "add-upstream", "team/big", "--base-url", replica.base_url,
-                "--api-key-env", "BIG_UPSTREAM_KEY", "--model", "smol-upstream")  # fmt: skip
-    run_cli(home, "models", "add-upstream", "team/other", "--base-url", other.base_url,
-            "--api-key-env", "OTHER_UPSTREAM_KEY", "--model", "smol")  # fmt: skip
+        set_up(home, "models", "add-upstream", "team/big", "--base-url", replica.base_url,
+               "--api-key-env", "BIG_UPSTREAM_KEY", "--model", "smol-upstream")  # fmt: skip
+    set_up(home, "models", "add-upstream", "team/other", "--base-url", other.base_url,
+           "--api-key-env", "OTHER_UPSTREAM_KEY", "--model", "smol")  # fmt: skip
     with (home / "config" / "config.toml").open("a") as f:  # the local model spills over to team/big
         f.write(f'\n[[model]]\nid = "acme/full"\npath = "{model_path}"\nslots = 1\noverflow = "team/big"\n')
     env = {"BIG_UPSTREAM_KEY": UPSTREAM_KEY, "OTHER_UPSTREAM_KEY": other.key}
@@ -133,7 +133,7 @@ def test_a_streamed_answer_through_edge_run_equals_the_direct_one(stack):
 
 def test_usage_is_charged_to_the_local_key_and_the_upstream_key_never_leaks(stack):
     server, _, other = stack
-    key = run_cli(server.home, "keys", "create", "--name", "upstream-user").stdout.strip()
+    key = set_up(server.home, "keys", "create", "--name", "upstream-user").strip()
     client = openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0, timeout=120)
     raw = client.chat.completions.with_raw_response.create(model="team/big", messages=ASK, max_tokens=8)
     usage = raw.parse().usage
@@ -208,7 +208,7 @@ def test_no_replica_answering_is_a_clear_502(tmp_path: Path):
     home = tmp_path / "home"
     home.mkdir()
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    run_cli(home, "models", "add-upstream", "team/gone", "--base-url", dead)
+    set_up(home, "models", "add-upstream", "team/gone", "--base-url", dead)
     server = start_server(home, "--no-auth", env={k: v for k, v in os.environ.items() if k != "EDGE_RUN_API_KEY"})
     try:
         r = httpx.post(server.base_url + "/chat/completions", json={"model": "team/gone", "messages": ASK}, timeout=60)

@@ -26,7 +26,7 @@ from edge_run.api.app import create_app
 from edge_run.keys import KeyStore
 from edge_run.server import app_services
 from tests.fakes import fake_registry
-from tests.support import MODEL_ID, Server, browser_recorder, free_port, run_cli, start_server, wait_healthy
+from tests.support import MODEL_ID, Server, browser_recorder, free_port, set_up, start_server, wait_healthy
 
 CHROMIUM = os.environ.get("EDGE_RUN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -120,7 +120,7 @@ def _wait_for_lines(path: Path, n: int, timeout: float = 30) -> list[str]:
 @pytest.mark.integration
 def test_no_arguments_serves_and_opens_a_login_link_that_works(tmp_path, model_path):
     home = tmp_path / "home"
-    run_cli(home, "models", "add", str(model_path), "--id", MODEL_ID)
+    set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
     opener, record = browser_recorder(tmp_path)
     port = free_port()
     env = {
@@ -171,7 +171,7 @@ def web_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> It
     ``test_login_link_then_a_streamed_answer``'s: trading it creates a key, so the shared server keeps its own."""
     home = tmp_path_factory.mktemp("web-home")
     opener, record = browser_recorder(home)
-    run_cli(home, "models", "add", str(model_path), "--id", MODEL_ID)
+    set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
     server = start_server(
         home, "--model", MODEL_ID, "--ctx", "2048", "--slots", "4", env={"EDGE_RUN_BROWSER": str(opener)}
     )
@@ -308,7 +308,7 @@ def home_with(tmp_path: Path, model_path: Path) -> Iterator:
         ids = []
         for model in models:
             model_id, path = model if isinstance(model, tuple) else (model, model_path)
-            run_cli(home, "models", "add", str(path), "--id", model_id)
+            set_up(home, "models", "add", str(path), "--id", model_id)
             ids.append(model_id)
         server = start_server(home, "--model", ids[0], "--keep-alive", "-1")
         started.append(server)
@@ -461,7 +461,7 @@ def _log_in_with_key(page, server: Server, key: str) -> None:
 @pytest.mark.integration
 def test_usage_view_charts_each_keys_tokens_and_a_user_key_sees_only_its_own(browser, make_server, tmp_path):
     server = make_server()
-    bob = run_cli(server.home, "keys", "create", "--name", "bob").stdout.strip()
+    bob = set_up(server.home, "keys", "create", "--name", "bob").strip()
     context, page = _open_logged_in(browser, server)  # the login link's key is an admin key
     try:
         admin = page.evaluate("localStorage.getItem('edge-run:key')")
