@@ -2,10 +2,13 @@
 cold or cached, at 1 or 2 threads, drafting or not, beside other requests, and while the thread governor
 reacts to a busy machine.
 
-Each conversation runs past 512 KV cells, where a lone row's logits depend on the thread count and on
-the rows beside it. On this project's CI CPU (a 2-vCPU AMD EPYC with AVX2, no AVX-512) the code before
-the block rule (commit 10eb48d) failed ``test_a_conversation_is_answered_the_same_warm_and_cold`` at the
-first turn whose KV passed 256 tokens: cached and cold answers there had different logprobs.
+Each conversation runs past 256 KV tokens (512 cells once llama.cpp pads them), where a lone row's
+logits depend on the thread count and on the rows beside it. On this project's CI CPU (a 2-vCPU AMD
+EPYC with AVX2, no AVX-512) the code before the block rule (commit 10eb48d, run with this module less
+``--draft-max`` and with its cold answers allowed the template's 6 shared tokens) failed both
+``test_a_conversation_is_answered_the_same_warm_and_cold`` and
+``test_the_conversation_is_answered_the_same_while_the_machine_gets_busy`` at the first turn: the text
+itself differed ("Rivers are also the" warm on 2 threads, "... also a" cold on 1) and so did the logprobs.
 """
 
 from __future__ import annotations
