@@ -105,8 +105,8 @@ class Scheduler:
 
     @property
     def tokens_stale(self) -> int:
-        """Tokens of finished answers still to compute again (background work of an idle engine)."""
-        return sum(len(slot.stale) for slot in self._slots if slot.idle)
+        """Tokens of finished answers still to compute again as whole blocks (background work of an idle engine)."""
+        return sum(len(slot.stale) // self.block * self.block for slot in self._slots if slot.idle)
 
     def has_work(self) -> bool:
         """Whether a step would do anything: requests waiting or generating, or a finished answer to refresh."""
