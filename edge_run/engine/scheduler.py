@@ -208,7 +208,7 @@ class Scheduler:
         if slot.device_sampler or slot.drafter is None:
             return []
         fit = min(fit, self.ctx.n_ctx_seq - len(slot.cache) - 1)  # within the slot's context too
-        k = slot.draft_k or int(slot.generated % RETRY_EVERY == 0)  # off: one draft now and then
+        k = slot.draft_k or int(self.max_drafts > 0 and slot.generated % RETRY_EVERY == 0)  # off: one now and then
         return slot.drafter.draft(min(k, fit))
 
     def _accept(self, slot: Slot, rows: tuple[list[int], int], out: list[tuple[Job, Chunk]]) -> None:
