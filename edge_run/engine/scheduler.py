@@ -161,7 +161,7 @@ class Scheduler:
         batch.clear()
         for i, token in enumerate(tokens):
             batch.add(token, start + i, slot.seq, final and i == len(tokens) - 1)
-        self._decode(batch, self.governor.for_step(), per=self.block)  # a final block counts as whole blocks
+        self._decode(batch, per=self.block)  # a final block counts as whole blocks
         slot.cache += tokens
         if not final and slot.exact == start:
             slot.exact = len(slot.cache)
@@ -198,17 +198,16 @@ class Scheduler:
             slot.logit_index = batch.add(slot.next_token, pos, slot.seq, True)
             for i, token in enumerate(tokens):
                 batch.add(token, pos + 1 + i, slot.seq, True)
-        lone = self.lone_row_threads if batch.n == 1 else None
-        self._decode(batch, lone or self.governor.for_step(), observe=lone is None)
+        self._decode(batch)
         for slot, slot_rows in zip(rows, planned, strict=True):
             self._accept(slot, slot_rows, out)
 
     def _drafts(self, slot: Slot, fit: int) -> list[int]:
-        """The slot's drafts for this step: none where the device samples (it samples every row at once)."""
-        if slot.device_sampler or slot.drafter is None:
+        """The slot's drafts for this step."""
+        if slot.drafter is None:
             return []
         fit = min(fit, self.ctx.n_ctx_seq - len(slot.cache) - 1)  # within the slot's context too
-        k = slot.draft_k or int(self.max_drafts > 0 and slot.generated % RETRY_EVERY == 0)  # off: one now and then
+        k = slot.draft_k or int(slot.generated % RETRY_EVERY == 0)  # off: one now and then
         return slot.drafter.draft(min(k, fit))
 
     def _accept(self, slot: Slot, rows: tuple[list[int], int], out: list[tuple[Job, Chunk]]) -> None:
@@ -228,21 +227,24 @@ class Scheduler:
             slot.next_token = None
             kept += 1
         kept = min(kept, real)  # fillers come after the drafts
-        self.drafts_accepted, self.drafts_rejected = self.drafts_accepted + kept, self.drafts_rejected + real - kept
+        self.drafts_accepted += kept
+        self.drafts_rejected += real - kept
         slot.draft_k = next_k(slot.draft_k, real, kept, self.max_drafts)
         if slot.job is not None:
             self.ctx.seq_rm(slot.seq, len(slot.cache), -1)  # the rejected drafts
 
-    def _decode(self, batch: Batch, wanted: int, *, observe: bool = True, per: int = 0) -> None:
-        """One ``llama_decode`` on ``wanted`` threads or fewer (the core share); the governor learns from it,
-        as from ``batch.n / per`` steps of ``per`` rows where ``per`` is given."""
+    def _decode(self, batch: Batch, *, per: int = 0) -> None:
+        """One ``llama_decode`` on the governor's threads or fewer (the core share), a lone row on ``lone_row_threads``;
+        the governor learns from the others, as from ``batch.n / per`` steps of ``per`` rows where ``per`` is given."""
+        lone = self.lone_row_threads if batch.n == 1 else None
+        wanted = lone or self.governor.for_step()
         threads = self._use_threads(wanted)
         start = time.perf_counter()
         try:
             self.ctx.decode(batch)
         finally:
             self.cores.release(self.member)
-        if observe and threads == wanted:  # a step cut short by the core share says nothing about the machine
+        if lone is None and threads == wanted:  # a step cut short by the core share says nothing about the machine
             seconds = time.perf_counter() - start
             self.governor.observe(threads, per or batch.n, seconds * per / batch.n if per else seconds)
 
@@ -317,12 +319,10 @@ class Scheduler:
                 self.ctx.set_sampler(slot.seq, job.sampler.ptr)
                 slot.device_sampler = True
         slot.text = TextStream(job.stops)
-        slot.cached = keep
-        slot.generated = 0
-        slot.next_token = None
-        slot.drafter = Drafter(job.prompt)
-        slot.draft_k = self.max_drafts
-        slot.accepted = slot.rejected = 0
+        slot.cached, slot.generated, slot.next_token = keep, 0, None
+        # no drafts, no fillers (which only pad others' drafts) where the device samples every row at once
+        slot.drafter = Drafter(job.prompt) if self.max_drafts and not slot.device_sampler else None
+        slot.draft_k, slot.accepted, slot.rejected = self.max_drafts, 0, 0
         self.busy += 1
 
     def _fork(self, leader: Slot, out: list[tuple[Job, Chunk]]) -> None:

@@ -51,16 +51,16 @@ def client(server: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=300)
 
 
+def _logprobs(content: list) -> list[tuple]:
+    return [(t.token, t.logprob, [(a.token, a.logprob) for a in t.top_logprobs]) for t in content]
+
+
 def answer(c: openai.OpenAI, body: dict) -> tuple[str, int, str]:
     """The answer as a comparable string, the prompt tokens taken from the cache, and the reply's text."""
     r = c.chat.completions.create(model=MODEL_ID, **body)
     choice = r.choices[0]
     calls = [(t.function.name, t.function.arguments) for t in choice.message.tool_calls or []]
-    logprobs = None
-    if choice.logprobs:
-        logprobs = [
-            (t.token, t.logprob, [(a.token, a.logprob) for a in t.top_logprobs]) for t in choice.logprobs.content
-        ]
+    logprobs = _logprobs(choice.logprobs.content) if choice.logprobs else None
     cached = r.usage.prompt_tokens_details.cached_tokens
     return repr((choice.message.content, calls, choice.finish_reason, logprobs)), cached, choice.message.content or ""
 
@@ -157,9 +157,7 @@ def streamed(c: openai.OpenAI, body: dict) -> str:
             name = name or call.function.name
             args += call.function.arguments or ""
         if choice.logprobs:
-            logprobs += [
-                (t.token, t.logprob, [(a.token, a.logprob) for a in t.top_logprobs]) for t in choice.logprobs.content
-            ]
+            logprobs += _logprobs(choice.logprobs.content)
         finish = choice.finish_reason or finish
     calls = [(name, args)] if name else []
     return repr((content or None, calls, finish, logprobs if body.get("logprobs") else None))
