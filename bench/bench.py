@@ -3,15 +3,13 @@
 1. ceiling: a minimal in-process llama.cpp greedy loop (one sequence, tokens/s);
 2. edge-run over HTTP with streaming clients at several concurrencies;
 3. optionally any other OpenAI-compatible server (``--compare URL``), with the same load;
-4. multi-turn: time to first token of turn 2 of a long conversation vs turn 1;
-5. with ``--deterministic``, a second edge-run with that flag, under the same load: its cost.
+4. multi-turn: time to first token of turn 2 of a long conversation vs turn 1.
 
 Everything runs one after the other, never side by side: on a small machine two processes each
 spinning all cores would measure the contention, not the servers.
 
     python bench/bench.py                      # default model, concurrency 1 4 8
     python bench/bench.py --compare http://127.0.0.1:8081/v1 --compare-model x
-    python bench/bench.py --deterministic      # what `serve --deterministic` costs
     python bench/bench.py --llama-server ~/llama.cpp/build/bin/llama-server   # started here, as the peer
 """
 
@@ -46,7 +44,6 @@ from edge_run.config import physical_cores  # noqa: E402
 from edge_run.models.catalog import load_catalog  # noqa: E402
 from edge_run.models.fetch import fetch  # noqa: E402
 
-DETERMINISTIC = "edge-run --deterministic"
 TOPICS = ["cats", "the sea", "mountains", "bread", "trains", "music", "winter", "stars"]
 
 
@@ -426,7 +423,6 @@ def main() -> None:
     ap.add_argument("--compare-model", default="default", help="model name to send to --compare servers")
     ap.add_argument("--compare-key", default="", help="bearer key for --compare servers")
     ap.add_argument("--rounds", type=int, default=5, help="repeat each measurement; medians are shown")
-    ap.add_argument("--deterministic", action="store_true", help="also measure an edge-run started with it")
     ap.add_argument("--prompt-words", type=int, default=400, help="words in the prompt-processing test (0: skip)")
     ap.add_argument("--client-procs", type=int, default=1, help="client processes for 8 or more streams")
     ap.add_argument("--scenario", choices=["grammar", "contention", *workloads.NAMES],
@@ -489,10 +485,6 @@ def main() -> None:
         targets = [("edge-run", url, key, model.stem)] + [
             (o, o, args.compare_key, args.compare_model) for o in args.compare
         ]
-        if args.deterministic:  # idle between its turns: only one server computes at a time
-            dproc, durl, dkey, _ = start_server(model, args.threads, max(args.concurrency), args.ctx, "--deterministic")
-            procs.append(dproc)
-            targets.append((DETERMINISTIC, durl, dkey, model.stem))
         for _, u, k, m in targets:
             asyncio.run(load(u, k, m, 1, 8, eog))  # warm-up
             settle(u)
@@ -537,13 +529,9 @@ def main() -> None:
     if 1 in args.concurrency:
         single = [r["per_stream"] for r in results[("edge-run", 1)]]
         paired.append(("edge-run 1 stream ÷ ceiling", [s / c for s, c in zip(single, ceilings, strict=True)]))
-    for other in [*args.compare, *([DETERMINISTIC] if args.deterministic else [])]:
+    for other in args.compare:
         for c in args.concurrency:
             mine, theirs = results[("edge-run", c)], results[(other, c)]
-            if other == DETERMINISTIC:  # its cost: the share of edge-run's throughput it keeps
-                ratios = [b["aggregate"] / a["aggregate"] for a, b in zip(mine, theirs, strict=True)]
-                paired.append((f"--deterministic ÷ edge-run at {c}", ratios))
-                continue
             ratios = [a["aggregate"] / b["aggregate"] for a, b in zip(mine, theirs, strict=True)]
             paired.append((f"edge-run ÷ {other} at {c}", ratios))
             ttfts = [a["ttft"] / b["ttft"] for a, b in zip(mine, theirs, strict=True)]
