@@ -87,6 +87,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     auth: bool = True
     deterministic: bool = False  # no effect since answers never depend on neighbours: old configs still load
     draft_max: NonNegative = 8
+    reasoning_format: Literal["auto", "none"] = "auto"  # none: a thinking model's thought stays in the content
     device_sampling: bool | None = None
     allowed_hosts: list[str] = []
     cors_origins: list[str] = []

@@ -61,6 +61,7 @@ def engine_options(settings: Settings, cores: CoreShare | None = None) -> Engine
         max_queue=settings.max_queue,
         batch=settings.batch,
         draft_max=settings.draft_max,
+        reasoning_format=settings.reasoning_format,
         device_sampling=settings.device_sampling,
         cores=cores,
     )

@@ -12,7 +12,8 @@ from typing import Any
 from litestar.testing import TestClient
 
 from edge_run.api.app import create_app
-from edge_run.engine import Chunk, Generation
+from edge_run.engine import Chunk, EngineOptions, Generation
+from edge_run.engine.templates import ChatTemplate
 from edge_run.errors import EngineFailure
 from edge_run.keys import KeyStore
 from edge_run.models.registry import ModelRegistry, ModelSpec
@@ -71,11 +72,13 @@ class FakeEngine:
         return {"id": self.model_id, "state": "ready"}
 
     native_tools = False
+    template = ChatTemplate(None)  # ChatML; a test may put a thinking model's template here
+    options = EngineOptions(ctx=4096, threads=1, gpu_layers=0, slots=1, max_queue=1, batch=512)
 
-    async def prompt_tokens(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
+    async def render_prompt(self, messages: list[dict[str, Any]], tools: Any = None, variables: Any = None) -> Any:
         if self.fail is not None:
             raise self.fail
-        return [1, 2, 3]
+        return self.template.render(messages, tools=tools, variables=variables), [1, 2, 3]
 
     async def generate(self, prompt: list[int], spec: Any, **options: Any) -> FakeGeneration:
         gen = FakeGeneration(self.chunks)

@@ -210,6 +210,12 @@ class _GpuLayers(click.ParamType):
     help="Tokens drafted per step at most, looked up in the text so far (0: none).  [default: 8]",
 )
 @click.option(
+    "--reasoning-format",
+    type=click.Choice(["auto", "none"]),
+    help="auto: a thinking model's thought goes to `reasoning_content` (and the other routes' thinking fields); "
+    "none: it stays in the content, for clients that parse it themselves.  [default: auto]",
+)
+@click.option(
     "--allowed-host",
     "allowed_hosts",
     multiple=True,

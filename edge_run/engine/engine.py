@@ -167,20 +167,29 @@ class Engine:
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
     ) -> list[int]:
         """Render the chat template and tokenize, off the event loop."""
+        return (await self.render_prompt(messages, tools))[1]
+
+    async def render_prompt(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        variables: dict[str, Any] | None = None,
+    ) -> tuple[str, list[int]]:
+        """The prompt's text and tokens, off the event loop; ``variables`` are the template's extra names."""
         model, template, _ = self._ready()
 
-        def work() -> list[int]:
+        def work() -> tuple[str, list[int]]:
             last = messages[-1] if messages else {}
             if last.get("role") == "assistant" and last.get("content"):
                 # a final assistant message is a prefix to continue, not a finished turn
-                text = template.render(messages, tools=tools, add_generation_prompt=False)
+                text = template.render(messages, tools=tools, add_generation_prompt=False, variables=variables)
                 cut = text.rfind(last["content"])
                 text = text[: cut + len(last["content"])] if cut >= 0 else text
             else:
-                text = template.render(messages, tools=tools)
+                text = template.render(messages, tools=tools, variables=variables)
             if model.add_bos and model.bos_text and text.startswith(model.bos_text):
                 text = text[len(model.bos_text) :]  # the tokenizer adds BOS itself
-            return model.tokenize(text)
+            return text, model.tokenize(text)
 
         return await asyncio.to_thread(work)
 

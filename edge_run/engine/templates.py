@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import jinja2
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edge_run.errors import InvalidRequest
@@ -19,6 +20,9 @@ CHATML = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+_PASSED = frozenset({"messages", "tools", "add_generation_prompt", "bos_token", "eos_token"})
 
 
 def _raise(message: str) -> None:
@@ -35,10 +39,15 @@ class ChatTemplate:
     def __init__(self, source: str | None, *, bos_token: str = "", eos_token: str = "") -> None:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, loader=jinja2.BaseLoader())
         env.globals.update(raise_exception=_raise, strftime_now=_strftime_now)
+        self.source = source or CHATML
         try:
-            self._template = env.from_string(source or CHATML)
+            self._template = env.from_string(self.source)
         except jinja2.TemplateError:
+            self.source = CHATML
             self._template = env.from_string(CHATML)
+        # what a request's `chat_template_kwargs` may set: the names the template reads and nobody passes
+        read = jinja2.meta.find_undeclared_variables(env.parse(self.source))
+        self.variables = frozenset(read - set(env.globals) - _PASSED)
         self._bos, self._eos = bos_token, eos_token
         self.supports_tools = self._renders_tools()
 
@@ -56,9 +65,12 @@ class ChatTemplate:
         *,
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        variables: dict[str, Any] | None = None,
     ) -> str:
+        """``variables`` are the extra names the template reads (``enable_thinking``, ``reasoning_effort``...)."""
         try:
             return self._template.render(
+                **(variables or {}),
                 messages=messages,
                 tools=tools,
                 add_generation_prompt=add_generation_prompt,

@@ -21,6 +21,7 @@ class EngineOptions:
     max_queue: int
     batch: int
     draft_max: int = 8  # drafted tokens per step at most (prompt lookup); 0: none
+    reasoning_format: str = "auto"  # "none": the serving layer leaves a thinking model's thought in the content
     device_sampling: bool | None = None  # None: when the model is offloaded whole to a GPU
     chat_template: str | None = None  # a Jinja template that replaces the GGUF's own
     cores: CoreShare | None = None  # shared by every loaded model; None: this engine alone

@@ -12,13 +12,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from edge_run.serving.request import json_object
-from edge_run.serving.tools import ParsedCall, ToolStream
+from edge_run.serving.reasoning import splitter
+from edge_run.serving.request import json_object, new_id
+from edge_run.serving.tools import ParsedCall, ToolEvent, ToolStream
 
 if TYPE_CHECKING:
     from edge_run.engine import Chunk, Generation
     from edge_run.engine import TokenLogprob as EngineLogprob
-    from edge_run.serving.tools import CallPlan, ToolEvent
+    from edge_run.serving.reasoning import Harmony, Part, Split, ThinkFormat
+    from edge_run.serving.tools import CallPlan
 
 __all__ = ["Block", "BlockEvent", "CallPiece", "Choice", "Piece", "Run", "Totals", "call_input", "collect"]
 
@@ -39,6 +41,7 @@ class Piece:
 
     choice: int
     text: str = ""
+    reasoning: str = ""  # the thought before the answer, when the model thinks
     calls: list[CallPiece] = field(default_factory=list)
     logprobs: list[EngineLogprob] | None = None
     finish_reason: str | None = None  # "stop", "length" or "tool_calls": the choice is done
@@ -52,18 +55,23 @@ class Totals:
     cached_tokens: int
     accepted_prediction_tokens: int = 0  # drafted tokens that sampling kept
     rejected_prediction_tokens: int = 0
+    reasoning_tokens: int = 0  # completion tokens of the thoughts
 
 
 @dataclass
 class Run:
-    """A started request: its generations (one per prompt, each with ``n`` choices) and its tool plan."""
+    """A started request: its generations (one per prompt, each with ``n`` choices), its tool plan, and the
+    thinking format its answers are read with (``opened``: the prompt ends inside a thought)."""
 
     parts: list[tuple[int, Generation]]  # (prompt tokens, generation)
     n: int
     plan: CallPlan | None
+    think: ThinkFormat | None = None
+    opened: bool = False
     _completion: dict[int, int] = field(default_factory=dict)  # choice -> tokens so far
     _cached: dict[int, int] = field(default_factory=dict)  # part -> prompt tokens reused
     _drafts: dict[int, tuple[int, int]] = field(default_factory=dict)  # choice -> drafts kept, drafts not
+    _thought: dict[int, int] = field(default_factory=dict)  # choice -> tokens of its thought
 
     @property
     def totals(self) -> Totals:
@@ -73,6 +81,7 @@ class Run:
             cached_tokens=sum(self._cached.values()),
             accepted_prediction_tokens=sum(kept for kept, _ in self._drafts.values()),
             rejected_prediction_tokens=sum(lost for _, lost in self._drafts.values()),
+            reasoning_tokens=sum(self._thought.values()),
         )
 
     def cancel(self) -> None:
@@ -86,23 +95,17 @@ class Run:
         Choices are numbered across prompts (prompt ``p``'s choice ``i`` is ``p * n + i``). An engine
         failure is raised here, after the pieces before it.
         """
-        native = self.plan is not None and self.plan.native
-        streams = [ToolStream(native) for _ in range(len(self.parts) * self.n)] if self.plan is not None else None
-        calls_seen = [0] * (len(self.parts) * self.n)
+        readers = [_Reader(self) for _ in range(len(self.parts) * self.n)]
 
         def piece(index: int, chunk: Chunk) -> Piece:
             self._completion[index] = chunk.completion_tokens
             self._drafts[index] = (chunk.drafts_accepted, chunk.drafts_rejected)
             out = Piece(index, logprobs=chunk.logprobs or None, finish_reason=chunk.finish_reason, stop=chunk.stop)
-            if streams is None:
-                out.text = chunk.text
-                return out
-            events = streams[index].push(chunk.text)
-            if chunk.finish_reason is not None:
-                more, was_call = streams[index].finish()
-                events += more
-                out.finish_reason = "tool_calls" if was_call else chunk.finish_reason
-            calls_seen[index] = _add_events(out, events, calls_seen[index])
+            reader = readers[index]
+            thinking = reader.thinking
+            reader.read(out, chunk.text, done=chunk.finish_reason is not None)
+            if thinking or reader.thinking or out.reasoning:
+                self._thought[index] = chunk.completion_tokens
             return out
 
         try:
@@ -114,6 +117,48 @@ class Run:
                     yield [piece(p * self.n + chunk.index, chunk) for chunk in ready]
         finally:
             self.cancel()
+
+
+class _Reader:
+    """One choice's text read apart: its thought (if the model thinks), its answer, its tool calls."""
+
+    def __init__(self, run: Run) -> None:
+        self._split: Split | Harmony | None = splitter(run.think, run.opened) if run.think is not None else None
+        native = run.plan is not None and run.plan.native
+        self._tools = ToolStream(native) if run.plan is not None else None
+        self._calls = 0  # calls so far
+        self._harmony_call = False  # a call came in harmony's own channel
+
+    @property
+    def thinking(self) -> bool:
+        """Inside a thought now (counted as reasoning tokens)."""
+        return self._split is not None and self._split.opened and not self._split.closed
+
+    def read(self, piece: Piece, text: str, *, done: bool) -> None:
+        parts: list[Part] = [("content", text)]
+        if self._split is not None:
+            parts = self._split.push(text) + (self._split.finish() if done else [])
+        events: list[ToolEvent] = []
+        for kind, value in parts:
+            if kind == "reasoning":
+                piece.reasoning += value
+            elif kind == "call":
+                self._harmony_call = True
+                events.append(ToolEvent(call=ParsedCall(id=new_id("call_"), name=value, arguments="")))
+            elif kind == "args":
+                events.append(ToolEvent(arguments=value))
+            elif self._tools is not None:
+                events += self._tools.push(value)
+            else:
+                events.append(ToolEvent(content=value))
+        was_call = self._harmony_call
+        if done and self._tools is not None:
+            more, tool_call = self._tools.finish()
+            events += more
+            was_call = was_call or tool_call
+        self._calls = _add_events(piece, events, self._calls)
+        if done and was_call:
+            piece.finish_reason = "tool_calls"
 
 
 def _add_events(piece: Piece, events: list[ToolEvent], calls: int) -> int:
@@ -134,9 +179,10 @@ class Block:
     """One block of a choice's output: text, or one tool call (``call_id`` and ``name`` set)."""
 
     index: int
-    text: str = ""  # the text, or the call's arguments
+    text: str = ""  # the text, the thought, or the call's arguments
     call_id: str | None = None
     name: str | None = None
+    reasoning: bool = False  # a thought, not part of the answer
 
     def as_call(self) -> ParsedCall:
         assert self.call_id is not None and self.name is not None
@@ -170,7 +216,13 @@ class Choice:
 
     @property
     def text(self) -> str:
-        return "".join(b.text for b in self.blocks if b.call_id is None)
+        return "".join(b.text for b in self.blocks if b.call_id is None and not b.reasoning)
+
+    @property
+    def reasoning(self) -> str | None:
+        """The thoughts, or None when the model did not think."""
+        thoughts = [b.text for b in self.blocks if b.reasoning]
+        return "".join(thoughts) if thoughts else None
 
     @property
     def calls(self) -> list[ParsedCall]:
@@ -180,8 +232,12 @@ class Choice:
         """Take a piece; returns the block events it makes (a new block closes the open one)."""
         events: list[BlockEvent] = []
         self.logprobs += piece.logprobs or []
+        if piece.reasoning:
+            if self._open is None or not self._open.reasoning:
+                self._start(Block(len(self.blocks), reasoning=True), events)
+            events.append(self._extend(piece.reasoning))
         if piece.text:
-            if self._open is None or self._open.call_id is not None:
+            if self._open is None or self._open.call_id is not None or self._open.reasoning:
                 self._start(Block(len(self.blocks)), events)
             events.append(self._extend(piece.text))
         for call in piece.calls:
@@ -191,8 +247,8 @@ class Choice:
                 events.append(self._extend(call.arguments))
         if piece.finish_reason is not None:
             self.finish_reason, self.stop = piece.finish_reason, piece.stop
-            if not self.blocks:  # an empty answer is still one (empty) text block
-                self._start(Block(0), events)
+            if not self.text and not self.calls:  # an empty answer is still one (empty) text block
+                self._start(Block(len(self.blocks)), events)
             self._close(events)
         return events
 

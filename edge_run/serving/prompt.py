@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from edge_run.errors import InvalidRequest
 from edge_run.serving.assembly import Run
+from edge_run.serving.reasoning import template_variables, think_format
 from edge_run.serving.sampling import check_bias, check_grammar, grammar, sampler_spec
 from edge_run.serving.tools import CallPlan, plan_tools
 
 if TYPE_CHECKING:
     from edge_run.engine import Engine
+    from edge_run.serving.reasoning import ThinkFormat
     from edge_run.serving.request import GenRequest, Turn
 
 __all__ = ["check", "check_tools", "count_tokens", "start"]
@@ -30,6 +32,8 @@ def _template_messages(turns: list[Turn], plan: CallPlan | None) -> list[dict[st
     generic = plan is not None and not plan.native
     for turn in turns:
         msg: dict[str, Any] = {"role": turn.role, "content": turn.content}
+        if turn.reasoning is not None:  # templates keep or drop a past thought as their family does
+            msg["reasoning_content"] = turn.reasoning
         if turn.name is not None:
             msg["name"] = turn.name
         if turn.calls:
@@ -72,7 +76,7 @@ def check(req: GenRequest) -> None:
     """Every check that needs no model. A model whose template does not render tools may still refuse an output
     format beside tools (its calls are held by a grammar too), and a ``logit_bias`` token outside its vocabulary."""
     # a native plan holds calls by grammar only when they are forced: what any model refuses
-    check_grammar(req.output, _plan(req, native=True))
+    check_grammar(req.output, _plan(req, native=True), req.sampling.grammar)
     check_bias(req.sampling)
 
 
@@ -80,6 +84,8 @@ def check(req: GenRequest) -> None:
 class _Prompt:
     tokens: list[list[int]]  # one token list per generation
     plan: CallPlan | None
+    think: ThinkFormat | None = None  # how the answer's thought is told apart, when the model thinks
+    opened: bool = False  # the prompt ends inside a thought
 
 
 async def _render(req: GenRequest, engine: Engine) -> _Prompt:
@@ -88,10 +94,16 @@ async def _render(req: GenRequest, engine: Engine) -> _Prompt:
         if not all(tokens):
             raise InvalidRequest("`prompt` is empty", param="prompt")
         return _Prompt(tokens, None)
+    template = engine.template
+    assert template is not None
+    variables = template_variables(req.thinking, req.template_kwargs, template.variables)
     plan = _plan(req, engine.native_tools)
     native = plan is not None and plan.native
     tools = [{"type": "function", "function": f} for f in req.tools] if native else None
-    return _Prompt([await engine.prompt_tokens(_template_messages(req.turns, plan), tools)], plan)
+    text, ids = await engine.render_prompt(_template_messages(req.turns, plan), tools, variables)
+    think = think_format(template.source) if engine.options.reasoning_format == "auto" else None
+    opened = think is not None and not think.harmony and text.rstrip().endswith(think.open)
+    return _Prompt([ids], plan, think, opened)
 
 
 async def count_tokens(req: GenRequest, engine: Engine) -> int:
@@ -102,8 +114,8 @@ async def count_tokens(req: GenRequest, engine: Engine) -> int:
 async def start(req: GenRequest, engine: Engine) -> Run:
     """Check what needs the model, render, tokenize and admit; every client error surfaces here, before any output."""
     prompt = await _render(req, engine)
-    spec = sampler_spec(req.sampling, engine.n_vocab, grammar(req.output, prompt.plan))
-    run = Run(parts=[], n=req.n, plan=prompt.plan)
+    spec = sampler_spec(req.sampling, engine.n_vocab, grammar(req.output, prompt.plan, req.sampling.grammar))
+    run = Run(parts=[], n=req.n, plan=prompt.plan, think=prompt.think, opened=prompt.opened)
     try:
         for tokens in prompt.tokens:
             gen = await engine.generate(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from edge_run.errors import InvalidRequest
 
 if TYPE_CHECKING:
+    from edge_run.serving.reasoning import Thinking
     from edge_run.serving.sampling import Sampling
 
 __all__ = [
@@ -51,6 +52,7 @@ class Turn:
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
+    reasoning: str | None = None  # assistant turns: the thought before the content, when the client sent it back
     calls: tuple[CallRecord, ...] = ()  # assistant turns: the tools it called
     call_id: str | None = None  # tool turns: the call this answers
     name: str | None = None
@@ -79,6 +81,8 @@ class GenRequest:
     stops: tuple[str, ...] = ()
     n: int = 1
     top_logprobs: int | None = None  # None: no logprobs
+    thinking: Thinking | None = None  # None: as the chat template does by default
+    template_kwargs: dict[str, Any] | None = None  # `chat_template_kwargs`: more names for the template
 
 
 def function_spec(name: str, description: str | None, parameters: dict[str, Any] | None) -> dict[str, Any]:

@@ -27,6 +27,7 @@ class Sampling(Protocol):
     top_k: int | None
     min_p: float | None
     repeat_penalty: float | None
+    grammar: str | None  # GBNF for the whole answer, as llama.cpp's `grammar` field
 
 
 def _bias_error(key: str) -> InvalidRequest:
@@ -64,8 +65,12 @@ def sampler_spec(fields: Sampling, n_vocab: int, grammar: str | None) -> Sampler
 _TEXT_RULE = "edge-text ::= [^{ \\t\\n] [^\\x00]*\n"
 
 
-def check_grammar(output: JsonOutput | None, plan: CallPlan | None) -> None:
-    """Refuse what the grammar could not enforce: a schema keyword it lacks, or output format with forced calls."""
+def check_grammar(output: JsonOutput | None, plan: CallPlan | None, gbnf: str | None = None) -> None:
+    """Refuse what the grammar could not enforce: a schema keyword it lacks, or output format with forced calls
+    (or with a request's own GBNF)."""
+    if gbnf is not None and (output is not None or (plan is not None and plan.call_schema is not None)):
+        param = output.param if output is not None else "tool_choice"
+        raise InvalidRequest(f"`grammar` cannot be combined with `{param}`", param="grammar")
     if plan is not None and plan.call_schema is not None:
         if output is not None:
             raise InvalidRequest(f"`{output.param}` cannot be combined with forced tool calls", param=output.param)
@@ -74,9 +79,12 @@ def check_grammar(output: JsonOutput | None, plan: CallPlan | None) -> None:
         _check(output.schema, output.param)
 
 
-def grammar(output: JsonOutput | None, plan: CallPlan | None) -> str | None:
-    """The GBNF that holds the answer to a tool call or to the output format (checked first); None: free text."""
-    check_grammar(output, plan)
+def grammar(output: JsonOutput | None, plan: CallPlan | None, gbnf: str | None = None) -> str | None:
+    """The GBNF that holds the answer: the request's own, a tool call's or the output format's (checked first);
+    None: free text."""
+    check_grammar(output, plan, gbnf)
+    if gbnf is not None:
+        return gbnf
     if plan is not None and plan.call_schema is not None:
         gbnf = json_grammar(plan.call_schema)
         if not plan.allow_text:

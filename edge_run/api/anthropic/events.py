@@ -1,7 +1,7 @@
 """The Messages API's stream, in Anthropic's order.
 
 ``message_start``, ``ping``, then for each content block ``content_block_start``, its
-``content_block_delta`` s (``text_delta`` or ``input_json_delta``) and ``content_block_stop``; last
+``content_block_delta`` s (``thinking_delta``, ``text_delta`` or ``input_json_delta``) and ``content_block_stop``; last
 ``message_delta`` (``stop_reason`` and usage) and ``message_stop``. A failure mid-stream is an ``error`` event.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edge_run.api.anthropic.schemas import MessageObject, MessageUsage, TextBlock, ToolUseBlock
+from edge_run.api.anthropic.schemas import MessageObject, MessageUsage, TextBlock, ThinkingBlock, ToolUseBlock
 from edge_run.api.anthropic.translate import stop_reason, tool_id, usage
 from edge_run.api.http.errors import anthropic_error
 from edge_run.api.http.sse import sse
@@ -27,11 +27,15 @@ __all__ = ["MessageFrames"]
 def _block_frame(e: BlockEvent) -> bytes:
     b = e.block
     if e.kind == "start":
-        start = TextBlock("") if b.call_id is None else ToolUseBlock(tool_id(b.call_id), b.name or "", {})
+        start: ThinkingBlock | TextBlock | ToolUseBlock = ThinkingBlock("") if b.reasoning else TextBlock("")
+        if b.call_id is not None:
+            start = ToolUseBlock(tool_id(b.call_id), b.name or "", {})
         body: dict[str, object] = {"type": "content_block_start", "index": b.index, "content_block": start}
     elif e.kind == "delta":
         delta = {"type": "text_delta", "text": e.delta}
-        if b.call_id is not None:
+        if b.reasoning:
+            delta = {"type": "thinking_delta", "thinking": e.delta}
+        elif b.call_id is not None:
             delta = {"type": "input_json_delta", "partial_json": e.delta}
         body = {"type": "content_block_delta", "index": b.index, "delta": delta}
     else:

@@ -21,7 +21,9 @@ __all__ = [
     "MessageObject",
     "MessageUsage",
     "MessagesRequest",
+    "RedactedThinkingBlock",
     "TextBlock",
+    "ThinkingBlock",
     "TokenCountResult",
     "ToolChoiceAny",
     "ToolChoiceAuto",
@@ -34,6 +36,15 @@ __all__ = [
 
 class TextBlock(Struct, tag="text", tag_field="type"):
     text: str
+
+
+class ThinkingBlock(Struct, tag="thinking", tag_field="type"):
+    thinking: str
+    signature: str = ""  # Anthropic's proof of an unaltered thought; a local model's carries none
+
+
+class RedactedThinkingBlock(Struct, tag="redacted_thinking", tag_field="type"):
+    data: str = ""
 
 
 class ImageBlock(Struct, tag="image", tag_field="type"):
@@ -58,7 +69,9 @@ class ToolResultBlock(Struct, tag="tool_result", tag_field="type"):
 
 class InputMessage(Struct):
     role: Literal["user", "assistant"]
-    content: str | list[TextBlock | ImageBlock | DocumentBlock | ToolUseBlock | ToolResultBlock]
+    content: str | list[
+        TextBlock | ThinkingBlock | RedactedThinkingBlock | ImageBlock | DocumentBlock | ToolUseBlock | ToolResultBlock
+    ]
 
 
 class AnthropicTool(Struct, kw_only=True):
@@ -96,8 +109,8 @@ class OutputConfig(Struct):
 
 
 class Thinking(Struct):
-    type: str
-    budget_tokens: int | None = None
+    type: Literal["enabled", "disabled", "adaptive"]
+    budget_tokens: Annotated[int, Meta(ge=1024)] | None = None  # as Anthropic; see docs/openai-compatibility.md
 
 
 class CountTokensRequest(SamplingFields, kw_only=True):
@@ -134,7 +147,7 @@ class MessageUsage(Struct, kw_only=True):
 class MessageObject(Struct, kw_only=True):
     id: str
     model: str
-    content: list[TextBlock | ToolUseBlock]
+    content: list[ThinkingBlock | TextBlock | ToolUseBlock]
     stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"] | None
     stop_sequence: str | None
     usage: MessageUsage

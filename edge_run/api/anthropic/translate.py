@@ -15,7 +15,9 @@ from edge_run.api.anthropic.schemas import (
     MessageObject,
     MessagesRequest,
     MessageUsage,
+    RedactedThinkingBlock,
     TextBlock,
+    ThinkingBlock,
     ToolChoiceAny,
     ToolChoiceAuto,
     ToolChoiceNone,
@@ -23,8 +25,10 @@ from edge_run.api.anthropic.schemas import (
     ToolResultBlock,
     ToolUseBlock,
 )
+from edge_run.api.anthropic.schemas import Thinking as ThinkingConfig
 from edge_run.errors import InvalidRequest
 from edge_run.serving.assembly import call_input, collect
+from edge_run.serving.reasoning import Thinking
 from edge_run.serving.request import (
     CallRecord,
     GenRequest,
@@ -49,12 +53,18 @@ def _turns(m: InputMessage, i: int) -> list[Turn]:
     if isinstance(m.content, str):
         return [Turn(m.role, m.content)]
     texts: list[str] = []
+    thoughts: list[str] = []
     calls: list[CallRecord] = []
     results: list[Turn] = []
     for j, block in enumerate(m.content):
         at = f"messages[{i}].content[{j}]"
         if isinstance(block, TextBlock):
             texts.append(block.text)
+        elif isinstance(block, ThinkingBlock | RedactedThinkingBlock):
+            if m.role != "assistant":
+                raise InvalidRequest(f"`{at}`: thinking blocks go in assistant messages", param=at)
+            if isinstance(block, ThinkingBlock):  # a redacted thought is Anthropic's ciphertext: nothing to show
+                thoughts.append(block.thinking)
         elif isinstance(block, ToolUseBlock):
             if m.role != "assistant":
                 raise InvalidRequest(f"`{at}`: `tool_use` blocks go in assistant messages", param=at)
@@ -68,8 +78,8 @@ def _turns(m: InputMessage, i: int) -> list[Turn]:
             results.append(Turn("tool", ("Error: " if block.is_error else "") + content, call_id=block.tool_use_id))
         else:
             raise unsupported_input(at)
-    if texts or calls or not results:
-        results.append(Turn(m.role, "\n".join(texts), calls=tuple(calls)))
+    if texts or calls or thoughts or not results:
+        results.append(Turn(m.role, "\n".join(texts), reasoning="\n".join(thoughts) or None, calls=tuple(calls)))
     return results
 
 
@@ -89,8 +99,6 @@ _CHOICES: dict[type, str] = {ToolChoiceAuto: "auto", ToolChoiceAny: "required", 
 
 def conversation(req: CountTokensRequest) -> GenRequest:
     """The prompt part of a request: system, messages, tools and output format (what ``count_tokens`` counts)."""
-    if req.thinking is not None and req.thinking.type != "disabled":
-        raise InvalidRequest("extended thinking is not supported by this server", param="thinking.type")
     turns: list[Turn] = []
     if req.system:
         system = req.system if isinstance(req.system, str) else "\n".join(b.text for b in req.system)
@@ -106,7 +114,16 @@ def conversation(req: CountTokensRequest) -> GenRequest:
         tools=[_tool(t, i) for i, t in enumerate(req.tools or ())],
         tool_choice=choice.name if isinstance(choice, ToolChoiceTool) else _CHOICES.get(type(choice)),
         output=JsonOutput(fmt.schema, "output_config.format") if fmt is not None else None,
+        thinking=_thinking(req.thinking),
+        template_kwargs=req.chat_template_kwargs,
     )
+
+
+def _thinking(thinking: ThinkingConfig | None) -> Thinking | None:
+    """``enabled`` and ``disabled`` switch a thinking model's thought; ``adaptive`` leaves it to the template."""
+    if thinking is None or thinking.type == "adaptive":
+        return None
+    return Thinking(enabled=thinking.type == "enabled")
 
 
 def translate(req: MessagesRequest) -> GenRequest:
@@ -139,8 +156,12 @@ def usage(totals: Totals) -> MessageUsage:
 async def complete(req: MessagesRequest, run: Run) -> MessageObject:
     [choice] = await collect(run)
     reason, sequence = stop_reason(choice)
-    content: list[TextBlock | ToolUseBlock] = [
-        TextBlock(b.text) if b.call_id is None else ToolUseBlock(tool_id(b.call_id), b.name or "", call_input(b.text))
+    content: list[ThinkingBlock | TextBlock | ToolUseBlock] = [
+        ThinkingBlock(b.text)
+        if b.reasoning
+        else TextBlock(b.text)
+        if b.call_id is None
+        else ToolUseBlock(tool_id(b.call_id), b.name or "", call_input(b.text))
         for b in choice.blocks
     ]
     return MessageObject(

@@ -31,6 +31,7 @@ from edge_run.api.openai.schemas import (
 )
 from edge_run.errors import InvalidRequest
 from edge_run.serving.assembly import collect
+from edge_run.serving.reasoning import Thinking, from_effort
 from edge_run.serving.request import (
     CallRecord,
     GenRequest,
@@ -65,7 +66,17 @@ def _turn(m: Message, i: int) -> Turn:
         for k, c in enumerate(m.tool_calls or ())
     )
     role = "system" if m.role == "developer" else m.role
-    return Turn(role=role, content=content, calls=calls, call_id=m.tool_call_id, name=m.name)
+    thought = m.reasoning_content if m.reasoning_content is not None else m.reasoning
+    return Turn(role=role, content=content, reasoning=thought, calls=calls, call_id=m.tool_call_id, name=m.name)
+
+
+def _thinking(req: ChatCompletionRequest) -> Thinking | None:
+    """``reasoning_effort`` (OpenAI), or ``think`` (Ollama: a switch, or an effort)."""
+    if req.reasoning_effort is not None and req.think is not None:
+        raise InvalidRequest("send `reasoning_effort` or `think`, not both", param="think")
+    if isinstance(req.think, bool):
+        return Thinking(enabled=req.think)
+    return from_effort(req.think or req.reasoning_effort)
 
 
 def translate(req: ChatCompletionRequest) -> GenRequest:
@@ -92,6 +103,8 @@ def translate(req: ChatCompletionRequest) -> GenRequest:
         stops=stop_list(req.stop),
         n=req.n,
         top_logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+        thinking=_thinking(req),
+        template_kwargs=req.chat_template_kwargs,
     )
 
 
@@ -118,6 +131,7 @@ def usage(totals: Totals) -> Usage:
         total_tokens=totals.prompt_tokens + totals.completion_tokens,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=totals.cached_tokens),
         completion_tokens_details=CompletionTokensDetails(
+            reasoning_tokens=totals.reasoning_tokens,
             accepted_prediction_tokens=totals.accepted_prediction_tokens,
             rejected_prediction_tokens=totals.rejected_prediction_tokens,
         ),
@@ -129,10 +143,13 @@ async def complete(req: ChatCompletionRequest, run: Run) -> ChatCompletion:
     for i, choice in enumerate(await collect(run)):
         calls = [ToolCall(id=c.id, function=ToolCallFunction(c.name, c.arguments)) for c in choice.calls]
         content = choice.text if run.plan is None else choice.text or None
+        message = ChatMessage(content=content, tool_calls=calls or None)
+        if choice.reasoning is not None:
+            message.reasoning_content = message.reasoning = choice.reasoning
         choices.append(
             Choice(
                 index=i,
-                message=ChatMessage(content=content, tool_calls=calls or None),
+                message=message,
                 finish_reason=choice.finish_reason or "stop",
                 logprobs=ChoiceLogprobs(content=_logprobs(choice.logprobs)) if req.logprobs else None,
             )
@@ -175,8 +192,10 @@ class ChatFrames:
     def _piece(self, piece: Piece) -> Iterator[bytes]:
         tools = _tool_deltas(piece)
         lp = ChoiceLogprobs(content=_logprobs(piece.logprobs)) if piece.logprobs else None
-        if piece.text or tools or lp is not None:
+        if piece.text or piece.reasoning or tools or lp is not None:
+            thought = piece.reasoning or None
             delta = Delta(content=piece.text or None, tool_calls=tools or None)
+            delta.reasoning_content = delta.reasoning = thought
             yield self._frame([ChunkChoice(index=piece.choice, delta=delta, logprobs=lp)])
         if piece.finish_reason is not None:
             yield self._frame([ChunkChoice(index=piece.choice, delta=Delta(), finish_reason=piece.finish_reason)])

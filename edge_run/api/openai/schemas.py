@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from edge_run.keys.usage import UsageRow
 
@@ -41,6 +41,7 @@ __all__ = [
     "ModelList",
     "Probability",
     "PromptTokensDetails",
+    "ReasoningEffort",
     "SamplingFields",
     "StopList",
     "StreamOptions",
@@ -65,6 +66,7 @@ TokenCount = Annotated[int, Meta(ge=1)]
 KeepAlive = Annotated[float, Meta(ge=-1)]
 StopList = Annotated[list[str], Meta(max_length=16)]
 ToolName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 LogitBias = dict[str, Annotated[float, Meta(ge=-100, le=100)]]
 
 
@@ -84,6 +86,8 @@ class SamplingFields(Struct, kw_only=True):
     top_k: Annotated[int, Meta(ge=0)] | None = None
     min_p: Probability | None = None
     repeat_penalty: Annotated[float, Meta(gt=0.0)] | None = None
+    grammar: Annotated[str, Meta(min_length=1)] | None = None  # llama.cpp's: GBNF the whole answer must match
+    chat_template_kwargs: dict[str, Any] | None = None  # more names for the chat template (`enable_thinking`...)
 
 
 class TextPart(Struct, tag="text", tag_field="type"):
@@ -108,6 +112,8 @@ class ToolCall(Struct):
 class Message(Struct):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart | ImagePart] | None = None
+    reasoning_content: str | None = None  # an assistant turn's thought, sent back (llama-server, DeepSeek)
+    reasoning: str | None = None  # the same, under Ollama's and OpenRouter's name
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
@@ -176,6 +182,8 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     logprobs: bool = False
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     keep_alive: KeepAlive | None = None
+    reasoning_effort: ReasoningEffort | None = None
+    think: bool | Literal["low", "medium", "high"] | None = None  # Ollama's switch for thinking
     functions: list[Any] | None = None  # OpenAI's deprecated form of `tools`: refused with a 400 that says so
     function_call: Any = None
 
@@ -185,6 +193,7 @@ class PromptTokensDetails(Struct):
 
 
 class CompletionTokensDetails(Struct):
+    reasoning_tokens: int = 0  # tokens of the thought before the answer
     accepted_prediction_tokens: int = 0  # drafted tokens (looked up in the text so far) that sampling kept
     rejected_prediction_tokens: int = 0
 
@@ -201,6 +210,9 @@ class ChatMessage(Struct):
     content: str | None
     role: Literal["assistant"] = "assistant"
     tool_calls: list[ToolCall] | None = None
+    # the thought before the answer (llama-server's and DeepSeek's name), absent when the model did not think
+    reasoning_content: str | UnsetType = UNSET
+    reasoning: str | UnsetType = UNSET  # the same thought, under Ollama's and OpenRouter's name
 
 
 class TopLogprob(Struct):
@@ -254,6 +266,8 @@ class Delta(Struct, omit_defaults=True):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class ChunkChoice(Struct):

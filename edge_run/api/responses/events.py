@@ -1,8 +1,9 @@
 """The Responses API's stream, in OpenAI's order.
 
 ``response.created``, ``response.in_progress``, then for each output item ``output_item.added``, its
-content (``content_part.added``, ``output_text.delta``..., ``output_text.done``, ``content_part.done``;
-or ``function_call_arguments.delta``..., ``.done``) and ``output_item.done``; last ``response.completed``
+content (``reasoning_text.delta``..., ``reasoning_text.done`` for a thought; ``content_part.added``,
+``output_text.delta``..., ``output_text.done``, ``content_part.done``; or ``function_call_arguments.delta``...,
+``.done``) and ``output_item.done``; last ``response.completed``
 (``response.incomplete`` at ``max_output_tokens``, as OpenAI sends it), or ``response.failed``.
 """
 
@@ -58,6 +59,8 @@ class ResponseFrames:
         b, out = e.block, self.output
         at = {"item_id": out.id(b), "output_index": b.index}
         text = b.call_id is None
+        if b.reasoning:
+            return self._thought(e, at)
         if e.kind == "start":
             frames = [self._frame("response.output_item.added", output_index=b.index, item=out.item(b, done=False))]
             if text:
@@ -78,3 +81,16 @@ class ResponseFrames:
         else:
             frames = [self._frame("response.function_call_arguments.done", **at, name=b.name, arguments=b.text)]
         return [*frames, self._frame("response.output_item.done", output_index=b.index, item=out.item(b))]
+
+    def _thought(self, e: BlockEvent, at: dict[str, object]) -> list[bytes]:
+        """A reasoning item: ``reasoning_text.delta`` s, then ``reasoning_text.done`` with the whole thought."""
+        b = e.block
+        if e.kind == "start":
+            item = self.output.item(b, done=False)
+            return [self._frame("response.output_item.added", output_index=b.index, item=item)]
+        if e.kind == "delta":
+            return [self._frame("response.reasoning_text.delta", **at, content_index=0, delta=e.delta)]
+        return [
+            self._frame("response.reasoning_text.done", **at, content_index=0, text=b.text),
+            self._frame("response.output_item.done", output_index=b.index, item=self.output.item(b)),
+        ]

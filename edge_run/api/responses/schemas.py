@@ -12,7 +12,15 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from edge_run.api.openai.schemas import JsonObjectFormat, KeepAlive, SamplingFields, TextFormat, TokenCount, ToolName
+from edge_run.api.openai.schemas import (
+    JsonObjectFormat,
+    KeepAlive,
+    ReasoningEffort,
+    SamplingFields,
+    TextFormat,
+    TokenCount,
+    ToolName,
+)
 
 __all__ = [
     "ContentPart",
@@ -26,12 +34,17 @@ __all__ = [
     "InputTokensDetails",
     "OutputMessage",
     "OutputText",
+    "OutputTokensDetails",
+    "ReasoningConfig",
+    "ReasoningItem",
+    "ReasoningText",
     "Refusal",
     "ResponseError",
     "ResponseJsonSchemaFormat",
     "ResponseObject",
     "ResponseRequest",
     "ResponseUsage",
+    "SummaryText",
     "TextConfig",
 ]
 
@@ -50,6 +63,14 @@ class Refusal(Struct, tag="refusal", tag_field="type"):
     refusal: str
 
 
+class ReasoningText(Struct, tag="reasoning_text", tag_field="type"):
+    text: str
+
+
+class SummaryText(Struct, tag="summary_text", tag_field="type"):
+    text: str
+
+
 class InputImage(Struct, tag="input_image", tag_field="type"):
     image_url: str | None = None
 
@@ -58,7 +79,7 @@ class InputFile(Struct, tag="input_file", tag_field="type"):
     filename: str | None = None
 
 
-ContentPart = InputText | OutputText | Refusal | InputImage | InputFile
+ContentPart = InputText | OutputText | Refusal | ReasoningText | InputImage | InputFile
 
 
 class InputItem(Struct, kw_only=True):
@@ -72,6 +93,7 @@ class InputItem(Struct, kw_only=True):
     name: str | None = None
     arguments: str | None = None
     output: str | list[ContentPart] | None = None
+    summary: list[SummaryText] | None = None  # a reasoning item's
     id: str | None = None
     status: str | None = None
 
@@ -102,6 +124,11 @@ class TextConfig(Struct, kw_only=True):
     format: TextFormat | JsonObjectFormat | ResponseJsonSchemaFormat = msgspec.field(default_factory=TextFormat)
 
 
+class ReasoningConfig(Struct, kw_only=True):
+    effort: ReasoningEffort | None = None
+    summary: str | None = None  # accepted; the thought itself is returned, never a summary
+
+
 class ResponseRequest(SamplingFields, kw_only=True):
     """``POST /v1/responses``. The sampling fields beyond ``temperature`` and ``top_p`` are edge-run's extensions."""
 
@@ -123,6 +150,7 @@ class ResponseRequest(SamplingFields, kw_only=True):
     conversation: str | dict[str, Any] | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     keep_alive: KeepAlive | None = None
+    reasoning: ReasoningConfig | None = None
 
 
 class OutputMessage(Struct, tag="message", tag_field="type", kw_only=True):
@@ -130,6 +158,16 @@ class OutputMessage(Struct, tag="message", tag_field="type", kw_only=True):
     status: Literal["in_progress", "completed", "incomplete"]
     content: list[OutputText]
     role: Literal["assistant"] = "assistant"
+
+
+class ReasoningItem(Struct, tag="reasoning", tag_field="type", kw_only=True):
+    """A thinking model's thought, whole (``content``); ``summary`` stays empty."""
+
+    id: str
+    content: list[ReasoningText]
+    summary: list[SummaryText] = msgspec.field(default_factory=list)
+    encrypted_content: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] = "completed"
 
 
 class FunctionCallItem(Struct, tag="function_call", tag_field="type", kw_only=True):
@@ -172,7 +210,7 @@ class ResponseObject(Struct, kw_only=True):
     created_at: int
     model: str
     status: Literal["in_progress", "completed", "incomplete", "failed"]
-    output: list[OutputMessage | FunctionCallItem]
+    output: list[ReasoningItem | OutputMessage | FunctionCallItem]
     object: Literal["response"] = "response"
     error: ResponseError | None = None
     incomplete_details: IncompleteDetails | None = None

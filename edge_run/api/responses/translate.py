@@ -21,6 +21,9 @@ from edge_run.api.responses.schemas import (
     InputTokensDetails,
     OutputMessage,
     OutputText,
+    OutputTokensDetails,
+    ReasoningItem,
+    ReasoningText,
     Refusal,
     ResponseJsonSchemaFormat,
     ResponseObject,
@@ -30,6 +33,7 @@ from edge_run.api.responses.schemas import (
 )
 from edge_run.errors import InvalidRequest
 from edge_run.serving.assembly import Choice, call_input, collect
+from edge_run.serving.reasoning import from_effort
 from edge_run.serving.request import (
     CallRecord,
     GenRequest,
@@ -61,18 +65,31 @@ def _text(content: str | list[ContentPart] | None, param: str) -> str:
     return join_text(texts, param)
 
 
+def _thought(item: InputItem) -> str:
+    """A reasoning item's text: its whole thought, or else its summary."""
+    content = item.content if isinstance(item.content, list) else []
+    parts = [p.text for p in content if isinstance(p, ReasoningText)]
+    return "\n".join(parts or [s.text for s in item.summary or ()])
+
+
 def _turns(items: str | list[InputItem]) -> list[Turn]:
     if isinstance(items, str):
         return [Turn("user", items)]
     turns: list[Turn] = []
     for i, item in enumerate(items):
         at = f"input[{i}]"
-        if item.type == "message":
+        # a reasoning item opens the assistant turn whose message or calls follow it
+        thinking = bool(turns) and turns[-1].role == "assistant" and not turns[-1].content and not turns[-1].calls
+        if item.type == "reasoning":
+            turns.append(Turn("assistant", reasoning=_thought(item)))
+        elif item.type == "message":
             if item.role is None:
                 raise InvalidRequest(f"`{at}.role` is required for a message", param=f"{at}.role")
-            turns.append(
-                Turn("system" if item.role == "developer" else item.role, _text(item.content, f"{at}.content"))
-            )
+            turn = Turn("system" if item.role == "developer" else item.role, _text(item.content, f"{at}.content"))
+            if thinking and turn.role == "assistant":
+                turns[-1] = dataclasses.replace(turns[-1], content=turn.content)
+            else:
+                turns.append(turn)
         elif item.type == "function_call":
             if not item.call_id or not item.name:
                 raise InvalidRequest(f"`{at}`: a function_call needs `call_id` and `name`", param=at)
@@ -87,8 +104,8 @@ def _turns(items: str | list[InputItem]) -> list[Turn]:
             turns.append(Turn("tool", _text(item.output, f"{at}.output"), call_id=item.call_id))
         else:
             raise InvalidRequest(
-                f"input items of type `{item.type}` are not supported (only messages, `function_call` and "
-                "`function_call_output`)",
+                f"input items of type `{item.type}` are not supported (only messages, `reasoning`, `function_call` "
+                "and `function_call_output`)",
                 param=f"{at}.type",
             )
     return turns
@@ -151,6 +168,8 @@ def prepare(req: ResponseRequest, store: ResponseStore, owner: str | None) -> Re
         tool_choice=choice if choice is None or isinstance(choice, str) else choice.name,
         output=output,
         max_tokens=req.max_output_tokens,
+        thinking=from_effort(req.reasoning.effort if req.reasoning is not None else None),
+        template_kwargs=req.chat_template_kwargs,
     )
     return ResponseJob(req=req, gen=gen, history=history, store=store, owner=owner)
 
@@ -164,22 +183,25 @@ class Output:
 
     def id(self, block: Block) -> str:
         if block.index not in self._ids:
-            self._ids[block.index] = new_id("msg_" if block.call_id is None else "fc_", 24)
+            prefix = "rs_" if block.reasoning else "msg_" if block.call_id is None else "fc_"
+            self._ids[block.index] = new_id(prefix, 24)
         return self._ids[block.index]
 
-    def item(self, block: Block, done: bool = True) -> OutputMessage | FunctionCallItem:
+    def item(self, block: Block, done: bool = True) -> ReasoningItem | OutputMessage | FunctionCallItem:
         item_id = self.id(block)
         status: Literal["in_progress", "completed", "incomplete"] = "in_progress"
         if done:
             cut = self.choice.finish_reason == "length" and block is self.choice.blocks[-1]
             status = "incomplete" if cut else "completed"
+        if block.reasoning:
+            return ReasoningItem(id=item_id, status=status, content=[ReasoningText(block.text)] if done else [])
         if block.call_id is None:
             return OutputMessage(id=item_id, status=status, content=[OutputText(text=block.text)] if done else [])
         assert block.name is not None
         args = block.text if done else ""
         return FunctionCallItem(id=item_id, call_id=block.call_id, name=block.name, arguments=args, status=status)
 
-    def items(self) -> list[OutputMessage | FunctionCallItem]:
+    def items(self) -> list[ReasoningItem | OutputMessage | FunctionCallItem]:
         return [self.item(b) for b in self.choice.blocks]
 
     @property
@@ -198,6 +220,7 @@ def response(
             output_tokens=totals.completion_tokens,
             total_tokens=totals.prompt_tokens + totals.completion_tokens,
             input_tokens_details=InputTokensDetails(cached_tokens=totals.cached_tokens),
+            output_tokens_details=OutputTokensDetails(reasoning_tokens=totals.reasoning_tokens),
         )
     return ResponseObject(
         id=job.id,
@@ -228,7 +251,8 @@ def finish(job: ResponseJob, output: Output, totals: Totals) -> ResponseObject:
     final = response(job, output.status, output, totals)
     if job.req.store:
         calls = tuple(CallRecord(c.id, c.name, call_input(c.arguments)) for c in output.choice.calls)
-        job.store.put(final, [*job.history, Turn("assistant", output.choice.text, calls=calls)], job.owner)
+        said = Turn("assistant", output.choice.text, reasoning=output.choice.reasoning, calls=calls)
+        job.store.put(final, [*job.history, said], job.owner)
     return final
 
 

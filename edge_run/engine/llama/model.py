@@ -19,6 +19,16 @@ if TYPE_CHECKING:
 
 __all__ = ["Model"]
 
+# Markers of thinking and tool-call formats. Some vocabularies hold them as control tokens, which render
+# as nothing; the serving layer parses them out of the text, so these are shown (llama.cpp's "preserved tokens").
+SHOWN_MARKERS = (
+    "<think>", "</think>", "[THINK]", "[/THINK]", "<|channel>", "<channel|>", "<seed:think>", "</seed:think>",
+    "<|channel|>", "<|message|>", "<|start|>", "<|end|>", "<|constrain|>",
+    "<tool_call>", "</tool_call>", "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]", "<|python_tag|>", "<|tool_call|>",
+    "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>",  # noqa: RUF001 (DeepSeek writes fullwidth bars)
+    "<start_function_call>", "<end_function_call>", "<|tool_call>", "<tool_call|>",
+)  # fmt: skip
+
 
 class Model:
     """A loaded GGUF: weights and vocabulary."""
@@ -43,6 +53,8 @@ class Model:
         self._eog: dict[int, bool] = {}
         self.bos_text = self._special_text(L.llama_vocab_bos(self.vocab))
         self.eos_text = self._special_text(L.llama_vocab_eos(self.vocab))
+        markers = (self.tokenize(m, add_special=False) for m in SHOWN_MARKERS)
+        self._shown = frozenset(ids[0] for ids in markers if len(ids) == 1 and not self.is_eog(ids[0]))
 
     def _special_text(self, token: int) -> str:
         if token < 0:
@@ -81,7 +93,8 @@ class Model:
         return list(buf[:n])
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
-        """The bytes of one token; special tokens render as nothing unless asked for."""
+        """The bytes of one token; special tokens render as nothing unless asked for (or a shown marker)."""
+        special = special or token in self._shown
         key = token if not special else -token - 1
         cached = self._pieces.get(key)
         if cached is not None:
