@@ -53,7 +53,8 @@ class ChatTemplate:
 
     def _renders_tools(self) -> bool:
         """Whether the template puts a tool list into the prompt (then the model has a native format)."""
-        probe = {"type": "function", "function": {"name": "edge_run_probe", "parameters": {"type": "object"}}}
+        schema = {"type": "object", "properties": {}}
+        probe = {"type": "function", "function": {"name": "edge_run_probe", "description": "", "parameters": schema}}
         try:
             return "edge_run_probe" in self.render([{"role": "user", "content": "hi"}], tools=[probe])
         except Exception:

@@ -99,7 +99,9 @@ async def _render(req: GenRequest, engine: Engine) -> _Prompt:
     variables = template_variables(req.thinking, req.template_kwargs, template.variables)
     plan = _plan(req, engine.native_tools)
     native = plan is not None and plan.native
-    tools = [{"type": "function", "function": f} for f in req.tools] if native else None
+    # templates read a tool's description and properties unchecked (gpt-oss): give them empty ones
+    blank = {"description": "", "parameters": {"type": "object", "properties": {}}}
+    tools = [{"type": "function", "function": {**blank, **f}} for f in req.tools] if native else None
     text, ids = await engine.render_prompt(_template_messages(req.turns, plan), tools, variables)
     think = think_format(template.source) if engine.options.reasoning_format == "auto" else None
     opened = think is not None and not think.harmony and text.rstrip().endswith(think.open)

@@ -80,6 +80,7 @@ def test_responses_output_a_reasoning_item_before_the_message(client):
     thought, said = body["output"]
     assert thought["type"] == "reasoning" and thought["id"].startswith("rs_")
     assert thought["content"] == [{"type": "reasoning_text", "text": "hmm"}]
+    assert thought["summary"] == [{"type": "summary_text", "text": "hmm"}]
     assert said["type"] == "message" and said["content"][0]["text"] == "Hello"
     assert body["usage"]["output_tokens_details"]["reasoning_tokens"] == 2
 

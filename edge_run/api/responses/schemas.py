@@ -161,7 +161,7 @@ class OutputMessage(Struct, tag="message", tag_field="type", kw_only=True):
 
 
 class ReasoningItem(Struct, tag="reasoning", tag_field="type", kw_only=True):
-    """A thinking model's thought, whole (``content``); ``summary`` stays empty."""
+    """A thinking model's thought: whole in ``content``, and again as ``summary`` (clients read one or the other)."""
 
     id: str
     content: list[ReasoningText]

@@ -29,6 +29,7 @@ from edge_run.api.responses.schemas import (
     ResponseObject,
     ResponseRequest,
     ResponseUsage,
+    SummaryText,
     TextConfig,
 )
 from edge_run.errors import InvalidRequest
@@ -193,8 +194,9 @@ class Output:
         if done:
             cut = self.choice.finish_reason == "length" and block is self.choice.blocks[-1]
             status = "incomplete" if cut else "completed"
-        if block.reasoning:
-            return ReasoningItem(id=item_id, status=status, content=[ReasoningText(block.text)] if done else [])
+        if block.reasoning:  # a local model's summary is its whole thought: clients that read only summaries see it
+            whole, summary = ([ReasoningText(block.text)], [SummaryText(block.text)]) if done else ([], [])
+            return ReasoningItem(id=item_id, status=status, content=whole, summary=summary)
         if block.call_id is None:
             return OutputMessage(id=item_id, status=status, content=[OutputText(text=block.text)] if done else [])
         assert block.name is not None
