@@ -86,8 +86,8 @@ class Run:
         Choices are numbered across prompts (prompt ``p``'s choice ``i`` is ``p * n + i``). An engine
         failure is raised here, after the pieces before it.
         """
-        native = self.plan is not None and self.plan.native
-        streams = [ToolStream(native) for _ in range(len(self.parts) * self.n)] if self.plan is not None else None
+        family = "hermes" if self.plan is not None and self.plan.native else "generic"  # family_of(template) once wired
+        streams = [ToolStream(family) for _ in range(len(self.parts) * self.n)] if self.plan is not None else None
         calls_seen = [0] * (len(self.parts) * self.n)
 
         def piece(index: int, chunk: Chunk) -> Piece:
