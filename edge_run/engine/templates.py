@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +31,19 @@ def _raise(message: str) -> None:
     raise jinja2.TemplateError(message)
 
 
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+            sort_keys: bool = False) -> str:  # fmt: skip
+    """HF's ``tojson``: plain JSON (Jinja's own escapes ``<`` and ``>`` as HTML would), and ``map`` s made lists."""
+
+    def listed(obj: Any) -> Any:
+        if isinstance(obj, Iterable) and not isinstance(obj, str | bytes | dict):
+            return list(obj)
+        raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys,
+                      default=listed)  # fmt: skip
+
+
 def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
@@ -39,6 +54,7 @@ class ChatTemplate:
     def __init__(self, source: str | None, *, bos_token: str = "", eos_token: str = "") -> None:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, loader=jinja2.BaseLoader())
         env.globals.update(raise_exception=_raise, strftime_now=_strftime_now)
+        env.filters["tojson"] = _tojson
         self.source = source or CHATML
         try:
             self._template = env.from_string(self.source)

@@ -1,8 +1,8 @@
 """The serving layer: what every wire format shares, between the HTTP routes and the engine.
 
 The internal request (:mod:`.request`), its checks and prompt (:mod:`.prompt`), its sampling settings
-(:mod:`.sampling`), tool calling (:mod:`.tools`), the answer read back (:mod:`.assembly`) and its token
-counts (:mod:`.metering`). Nothing here imports Litestar or llama_cpp.
+(:mod:`.sampling`), tool calling (:mod:`.tools`, and :mod:`.calls` for reading each model family's calls), the
+answer read back (:mod:`.assembly`) and its token counts (:mod:`.metering`). Nothing here imports Litestar or llama_cpp.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from edge_run.serving.calls import ParsedCall, ToolEvent, ToolStream
 from edge_run.serving.reasoning import splitter
 from edge_run.serving.request import json_object, new_id
-from edge_run.serving.tools import ParsedCall, ToolEvent, ToolStream
 
 if TYPE_CHECKING:
     from edge_run.engine import Chunk, Generation
@@ -68,6 +68,8 @@ class Run:
     plan: CallPlan | None
     think: ThinkFormat | None = None
     opened: bool = False
+    family: str = "generic"  # the tool-call format answers are read in (see .calls)
+    schemas: dict[str, Any] = field(default_factory=dict)  # a tool's parameters by its name
     _completion: dict[int, int] = field(default_factory=dict)  # choice -> tokens so far
     _cached: dict[int, int] = field(default_factory=dict)  # part -> prompt tokens reused
     _drafts: dict[int, tuple[int, int]] = field(default_factory=dict)  # choice -> drafts kept, drafts not
@@ -124,8 +126,9 @@ class _Reader:
 
     def __init__(self, run: Run) -> None:
         self._split: Split | Harmony | None = splitter(run.think, run.opened) if run.think is not None else None
-        native = run.plan is not None and run.plan.native
-        self._tools = ToolStream(native) if run.plan is not None else None
+        # harmony's calls come in channels of their own, read by the splitter
+        reads_calls = run.plan is not None and run.family != "harmony"
+        self._tools = ToolStream(run.family, run.schemas) if reads_calls else None
         self._calls = 0  # calls so far
         self._harmony_call = False  # a call came in harmony's own channel
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_run.errors import InvalidRequest
 from edge_run.serving.assembly import Run
+from edge_run.serving.calls import family_of
 from edge_run.serving.reasoning import template_variables, think_format
 from edge_run.serving.sampling import check_bias, check_grammar, grammar, sampler_spec
 from edge_run.serving.tools import CallPlan, plan_tools
@@ -86,6 +87,7 @@ class _Prompt:
     plan: CallPlan | None
     think: ThinkFormat | None = None  # how the answer's thought is told apart, when the model thinks
     opened: bool = False  # the prompt ends inside a thought
+    family: str = "generic"  # the tool-call format the answer is read in
 
 
 async def _render(req: GenRequest, engine: Engine) -> _Prompt:
@@ -105,7 +107,8 @@ async def _render(req: GenRequest, engine: Engine) -> _Prompt:
     text, ids = await engine.render_prompt(_template_messages(req.turns, plan), tools, variables)
     think = think_format(template.source) if engine.options.reasoning_format == "auto" else None
     opened = think is not None and not think.harmony and text.rstrip().endswith(think.open)
-    return _Prompt([ids], plan, think, opened)
+    family = family_of(template.source) if native else "generic"
+    return _Prompt([ids], plan, think, opened, family)
 
 
 async def count_tokens(req: GenRequest, engine: Engine) -> int:
@@ -117,7 +120,9 @@ async def start(req: GenRequest, engine: Engine) -> Run:
     """Check what needs the model, render, tokenize and admit; every client error surfaces here, before any output."""
     prompt = await _render(req, engine)
     spec = sampler_spec(req.sampling, engine.n_vocab, grammar(req.output, prompt.plan, req.sampling.grammar))
-    run = Run(parts=[], n=req.n, plan=prompt.plan, think=prompt.think, opened=prompt.opened)
+    schemas = {f["name"]: f.get("parameters") for f in req.tools}
+    run = Run(parts=[], n=req.n, plan=prompt.plan, think=prompt.think, opened=prompt.opened, family=prompt.family,
+              schemas=schemas)  # fmt: skip
     try:
         for tokens in prompt.tokens:
             gen = await engine.generate(

@@ -138,8 +138,12 @@ class Split:
         return out
 
     def _thought(self, out: list[Part]) -> None:
-        if self._trim:
+        if self._trim:  # a model may write the tag its prompt already opened: it is not part of the thought
             self._buf = self._buf.lstrip()
+            if self._buf and self._fmt.open.startswith(self._buf):
+                return
+            if self._buf.startswith(self._fmt.open):
+                self._buf = self._buf[len(self._fmt.open) :].lstrip()
             self._trim = not self._buf
         cut = self._buf.find(self._fmt.close)
         if cut >= 0:

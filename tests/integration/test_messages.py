@@ -171,7 +171,7 @@ def test_bearer_auth_works_too(client, server):
             400,
             None,
         ),
-        ({"max_tokens": 4, "messages": ASK, "thinking": {"type": "enabled", "budget_tokens": 1024}}, 400, None),
+        ({"max_tokens": 4, "messages": ASK, "thinking": {"type": "enabled", "budget_tokens": 10}}, 400, None),  # < 1024
         ({"max_tokens": 4, "messages": [{"role": "user", "content": [TOOL_USE]}]}, 400, None),  # in a user message
         ({"max_tokens": 4, "messages": ASK, "temperature": 1.5}, 400, None),  # Anthropic's range is 0 to 1
         ({"model": "no/such-model", "max_tokens": 4, "messages": ASK}, 404, "not_found_error"),

@@ -172,7 +172,7 @@ def test_store_false_is_not_kept(client):
     [
         ({"previous_response_id": "resp_nope"}, "previous_response_id"),
         ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
-        ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type"),
+        ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type"),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input[0].content[0]"),
         ({"tool_choice": "required"}, "tool_choice"),
         ({"background": True}, "background"),

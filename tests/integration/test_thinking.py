@@ -24,6 +24,12 @@ FAMILIES = {
     "fam/qwen3": "Qwen-Qwen3-0.6B.jinja",
     "fam/deepseek-r1": "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
     "fam/gpt-oss": "openai-gpt-oss-120b.jinja",
+    "fam/qwen3-coder": "Qwen3-Coder.jinja",
+    "fam/llama3": "meta-llama-Llama-3.1-8B-Instruct.jinja",
+    "fam/mistral": "Mistral-Small-3.2-24B-Instruct-2506.jinja",
+    "fam/deepseek-tools": "llama-cpp-deepseek-r1.jinja",
+    "fam/granite": "ibm-granite-granite-3.3-2B-Instruct.jinja",
+    "fam/gemma4": "google-gemma-4-31B-it.jinja",
 }
 
 
@@ -36,17 +42,21 @@ THOUGHT, ANSWER = "The user greets me. I greet back.", "Hello there!"
 QWEN = literal(f"<think>\n{THOUGHT}\n</think>\n\n{ANSWER}")
 
 
+def toml_string(path: Path) -> str:
+    return json.dumps(path.read_text(), ensure_ascii=False)  # JSON's escapes are TOML's
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model_path):
     home = tmp_path_factory.mktemp("thinking")
     set_up(home, "keys", "list")  # makes the home's folders
     tables = [
-        f'[[model]]\nid = "{mid}"\npath = "{model_path}"\nchat_template = {json.dumps((TEMPLATES / name).read_text(), ensure_ascii=False)}\n'
+        f'[[model]]\nid = "{mid}"\npath = "{model_path}"\nchat_template = {toml_string(TEMPLATES / name)}\n'
         for mid, name in FAMILIES.items()
     ]
     (home / "config").mkdir(exist_ok=True)
     (home / "config" / "config.toml").write_text("\n".join(tables))
-    server = start_server(home, "--slots", "1", "--max-loaded", "3")
+    server = start_server(home, "--slots", "1", "--ctx", "2048", "--max-loaded", str(len(FAMILIES)))
     yield server
     server.stop()
 
@@ -168,7 +178,8 @@ def test_the_agents_sdk_gets_a_reasoning_item_and_a_tool_call_from_a_harmony_str
 def test_the_anthropic_sdk_gets_thinking_blocks(server):
     client = anthropic.Anthropic(base_url=server.url, api_key=server.key)
     setting = {"model": "fam/qwen3", "max_tokens": 1500, "thinking": {"type": "enabled", "budget_tokens": 1024}}
-    body = {**setting, "messages": [{"role": "user", "content": "hi"}], "extra_body": {"grammar": QWEN, "temperature": 0}}
+    forced = {"grammar": QWEN, "temperature": 0}  # the SDK has no `temperature` argument
+    body = {**setting, "messages": [{"role": "user", "content": "hi"}], "extra_body": forced}
     message = client.messages.create(**body)
     assert [b.type for b in message.content] == ["thinking", "text"]
     assert (message.content[0].thinking, message.content[1].text) == (THOUGHT, ANSWER)
@@ -183,9 +194,98 @@ def test_the_anthropic_sdk_gets_thinking_blocks(server):
         **{**setting, "max_tokens": 8},
         messages=[
             {"role": "user", "content": "hi"},
-            {"role": "assistant", "content": [{"type": "thinking", "thinking": THOUGHT, "signature": ""},
-                                              {"type": "text", "text": ANSWER}]},  # fmt: skip
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": THOUGHT, "signature": ""},
+                    {"type": "text", "text": ANSWER},
+                ],
+            },
             {"role": "user", "content": "and again"},
         ],
     )
     assert follow.stop_reason in ("end_turn", "max_tokens")
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+ARGS = '{"city": "Paris"}'
+# Each family's raw output for one call, as its models print it (llama.cpp's tests/test-chat.cpp has the same),
+# and the route it is read through: every route meets several families.
+HERMES = f'<tool_call>\n{{"name": "get_weather", "arguments": {ARGS}}}\n</tool_call>'
+CODER = "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"
+SEP = "<\uff5ctool\u2581sep\uff5c>"  # DeepSeek's markers: fullwidth bars and lower blocks
+BEGIN, END = "<\uff5ctool\u2581call\u2581begin\uff5c>", "<\uff5ctool\u2581call\u2581end\uff5c>"
+DEEPSEEK = f"<\uff5ctool\u2581calls\u2581begin\uff5c>{BEGIN}function{SEP}get_weather\n```json\n{ARGS}\n```{END}"
+HARMONY = "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>" + ARGS
+CALLS = {
+    "fam/qwen3": (f"<think>\nNeed the weather.\n</think>\n\n{HERMES}", "chat-stream"),
+    "fam/qwen3-coder": (CODER, "responses"),
+    "fam/llama3": (f'{{"name": "get_weather", "parameters": {ARGS}}}', "anthropic"),
+    "fam/mistral": (f"[TOOL_CALLS]get_weather[ARGS]{ARGS}", "chat"),
+    "fam/deepseek-tools": (f"Need the weather.\n</think>\n\n{DEEPSEEK}", "responses-stream"),  # the prompt opened it
+    "fam/granite": (f'<|tool_call|>[{{"name": "get_weather", "arguments": {ARGS}}}]', "anthropic-stream"),
+    "fam/gemma4": ('<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>', "chat-stream"),
+    "fam/gpt-oss": (f"<|channel|>analysis<|message|>Need the weather.<|end|>{HARMONY}", "chat"),
+}
+
+
+def call_via(server, route: str, model: str, raw: str) -> tuple[str, dict, str | None]:
+    """The call's name and arguments, and the thought if one came, read through ``route``."""
+    forced = {"grammar": literal(raw), "temperature": 0}
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    if route.startswith("chat"):
+        client = openai.OpenAI(base_url=server.base_url, api_key=server.key)
+        body = {"model": model, "messages": ask, "tools": [WEATHER], "max_tokens": 300, "extra_body": forced}
+        if route == "chat":
+            message = client.chat.completions.create(**body).choices[0].message
+            [call] = message.tool_calls
+            return call.function.name, json.loads(call.function.arguments), message.model_extra.get("reasoning_content")
+        name, args, thought = "", "", ""
+        for chunk in client.chat.completions.create(**body, stream=True):
+            for choice in chunk.choices:
+                thought += (choice.delta.model_extra or {}).get("reasoning_content") or ""
+                for d in choice.delta.tool_calls or ():
+                    assert d.index == 0
+                    name += d.function.name or ""
+                    args += d.function.arguments or ""
+        return name, json.loads(args), thought or None
+    if route.startswith("responses"):
+        client = openai.OpenAI(base_url=server.base_url, api_key=server.key)
+        tool = {"type": "function", **WEATHER["function"]}
+        body = {"model": model, "input": ask, "tools": [tool], "max_output_tokens": 300, "extra_body": forced}
+        if route == "responses":
+            output = client.responses.create(**body).output
+        else:
+            with client.responses.stream(**body) as stream:
+                output = stream.get_final_response().output
+        [call] = [o for o in output if o.type == "function_call"]
+        thoughts = [o.content[0].text for o in output if o.type == "reasoning"]
+        return call.name, json.loads(call.arguments), thoughts[0] if thoughts else None
+    client = anthropic.Anthropic(base_url=server.url, api_key=server.key)
+    fn = WEATHER["function"]
+    tool = {"name": fn["name"], "description": fn["description"], "input_schema": fn["parameters"]}
+    body = {"model": model, "max_tokens": 300, "messages": ask, "tools": [tool], "extra_body": forced}
+    if route == "anthropic":
+        message = client.messages.create(**body)
+    else:
+        with client.messages.stream(**body) as stream:
+            message = stream.get_final_message()
+    assert message.stop_reason == "tool_use"
+    [call] = [b for b in message.content if b.type == "tool_use"]
+    thoughts = [b.thinking for b in message.content if b.type == "thinking"]
+    return call.name, call.input, thoughts[0] if thoughts else None
+
+
+@pytest.mark.parametrize("model", list(CALLS))
+def test_each_familys_native_call_comes_out_as_the_apis_tool_call(server, model):
+    raw, route = CALLS[model]
+    name, args, thought = call_via(server, route, model, raw)
+    assert (name, args) == ("get_weather", {"city": "Paris"})
+    assert thought == ("Need the weather." if "Need the weather." in raw else None)

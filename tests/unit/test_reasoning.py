@@ -102,6 +102,12 @@ def test_a_thought_the_prompt_opened_has_only_its_closing_tag(step):
 
 
 @pytest.mark.parametrize("step", STEPS)
+def test_a_thought_the_prompt_opened_may_open_it_again(step):
+    text = "<think>\nOkay.\n</think>\n\nFour."
+    assert feed(splitter(QWEN, opened=True), text, step) == [("reasoning", "Okay."), ("content", "Four.")]
+
+
+@pytest.mark.parametrize("step", STEPS)
 def test_no_thought_and_look_alikes_stay_content(step):
     assert feed(splitter(QWEN, opened=False), "Hello <think> is a tag", step) == [("content", "Hello <think> is a tag")]
     assert feed(splitter(QWEN, opened=False), "<thi", step) == [("content", "<thi")]
