@@ -41,8 +41,6 @@ QUESTIONS = [
     f"Repeat this text exactly: {PASSAGE}",
     "Why did towns grow near bridges?",
     f"Repeat this text exactly once more: {PASSAGE}",
-    "Name three things a mill needs.",
-    "Say it again in one sentence.",
 ]
 ELSEWHERE = [{"role": "user", "content": "Tell me about mountains."}]  # evicts a one-slot server's cache
 

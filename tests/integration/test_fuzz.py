@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
@@ -28,7 +29,7 @@ from tests.support import MODEL_ID, Server, set_up, start_server
 
 pytestmark = pytest.mark.integration
 
-MAX_EXAMPLES = 50  # per operation, on top of schemathesis' examples and coverage cases
+MAX_EXAMPLES = 25  # random cases per operation, on top of schemathesis' examples and coverage cases
 CTX = 128
 CAP = 4  # tokens a valid request generates at most: sampling, stop strings, assembly and usage all run
 _LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -44,6 +45,13 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> I
     server = start_server(home, "--model", MODEL_ID, "--ctx", str(CTX), "--slots", "2")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def session() -> Iterator[requests.Session]:
+    """One connection for all the cases, as a client keeps one, instead of a new one per case."""
+    with requests.Session() as s:
+        yield s
 
 
 def _app_schema() -> dict[str, Any]:
@@ -124,10 +132,10 @@ def _check_envelope(path: str, response: Any) -> None:
 
 @schema.parametrize()
 @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-def test_no_input_gets_a_server_error(case: Any, fuzz_server: Server) -> None:
+def test_no_input_gets_a_server_error(case: Any, fuzz_server: Server, session: requests.Session) -> None:
     _aim_at_the_model(case)
     _cap_generation(case)
-    response = case.call(base_url=fuzz_server.url, headers=_auth(fuzz_server), timeout=120)
+    response = case.call(base_url=fuzz_server.url, session=session, headers=_auth(fuzz_server), timeout=120)
     case.validate_response(response, checks=[not_a_server_error])
     _check_envelope(case.operation.path, response)
 
