@@ -119,7 +119,8 @@ async def count_tokens(req: GenRequest, engine: Engine) -> int:
 async def start(req: GenRequest, engine: Engine) -> Run:
     """Check what needs the model, render, tokenize and admit; every client error surfaces here, before any output."""
     prompt = await _render(req, engine)
-    spec = sampler_spec(req.sampling, engine.n_vocab, grammar(req.output, prompt.plan, req.sampling.grammar))
+    held = grammar(req.output, prompt.plan, req.sampling.grammar, prompt.think, prompt.opened)
+    spec = sampler_spec(req.sampling, engine.n_vocab, held)
     schemas = {f["name"]: f.get("parameters") for f in req.tools}
     run = Run(parts=[], n=req.n, plan=prompt.plan, think=prompt.think, opened=prompt.opened, family=prompt.family,
               schemas=schemas)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_run.engine import SamplerSpec, json_grammar
@@ -9,6 +10,7 @@ from edge_run.errors import InvalidRequest
 from edge_run.serving.tools import check_schema
 
 if TYPE_CHECKING:
+    from edge_run.serving.reasoning import ThinkFormat
     from edge_run.serving.request import JsonOutput
     from edge_run.serving.tools import CallPlan
 
@@ -79,20 +81,45 @@ def check_grammar(output: JsonOutput | None, plan: CallPlan | None, gbnf: str | 
         _check(output.schema, output.param)
 
 
-def grammar(output: JsonOutput | None, plan: CallPlan | None, gbnf: str | None = None) -> str | None:
+def grammar(
+    output: JsonOutput | None,
+    plan: CallPlan | None,
+    gbnf: str | None = None,
+    think: ThinkFormat | None = None,
+    opened: bool = False,
+) -> str | None:
     """The GBNF that holds the answer: the request's own, a tool call's or the output format's (checked first);
-    None: free text."""
+    None: free text. A thinking model's thought comes first, free, and the grammar holds what follows it."""
     check_grammar(output, plan, gbnf)
     if gbnf is not None:
         return gbnf
     if plan is not None and plan.call_schema is not None:
         gbnf = json_grammar(plan.call_schema)
-        if not plan.allow_text:
-            return gbnf
-        return gbnf.replace("root ::=", "edge-call ::=", 1) + "\nroot ::= edge-call | edge-text\n" + _TEXT_RULE
-    if output is None:
-        return None
-    return json_grammar(output.schema)
+        if plan.allow_text:
+            gbnf = gbnf.replace("root ::=", "edge-call ::=", 1) + "\nroot ::= edge-call | edge-text\n" + _TEXT_RULE
+    elif output is not None:
+        gbnf = json_grammar(output.schema)
+    return _after_thought(gbnf, think, opened) if gbnf is not None and think is not None else gbnf
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text)  # a GBNF string literal escapes as JSON does
+
+
+def _after_thought(gbnf: str, think: ThinkFormat, opened: bool) -> str:
+    """``gbnf`` held after an optional thought (a required one when the prompt opened it). The thought is free text
+    but for the first two characters of its closing tag, so that the tag ends it."""
+    a, b = think.close[0], think.close[1]
+    thought = f"edge-thought ::= ([^{_cls(a)}] | {_literal(a)} [^{_cls(b)}])* {_literal(think.close)}"
+    start = "" if opened else _literal(think.open) + " "
+    then = ' "<|start|>assistant<|channel|>final<|message|>"' if think.harmony else ' [ \\t\\n]*'
+    lead = f"({start}edge-thought{then})" + ("" if opened else "?")
+    return gbnf.replace("root ::=", "edge-answer ::=", 1) + f"\nroot ::= {lead} edge-answer\n{thought}\n"
+
+
+def _cls(char: str) -> str:
+    """A character for a GBNF character class."""
+    return "\\" + char if char in "]\\^-[" else char
 
 
 def _check(schema: Any, param: str) -> None:

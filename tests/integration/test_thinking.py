@@ -289,3 +289,15 @@ def test_each_familys_native_call_comes_out_as_the_apis_tool_call(server, model)
     name, args, thought = call_via(server, route, model, raw)
     assert (name, args) == ("get_weather", {"city": "Paris"})
     assert thought == ("Need the weather." if "Need the weather." in raw else None)
+
+
+def test_json_output_of_a_thinking_model_is_held_after_its_thought(client):
+    # the grammar lets the thought come first, free, and holds the answer after it to the schema
+    schema = {"type": "object", "properties": {"greeting": {"type": "string"}}, "required": ["greeting"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "g", "schema": schema}}
+    answer = client.chat.completions.create(
+        model="fam/qwen3", messages=[{"role": "user", "content": "Greet me."}], max_tokens=60, temperature=0,
+        response_format=fmt,
+    )  # fmt: skip
+    message = answer.choices[0].message
+    assert isinstance(json.loads(message.content)["greeting"], str), message

@@ -179,3 +179,15 @@ def test_harmony_recipient_before_the_channel_and_a_preamble():
         ("call", "lookup"),
         ("args", '{"q": 1}'),
     ]
+
+
+def test_a_grammar_holds_only_what_follows_the_thought():
+    from edge_run.serving.request import JsonOutput
+    from edge_run.serving.sampling import grammar
+
+    gbnf = grammar(JsonOutput(None, "response_format"), None, think=QWEN, opened=False)
+    assert gbnf is not None and 'root ::= ("<think>" edge-thought [ \\t\\n]*)? edge-answer' in gbnf
+    assert 'edge-thought ::= ([^<] | "<" [^/])* "</think>"' in gbnf
+    opened = grammar(JsonOutput(None, "response_format"), None, think=QWEN, opened=True)
+    assert opened is not None and "root ::= (edge-thought [ \\t\\n]*) edge-answer" in opened
+    assert grammar(JsonOutput(None, "response_format"), None) == grammar(JsonOutput(None, "x"), None, think=None)
