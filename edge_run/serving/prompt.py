@@ -107,7 +107,8 @@ async def _render(req: GenRequest, engine: Engine) -> _Prompt:
     text, ids = await engine.render_prompt(_template_messages(req.turns, plan), tools, variables)
     think = think_format(template.source) if engine.options.reasoning_format == "auto" else None
     opened = think is not None and not think.harmony and text.rstrip().endswith(think.open)
-    family = family_of(template.source) if native else "generic"
+    # a call held by grammar (forced) is written as generic mode's JSON, whatever the family
+    family = family_of(template.source) if native and plan is not None and plan.call_schema is None else "generic"
     return _Prompt([ids], plan, think, opened, family)
 
 

@@ -143,3 +143,20 @@ def test_the_thought_sent_back_reaches_the_template(client):
     turns[1]["tool_calls"] = [{"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]
     assert client.post("/v1/chat/completions", json={**CHAT, "messages": turns}).status_code == 200
     assert "<think>\nthe user greets\n</think>" in seen[1]  # the thought of the turn in progress is kept
+
+
+def test_a_forced_call_of_a_native_family_is_read_after_the_thought(client):
+    # the grammar holds a forced call in generic JSON, after the thought, whatever the family's own format
+    client.engine.native_tools = True
+    client.engine.chunks = [
+        Chunk(text="<think>\nweather\n</think>\n\n", completion_tokens=1, prompt_tokens=3),
+        Chunk(text='{"name": "get_weather", "arguments": {"city": "Paris"}}', completion_tokens=2, prompt_tokens=3,
+              finish_reason="stop"),
+    ]  # fmt: skip
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    body = {**CHAT, "tools": [tool], "tool_choice": "required"}
+    choice = client.post("/v1/chat/completions", json=body).json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["reasoning_content"] == "weather"
+    [call] = choice["message"]["tool_calls"]
+    assert (call["function"]["name"], call["function"]["arguments"]) == ("get_weather", '{"city": "Paris"}')
