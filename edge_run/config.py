@@ -88,6 +88,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     deterministic: bool = False  # no effect since answers never depend on neighbours: old configs still load
     draft_max: NonNegative = 8
     reasoning_format: Literal["auto", "none"] = "auto"  # none: a thinking model's thought stays in the content
+    reasoning_budget: Annotated[int, msgspec.Meta(ge=-1)] = -1  # a thought's tokens at most; -1: no limit
     device_sampling: bool | None = None
     allowed_hosts: list[str] = []
     cors_origins: list[str] = []

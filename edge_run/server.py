@@ -62,6 +62,7 @@ def engine_options(settings: Settings, cores: CoreShare | None = None) -> Engine
         batch=settings.batch,
         draft_max=settings.draft_max,
         reasoning_format=settings.reasoning_format,
+        reasoning_budget=settings.reasoning_budget,
         device_sampling=settings.device_sampling,
         cores=cores,
     )

@@ -216,6 +216,12 @@ class _GpuLayers(click.ParamType):
     "none: it stays in the content, for clients that parse it themselves.  [default: auto]",
 )
 @click.option(
+    "--reasoning-budget",
+    type=click.IntRange(min=-1),
+    help="Tokens a thinking model's thought may take before it is closed and the answer begins "
+    "(-1: no limit; a request's `reasoning_budget` or Anthropic's `budget_tokens` overrides it).  [default: -1]",
+)
+@click.option(
     "--allowed-host",
     "allowed_hosts",
     multiple=True,

@@ -10,7 +10,7 @@ from edge_run.engine.engine import Engine, Generation
 from edge_run.engine.llama.grammar import json_grammar
 from edge_run.engine.placement import Placement, gpu_devices
 from edge_run.engine.threads import CoreShare
-from edge_run.engine.types import Chunk, EngineOptions, GpuDevice, SamplerSpec, TokenLogprob
+from edge_run.engine.types import Chunk, EngineOptions, GpuDevice, SamplerSpec, ThoughtLimit, TokenLogprob
 from edge_run.gguf import GgufLayout, read_layout
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "GpuDevice",
     "Placement",
     "SamplerSpec",
+    "ThoughtLimit",
     "TokenLogprob",
     "gpu_devices",
     "json_grammar",

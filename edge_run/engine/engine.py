@@ -11,6 +11,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
+from edge_run.engine.budget import Budget
 from edge_run.engine.placement import Placement, gpu_devices
 from edge_run.engine.scheduler import PREFILL_BLOCK, Scheduler
 from edge_run.engine.slots import Job
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from edge_run.engine.llama.context import Context, Embedder
     from edge_run.engine.llama.model import Model
     from edge_run.engine.llama.sampler import Sampler
-    from edge_run.engine.types import EngineOptions, SamplerSpec
+    from edge_run.engine.types import EngineOptions, SamplerSpec, ThoughtLimit
 
 __all__ = ["Engine", "Generation"]
 
@@ -206,8 +207,10 @@ class Engine:
         stops: tuple[str, ...],
         n: int = 1,
         top_logprobs: int | None = None,
+        thought: ThoughtLimit | None = None,
     ) -> Generation:
-        """Admit one request, or raise ``Overloaded`` / ``ContextLengthExceeded`` before any output."""
+        """Admit one request, or raise ``Overloaded`` / ``ContextLengthExceeded`` before any output.
+        ``thought`` cuts a thinking model's thought short (not with a grammar, which would not follow)."""
         model, _, worker = self._ready()
         self._check_admission(len(prompt), max_tokens, n)
         self._inflight += 1  # before the await below, so concurrent requests see the seat taken
@@ -218,6 +221,7 @@ class Engine:
             raise
         queue: asyncio.Queue[Chunk] = asyncio.Queue()
         budget = max_tokens if max_tokens is not None else self.options.ctx - len(prompt)
+        closing = model.tokenize(thought.closing, add_special=False) if thought and spec.grammar is None else []
         jobs = [
             Job(
                 prompt=prompt,
@@ -227,6 +231,7 @@ class Engine:
                 deliver=queue.put_nowait,
                 index=i,
                 top_logprobs=top_logprobs,
+                budget=Budget(thought, closing, model.piece) if thought is not None and closing else None,
             )
             for i, sampler in enumerate(made)
         ]

@@ -344,6 +344,7 @@ class Scheduler:
         if slot.followers:
             self._fork(slot, out)
         token = job.sampler.sample(self.ctx, slot.logit_index)
+        token = job.budget.pick(token) if job.budget is not None else token
         self.tokens_generated += 1
         chunk = token_chunk(self.model, self.ctx, slot, job, token)
         out.append((job, chunk))
@@ -364,10 +365,7 @@ class Scheduler:
                 self._release(follower)
                 follower_job.cancelled = True
         slot.followers.clear()
-        slot.job = None
-        slot.text = None
-        slot.drafter = None
-        slot.next_token = None
+        slot.job = slot.text = slot.drafter = slot.next_token = None
         slot.last_used = time.monotonic()
         # what was decoded as rows is never reused: drop it now, and prefill it again once idle; only
         # the latest answer, so that a burst does not leave seconds of background work on a busy desktop

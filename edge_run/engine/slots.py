@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from edge_run.engine.budget import Budget
     from edge_run.engine.drafts import Drafter
     from edge_run.engine.llama.sampler import Sampler
     from edge_run.engine.text import TextStream
@@ -35,6 +36,7 @@ class Job:
     deliver: Callable[[Chunk], None]
     index: int = 0
     top_logprobs: int | None = None
+    budget: Budget | None = None  # a thinking budget, applied to every sampled token
     followers: list[Job] = field(default_factory=list)
     cancelled: bool = False  # set by the event loop, read by the engine thread
 

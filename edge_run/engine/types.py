@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from edge_run.engine.threads import CoreShare
     from edge_run.errors import EdgeRunError
 
-__all__ = ["Chunk", "EngineOptions", "GpuDevice", "SamplerSpec", "TokenLogprob"]
+__all__ = ["Chunk", "EngineOptions", "GpuDevice", "SamplerSpec", "ThoughtLimit", "TokenLogprob"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,7 @@ class EngineOptions:
     batch: int
     draft_max: int = 8  # drafted tokens per step at most (prompt lookup); 0: none
     reasoning_format: str = "auto"  # "none": the serving layer leaves a thinking model's thought in the content
+    reasoning_budget: int = -1  # a thought's tokens at most, then it is closed; -1: no limit
     device_sampling: bool | None = None  # None: when the model is offloaded whole to a GPU
     chat_template: str | None = None  # a Jinja template that replaces the GGUF's own
     cores: CoreShare | None = None  # shared by every loaded model; None: this engine alone
@@ -52,6 +53,17 @@ class Chunk:
     stop: str | None = None  # the stop string that ended the choice (finish_reason "stop" without end-of-generation)
     drafts_accepted: int = 0  # so far in this choice: drafted tokens its sampler agreed with
     drafts_rejected: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ThoughtLimit:
+    """A thinking budget: after ``tokens`` of a thought, ``closing`` is written in place of what is sampled."""
+
+    tokens: int
+    open: str  # the tag that opens the thought ("<think>")
+    close: str  # the tag that ends it ("</think>")
+    closing: str  # what is written to end it ("\n</think>\n\n")
+    opened: bool  # the prompt opened the thought
 
 
 @dataclass(frozen=True, slots=True)

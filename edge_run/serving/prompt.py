@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from edge_run.engine import ThoughtLimit
 from edge_run.errors import InvalidRequest
 from edge_run.serving.assembly import Run
 from edge_run.serving.calls import family_of
@@ -112,6 +113,15 @@ async def _render(req: GenRequest, engine: Engine) -> _Prompt:
     return _Prompt([ids], plan, think, opened, family)
 
 
+def _thought_limit(req: GenRequest, prompt: _Prompt, default: int) -> ThoughtLimit | None:
+    """The thinking budget: the request's, else the server's (-1: none)."""
+    budget = req.thinking.budget if req.thinking is not None and req.thinking.budget is not None else default
+    if prompt.think is None or budget < 0:
+        return None
+    think = prompt.think
+    return ThoughtLimit(budget, think.open, think.close, think.closing, prompt.opened)
+
+
 async def count_tokens(req: GenRequest, engine: Engine) -> int:
     """How many tokens the prompt takes, tools and all, as :func:`start` would render it."""
     return sum(map(len, (await _render(req, engine)).tokens))
@@ -125,10 +135,17 @@ async def start(req: GenRequest, engine: Engine) -> Run:
     schemas = {f["name"]: f.get("parameters") for f in req.tools}
     run = Run(parts=[], n=req.n, plan=prompt.plan, think=prompt.think, opened=prompt.opened, family=prompt.family,
               schemas=schemas)  # fmt: skip
+    thought = _thought_limit(req, prompt, engine.options.reasoning_budget)
     try:
         for tokens in prompt.tokens:
             gen = await engine.generate(
-                tokens, spec, max_tokens=req.max_tokens, stops=req.stops, n=req.n, top_logprobs=req.top_logprobs
+                tokens,
+                spec,
+                max_tokens=req.max_tokens,
+                stops=req.stops,
+                n=req.n,
+                top_logprobs=req.top_logprobs,
+                thought=thought,
             )
             run.parts.append((len(tokens), gen))
     except BaseException:

@@ -12,6 +12,7 @@ Formats (llama.cpp's ``common/chat.cpp`` knows the same ones):
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,6 +41,13 @@ class ThinkFormat:
     close: str
     harmony: bool = False
 
+    @property
+    def closing(self) -> str:
+        """What ends a thought cut short by its budget, and opens the answer."""
+        if self.harmony:
+            return self.close + "<|start|>assistant<|channel|>final<|message|>"
+        return f"\n{self.close}\n\n"
+
 
 # (marker in the template's source, the format); the first that matches wins
 _FORMATS = (
@@ -62,6 +70,7 @@ class Thinking:
 
     enabled: bool | None = None  # None: the template's default
     effort: Literal["low", "medium", "high"] | None = None
+    budget: int | None = None  # the thought's tokens at most; None: the server's --reasoning-budget
 
 
 _EFFORTS: dict[str, Thinking] = {
@@ -74,9 +83,11 @@ _EFFORTS: dict[str, Thinking] = {
 }
 
 
-def from_effort(effort: str | None) -> Thinking | None:
-    """OpenAI's ``reasoning_effort`` (the wire schema has already checked the value)."""
-    return None if effort is None else _EFFORTS[effort]
+def from_effort(effort: str | None, budget: int | None = None) -> Thinking | None:
+    """OpenAI's ``reasoning_effort`` (the wire schema has already checked the value), and a budget."""
+    if effort is None:
+        return None if budget is None else Thinking(budget=budget)
+    return dataclasses.replace(_EFFORTS[effort], budget=budget)
 
 
 def template_variables(

@@ -30,6 +30,7 @@ class Sampling(Protocol):
     min_p: float | None
     repeat_penalty: float | None
     grammar: str | None  # GBNF for the whole answer, as llama.cpp's `grammar` field
+    reasoning_budget: int | None  # a thought's tokens at most
 
 
 def _bias_error(key: str) -> InvalidRequest:

@@ -301,3 +301,18 @@ def test_json_output_of_a_thinking_model_is_held_after_its_thought(client):
     )  # fmt: skip
     message = answer.choices[0].message
     assert isinstance(json.loads(message.content)["greeting"], str), message
+
+
+def test_a_thought_over_its_budget_is_closed_and_the_answer_follows(client):
+    # DeepSeek-R1's prompt opens the thought; after 6 tokens of it the engine writes the closing tag itself
+    answer = client.chat.completions.create(
+        model="fam/deepseek-r1",
+        messages=[{"role": "user", "content": "Tell me a long story about a mill."}],
+        max_tokens=40,
+        temperature=0,
+        extra_body={"reasoning_budget": 6, "chat_template_kwargs": {"enable_thinking": True}},
+    )
+    message, usage = answer.choices[0].message, answer.usage
+    assert message.model_extra["reasoning_content"] and "</think>" not in (message.content or "")
+    # the thought's 6 tokens and the closing tag's few
+    assert 6 < usage.completion_tokens_details.reasoning_tokens <= 6 + 8 < usage.completion_tokens

@@ -191,3 +191,26 @@ def test_a_grammar_holds_only_what_follows_the_thought():
     opened = grammar(JsonOutput(None, "response_format"), None, think=QWEN, opened=True)
     assert opened is not None and "root ::= (edge-thought [ \\t\\n]*) edge-answer" in opened
     assert grammar(JsonOutput(None, "response_format"), None) == grammar(JsonOutput(None, "x"), None, think=None)
+
+
+def budget_run(pieces: list[str], tokens: int, opened: bool) -> str:
+    """The text a budgeted choice writes when ``pieces`` are what its sampler picks, one token each."""
+    from edge_run.engine.budget import Budget
+    from edge_run.engine.types import ThoughtLimit
+
+    vocab = [*dict.fromkeys([*pieces, "\n</think>\n\n"])]
+    limit = ThoughtLimit(tokens, "<think>", "</think>", "\n</think>\n\n", opened)
+    budget = Budget(limit, [vocab.index("\n</think>\n\n")], lambda t: vocab[t].encode())
+    return "".join(vocab[budget.pick(vocab.index(p))] for p in pieces)
+
+
+def test_a_thought_over_budget_is_closed_and_the_answer_goes_on():
+    sampled = ["<think>", "a", "b", "c", "d", "e", "f"]
+    assert budget_run(sampled, 3, opened=False) == "<think>abc\n</think>\n\nef"
+    assert budget_run(["a", "b", "c", "d"], 2, opened=True) == "ab\n</think>\n\nd"
+    assert budget_run(["a", "b", "c"], 0, opened=True) == "\n</think>\n\nbc"
+
+
+def test_a_thought_within_budget_and_an_answer_without_one_are_untouched():
+    assert budget_run(["<think>", "a", "</think>", "b", "c", "d"], 3, opened=False) == "<think>a</think>bcd"
+    assert budget_run(["Hi", "a", "b", "c"], 1, opened=False) == "Hiabc"

@@ -114,16 +114,17 @@ def conversation(req: CountTokensRequest) -> GenRequest:
         tools=[_tool(t, i) for i, t in enumerate(req.tools or ())],
         tool_choice=choice.name if isinstance(choice, ToolChoiceTool) else _CHOICES.get(type(choice)),
         output=JsonOutput(fmt.schema, "output_config.format") if fmt is not None else None,
-        thinking=_thinking(req.thinking),
+        thinking=_thinking(req.thinking, req.reasoning_budget),
         template_kwargs=req.chat_template_kwargs,
     )
 
 
-def _thinking(thinking: ThinkingConfig | None) -> Thinking | None:
-    """``enabled`` and ``disabled`` switch a thinking model's thought; ``adaptive`` leaves it to the template."""
+def _thinking(thinking: ThinkingConfig | None, budget: int | None) -> Thinking | None:
+    """``enabled`` and ``disabled`` switch a thinking model's thought, ``budget_tokens`` bounds it; ``adaptive``
+    leaves it to the template."""
     if thinking is None or thinking.type == "adaptive":
-        return None
-    return Thinking(enabled=thinking.type == "enabled")
+        return None if budget is None else Thinking(budget=budget)
+    return Thinking(enabled=thinking.type == "enabled", budget=thinking.budget_tokens or budget)
 
 
 def translate(req: MessagesRequest) -> GenRequest:

@@ -75,8 +75,8 @@ def _thinking(req: ChatCompletionRequest) -> Thinking | None:
     if req.reasoning_effort is not None and req.think is not None:
         raise InvalidRequest("send `reasoning_effort` or `think`, not both", param="think")
     if isinstance(req.think, bool):
-        return Thinking(enabled=req.think)
-    return from_effort(req.think or req.reasoning_effort)
+        return Thinking(enabled=req.think, budget=req.reasoning_budget)
+    return from_effort(req.think or req.reasoning_effort, req.reasoning_budget)
 
 
 def translate(req: ChatCompletionRequest) -> GenRequest:

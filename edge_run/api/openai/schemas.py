@@ -88,6 +88,7 @@ class SamplingFields(Struct, kw_only=True):
     repeat_penalty: Annotated[float, Meta(gt=0.0)] | None = None
     grammar: Annotated[str, Meta(min_length=1)] | None = None  # llama.cpp's: GBNF the whole answer must match
     chat_template_kwargs: dict[str, Any] | None = None  # more names for the chat template (`enable_thinking`...)
+    reasoning_budget: Annotated[int, Meta(ge=0)] | None = None  # a thought's tokens at most (then it is closed)
 
 
 class TextPart(Struct, tag="text", tag_field="type"):

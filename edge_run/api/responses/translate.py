@@ -169,7 +169,7 @@ def prepare(req: ResponseRequest, store: ResponseStore, owner: str | None) -> Re
         tool_choice=choice if choice is None or isinstance(choice, str) else choice.name,
         output=output,
         max_tokens=req.max_output_tokens,
-        thinking=from_effort(req.reasoning.effort if req.reasoning is not None else None),
+        thinking=from_effort(req.reasoning.effort if req.reasoning is not None else None, req.reasoning_budget),
         template_kwargs=req.chat_template_kwargs,
     )
     return ResponseJob(req=req, gen=gen, history=history, store=store, owner=owner)
