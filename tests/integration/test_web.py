@@ -7,6 +7,7 @@ Screenshots go to the test's tmp dir and, if set, to ``$EDGE_RUN_ARTIFACTS``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -514,5 +515,120 @@ def test_usage_view_charts_each_keys_tokens_and_a_user_key_sees_only_its_own(bro
         assert page.locator("#usage-empty").text_content() == "No usage yet in this period."
         assert page.locator("#usage-report").is_hidden()
         assert page.locator("#usage-scope").text_content() == "Showing only this key"
+    finally:
+        context.close()
+
+
+# ---- a thinking model's thought and its tool calls: the real server and stream, a forced answer ----
+
+QWEN3_TEMPLATE = Path(__file__).resolve().parents[1] / "fixtures" / "templates" / "Qwen-Qwen3-0.6B.jinja"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def qwen3_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
+    """The test model served as ``fam/qwen3`` under Qwen3's chat template, so its output is read as Qwen3's."""
+    home = tmp_path_factory.mktemp("web-qwen3")
+    set_up(home, "keys", "list")  # makes the home's folders
+    template = json.dumps(QWEN3_TEMPLATE.read_text(), ensure_ascii=False)  # JSON's escapes are TOML's
+    (home / "config").mkdir(exist_ok=True)
+    (home / "config" / "config.toml").write_text(
+        f'[[model]]\nid = "fam/qwen3"\npath = "{model_path}"\nchat_template = {template}\n'
+    )
+    server = start_server(home, "--model", "fam/qwen3", "--slots", "1", "--ctx", "2048")
+    yield server
+    server.stop()
+
+
+def _force(page, raw: str, **extra: object) -> None:
+    """Rewrites the page's chat requests in flight to carry a grammar whose only sentence is ``raw`` (and
+    ``extra``): the server, the model and the stream stay real; only the request's body changes."""
+
+    def handle(route) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        body |= {"grammar": "root ::= " + json.dumps(raw), "temperature": 0, **extra}
+        route.fulfill(response=route.fetch(post_data=json.dumps(body)))
+
+    page.route("**/v1/chat/completions", handle)
+
+
+def _open_with_key(browser, server: Server):
+    context = browser.new_context()
+    page = context.new_page()
+    _log_in_with_key(page, server, server.key)
+    return context, page
+
+
+def _ask(page, prompt: str) -> None:
+    page.fill("#prompt", prompt)
+    with page.expect_response("**/v1/chat/completions") as answer:
+        page.press("#prompt", "Enter")
+    assert answer.value.status == 200
+    assert answer.value.headers["content-type"].startswith("text/event-stream")
+    page.wait_for_selector(".msg.assistant .stats", timeout=60_000)
+    assert page.locator("#chat-error").text_content() == ""
+
+
+@pytest.mark.integration
+def test_a_thought_streams_into_a_thinking_block_that_folds_when_the_answer_starts(browser, qwen3_server, tmp_path):
+    context, page = _open_with_key(browser, qwen3_server)
+    try:
+        _force(page, "<think>\nI should greet.\n</think>\n\nHello there!")
+        page.evaluate(  # records whether the block was ever open with the thought in it
+            """() => {
+                window.thoughtShownOpen = false;
+                const messages = document.getElementById('messages');
+                const all = {subtree: true, childList: true, characterData: true, attributes: true};
+                new MutationObserver(() => {
+                    const box = messages.querySelector('.msg.assistant details.thinking');
+                    const shown = box && box.open && !box.hidden;
+                    window.thoughtShownOpen ||= Boolean(shown && box.textContent.includes('greet'));
+                }).observe(messages, all);
+            }"""
+        )
+        _ask(page, "Hi!")
+        box = page.locator(".msg.assistant details.thinking")
+        assert box.is_visible()
+        assert page.evaluate("window.thoughtShownOpen")
+        assert box.get_attribute("open") is None  # folded once the answer came
+        assert page.locator(".msg.assistant .thought").text_content() == "I should greet."
+        assert not page.locator(".msg.assistant .thought").is_visible()
+        summary = box.locator("summary").text_content() or ""
+        match = re.fullmatch(r"Thinking · (\d+) tokens", summary)
+        assert match and int(match[1]) > 0, summary
+        assert page.locator(".msg.assistant .text").text_content() == "Hello there!"
+        assert page.locator(".msg.assistant .tool-call").count() == 0
+        _screenshot(page, tmp_path / "web-thinking-folded.png")
+        box.locator("summary").click()
+        assert page.locator(".msg.assistant .thought").is_visible()
+        _screenshot(page, tmp_path / "web-thinking-open.png")
+    finally:
+        context.close()
+
+
+@pytest.mark.integration
+def test_a_streamed_tool_call_shows_as_a_card_with_its_name_and_arguments(browser, qwen3_server, tmp_path):
+    context, page = _open_with_key(browser, qwen3_server)
+    try:
+        # the page sends no tools of its own: the request gets one in flight, as a client's would carry it
+        call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+        _force(page, call, tools=[WEATHER])
+        _ask(page, "Weather in Paris?")
+        card = page.locator(".msg.assistant .tools .tool-call")
+        assert card.count() == 1
+        assert card.locator(".tool-name").text_content() == "get_weather"
+        args = card.locator(".tool-args").text_content() or ""
+        assert '"city": "Paris"' in args and json.loads(args) == {"city": "Paris"}
+        assert page.locator(".msg.assistant details.thinking").is_hidden()  # no thought came
+        assert page.locator(".msg.assistant .text").text_content() == ""
+        assert "tool_calls" in (page.locator(".msg.assistant .stats").text_content() or "")
+        _screenshot(page, tmp_path / "web-tool-call.png")
     finally:
         context.close()

@@ -195,6 +195,49 @@ function stats(tokens, started, firstAt, endedAt) {
   return `${tokens} tokens · ${rate.toFixed(1)} tokens/s${ttft}`;
 }
 
+/** The thought above an answer: a <details> shown only once reasoning arrives, open while it streams. */
+function addThought(bubble) {
+  const box = document.createElement("details");
+  box.className = "thinking";
+  box.hidden = true;
+  const summary = document.createElement("summary");
+  summary.textContent = "Thinking…";
+  const text = document.createElement("div");
+  text.className = "thought";
+  box.append(summary, text);
+  bubble.prepend(box);
+  return box;
+}
+
+/** A tool call's arguments: pretty JSON once they parse, the raw text until then (or if they never do). */
+function prettyArgs(raw) {
+  try {
+    return JSON.stringify(JSON.parse(raw), null, 2);
+  } catch (_) {
+    return raw;
+  }
+}
+
+/** A card under the message for the tool call at `index`, made on its first fragment. */
+function toolCard(bubble, cards, index) {
+  if (cards[index]) return cards[index];
+  let list = bubble.querySelector(".tools");
+  if (!list) {
+    list = document.createElement("div");
+    list.className = "tools";
+    bubble.append(list);
+  }
+  const card = document.createElement("div");
+  card.className = "tool-call";
+  const name = document.createElement("b");
+  name.className = "tool-name";
+  const args = document.createElement("pre");
+  args.className = "tool-args";
+  card.append(name, args);
+  list.append(card);
+  return (cards[index] = { name: "", args: "", nameEl: name, argsEl: args });
+}
+
 async function send(text) {
   $("chat-error").textContent = "";
   const model = $("model").value;
@@ -204,11 +247,13 @@ async function send(text) {
   const bubble = addMessage("assistant", "");
   bubble.classList.add("pending");
   const out = bubble.querySelector(".text");
+  const thought = addThought(bubble);
   if (state.loads[model]?.state !== "loaded") {  // the server loads it before answering: seconds, not a hang
     bubble.classList.add("loading");
     bubble.dataset.loadedModel = model;
     out.textContent = `Loading ${model}…`;
   }
+  // Only the answers go back in the history: earlier thoughts and tool calls are not sent again.
   const body = {
     model,
     messages: system ? [{ role: "system", content: system }, ...state.history] : state.history,
@@ -222,7 +267,20 @@ async function send(text) {
   $("stop").hidden = false;
   const started = performance.now();
   setTimeout(refreshHealth, 100);  // show this request taking its slot
-  let firstAt = 0, chunks = 0, usage = null, finish = null, answer = "";
+  let firstAt = 0, chunks = 0, usage = null, finish = null, answer = "", reasoning = "";
+  const cards = [];
+  const begin = () => {  // the first token of any kind: thought, answer or call
+    if (firstAt) return;
+    firstAt = performance.now();
+    bubble.classList.remove("loading");
+    out.textContent = answer;
+  };
+  const endThought = () => {  // the answer (or a call) has started: fold the thought away once
+    if (!bubble.classList.contains("in-thought")) return;
+    bubble.classList.remove("in-thought");
+    thought.open = false;
+    thought.querySelector("summary").textContent = "Thinking";
+  };
   try {
     const r = await fetch("/v1/chat/completions", {
       method: "POST",
@@ -241,16 +299,37 @@ async function send(text) {
       if (event.usage) usage = event.usage;
       const choice = (event.choices || [])[0];
       if (!choice) continue;
-      const piece = (choice.delta && choice.delta.content) || "";
-      if (piece) {
-        if (!firstAt) {
-          firstAt = performance.now();
-          bubble.classList.remove("loading");
+      const delta = choice.delta || {};
+      const thinking = delta.reasoning_content ?? delta.reasoning ?? "";  // the same text twice: read one
+      if (thinking) {
+        begin();
+        chunks += 1;
+        if (!reasoning) {
+          thought.hidden = false;
+          thought.open = true;
+          bubble.classList.add("in-thought");
         }
+        reasoning += thinking;
+        thought.querySelector(".thought").textContent = reasoning;
+        bubble.scrollIntoView({ block: "end" });
+      }
+      const piece = delta.content || "";
+      if (piece) {
+        begin();
+        endThought();
         chunks += 1;
         answer += piece;
         out.textContent = answer;
         bubble.scrollIntoView({ block: "end" });
+      }
+      for (const call of delta.tool_calls || []) {
+        begin();
+        endThought();
+        const card = toolCard(bubble, cards, call.index ?? 0);
+        card.name += call.function?.name || "";
+        card.args += call.function?.arguments || "";
+        card.nameEl.textContent = card.name;
+        card.argsEl.textContent = prettyArgs(card.args);
       }
       if (choice.finish_reason) finish = choice.finish_reason;
     }
@@ -259,6 +338,11 @@ async function send(text) {
     else finish = "stopped";
   } finally {
     const tokens = usage ? usage.completion_tokens : chunks;
+    const thoughtTokens = usage?.completion_tokens_details?.reasoning_tokens;
+    if (reasoning) {  // left open if the thought is all that came
+      bubble.classList.remove("in-thought");
+      thought.querySelector("summary").textContent = thoughtTokens ? `Thinking · ${thoughtTokens} tokens` : "Thinking";
+    }
     const line = document.createElement("span");
     line.className = "stats";
     line.textContent = stats(tokens, started, firstAt, performance.now()) + (finish && finish !== "stop" ? ` · ${finish}` : "");
