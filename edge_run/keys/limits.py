@@ -158,6 +158,7 @@ class Lease:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         cached_tokens: int = 0,
+        reasoning_tokens: int = 0,
     ) -> None:
         """The response is over (sent, failed or cut off): free its place, and record it once."""
         if self.done:
@@ -178,5 +179,6 @@ class Lease:
                     cached_tokens=cached_tokens,
                     status=status,
                     duration_ms=int((now - self.started) * 1000),
+                    reasoning_tokens=reasoning_tokens,
                 )
             )

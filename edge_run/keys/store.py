@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS usage (
     completion_tokens INTEGER NOT NULL,
     cached_tokens INTEGER NOT NULL,
     status INTEGER NOT NULL,
-    duration_ms INTEGER NOT NULL
+    duration_ms INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS usage_by_key ON usage (key, ts);
 CREATE INDEX IF NOT EXISTS usage_by_time ON usage (ts);
@@ -174,6 +175,9 @@ class KeyStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+            if "reasoning_tokens" not in columns:  # a database from before thinking models
+                conn.execute("ALTER TABLE usage ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0")
         except sqlite3.DatabaseError as exc:
             raise KeyStoreError(f"The key database {self.path} cannot be used ({exc}). Fix or delete it.") from None
         for extra in ("-wal", "-shm"):  # SQLite makes them with the umask's mode

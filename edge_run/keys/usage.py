@@ -39,6 +39,7 @@ class UsageRecord(msgspec.Struct, frozen=True):
     cached_tokens: int
     status: int
     duration_ms: int
+    reasoning_tokens: int = 0  # of the completion tokens, those of a thinking model's thought
 
 
 class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,6 +55,7 @@ class UsageRow(msgspec.Struct, frozen=True, kw_only=True):
     completion_tokens: int
     cached_tokens: int
     total_tokens: int  # prompt and completion
+    reasoning_tokens: int = 0  # of the completion tokens, those of thoughts
 
 
 class UsageLog:
@@ -92,7 +94,7 @@ class UsageLog:
     def _write(self, batch: list[UsageRecord]) -> None:
         with self._store.transaction() as conn:
             conn.executemany(
-                "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [msgspec.structs.astuple(r) for r in batch]
+                "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [msgspec.structs.astuple(r) for r in batch]
             )
 
     async def close(self) -> None:
@@ -142,8 +144,8 @@ class UsageLog:
         rows = (
             self._store.connect()
             .execute(
-                f"SELECT {group}, {per_key}, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens) "
-                f"FROM usage WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2",
+                f"SELECT {group}, {per_key}, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens), "
+                f"SUM(reasoning_tokens) FROM usage WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2",
                 args,
             )
             .fetchall()
@@ -157,8 +159,9 @@ class UsageLog:
                 completion_tokens=int(c),
                 cached_tokens=int(x),
                 total_tokens=int(p) + int(c),
+                reasoning_tokens=int(r),
             )
-            for g, k, n, p, c, x in rows
+            for g, k, n, p, c, x, r in rows
         ]
 
 

@@ -45,6 +45,7 @@ class Meter:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    reasoning_tokens: int = 0  # told by the response assembly once the answer is over
     first_token: float | None = None
     last_token: float | None = None
     headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*

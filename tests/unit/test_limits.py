@@ -108,3 +108,22 @@ def test_usage_totals_by_day_model_and_key(tmp_path: Path):
     assert [r.key for r in usage.totals(since=now - 1, by="day", split_keys=True)] == ["a", "b"]
     assert usage.totals(since=now - 1, by="day", key="b")[0].requests == 1
     assert usage.last_used() == {"a": now + 1, "b": now + 2}
+
+
+def test_a_key_database_from_before_thinking_models_gains_the_reasoning_column(tmp_path: Path):
+    import sqlite3
+
+    path = tmp_path / "keys.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE usage (ts REAL NOT NULL, key TEXT NOT NULL, model TEXT NOT NULL, route TEXT NOT NULL, "
+        "prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL, "
+        "status INTEGER NOT NULL, duration_ms INTEGER NOT NULL)"
+    )
+    old.execute("INSERT INTO usage VALUES (1e9, 'a', 'm', '/r', 3, 4, 0, 200, 1)")
+    old.commit()
+    old.close()
+    usage = UsageLog(KeyStore(path))
+    usage._write([UsageRecord(1e9 + 1, "a", "m", "/r", 1, 9, 0, 200, 1, reasoning_tokens=6)])
+    [row] = usage.totals(since=0, by="key")
+    assert (row.requests, row.completion_tokens, row.reasoning_tokens) == (2, 13, 6)

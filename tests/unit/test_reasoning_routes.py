@@ -160,3 +160,10 @@ def test_a_forced_call_of_a_native_family_is_read_after_the_thought(client):
     assert choice["message"]["reasoning_content"] == "weather"
     [call] = choice["message"]["tool_calls"]
     assert (call["function"]["name"], call["function"]["arguments"]) == ("get_weather", '{"city": "Paris"}')
+
+
+def test_thought_tokens_reach_the_usage_records_and_the_metrics(client):
+    assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+    assert client.post("/v1/chat/completions", json={**CHAT, "stream": True}).status_code == 200
+    metrics = client.get("/metrics").text
+    assert 'edge_run_reasoning_tokens_total{model="fake/model"} 4.0' in metrics

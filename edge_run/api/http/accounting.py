@@ -57,9 +57,12 @@ def _finish(meter: Meter, status: int, metrics: Metrics | None, log: AccessLog |
             prompt_tokens=meter.prompt_tokens,
             completion_tokens=meter.completion_tokens,
             cached_tokens=meter.cached_tokens,
+            reasoning_tokens=meter.reasoning_tokens,
         )
     if metrics is not None and meter.model is not None:
         metrics.requests.labels(meter.model, meter.path, str(status)).inc()
+        if meter.reasoning_tokens:
+            metrics.reasoning_tokens.labels(meter.model).inc(meter.reasoning_tokens)
     if log is not None and not meter.path.startswith(QUIET):
         log.write(_line(meter, status))
 

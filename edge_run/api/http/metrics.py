@@ -34,6 +34,9 @@ class Metrics:
         r = self.registry
         self.prompt_tokens = Counter("llamacpp:prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
         self.tokens_predicted = Counter("llamacpp:tokens_predicted", "Tokens generated", ["model"], registry=r)
+        self.reasoning_tokens = Counter(
+            "edge_run_reasoning_tokens", "Generated tokens of thinking models' thoughts", ["model"], registry=r
+        )
         self.cached_tokens = Counter(
             "edge_run_prompt_tokens_cached", "Prompt tokens reused from the prefix cache (hits)", ["model"], registry=r
         )

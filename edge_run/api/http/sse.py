@@ -14,6 +14,7 @@ import msgspec
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 
+from edge_run.api.http.accounting import meter_of
 from edge_run.errors import ClientDisconnected, EdgeRunError
 
 if TYPE_CHECKING:
@@ -60,7 +61,14 @@ class Frames(Protocol):
         """A failure after the headers went out, told in-band."""
 
 
-async def _events(run: Run, frames: Frames) -> AsyncIterator[bytes]:
+def _charge(request: Request, run: Run) -> None:
+    """Tell the request's meter what only the assembled answer knows: its thoughts' tokens."""
+    meter = meter_of(request)
+    if meter is not None:
+        meter.reasoning_tokens = run.totals.reasoning_tokens
+
+
+async def _events(request: Request, run: Run, frames: Frames) -> AsyncIterator[bytes]:
     """Whatever is ready goes out in one write. A client that leaves (the next write fails) frees the slots."""
     try:
         if head := frames.head():
@@ -70,8 +78,10 @@ async def _events(run: Run, frames: Frames) -> AsyncIterator[bytes]:
                 if out := frames.pieces(ready):
                     yield out
         except EdgeRunError as exc:  # the headers are gone: report in-band
+            _charge(request, run)
             yield frames.failed(exc)
             return
+        _charge(request, run)
         yield frames.tail()
     finally:
         run.cancel()
@@ -106,5 +116,8 @@ async def answer(
 ) -> T | EventStream:
     """Stream the answer's events, or wait for all of it (cancelled if the client leaves first)."""
     if streaming:
-        return EventStream(_events(run, frames()), media_type="text/event-stream", headers=SSE_HEADERS)
-    return await _unless_disconnected(request, whole())
+        return EventStream(_events(request, run, frames()), media_type="text/event-stream", headers=SSE_HEADERS)
+    try:
+        return await _unless_disconnected(request, whole())
+    finally:
+        _charge(request, run)
