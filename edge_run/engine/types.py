@@ -81,6 +81,7 @@ class SamplerSpec:
     seed: int | None = None
     logit_bias: tuple[tuple[int, float], ...] = ()
     grammar: str | None = None  # GBNF; the output must match it
+    triggers: tuple[str, ...] = ()  # regular expressions: the grammar holds the output only from where one matches
 
     @property
     def offloadable(self) -> bool:

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CallPlan", "check_schema", "plan_tools"]
+__all__ = ["CallPlan", "call_schema", "check_schema", "plan_tools"]
 
 # JSON-schema keywords the grammar converter honours; anything else is refused, never ignored.
 SUPPORTED_KEYWORDS = frozenset(
@@ -59,7 +59,7 @@ class CallPlan:
     native: bool
 
 
-def _call_schema(functions: list[dict[str, Any]]) -> dict[str, Any]:
+def call_schema(functions: list[dict[str, Any]]) -> dict[str, Any]:
     variants = [
         {
             "type": "object",
@@ -97,5 +97,5 @@ def plan_tools(functions: list[dict[str, Any]], choice: str | None, *, native: b
     prompt = None if native else _generic_prompt(functions, forced)
     if native and not forced:
         return CallPlan(system_prompt=None, call_schema=None, allow_text=True, native=True)
-    schema = _call_schema(functions)
+    schema = call_schema(functions)
     return CallPlan(system_prompt=prompt, call_schema=schema, allow_text=not forced, native=native)

@@ -46,7 +46,7 @@ class Sampler:
                 arr[i].bias = bias
             add(chain, L.llama_sampler_init_logit_bias(model.n_vocab, len(spec.logit_bias), arr))
         if spec.grammar is not None:
-            grammar = L.llama_sampler_init_grammar(model.vocab, spec.grammar.encode(), b"root")
+            grammar = _grammar(model, spec.grammar, spec.triggers)
             if not grammar:
                 self.close()
                 raise InvalidRequest("the output constraint could not be compiled to a grammar")
@@ -126,3 +126,14 @@ def _apply(smpl: Any, cand: np.ndarray) -> Any:
     )
     L.llama_sampler_apply(smpl, ctypes.byref(arr))
     return arr
+
+
+def _grammar(model: Model, gbnf: str, triggers: tuple[str, ...]) -> Any:
+    """llama.cpp's grammar sampler; with ``triggers`` (regular expressions) a lazy one, free until one matches."""
+    if not triggers:
+        return L.llama_sampler_init_grammar(model.vocab, gbnf.encode(), b"root")
+    patterns = (ctypes.c_char_p * len(triggers))(*(t.encode() for t in triggers))
+    no_tokens = (L.llama_token * 1)()
+    return L.llama_sampler_init_grammar_lazy_patterns(
+        model.vocab, gbnf.encode(), b"root", patterns, len(triggers), no_tokens, 0
+    )

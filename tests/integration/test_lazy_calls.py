@@ -1,0 +1,71 @@
+"""A native family's calls held by a lazy grammar, on the real vocabulary: free text until the call's trigger,
+then only what keeps the call valid against its tool's schema (llama.cpp's own lazy grammar sampler)."""
+
+from __future__ import annotations
+
+import ctypes
+
+import llama_cpp as L
+import numpy as np
+import pytest
+
+from edge_run.engine.llama.model import Model
+from edge_run.engine.llama.sampler import _grammar
+from edge_run.serving.reasoning import think_format
+from edge_run.serving.sampling import lazy_calls
+
+pytestmark = pytest.mark.integration
+
+WEATHER = {
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+    m = Model(model_path, gpu_layers=0)
+    yield m
+    m.close()
+
+
+def allowed(model: Model, sampler, texts: list[str]) -> list[bool]:
+    """Whether the sampler's grammar lets each text's first token come next."""
+    ids = [model.tokenize(t, add_special=False)[0] for t in texts]
+    data = (L.llama_token_data * len(ids))(*[L.llama_token_data(i, 1.0, 0.0) for i in ids])
+    arr = L.llama_token_data_array(data, len(ids), -1, False)
+    L.llama_sampler_apply(sampler, ctypes.byref(arr))
+    return [bool(np.isfinite(data[k].logit)) for k in range(len(ids))]
+
+
+def feed(model: Model, sampler, text: str) -> None:
+    for token in model.tokenize(text, add_special=False):
+        L.llama_sampler_accept(sampler, token)
+
+
+@pytest.mark.parametrize("family", ["hermes", "granite"])
+def test_text_is_free_until_the_call_begins_then_the_call_is_held(model, family):
+    gbnf, triggers = lazy_calls(family, [WEATHER], None)
+    sampler = _grammar(model, gbnf, triggers)
+    assert sampler, "the grammar compiles"
+    try:
+        feed(model, sampler, "Let me look that up. ")
+        assert allowed(model, sampler, ["Hello", "{", " maybe"]) == [True, True, True]  # free text
+        feed(model, sampler, "<tool_call>" if family == "hermes" else "<|tool_call|>")
+        feed(model, sampler, '\n{"name": "' if family == "hermes" else '[{"name": "')
+        # only the tool's name may follow: not another word
+        assert allowed(model, sampler, ["get", "Hello", "set"]) == [True, False, False]
+    finally:
+        L.llama_sampler_free(sampler)
+
+
+def test_a_call_inside_the_thought_is_not_held(model):
+    gbnf, triggers = lazy_calls("hermes", [WEATHER], think_format("<think>"))
+    sampler = _grammar(model, gbnf, triggers)
+    try:
+        feed(model, sampler, "<think>\nI could write <tool_call> here")
+        assert allowed(model, sampler, ["Hello", " maybe"]) == [True, True]  # still free: it was thought
+        feed(model, sampler, "\n</think>\n\n<tool_call>\n{\"name\": \"")
+        assert allowed(model, sampler, ["get", "Hello"]) == [True, False]
+    finally:
+        L.llama_sampler_free(sampler)
