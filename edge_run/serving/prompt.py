@@ -16,8 +16,9 @@ from edge_run.engine import ThoughtLimit
 from edge_run.errors import InvalidRequest
 from edge_run.serving.assembly import Run
 from edge_run.serving.calls import family_of
+from edge_run.serving.lazy import lazy_calls
 from edge_run.serving.reasoning import template_variables, think_format
-from edge_run.serving.sampling import check_bias, check_grammar, grammar, lazy_calls, sampler_spec
+from edge_run.serving.sampling import check_bias, check_grammar, grammar, sampler_spec
 from edge_run.serving.tools import CallPlan, plan_tools
 
 if TYPE_CHECKING:
@@ -133,7 +134,8 @@ async def start(req: GenRequest, engine: Engine) -> Run:
     held = grammar(req.output, prompt.plan, req.sampling.grammar, prompt.think, prompt.opened)
     triggers: tuple[str, ...] = ()
     if held is None and prompt.plan is not None and prompt.plan.native:  # calls free to come, held once they do
-        held, triggers = lazy_calls(prompt.family, req.tools, prompt.think) or (None, ())
+        source = engine.template.source if engine.template is not None else ""
+        held, triggers = lazy_calls(prompt.family, req.tools, prompt.think, source) or (None, ())
     spec = sampler_spec(req.sampling, engine.n_vocab, held, triggers)
     schemas = {f["name"]: f.get("parameters") for f in req.tools}
     run = Run(parts=[], n=req.n, plan=prompt.plan, think=prompt.think, opened=prompt.opened, family=prompt.family,

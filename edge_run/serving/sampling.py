@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_run.engine import SamplerSpec, json_grammar
 from edge_run.errors import InvalidRequest
-from edge_run.serving.tools import call_schema, check_schema
+from edge_run.serving.tools import check_schema
 
 if TYPE_CHECKING:
     from edge_run.serving.reasoning import ThinkFormat
@@ -129,33 +129,3 @@ def _check(schema: Any, param: str) -> None:
         check_schema(schema, "$")
     except ValueError as exc:
         raise InvalidRequest(str(exc), param=param) from exc
-
-
-# A family's calls, held from its trigger on: (the trigger, the calls after it, `edge-call` being one call's JSON)
-_LAZY_CALLS = {
-    "hermes": ("<tool_call>", 'root ::= edge-one ([ \\t\\n]* edge-one)*\nedge-one ::= "<tool_call>" [ \\t\\n]* '
-               'edge-call [ \\t\\n]* "</tool_call>"'),
-    "granite": ("<|tool_call|>", 'root ::= "<|tool_call|>" [ \\t\\n]* "[" edge-call ("," [ \\t\\n]* edge-call)* "]"'),
-}  # fmt: skip
-
-
-def lazy_calls(
-    family: str, functions: list[dict[str, Any]], think: ThinkFormat | None
-) -> tuple[str, tuple[str, ...]] | None:
-    """A lazy grammar for a native family's calls, as llama-server's: the answer is free text until the family's
-    call begins (after the thought, for a thinking model), then the call is held to its tool's schema.
-    None for a family whose calls are read but not held."""
-    if family not in _LAZY_CALLS or not functions:
-        return None
-    trigger, calls = _LAZY_CALLS[family]
-    gbnf = json_grammar(call_schema(functions)).replace("root ::=", "edge-call ::=", 1) + "\n" + calls + "\n"
-    call = "(" + _regex(trigger) + ")"
-    if think is None:
-        return gbnf, (call,)
-    # a call written inside the thought is not one: after the thought, or first thing when there is none
-    return gbnf, (_regex(think.close) + "[\\s\\S]*?" + call, "^\\s*" + call + "[\\s\\S]*$")
-
-
-def _regex(text: str) -> str:
-    """``text`` as a literal in a C++ std::regex (ECMAScript), escaped as llama.cpp escapes trigger words."""
-    return "".join("\\" + c if c in ".^$|()*+?[]{}\\" else c for c in text)

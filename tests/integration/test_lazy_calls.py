@@ -11,8 +11,8 @@ import pytest
 
 from edge_run.engine.llama.model import Model
 from edge_run.engine.llama.sampler import _grammar
+from edge_run.serving.lazy import lazy_calls
 from edge_run.serving.reasoning import think_format
-from edge_run.serving.sampling import lazy_calls
 
 pytestmark = pytest.mark.integration
 
@@ -43,24 +43,50 @@ def feed(model: Model, sampler, text: str) -> None:
         L.llama_sampler_accept(sampler, token)
 
 
-@pytest.mark.parametrize("family", ["hermes", "granite"])
-def test_text_is_free_until_the_call_begins_then_the_call_is_held(model, family):
-    gbnf, triggers = lazy_calls(family, [WEATHER], None)
+OTHER = {"name": "set_alarm", "parameters": {"type": "object", "properties": {"at": {"type": "integer"}}}}
+BEGIN, CALL = "<\uff5ctool\u2581calls\u2581begin\uff5c>", "<\uff5ctool\u2581call\u2581begin\uff5c>"
+SEP = "<\uff5ctool\u2581sep\uff5c>"
+# (the family, its template's marker, the text up to where only the tool's name may come, what follows the name)
+CASES = [
+    ("hermes", "", '<tool_call>\n{"name": "', '", "arguments": {"city": '),
+    ("granite", "", '<|tool_call|>[{"name": "', '", "arguments": {"city": '),
+    ("mistral", "[ARGS]", "[TOOL_CALLS]", '[ARGS]{"city": '),
+    ("mistral", "", '[TOOL_CALLS][{"name": "', '", "arguments": {"city": '),
+    ("deepseek_r1", "", f"{BEGIN}{CALL}function{SEP}", '\n```json\n{"city": '),
+    ("deepseek_v3", "", f"{BEGIN}{CALL}", f'{SEP}{{"city": '),
+    ("llama3", "", '<|python_tag|>{"name": "', '", "parameters": {"city": '),
+]
+
+
+@pytest.mark.parametrize(("family", "marker", "head", "tail"), CASES)
+def test_text_is_free_until_the_call_begins_then_the_call_is_held(model, family, marker, head, tail):
+    gbnf, triggers = lazy_calls(family, [WEATHER, OTHER], None, marker)
     sampler = _grammar(model, gbnf, triggers)
     assert sampler, "the grammar compiles"
     try:
         feed(model, sampler, "Let me look that up. ")
         assert allowed(model, sampler, ["Hello", "{", " maybe"]) == [True, True, True]  # free text
-        feed(model, sampler, "<tool_call>" if family == "hermes" else "<|tool_call|>")
-        feed(model, sampler, '\n{"name": "' if family == "hermes" else '[{"name": "')
-        # only the tool's name may follow: not another word
-        assert allowed(model, sampler, ["get", "Hello", "set"]) == [True, False, False]
+        feed(model, sampler, head)
+        # only a tool's name may follow: not another word
+        assert allowed(model, sampler, ["get", "set", "Hello"]) == [True, True, False]
+        feed(model, sampler, "get_weather" + tail)
+        assert allowed(model, sampler, ['"', "1"]) == [True, False]  # the city is a string, not a number
+    finally:
+        L.llama_sampler_free(sampler)
+
+
+def test_a_bare_llama3_call_first_thing_is_held(model):
+    gbnf, triggers = lazy_calls("llama3", [WEATHER], None, "")
+    sampler = _grammar(model, gbnf, triggers)
+    try:
+        feed(model, sampler, '{"name": "')
+        assert allowed(model, sampler, ["get", "Hello"]) == [True, False]
     finally:
         L.llama_sampler_free(sampler)
 
 
 def test_a_call_inside_the_thought_is_not_held(model):
-    gbnf, triggers = lazy_calls("hermes", [WEATHER], think_format("<think>"))
+    gbnf, triggers = lazy_calls("hermes", [WEATHER], think_format("<think>"), "")
     sampler = _grammar(model, gbnf, triggers)
     try:
         feed(model, sampler, "<think>\nI could write <tool_call> here")
