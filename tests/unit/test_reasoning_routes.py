@@ -167,3 +167,22 @@ def test_thought_tokens_reach_the_usage_records_and_the_metrics(client):
     assert client.post("/v1/chat/completions", json={**CHAT, "stream": True}).status_code == 200
     metrics = client.get("/metrics").text
     assert 'edge_run_reasoning_tokens_total{model="fake/model"} 4.0' in metrics
+
+
+def test_a_native_familys_calls_get_a_lazy_grammar_that_waits_for_the_thought(client):
+    specs = []
+    real = client.engine.generate
+
+    async def spy(prompt, spec, **options):
+        specs.append(spec)
+        return await real(prompt, spec, **options)
+
+    client.engine.generate = spy
+    client.engine.native_tools = True
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    assert client.post("/v1/chat/completions", json={**CHAT, "tools": [tool]}).status_code == 200
+    assert client.post("/v1/chat/completions", json=CHAT).status_code == 200  # no tools: no grammar
+    held, free = specs
+    assert held.grammar is not None and 'edge-one ::= "<tool_call>"' in held.grammar
+    assert held.triggers[0] == "</think>[\\s\\S]*?(<tool_call>)"
+    assert free.grammar is None and free.triggers == ()
