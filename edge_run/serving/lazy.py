@@ -22,7 +22,9 @@ from edge_run.serving.tools import call_schema
 if TYPE_CHECKING:
     from edge_run.serving.reasoning import ThinkFormat
 
-__all__ = ["lazy_calls"]
+__all__ = ["HELD", "lazy_calls"]
+
+HELD = frozenset({"hermes", "granite", "mistral", "deepseek_r1", "deepseek_v3", "llama3"})  # families held here
 
 _WS = "[ \\t\\n]*"
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|[A-Za-z0-9_-]+|.', re.S)

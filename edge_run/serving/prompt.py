@@ -16,9 +16,9 @@ from edge_run.engine import ThoughtLimit
 from edge_run.errors import InvalidRequest
 from edge_run.serving.assembly import Run
 from edge_run.serving.calls import family_of
-from edge_run.serving.lazy import lazy_calls
+from edge_run.serving.lazy import HELD, lazy_calls
 from edge_run.serving.reasoning import template_variables, think_format
-from edge_run.serving.sampling import check_bias, check_grammar, grammar, sampler_spec
+from edge_run.serving.sampling import after_thought, check_bias, check_grammar, grammar, sampler_spec
 from edge_run.serving.tools import CallPlan, plan_tools
 
 if TYPE_CHECKING:
@@ -109,9 +109,29 @@ async def _render(req: GenRequest, engine: Engine) -> _Prompt:
     text, ids = await engine.render_prompt(_template_messages(req.turns, plan), tools, variables)
     think = think_format(template.source) if engine.options.reasoning_format == "auto" else None
     opened = think is not None and not think.harmony and text.rstrip().endswith(think.open)
-    # a call held by grammar (forced) is written as generic mode's JSON, whatever the family
-    family = family_of(template.source) if native and plan is not None and plan.call_schema is None else "generic"
+    family = family_of(template.source) if native else "generic"
+    if plan is not None and plan.call_schema is not None and family not in HELD:
+        family = "generic"  # a forced call of a family whose grammar is not written here: generic mode's JSON
     return _Prompt([ids], plan, think, opened, family)
+
+
+def _held(req: GenRequest, prompt: _Prompt, source: str) -> tuple[str | None, tuple[str, ...]]:
+    """The grammar that holds the answer, and the patterns it waits for (none: it holds from the start).
+
+    A native family's calls: when forced, in the family's own syntax from the start (after the thought); else
+    free to come, held once they do (a lazy grammar)."""
+    held = grammar(req.output, prompt.plan, req.sampling.grammar, prompt.think, prompt.opened)
+    plan = prompt.plan
+    if plan is None or prompt.family == "generic" or req.sampling.grammar is not None:
+        return held, ()
+    if plan.call_schema is not None:
+        named = req.tool_choice not in (None, "auto", "required")
+        forced = [f for f in req.tools if not named or f["name"] == req.tool_choice]
+        made = lazy_calls(prompt.family, forced, None, source)
+        assert made is not None  # HELD families only (see _render)
+        own = made[0]
+        return (after_thought(own, prompt.think, prompt.opened) if prompt.think is not None else own), ()
+    return (held, ()) if held is not None else lazy_calls(prompt.family, req.tools, prompt.think, source) or (None, ())
 
 
 def _thought_limit(req: GenRequest, prompt: _Prompt, default: int) -> ThoughtLimit | None:
@@ -131,11 +151,7 @@ async def count_tokens(req: GenRequest, engine: Engine) -> int:
 async def start(req: GenRequest, engine: Engine) -> Run:
     """Check what needs the model, render, tokenize and admit; every client error surfaces here, before any output."""
     prompt = await _render(req, engine)
-    held = grammar(req.output, prompt.plan, req.sampling.grammar, prompt.think, prompt.opened)
-    triggers: tuple[str, ...] = ()
-    if held is None and prompt.plan is not None and prompt.plan.native:  # calls free to come, held once they do
-        source = engine.template.source if engine.template is not None else ""
-        held, triggers = lazy_calls(prompt.family, req.tools, prompt.think, source) or (None, ())
+    held, triggers = _held(req, prompt, engine.template.source if engine.template is not None else "")
     spec = sampler_spec(req.sampling, engine.n_vocab, held, triggers)
     schemas = {f["name"]: f.get("parameters") for f in req.tools}
     run = Run(parts=[], n=req.n, plan=prompt.plan, think=prompt.think, opened=prompt.opened, family=prompt.family,

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from edge_run.serving.request import JsonOutput
     from edge_run.serving.tools import CallPlan
 
-__all__ = ["Sampling", "check_bias", "check_grammar", "grammar", "sampler_spec"]
+__all__ = ["Sampling", "after_thought", "check_bias", "check_grammar", "grammar", "sampler_spec"]
 
 
 class Sampling(Protocol):
@@ -101,14 +101,14 @@ def grammar(
             gbnf = gbnf.replace("root ::=", "edge-call ::=", 1) + "\nroot ::= edge-call | edge-text\n" + _TEXT_RULE
     elif output is not None:
         gbnf = json_grammar(output.schema)
-    return _after_thought(gbnf, think, opened) if gbnf is not None and think is not None else gbnf
+    return after_thought(gbnf, think, opened) if gbnf is not None and think is not None else gbnf
 
 
 def _literal(text: str) -> str:
     return json.dumps(text)  # a GBNF string literal escapes as JSON does
 
 
-def _after_thought(gbnf: str, think: ThinkFormat, opened: bool) -> str:
+def after_thought(gbnf: str, think: ThinkFormat, opened: bool) -> str:
     """``gbnf`` held after an optional thought (a required one when the prompt opened it). The thought is free text
     but for the first two characters of its closing tag, so that the tag ends it."""
     a, b = think.close[0], think.close[1]

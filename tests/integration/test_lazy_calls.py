@@ -95,3 +95,19 @@ def test_a_call_inside_the_thought_is_not_held(model):
         assert allowed(model, sampler, ["get", "Hello"]) == [True, False]
     finally:
         L.llama_sampler_free(sampler)
+
+
+@pytest.mark.parametrize(("family", "marker", "head", "tail"), CASES)
+def test_a_forced_call_is_held_in_the_familys_syntax_after_the_thought(model, family, marker, head, tail):
+    from edge_run.serving.sampling import after_thought
+
+    gbnf, _ = lazy_calls(family, [WEATHER], None, marker)
+    sampler = _grammar(model, after_thought(gbnf, think_format("<think>"), opened=False), ())
+    assert sampler, "the grammar compiles"
+    try:
+        feed(model, sampler, "<think>\nThe weather, then.\n</think>\n\n")
+        assert allowed(model, sampler, [head[0], "Hello"]) == [True, False]  # the call, at once
+        feed(model, sampler, head)
+        assert allowed(model, sampler, ["get", "set"]) == [True, False]  # the one tool
+    finally:
+        L.llama_sampler_free(sampler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import msgspec
@@ -16,7 +17,8 @@ from edge_run.keys import KeyStore
 from edge_run.server import app_services
 from tests.fakes import FakeEngine, fake_registry
 
-QWEN3 = (Path(__file__).resolve().parents[1] / "fixtures" / "templates" / "Qwen-Qwen3-0.6B.jinja").read_text()
+TEMPLATES = Path(__file__).resolve().parents[1] / "fixtures" / "templates"
+QWEN3 = (TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text()
 THOUGHT_THEN_ANSWER = [
     Chunk(text="<think>\nhm", completion_tokens=1, prompt_tokens=3),
     Chunk(text="m\n</think>\n\nHel", completion_tokens=2, prompt_tokens=3),
@@ -145,21 +147,38 @@ def test_the_thought_sent_back_reaches_the_template(client):
     assert "<think>\nthe user greets\n</think>" in seen[1]  # the thought of the turn in progress is kept
 
 
-def test_a_forced_call_of_a_native_family_is_read_after_the_thought(client):
-    # the grammar holds a forced call in generic JSON, after the thought, whatever the family's own format
+@pytest.mark.parametrize(
+    ("template", "written"),
+    [  # a family whose grammar is written here: its own syntax; another (Qwen3-Coder's XML): generic mode's JSON
+        (QWEN3, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'),
+        ((TEMPLATES / "Qwen3.5-4B.jinja").read_text(), '{"name": "get_weather", "arguments": {"city": "Paris"}}'),
+    ],
+)
+def test_a_forced_call_of_a_native_family_is_held_after_the_thought_and_read(client, template, written):
+    specs = []
+    real = client.engine.generate
+
+    async def spy(prompt, spec, **options):
+        specs.append(spec)
+        return await real(prompt, spec, **options)
+
+    client.engine.generate = spy
+    client.engine.template = ChatTemplate(template)
     client.engine.native_tools = True
     client.engine.chunks = [
         Chunk(text="<think>\nweather\n</think>\n\n", completion_tokens=1, prompt_tokens=3),
-        Chunk(text='{"name": "get_weather", "arguments": {"city": "Paris"}}', completion_tokens=2, prompt_tokens=3,
-              finish_reason="stop"),
-    ]  # fmt: skip
+        Chunk(text=written, completion_tokens=2, prompt_tokens=3, finish_reason="stop"),
+    ]
     tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
     body = {**CHAT, "tools": [tool], "tool_choice": "required"}
     choice = client.post("/v1/chat/completions", json=body).json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"]["reasoning_content"] == "weather"
     [call] = choice["message"]["tool_calls"]
-    assert (call["function"]["name"], call["function"]["arguments"]) == ("get_weather", '{"city": "Paris"}')
+    assert (call["function"]["name"], json.loads(call["function"]["arguments"])) == ("get_weather", {"city": "Paris"})
+    [spec] = specs
+    assert spec.triggers == () and 'edge-thought ::= ([^<] | "<" [^/])* "</think>"' in spec.grammar
+    assert ('edge-one ::= "<tool_call>"' in spec.grammar) == written.startswith("<tool_call>")
 
 
 def test_thought_tokens_reach_the_usage_records_and_the_metrics(client):
