@@ -6,7 +6,9 @@ Granite ``<|tool_call|>``, Mistral ``[TOOL_CALLS]`` (v11's ``NAME[ARGS]{...}`` w
 ``[ARGS]``, else v3's JSON list), DeepSeek's calls-begin token (R1's fenced JSON, V3's bare), Llama 3's
 ``<|python_tag|>`` or a bare call that opens the answer. For a thinking model the trigger counts only after
 the thought, or first thing in an answer without one: a call written inside a thought is not a call.
-Qwen3-Coder's XML, Gemma 4's and harmony's calls are read (:mod:`.calls`) but not held.
+Qwen3-Coder's ``<tool_call><function=NAME><parameter=P>`` (a string parameter free text, any other its schema's
+JSON) and harmony's ``to=functions.NAME ... <|message|>{...}`` too. Gemma 4's calls are read (:mod:`.calls`)
+but not held.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HELD", "lazy_calls"]
 
-HELD = frozenset({"hermes", "granite", "mistral", "deepseek_r1", "deepseek_v3", "llama3"})  # families held here
+HELD = frozenset({"hermes", "granite", "mistral", "deepseek_r1", "deepseek_v3", "llama3", "qwen3_coder", "harmony"})
 
 _WS = "[ \\t\\n]*"
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|[A-Za-z0-9_-]+|.', re.S)
@@ -80,7 +82,34 @@ def _grammar(family: str, functions: list[dict[str, Any]], template: str) -> tup
         return CALLS_BEGIN, f"{root}\n{one}\n{_each(functions, shape)}"
     if family == "llama3":
         return "<|python_tag|>", f'root ::= "<|python_tag|>"? {_WS} edge-call\n{_calls(functions, "parameters")}'
+    if family == "qwen3_coder":
+        one = f'edge-one ::= "<tool_call>" {_WS} "<function=" edge-fn {_WS} "</function>" {_WS} "</tool_call>"'
+        return "<tool_call>", f"root ::= edge-one ({_WS} edge-one)*\n{one}\n{_xml(functions)}"
+    if family == "harmony":  # the recipient, then maybe the channel and the constraint, then the JSON message
+        head = '" "? ("<|channel|>commentary")? " "? "<|constrain|>"? "json"? "<|message|>"'
+        return "to=functions.", f'root ::= "to=functions." edge-fn\n{_each(functions, "{name} " + head + " {args}")}'
     return None
+
+
+def _xml(functions: list[dict[str, Any]]) -> str:
+    """Qwen3-Coder's functions: each parameter in the schema's order (a required one always), its value bare
+    text for a string and its schema's JSON otherwise."""
+    ways, rules = [], []
+    for k, f in enumerate(functions):
+        schema = f.get("parameters") or {}
+        required = set(schema.get("required") or ())
+        params = []
+        for j, (name, sub) in enumerate((schema.get("properties") or {}).items()):
+            rule = f"edge-f{k}-p{j}"
+            if isinstance(sub, dict) and sub.get("type") == "string":
+                rules.append(f'{rule} ::= ([^<] | "<" [^/])*')
+            else:
+                rules.append(_renamed(json_grammar(sub if isinstance(sub, dict) else {}), rule).replace(
+                    f"{rule}-root ::=", f"{rule} ::=", 1))  # fmt: skip
+            one = f'"<parameter={name}>" "\\n"? {rule} "\\n"? "</parameter>" {_WS}'
+            params.append(f"({one})" + ("" if name in required else "?"))
+        ways.append(f'{json.dumps(f["name"])} ">" {_WS} ' + " ".join(params))
+    return "edge-fn ::= " + " | ".join(ways) + "\n" + "\n".join(rules)
 
 
 def lazy_calls(
@@ -92,6 +121,8 @@ def lazy_calls(
         return None
     trigger, gbnf = made
     call = "(" + _regex(trigger) + ")"
+    if family == "harmony":  # its thought is a channel of its own: a recipient is a call wherever it comes
+        return gbnf + "\n", (call,)
     first = "^\\s*" + call + "[\\s\\S]*$"  # first thing in the answer
     if family == "llama3":
         first = '^\\s*(\\{\\s*"name"\\s*:)[\\s\\S]*$'  # Llama 3 also calls with a bare object, first thing

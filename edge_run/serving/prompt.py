@@ -110,7 +110,7 @@ async def _render(req: GenRequest, engine: Engine) -> _Prompt:
     think = think_format(template.source) if engine.options.reasoning_format == "auto" else None
     opened = think is not None and not think.harmony and text.rstrip().endswith(think.open)
     family = family_of(template.source) if native else "generic"
-    if plan is not None and plan.call_schema is not None and family not in HELD:
+    if plan is not None and plan.call_schema is not None and (family not in HELD or family == "harmony"):
         family = "generic"  # a forced call of a family whose grammar is not written here: generic mode's JSON
     return _Prompt([ids], plan, think, opened, family)
 
