@@ -25,6 +25,7 @@ __all__ = [
     "browser_recorder",
     "cache_dir",
     "free_port",
+    "isolated_python",
     "run_cli",
     "set_up",
     "start_server",
@@ -42,6 +43,21 @@ T = TypeVar("T")
 def cache_dir() -> Path:
     """Where the test models are kept between runs: ``$EDGE_RUN_TEST_CACHE`` or ``~/.cache/edge-run-tests``."""
     return Path(os.environ.get("EDGE_RUN_TEST_CACHE", Path.home() / ".cache" / "edge-run-tests"))
+
+
+def isolated_python(name: str, *requirements: str) -> Path:
+    """A Python with ``requirements`` in a venv of its own, kept in the test cache (made once, from the package
+    index), for a client that cannot share the test venv: the Agents SDK's ``mcp`` brings ``python-multipart``,
+    whose ``multipart`` shim would replace the ``multipart`` Litestar imports."""
+    root = cache_dir() / "venvs" / name
+    python = root / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+    ready = root / "ready"
+    if not ready.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(root)], check=True)
+        constraints = Path(__file__).resolve().parents[1] / "constraints.txt"  # the shared ones: openai, httpx...
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(constraints), *requirements], check=True)
+        ready.write_text(" ".join(requirements))
+    return python
 
 
 def free_port() -> int:

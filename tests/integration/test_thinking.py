@@ -7,15 +7,15 @@ what is tested is the way from the model's tokens to the API's fields, streamed 
 
 from __future__ import annotations
 
-import asyncio
 import json
+import subprocess
 from pathlib import Path
 
 import anthropic
 import openai
 import pytest
 
-from tests.support import set_up, start_server
+from tests.support import isolated_python, set_up, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -141,38 +141,51 @@ HARMONY_CALL = literal(
 )
 
 
+AGENT = """
+import asyncio, json, sys
+import openai
+from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+
+base_url, key, grammar = sys.argv[1:]
+set_tracing_disabled(True)
+called = []
+
+@function_tool
+def get_weather(city: str) -> str:
+    \"\"\"The weather in a city.\"\"\"
+    called.append(city)
+    return f"sunny in {city}"
+
+async def run():
+    model = OpenAIResponsesModel("fam/gpt-oss", openai.AsyncOpenAI(base_url=base_url, api_key=key))
+    agent = Agent(name="weather", instructions="Answer with the weather.", model=model, tools=[get_weather],
+                  tool_use_behavior="stop_on_first_tool",
+                  model_settings=ModelSettings(max_tokens=300, temperature=0, extra_body={"grammar": grammar}))
+    result = Runner.run_streamed(agent, "Weather in Paris?")
+    async for _ in result.stream_events():
+        pass
+    return result
+
+result = asyncio.run(run())
+print(json.dumps({
+    "kinds": [item.type for item in result.new_items],
+    "thought": result.new_items[0].raw_item.content[0].text,
+    "called": called,
+    "final": result.final_output,
+}))
+"""
+
+
 def test_the_agents_sdk_gets_a_reasoning_item_and_a_tool_call_from_a_harmony_stream(server):
-    from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
-
-    set_tracing_disabled(True)
-    called: list[str] = []
-
-    @function_tool
-    def get_weather(city: str) -> str:
-        """The weather in a city."""
-        called.append(city)
-        return f"sunny in {city}"
-
-    async def run() -> object:
-        model = OpenAIResponsesModel("fam/gpt-oss", openai.AsyncOpenAI(base_url=server.base_url, api_key=server.key))
-        agent = Agent(
-            name="weather",
-            instructions="Answer with the weather.",
-            model=model,
-            tools=[get_weather],
-            tool_use_behavior="stop_on_first_tool",
-            model_settings=ModelSettings(max_tokens=300, temperature=0, extra_body={"grammar": HARMONY_CALL}),
-        )
-        result = Runner.run_streamed(agent, "Weather in Paris?")
-        async for _ in result.stream_events():
-            pass
-        return result
-
-    result = asyncio.run(run())
-    kinds = [item.type for item in result.new_items]
-    assert kinds == ["reasoning_item", "tool_call_item", "tool_call_output_item"]
-    assert result.new_items[0].raw_item.content[0].text == f"{THOUGHT} I need the weather tool."
-    assert called == ["Paris"] and result.final_output == "sunny in Paris"
+    python = isolated_python("openai-agents-0.24.0", "openai-agents==0.24.0")
+    out = subprocess.run(
+        [str(python), "-c", AGENT, server.base_url, server.key, HARMONY_CALL],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout  # fmt: skip
+    result = json.loads(out.splitlines()[-1])
+    assert result["kinds"] == ["reasoning_item", "tool_call_item", "tool_call_output_item"]
+    assert result["thought"] == f"{THOUGHT} I need the weather tool."
+    assert result["called"] == ["Paris"] and result["final"] == "sunny in Paris"
 
 
 def test_the_anthropic_sdk_gets_thinking_blocks(server):
