@@ -210,7 +210,7 @@ class Engine:
         thought: ThoughtLimit | None = None,
     ) -> Generation:
         """Admit one request, or raise ``Overloaded`` / ``ContextLengthExceeded`` before any output.
-        ``thought`` cuts a thinking model's thought short (not with a grammar, which would not follow)."""
+        ``thought`` cuts a thinking model's thought short (not under a grammar that holds from the start)."""
         model, _, worker = self._ready()
         self._check_admission(len(prompt), max_tokens, n)
         self._inflight += 1  # before the await below, so concurrent requests see the seat taken
@@ -221,7 +221,8 @@ class Engine:
             raise
         queue: asyncio.Queue[Chunk] = asyncio.Queue()
         budget = max_tokens if max_tokens is not None else self.options.ctx - len(prompt)
-        closing = model.tokenize(thought.closing, add_special=False) if thought and spec.grammar is None else []
+        held = spec.grammar is not None and not spec.triggers  # a grammar from the start would not follow the closing
+        closing = model.tokenize(thought.closing, add_special=False) if thought and not held else []
         jobs = [
             Job(
                 prompt=prompt,
