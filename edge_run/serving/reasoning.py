@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from edge_run.errors import InvalidRequest
+from edge_run.serving.calls.stream import held_back
 
 __all__ = [
     "Harmony",
@@ -111,14 +112,6 @@ def template_variables(
     return out
 
 
-def _partial(text: str, marker: str) -> int:
-    """How many characters at the end of ``text`` could begin ``marker``."""
-    for k in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:k]):
-            return k
-    return 0
-
-
 class Split:
     """A leading thought between two tags, streamed apart from the answer after it."""
 
@@ -161,7 +154,7 @@ class Split:
             thought, self._buf = self._buf[:cut].rstrip(), self._buf[cut + len(self._fmt.close) :]
             self._state, self.closed, self._trim = "answer", True, True
         else:  # hold a tail that may begin the closing tag, and trailing whitespace (the thought is stripped)
-            keep = len(self._buf) - _partial(self._buf, self._fmt.close)
+            keep = len(self._buf) - held_back(self._buf, (self._fmt.close,))
             thought = self._buf[:keep].rstrip()
             self._buf = self._buf[len(thought) :]
         if thought:
@@ -210,7 +203,7 @@ class Harmony:
                 continue
             ends = [(i, e) for e in _ENDS if (i := self._buf.find(e)) >= 0]
             if not ends:
-                keep = max(_partial(self._buf, e) for e in _ENDS)
+                keep = held_back(self._buf, _ENDS)
                 self._emit(self._buf[: len(self._buf) - keep], out)
                 self._buf = self._buf[len(self._buf) - keep :]
                 return out

@@ -18,7 +18,7 @@ from edge_run.serving.calls.gemma import gemma_call
 from edge_run.serving.calls.json_calls import deepseek_r1, deepseek_v3, json_calls, mistral, tagged
 from edge_run.serving.calls.reader import Cursor, Cut, NoMatch, Step
 
-__all__ = ["ToolStream", "parse_calls"]
+__all__ = ["ToolStream", "held_back", "parse_calls"]
 
 Body = Callable[[Cursor, str], Step[None]]
 
@@ -35,7 +35,7 @@ _BODIES: dict[str, Body] = {
 }
 
 
-def _held(text: str, marks: tuple[str, ...]) -> int:
+def held_back(text: str, marks: tuple[str, ...]) -> int:
     """How many characters at the end of ``text`` could be the beginning of one of ``marks``."""
     longest = max((len(m) for m in marks), default=1) - 1
     for k in range(min(len(text), longest), 0, -1):
@@ -72,7 +72,7 @@ def _text(cur: Cursor, marks: tuple[str, ...], bare: bool, fresh: bool) -> Step[
                 cur.content(buf)
             cur.pos = len(buf)
             return None
-        end = len(buf) - _held(buf, marks)
+        end = len(buf) - held_back(buf, marks)
         if not fresh or buf[:end].strip():
             cur.content(buf[:end])
             cur.pos, fresh = end, False
