@@ -15,6 +15,7 @@ import anthropic
 import openai
 import pytest
 
+from tests.payloads import WEATHER
 from tests.support import isolated_python, set_up, start_server
 
 pytestmark = pytest.mark.integration
@@ -220,14 +221,6 @@ def test_the_anthropic_sdk_gets_thinking_blocks(server):
     assert follow.stop_reason in ("end_turn", "max_tokens")
 
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 ARGS = '{"city": "Paris"}'
 # Each family's raw output for one call, as its models print it (llama.cpp's tests/test-chat.cpp has the same),
 # and the route it is read through: every route meets several families.

@@ -27,6 +27,7 @@ from edge_run.api.app import create_app
 from edge_run.keys import KeyStore
 from edge_run.server import app_services
 from tests.fakes import fake_registry
+from tests.payloads import WEATHER
 from tests.support import MODEL_ID, Server, browser_recorder, free_port, set_up, start_server, wait_healthy
 
 CHROMIUM = os.environ.get("EDGE_RUN_CHROMIUM", "/usr/bin/chromium")
@@ -522,14 +523,6 @@ def test_usage_view_charts_each_keys_tokens_and_a_user_key_sees_only_its_own(bro
 # ---- a thinking model's thought and its tool calls: the real server and stream, a forced answer ----
 
 QWEN3_TEMPLATE = Path(__file__).resolve().parents[1] / "fixtures" / "templates" / "Qwen-Qwen3-0.6B.jinja"
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,19 @@ def client(tmp_path):
 CHAT = {"model": "fake/model", "messages": [{"role": "user", "content": "hi"}]}
 
 
+def sampled_specs(engine: FakeEngine) -> list:
+    """The sampler spec of each generation the engine starts from now on."""
+    specs = []
+    real = engine.generate
+
+    async def spy(prompt, spec, **options):
+        specs.append(spec)
+        return await real(prompt, spec, **options)
+
+    engine.generate = spy  # type: ignore[method-assign]
+    return specs
+
+
 def events(text: str) -> list[dict]:
     return [msgspec.json.decode(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
 
@@ -157,14 +170,7 @@ def test_the_thought_sent_back_reaches_the_template(client):
     ],
 )  # fmt: skip
 def test_a_forced_call_of_a_native_family_is_held_after_the_thought_and_read(client, template, thought, written):
-    specs = []
-    real = client.engine.generate
-
-    async def spy(prompt, spec, **options):
-        specs.append(spec)
-        return await real(prompt, spec, **options)
-
-    client.engine.generate = spy
+    specs = sampled_specs(client.engine)
     client.engine.template = ChatTemplate(template)
     client.engine.native_tools = True
     client.engine.chunks = [
@@ -191,14 +197,7 @@ def test_thought_tokens_reach_the_usage_records_and_the_metrics(client):
 
 
 def test_a_native_familys_calls_get_a_lazy_grammar_that_waits_for_the_thought(client):
-    specs = []
-    real = client.engine.generate
-
-    async def spy(prompt, spec, **options):
-        specs.append(spec)
-        return await real(prompt, spec, **options)
-
-    client.engine.generate = spy
+    specs = sampled_specs(client.engine)
     client.engine.native_tools = True
     tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
     assert client.post("/v1/chat/completions", json={**CHAT, "tools": [tool]}).status_code == 200
