@@ -29,6 +29,7 @@ Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 KeepAlive = Annotated[int, msgspec.Meta(ge=-1, description="seconds; 0 unloads after each answer, -1 never")]
 GiB = Annotated[float, msgspec.Meta(gt=0)]
+Pooling = Literal["mean", "cls", "last", "rank"]
 LISTS = ("allowed_hosts", "cors_origins", "preload")  # comma-separated in the environment
 
 
@@ -43,6 +44,10 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     chat_template: str | None = None  # a Jinja template that replaces the GGUF's own
     overflow: str | None = None  # an [[upstream]] id that takes requests when every slot and the queue are full
     rpc_servers: list[str] = []  # llama.cpp rpc-server workers (host:port) that hold part of the model
+    pooling: Pooling | None = None  # how it embeds; default: the server's --pooling, else the model's own
+    dimensions: list[Positive] = []  # a Matryoshka embedder's sizes: requests may ask for `dimensions` among them
+    query_prefix: str = ""  # an embedder's instruction prefixes (nomic: "search_query: "), added on request
+    document_prefix: str = ""
 
 
 class UpstreamConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -89,6 +94,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     draft_max: NonNegative = 8
     reasoning_format: Literal["auto", "none"] = "auto"  # none: a thinking model's thought stays in the content
     reasoning_budget: Annotated[int, msgspec.Meta(ge=-1)] = -1  # a thought's tokens at most; -1: no limit
+    pooling: Pooling | None = None  # how models embed; None: each model's own (a chat model: mean)
     device_sampling: bool | None = None
     allowed_hosts: list[str] = []
     cors_origins: list[str] = []

@@ -20,6 +20,7 @@ __all__ = [
     "RateLimited",
     "ServerDraining",
     "UnsupportedMediaType",
+    "UnsupportedTask",
     "UpstreamUnavailable",
 ]
 
@@ -53,6 +54,16 @@ class ContextLengthExceeded(InvalidRequest):
 class UnsupportedMediaType(InvalidRequest):
     status = 415
     code = "unsupported_media_type"
+
+
+class UnsupportedTask(InvalidRequest):
+    """A model asked for what it does not do: chat from an embedder, embeddings or rerank from the wrong kind."""
+
+    code = "model_not_supported"
+
+    def __init__(self, model: str, kind: str, task: str) -> None:
+        article = "an" if kind[0] in "aeiou" else "a"
+        super().__init__(f"model `{model}` is {article} {kind} model: it does not serve {task}", param="model")
 
 
 class AuthenticationError(EdgeRunError):

@@ -14,7 +14,15 @@ from pathlib import Path
 
 from edge_run.errors import EngineFailure
 
-__all__ = ["GgufLayout", "read_layout"]
+__all__ = ["POOLINGS", "GgufLayout", "read_layout"]
+
+# llama.cpp's pooling types (``llama_pooling_type``), by the names ``--pooling`` takes
+POOLINGS = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
+# architectures that only encode: they embed or score, and cannot write a token
+_ENCODERS = frozenset({
+    "bert", "modern-bert", "nomic-bert", "nomic-bert-moe", "neo-bert", "jina-bert-v2", "jina-bert-v3",
+    "eurobert", "gemma-embedding", "t5encoder", "llama-embed",
+})  # fmt: skip
 
 # GGUF metadata value types: struct format of the scalars; 8 is a string, 9 an array
 _FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -56,6 +64,16 @@ class GgufLayout:
     context_length: int = 0  # trained context
     n_params: int = 0
     has_chat_template: bool = False
+    pooling: int | None = None  # ``{arch}.pooling_type``: written for embedding and reranker models
+
+    @property
+    def kind(self) -> str:
+        """``chat``; ``embedding`` for a model that only embeds; ``rerank`` for one that scores pairs."""
+        if self.pooling == POOLINGS["rank"]:
+            return "rerank"
+        if self.architecture in _ENCODERS or (self.pooling or 0) > 0:
+            return "embedding"
+        return "chat"
 
     @property
     def quant(self) -> str:
@@ -240,4 +258,5 @@ def _layout(meta: dict[str, object], sizes: dict[str, int], n_params: int) -> Gg
         context_length=hparam("context_length", 0),
         n_params=n_params,
         has_chat_template="tokenizer.chat_template" in meta,
+        pooling=int(meta[f"{arch}.pooling_type"]) if f"{arch}.pooling_type" in meta else None,  # type: ignore[call-overload]
     )

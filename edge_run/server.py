@@ -15,7 +15,7 @@ from edge_run.engine import CoreShare, Engine, EngineOptions, Placement, gpu_dev
 from edge_run.errors import EngineFailure
 from edge_run.models.catalog import Catalog, load_catalog
 from edge_run.models.fetch import fetch
-from edge_run.models.inventory import inventory, lookup
+from edge_run.models.inventory import catalog_spec, inventory, lookup
 from edge_run.models.registry import ModelRegistry, ModelSpec
 from edge_run.upstream.pool import Replica, UpstreamPool
 
@@ -63,6 +63,7 @@ def engine_options(settings: Settings, cores: CoreShare | None = None) -> Engine
         draft_max=settings.draft_max,
         reasoning_format=settings.reasoning_format,
         reasoning_budget=settings.reasoning_budget,
+        pooling=settings.pooling,
         device_sampling=settings.device_sampling,
         cores=cores,
     )
@@ -78,13 +79,22 @@ def spec_options(spec: ModelSpec, base: EngineOptions) -> EngineOptions:
         gpu_layers=base.gpu_layers if spec.gpu_layers is None else spec.gpu_layers,
         chat_template=spec.chat_template,
         rpc_servers=spec.rpc_servers,
+        kind=spec.kind,
+        pooling=spec.pooling or base.pooling,
     )
 
 
 def _sized(spec: ModelSpec, base: EngineOptions) -> ModelSpec:
-    """The spec with the ctx and slots it runs with, so that /health tells them before the model is loaded."""
+    """The spec with the ctx and slots it runs with, so that /health tells them before the model is loaded,
+    and its kind (chat, embedding or rerank), from its GGUF header and pooling."""
     options = spec_options(spec, base)
-    return dataclasses.replace(spec, ctx=options.ctx, slots=options.slots)
+    try:
+        kind = read_layout(spec.path).kind if spec.path.is_file() else "chat"
+    except EngineFailure:
+        kind = "chat"
+    if options.pooling == "rank":
+        kind = "rerank"
+    return dataclasses.replace(spec, ctx=options.ctx, slots=options.slots, kind=kind)
 
 
 def upstream_pools(settings: Settings) -> dict[str, UpstreamPool]:
@@ -156,7 +166,7 @@ def _resolve_preloads(
         ids.append(spec.id)
     if not by_id:
         entry = catalog.default_entry
-        by_id[entry.id] = ModelSpec(entry.id, fetch(entry, paths.models_dir), "catalog")
+        by_id[entry.id] = catalog_spec(entry, fetch(entry, paths.models_dir))
     return sorted(by_id.values(), key=lambda s: s.id), ids
 
 

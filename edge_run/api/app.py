@@ -21,6 +21,7 @@ from edge_run.api.http.health import health
 from edge_run.api.http.hosts import host_check
 from edge_run.api.http.metrics import metrics_route
 from edge_run.api.openai.routes import chat_completions, embeddings, get_model, list_models, text_completions, usage
+from edge_run.api.rerank.routes import rerank
 from edge_run.api.responses.routes import create_response, delete_response, get_response
 from edge_run.api.web.routes import web_routes
 
@@ -79,9 +80,10 @@ def create_app(
 
     key_guard = require_key(services.keys)
     v1 = Router(path="/v1", guards=[key_guard, require_json], route_handlers=list(_V1_ROUTES))
+    both = Router(path="/", guards=[key_guard, require_json], route_handlers=[rerank])  # /v1/rerank and /rerank
     metrics = Router(path="/", guards=[] if metrics_public else [key_guard], route_handlers=[metrics_route])
     return Litestar(
-        route_handlers=[health, v1, metrics, *web_routes()],
+        route_handlers=[health, v1, both, metrics, *web_routes()],
         dependencies=dependencies(services),
         state=State({"draining": False}),
         lifespan=[lifespan],

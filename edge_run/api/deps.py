@@ -17,9 +17,9 @@ from litestar.di import NamedDependency, Provide
 
 from edge_run.api.http.accounting import meter_of
 from edge_run.api.relay import relay
-from edge_run.errors import ModelNotFound, Overloaded, RateLimited
+from edge_run.errors import ModelNotFound, Overloaded, RateLimited, UnsupportedTask
 from edge_run.keys.limits import Limiter
-from edge_run.models.registry import ModelRegistry
+from edge_run.models.registry import ModelRegistry, ModelSpec
 from edge_run.serving.metering import MeteredEngine
 from edge_run.upstream.pool import UpstreamPool
 
@@ -92,12 +92,30 @@ class ModelAccess:
     registry: ModelRegistry
     limiter: Limiter | None
 
-    async def run(self, model: str, keep_alive: float | None, work: Callable[[Any], Awaitable[T]]) -> T | Response[Any]:
+    def spec(self, model: str, needs: str = "chat") -> ModelSpec | None:
+        """The local model's spec (None for an upstream), once the key may use it and it serves ``needs``
+        (chat, embedding or rerank): told from its GGUF header, before anything loads."""
+        meter = meter_of(self.request)
+        key = meter.key if meter is not None else None
+        if key is not None and not key.allows(model):
+            raise ModelNotFound(model)  # the same answer as for a model that does not exist
+        spec = self.registry.entry(model).spec
+        if not spec.local:
+            return None
+        if needs not in spec.capabilities:
+            raise UnsupportedTask(model, spec.kind, needs)
+        return spec
+
+    async def run(
+        self, model: str, keep_alive: float | None, work: Callable[[Any], Awaitable[T]], needs: str = "chat"
+    ) -> T | Response[Any]:
         """Admit the request under its key's limits, then ``work`` on the model's engine (metered).
 
-        An upstream id, or a local model that is full and names an ``overflow`` upstream, answers instead:
-        then the upstream's answer is returned, to be relayed as it is.
+        A model that does not serve ``needs`` is refused first (see :meth:`spec`). An upstream id, or a local
+        model that is full and names an ``overflow`` upstream, answers instead: then the upstream's answer is
+        returned, to be relayed as it is.
         """
+        self.spec(model, needs)
         self._admit()
         async with self._use(model, keep_alive) as engine:
             if isinstance(engine, UpstreamPool):
@@ -124,11 +142,8 @@ class ModelAccess:
 
     @contextlib.asynccontextmanager
     async def _use(self, model: str, keep_alive: float | None) -> AsyncIterator[Any]:
-        """The model's engine (see :meth:`ModelRegistry.use`), within the key's scope, metered."""
+        """The model's engine (see :meth:`ModelRegistry.use`), metered; the key's scope is checked by :meth:`spec`."""
         meter = meter_of(self.request)
-        key = meter.key if meter is not None else None
-        if key is not None and not key.allows(model):
-            raise ModelNotFound(model)  # the same answer as for a model that does not exist
         async with self.registry.use(model, keep_alive) as engine:
             if meter is not None:
                 meter.model = model

@@ -222,6 +222,12 @@ class _GpuLayers(click.ParamType):
     "(-1: no limit; a request's `reasoning_budget` or Anthropic's `budget_tokens` overrides it).  [default: -1]",
 )
 @click.option(
+    "--pooling",
+    type=click.Choice(["mean", "cls", "last", "rank"]),
+    help="How models embed: mean, cls (BERT's first token), last (decoder embedders), rank (rerankers: "
+    "/v1/rerank).  [default: each model's own, from its GGUF; a chat model's: mean]",
+)
+@click.option(
     "--allowed-host",
     "allowed_hosts",
     multiple=True,

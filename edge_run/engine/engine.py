@@ -12,19 +12,27 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from edge_run.engine.budget import Budget
+from edge_run.engine.embedding import Pooler, serial
 from edge_run.engine.placement import Placement, gpu_devices
 from edge_run.engine.scheduler import PREFILL_BLOCK, Scheduler
 from edge_run.engine.slots import Job
 from edge_run.engine.templates import ChatTemplate
 from edge_run.engine.types import Chunk
 from edge_run.engine.worker import Worker
-from edge_run.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, ModelLoading, Overloaded
+from edge_run.errors import (
+    ContextLengthExceeded,
+    EngineFailure,
+    InvalidRequest,
+    ModelLoading,
+    Overloaded,
+    UnsupportedTask,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from edge_run.engine.llama.context import Context, Embedder
+    from edge_run.engine.llama.context import Context
     from edge_run.engine.llama.model import Model
     from edge_run.engine.llama.sampler import Sampler
     from edge_run.engine.types import EngineOptions, SamplerSpec, ThoughtLimit
@@ -92,7 +100,7 @@ class Engine:
         self._ctx: Context | None = None
         self._worker: Worker | None = None
         self._inflight = 0
-        self._embedder: Embedder | None = None
+        self._pooler: Pooler | None = None
         self._placement: Placement | None = None
         self.vram_used = 0  # device memory the load took (weights, KV cache, compute buffers)
 
@@ -124,6 +132,9 @@ class Engine:
         placement = self.placement()
         model = Model(self.path, gpu_layers=placement.layers)
         self.model = model
+        if opts.kind != "chat":  # an embedder or a reranker: no slots, no scheduler
+            self._pooler = Pooler(model, opts, serial())
+            return
         template = opts.chat_template or model.chat_template()
         self.template = ChatTemplate(template, bos_token=model.bos_text, eos_token=model.eos_text)
         self._ctx = Context(model, n_seq=opts.slots, n_ctx_seq=opts.ctx, n_batch=opts.batch, threads=opts.threads)
@@ -146,13 +157,20 @@ class Engine:
         )
         self._worker = Worker(scheduler, loop)
         self._worker.start()
+        self._pooler = Pooler(model, opts, self._worker.call)
 
     def _ready(self) -> tuple[Model, ChatTemplate, Worker]:
-        if self.state != "ready" or self.model is None or self.template is None or self._worker is None:
-            if self.state == "failed":
-                raise EngineFailure(f"model `{self.model_id}` failed to load")
-            raise ModelLoading(f"model `{self.model_id}` is still loading; retry shortly")
+        if self.options.kind != "chat":
+            raise UnsupportedTask(self.model_id, self.options.kind, "chat")
+        self._loaded()
+        assert self.model is not None and self.template is not None and self._worker is not None
         return self.model, self.template, self._worker
+
+    def _loaded(self) -> None:
+        if self.state == "failed":
+            raise EngineFailure(f"model `{self.model_id}` failed to load")
+        if self.state != "ready":
+            raise ModelLoading(f"model `{self.model_id}` is still loading; retry shortly")
 
     @property
     def n_vocab(self) -> int:
@@ -254,27 +272,20 @@ class Engine:
         if self._inflight >= slots + max_queue:
             raise Overloaded(f"all {slots} slots are busy and the queue of {max_queue} is full; retry shortly")
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        """Unit vectors for each text, computed on the engine thread; returns them and the token count."""
-        model, _, worker = self._ready()
-        token_lists = await asyncio.to_thread(lambda: [model.tokenize(t) for t in texts])
-        for i, tokens in enumerate(token_lists):
-            if not tokens:
-                raise InvalidRequest(f"input[{i}] is empty", param="input")
-            if len(tokens) > self.options.ctx:
-                raise ContextLengthExceeded(
-                    f"input[{i}] has {len(tokens)} tokens; this model embeds at most {self.options.ctx}",
-                    param="input",
-                )
+    async def embed(self, inputs: list[str] | list[list[int]], *, truncate: bool = False) -> tuple[list[Any], int]:
+        """Unit vectors (numpy arrays) for texts or token arrays, and the tokens they took."""
+        return await self._pooled("rerank", "embeddings").embed(inputs, truncate=truncate)
 
-        def work() -> list[list[float]]:
-            from edge_run.engine.llama.context import Embedder
+    async def rerank(self, query: str, documents: list[str], *, truncate: bool = False) -> tuple[list[float], int]:
+        """Each document's relevance to ``query`` (a reranker's raw score), and the tokens they took."""
+        return await self._pooled("embedding", "chat", want="rerank").scores(query, documents, truncate=truncate)
 
-            if self._embedder is None:
-                self._embedder = Embedder(model, n_ctx=self.options.ctx, threads=self.options.threads)
-            return [self._embedder.embed(tokens) for tokens in token_lists]
-
-        return await worker.call(work), sum(map(len, token_lists))
+    def _pooled(self, *refused: str, want: str = "embeddings") -> Pooler:
+        if self.options.kind in refused:
+            raise UnsupportedTask(self.model_id, self.options.kind, want)
+        self._loaded()
+        assert self._pooler is not None
+        return self._pooler
 
     @property
     def inflight(self) -> int:
@@ -323,8 +334,8 @@ class Engine:
     async def close(self) -> None:
         if self._worker is not None:
             await asyncio.to_thread(self._worker.stop)
-        if self._embedder is not None:
-            self._embedder.close()
+        if self._pooler is not None:
+            self._pooler.close()
         if self._ctx is not None:
             self._ctx.close()
         if self.model is not None:

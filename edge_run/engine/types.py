@@ -27,6 +27,8 @@ class EngineOptions:
     chat_template: str | None = None  # a Jinja template that replaces the GGUF's own
     cores: CoreShare | None = None  # shared by every loaded model; None: this engine alone
     rpc_servers: tuple[str, ...] = ()  # llama.cpp rpc-server workers, offloaded to as GPUs are
+    kind: str = "chat"  # "embedding" or "rerank": a model that only embeds or scores (no slots, no chat)
+    pooling: str | None = None  # mean, cls, last or rank; None: the model's own (a chat model's: mean)
 
 
 @dataclass(slots=True)

@@ -53,6 +53,11 @@ class CatalogEntry(_Base, frozen=True, kw_only=True):
     description: str = ""
     chat_template: str = ""
     parts: Annotated[list[Source], msgspec.Meta(min_length=1)]
+    # embedders: the sizes a Matryoshka-trained one may be cut to, and the instruction prefixes its card
+    # asks for (added only when a request's `input_type` asks)
+    dimensions: list[Annotated[int, msgspec.Meta(ge=1)]] = []
+    query_prefix: str = ""
+    document_prefix: str = ""
 
 
 class Catalog(_Base, frozen=True):

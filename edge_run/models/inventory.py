@@ -20,10 +20,32 @@ from edge_run.models.registry import ModelSpec
 
 if TYPE_CHECKING:
     from edge_run.config import ModelConfig
-    from edge_run.models.catalog import Catalog
+    from edge_run.models.catalog import Catalog, CatalogEntry
     from edge_run.paths import Paths
 
-__all__ = ["Row", "describe_all", "find_spec", "inventory", "known_sha256", "lookup", "pull_hf", "remove_model"]
+__all__ = [
+    "Row",
+    "catalog_spec",
+    "describe_all",
+    "find_spec",
+    "inventory",
+    "known_sha256",
+    "lookup",
+    "pull_hf",
+    "remove_model",
+]
+
+
+def catalog_spec(entry: CatalogEntry, path: Path) -> ModelSpec:
+    """A catalog model served from ``path``, with what its entry says of it as an embedder."""
+    return ModelSpec(
+        entry.id,
+        path,
+        "catalog",
+        dimensions=tuple(entry.dimensions),
+        query_prefix=entry.query_prefix,
+        document_prefix=entry.document_prefix,
+    )
 
 
 def inventory(
@@ -36,7 +58,7 @@ def inventory(
         if path is None and bundled is not None and (bundled / entry.file).is_file():
             path = bundled / entry.file
         if path is not None:
-            specs[entry.id] = ModelSpec(entry.id, path, "catalog")
+            specs[entry.id] = catalog_spec(entry, path)
     for local in LocalRegistry(paths.registry_file).list():
         specs[local.id] = ModelSpec(local.id, Path(local.path), local.source)
     for table in configs:
@@ -50,6 +72,10 @@ def inventory(
             chat_template=table.chat_template,
             overflow=table.overflow,
             rpc_servers=tuple(table.rpc_servers),
+            pooling=table.pooling,
+            dimensions=tuple(table.dimensions),
+            query_prefix=table.query_prefix,
+            document_prefix=table.document_prefix,
         )
     return sorted(specs.values(), key=lambda s: s.id)
 
@@ -104,7 +130,7 @@ def lookup(want: str, specs: list[ModelSpec], catalog: Catalog, *, download_to: 
         return ModelSpec(path.stem, path, "path")
     entry = catalog.get(want)
     if entry is not None and download_to is not None:
-        return ModelSpec(entry.id, fetch(entry, download_to), "catalog")
+        return catalog_spec(entry, fetch(entry, download_to))
     raise ModelNotFound(want)
 
 

@@ -45,6 +45,16 @@ class ModelSpec:
     chat_template: str | None = None
     overflow: str | None = None  # an upstream id that takes requests when this model is full
     rpc_servers: tuple[str, ...] = ()
+    kind: str = "chat"  # chat, embedding (embeds only) or rerank (scores pairs only): from the GGUF header
+    pooling: str | None = None  # how it pools embeddings (mean, cls, last, rank); None: the model's own
+    dimensions: tuple[int, ...] = ()  # the sizes a Matryoshka-trained embedder may be cut to
+    query_prefix: str = ""  # an embedder's instruction prefixes, added when a request asks (`input_type`)
+    document_prefix: str = ""
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """What the model serves: a chat model also embeds (mean-pooled)."""
+        return {"embedding": ("embedding",), "rerank": ("rerank",)}.get(self.kind, ("chat", "embedding"))
 
     @property
     def local(self) -> bool:

@@ -88,10 +88,15 @@ class MeteredEngine:
         generation = await self._engine.generate(prompt, *args, **kwargs)
         return _MeteredGeneration(generation, self._meter)
 
-    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        vectors, tokens = await self._engine.embed(texts)
+    async def embed(self, inputs: list[str] | list[list[int]], *, truncate: bool = False) -> tuple[list[Any], int]:
+        vectors, tokens = await self._engine.embed(inputs, truncate=truncate)
         self._meter.prompt(tokens)
         return vectors, tokens
+
+    async def rerank(self, query: str, documents: list[str], *, truncate: bool = False) -> tuple[list[float], int]:
+        scores, tokens = await self._engine.rerank(query, documents, truncate=truncate)
+        self._meter.prompt(tokens)
+        return scores, tokens
 
 
 class _MeteredGeneration:

@@ -17,7 +17,7 @@ from edge_run.api.deps import ModelAccess
 from edge_run.api.http.accounting import key_of
 from edge_run.api.http.sse import answer
 from edge_run.api.openai import chat, completions
-from edge_run.api.openai.embeddings import embed, embedding_texts
+from edge_run.api.openai.embeddings import embed
 from edge_run.api.openai.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -33,6 +33,7 @@ from edge_run.errors import InvalidRequest, ModelNotFound
 from edge_run.keys.usage import UsageLog, since_seconds
 from edge_run.models.registry import ModelEntry, ModelRegistry
 from edge_run.serving.prompt import check, start
+from edge_run.serving.retrieval import check_dimensions, embedding_inputs
 
 __all__ = ["chat_completions", "embeddings", "get_model", "list_models", "text_completions", "usage"]
 
@@ -70,11 +71,14 @@ async def text_completions(
     )
 
 
-@post("/embeddings", status_code=200, summary="Create embeddings (mean-pooled, unit length)")
+@post("/embeddings", status_code=200, summary="Create embeddings (unit length, pooled as the model pools)")
 async def embeddings(data: JSONBody[EmbeddingRequest], access: NamedDependency[ModelAccess]) -> EmbeddingList:
-    texts = embedding_texts(data)
+    spec = access.spec(data.model, "embedding")
+    inputs = embedding_inputs(data.input, data.input_type, spec)
+    check_dimensions(data.dimensions, spec)
     # an upstream's answer is a Response, which Litestar sends as it is: the schema documents the local one
-    return cast("EmbeddingList", await access.run(data.model, data.keep_alive, lambda e: embed(data, texts, e)))
+    result = await access.run(data.model, data.keep_alive, lambda e: embed(data, inputs, e), needs="embedding")
+    return cast("EmbeddingList", result)
 
 
 def _card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
@@ -85,6 +89,7 @@ def _card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
         status=entry.status,
         error=entry.error if entry.status == "failed" else None,
         expires_in=None if expires is None else round(expires, 1),
+        capabilities=list(entry.spec.capabilities) if entry.spec.local else [],  # type: ignore[arg-type]
     )
 
 

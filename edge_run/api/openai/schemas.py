@@ -297,6 +297,7 @@ class ModelCard(Struct, kw_only=True):
     status: Literal["loaded", "loading", "unloaded", "failed"] = "unloaded"
     error: str | None = None  # why the latest load failed
     expires_in: float | None = None  # seconds until an idle loaded model unloads
+    capabilities: list[Literal["chat", "embedding", "rerank"]] = []  # which routes serve it (empty: an upstream's)
 
 
 class ModelList(Struct):
@@ -346,12 +347,17 @@ class Completion(Struct, kw_only=True):
 
 
 class EmbeddingRequest(Struct, kw_only=True):
+    """``POST /v1/embeddings``: texts, one token array or token arrays (2048 inputs at most, as OpenAI's)."""
+
     model: str
-    input: str | Annotated[list[str], Meta(min_length=1, max_length=256)]
+    input: str | Annotated[list[str | int | list[int]], Meta(min_length=1, max_length=2048)]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[int, Meta(ge=1)] | None = None
+    dimensions: Annotated[int, Meta(ge=1)] | None = None  # Matryoshka-trained models only
     user: str | None = None
     keep_alive: KeepAlive | None = None
+    # edge-run's: prepend the model's instruction prefix for queries or documents (nomic's `search_query: `...)
+    input_type: Literal["query", "document"] | None = None
+    truncate: bool = False  # edge-run's: cut an input longer than the model takes instead of a 400
 
 
 class Embedding(Struct):

@@ -1,4 +1,4 @@
-"""llama contexts: the engine's, with one sequence per slot, and the embedder's; the batch they decode.
+"""The engine's llama context, with one sequence per slot, and the batch it decodes.
 
 Everything here runs on the engine thread.
 """
@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 import llama_cpp as L
 import numpy as np
 
-from edge_run.errors import EngineFailure, InvalidRequest
+from edge_run.errors import EngineFailure
 
 if TYPE_CHECKING:
     from edge_run.engine.llama.model import Model
 
-__all__ = ["Batch", "Context", "Embedder"]
+__all__ = ["Batch", "Context"]
 
 
 class Batch:
@@ -112,53 +112,6 @@ class Context:
         return float(logits[token]) - lse, top
 
     def close(self) -> None:
-        if self._ptr:
-            L.llama_free(self._ptr)
-            self._ptr = None
-
-
-class Embedder:
-    """A second context on the same weights, mean-pooling one input at a time into a unit vector."""
-
-    def __init__(self, model: Model, *, n_ctx: int, threads: int) -> None:
-        if L.llama_model_has_encoder(model.ptr):
-            raise InvalidRequest("this model cannot produce embeddings here (encoder models are not supported)")
-        params = L.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = n_ctx
-        params.n_ubatch = n_ctx  # mean pooling needs a whole input in one micro-batch
-        params.n_seq_max = 1
-        params.n_threads = threads
-        params.n_threads_batch = threads
-        params.embeddings = True
-        params.pooling_type = L.LLAMA_POOLING_TYPE_MEAN
-        params.no_perf = True
-        self._ptr = L.llama_init_from_model(model.ptr, params)
-        if not self._ptr:
-            raise EngineFailure("could not create an embedding context")
-        self._mem = L.llama_get_memory(self._ptr)
-        self._batch = Batch(n_ctx)
-        self.n_ctx = n_ctx
-        self.n_embd = L.llama_model_n_embd(model.ptr)
-
-    def embed(self, tokens: list[int]) -> list[float]:
-        batch = self._batch
-        batch.clear()
-        for i, token in enumerate(tokens):
-            batch.add(token, i, 0, True)
-        L.llama_memory_clear(self._mem, True)
-        batch._b.n_tokens = batch.n
-        if L.llama_decode(self._ptr, batch._b) != 0:
-            raise EngineFailure("embedding decode failed")
-        ptr = L.llama_get_embeddings_seq(self._ptr, 0)
-        if not ptr:
-            raise EngineFailure("the model returned no pooled embedding")
-        vec = np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).astype(np.float64)
-        norm = float(np.linalg.norm(vec)) or 1.0
-        return (vec / norm).tolist()
-
-    def close(self) -> None:
-        self._batch.close()
         if self._ptr:
             L.llama_free(self._ptr)
             self._ptr = None

@@ -49,6 +49,7 @@ class Model:
         self.n_layer = L.llama_model_n_layer(self._ptr)
         self.gpu_layers = min(gpu_layers, self.n_layer + 1) if gpu_offload_supported() else 0
         self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
+        self.n_ctx_train = L.llama_model_n_ctx_train(self._ptr)
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         self.bos_text = self._special_text(L.llama_vocab_bos(self.vocab))
@@ -78,6 +79,22 @@ class Model:
 
     def chat_template(self) -> str | None:
         return self.meta("tokenizer.chat_template")
+
+    def pair_tokens(self, query: str, document: str) -> list[int]:
+        """A reranker's input for one pair, as llama-server makes it: the GGUF's ``rerank`` template when it has
+        one (Qwen3-Reranker), else ``[BOS] query [EOS] [SEP] document [EOS]`` as the vocabulary adds each."""
+        template = self.meta("tokenizer.chat_template.rerank")
+        if template is not None:
+            text = template.replace("{query}", query).replace("{document}", document)
+            return self.tokenize(text, add_special=False)
+        v = self.vocab
+        eos = L.llama_vocab_eos(v) if L.llama_vocab_eos(v) != -1 else L.llama_vocab_sep(v)
+        bos = [L.llama_vocab_bos(v)] if L.llama_vocab_get_add_bos(v) else []
+        end = [eos] if L.llama_vocab_get_add_eos(v) else []
+        sep = [L.llama_vocab_sep(v)] if L.llama_vocab_get_add_sep(v) else []
+        q = self.tokenize(query, add_special=False, parse_special=False)
+        d = self.tokenize(document, add_special=False, parse_special=False)
+        return bos + q + end + sep + d + end
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         data = text.encode("utf-8")

@@ -1,0 +1,39 @@
+"""``POST /v1/rerank`` and ``POST /rerank``: documents ordered by a reranker model's relevance to a query."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from litestar import Response, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+from msgspec import UNSET
+
+from edge_run.api.deps import ModelAccess
+from edge_run.api.rerank.schemas import Document, RerankRequest, RerankResponse, RerankResult, RerankUsage
+from edge_run.serving.request import new_id
+from edge_run.serving.retrieval import ranked
+
+if TYPE_CHECKING:
+    from edge_run.engine import Engine
+
+__all__ = ["rerank"]
+
+
+@post(["/v1/rerank", "/rerank"], status_code=200, summary="Rerank documents by relevance to a query (Jina/Cohere)")
+async def rerank(data: JSONBody[RerankRequest], access: NamedDependency[ModelAccess]) -> RerankResponse:
+    access.spec(data.model, "rerank")
+    texts = data.texts
+
+    async def work(engine: Engine) -> RerankResponse:
+        scores, n_tokens = await engine.rerank(data.query, texts, truncate=data.truncate)
+        results = [
+            RerankResult(r.index, r.score, Document(texts[r.index]) if data.return_documents else UNSET)
+            for r in ranked(scores, data.top_n)
+        ]
+        return RerankResponse(
+            id=new_id("rerank-"), model=data.model, results=results, usage=RerankUsage(n_tokens, n_tokens)
+        )
+
+    result: RerankResponse | Response[Any] = await access.run(data.model, data.keep_alive, work, needs="rerank")
+    return cast("RerankResponse", result)  # an upstream's answer is a Response, sent as it is
