@@ -1,6 +1,7 @@
 """Random-weight GGUFs in the exact tensor layout of a real family, for speed tests without downloads.
 
     python bench/synth.py --shape llama-1b|llama-8b|tiny --type q4_k_m|q8_0 --out FILE
+    python bench/synth.py embed-cls|embed-last|rerank --out DIR [--seed N]   (synth_retrieval.py; prints the path)
 
 Writes a ``llama``-architecture GGUF shaped like Llama 3.2 1B or Llama 3.1 8B (or a tiny one for tests), with
 SmolLM2's tokenizer (tokens, merges, token types, special ids, chat template) read from the test model on disk.
@@ -31,6 +32,7 @@ DEFAULT_TOKENIZER = Path(os.environ.get("EDGE_RUN_TEST_CACHE", Path.home() / ".c
     "SmolLM2-135M-Instruct.Q4_1.gguf"
 )
 WEIGHT_STD = 0.02
+RETRIEVAL_KINDS = ("embed-cls", "embed-last", "rerank")  # synth_retrieval.KINDS, without importing it for --help
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ def llama3_rope_factors(shape: Shape) -> np.ndarray:
 
 
 # Where the fp16 scale fields sit in each block: (offset of d, offset of dmin or None).
-_SCALE_FIELDS = {"Q8_0": (0, None), "Q4_K": (0, 2), "Q6_K": (208, None)}
+_SCALE_FIELDS = {"Q8_0": (0, None), "Q4_0": (0, None), "Q4_K": (0, 2), "Q6_K": (208, None)}
 
 
 class Blocks:
@@ -215,8 +217,30 @@ def write(shape_name: str, qtype: str, out: Path, tokenizer: Path = DEFAULT_TOKE
     w.close()
 
 
+def main_retrieval(argv: list[str]) -> int:
+    """``KIND --out DIR``: a tiny retrieval model (see synth_retrieval.py); prints the path it wrote."""
+    from synth_retrieval import KINDS, write_retrieval
+
+    p = argparse.ArgumentParser(prog="synth.py", description=main_retrieval.__doc__)
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("--out", type=Path, required=True, help="a folder: the file is DIR/synth-KIND.gguf")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER, help="embed-last: a GGUF to copy it from")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    out = write_retrieval(args.kind, args.out, args.seed, tokenizer=args.tokenizer)
+    size = out.stat().st_size
+    print(f"{out}: {size / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in RETRIEVAL_KINDS:
+        return main_retrieval(argv)
+    epilog = f"or: synth.py {{{','.join(RETRIEVAL_KINDS)}}} --out DIR [--seed N]: tiny retrieval models"
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=epilog)
     p.add_argument("--shape", choices=sorted(SHAPES), required=True)
     p.add_argument("--type", choices=["q4_k_m", "q8_0"], required=True)
     p.add_argument("--out", type=Path, required=True)

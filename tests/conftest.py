@@ -8,6 +8,8 @@ outlives the checkout: ``$EDGE_RUN_TEST_CACHE`` or ``~/.cache/edge-run-tests``.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ import pytest
 from edge_run.models.catalog import load_catalog
 from edge_run.models.fetch import fetch
 from tests.support import MODEL_ID, Server, cache_dir, set_up, start_server
+
+SYNTH = Path(__file__).resolve().parents[1] / "bench" / "synth.py"
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +34,39 @@ def second_model_path() -> Path:
     entry = load_catalog().get("gemma-3-270m-q4_k_m")
     assert entry is not None
     return fetch(entry, cache_dir(), progress=False)
+
+
+@pytest.fixture(scope="session")
+def retrieval_models(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> dict[str, Path]:
+    """``bench/synth.py embed-cls|embed-last|rerank``: tiny retrieval models in real layouts, built at once
+    (embed-last spends its ~4 s reading SmolLM2's 49k-token tokenizer), by kind."""
+    out = tmp_path_factory.mktemp("synth-retrieval")
+    procs = {
+        kind: subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).resolve().parents[1] / "bench" / "synth.py"),
+                kind,
+                "--out",
+                str(out),
+                "--tokenizer",
+                str(model_path),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for kind in ("embed-cls", "embed-last", "rerank")
+    }
+    paths = {}
+    for kind, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        lines = stdout.splitlines()
+        assert len(lines) == 1, stdout
+        paths[kind] = Path(lines[0])
+        assert paths[kind].is_file() and paths[kind].parent == out
+    return paths
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

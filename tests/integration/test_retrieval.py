@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import struct
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -24,7 +22,6 @@ from tests.support import MODEL_ID, set_up, start_server
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 THREADS = 2
 TEXTS = [
     "the cat sat on the mat",
@@ -38,28 +35,15 @@ LONG = "word " * 700  # more than the BERT models' 512 positions
 
 
 @pytest.fixture(scope="module")
-def synth_models(tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("retrieval-models")
-    out = {}
-    for kind in ("embed-cls", "embed-last", "rerank"):
-        done = subprocess.run(
-            [sys.executable, str(ROOT / "bench" / "synth.py"), kind, "--out", str(folder)],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        out[kind] = Path(done.stdout.strip().splitlines()[-1])
-    return out
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, synth_models, model_path):
+def server(tmp_path_factory, retrieval_models, model_path):
     home = tmp_path_factory.mktemp("retrieval")
     set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
     (home / "config").mkdir(exist_ok=True)
     (home / "config" / "config.toml").write_text(
-        f'[[model]]\nid = "bge/cls"\npath = "{synth_models["embed-cls"]}"\n'
+        f'[[model]]\nid = "bge/cls"\npath = "{retrieval_models["embed-cls"]}"\n'
         'query_prefix = "search_query: "\ndocument_prefix = "search_document: "\n'
-        f'[[model]]\nid = "qwen3/embed"\npath = "{synth_models["embed-last"]}"\ndimensions = [32, 64, 128]\n'
-        f'[[model]]\nid = "bge/rerank"\npath = "{synth_models["rerank"]}"\n'
+        f'[[model]]\nid = "qwen3/embed"\npath = "{retrieval_models["embed-last"]}"\ndimensions = [32, 64, 128]\n'
+        f'[[model]]\nid = "bge/rerank"\npath = "{retrieval_models["rerank"]}"\n'
     )
     srv = start_server(home, "--threads", str(THREADS), "--slots", "2", "--ctx", "1024", "--max-loaded", "4")
     yield srv
@@ -90,17 +74,17 @@ def cosine_distance(a, b) -> float:
 @pytest.mark.parametrize(
     ("model", "synth", "pooling"), [("bge/cls", "embed-cls", "cls"), ("qwen3/embed", "embed-last", "last")]
 )
-def test_embedding_models_pool_as_the_oracle_does(client, synth_models, model, synth, pooling):
+def test_embedding_models_pool_as_the_oracle_does(client, retrieval_models, model, synth, pooling):
     mine = client.embeddings.create(model=model, input=TEXTS)  # the SDK asks for base64 and decodes it
     assert [d.index for d in mine.data] == list(range(len(TEXTS)))
-    reference = oracle(synth_models[synth], pooling).embed(TEXTS)
+    reference = oracle(retrieval_models[synth], pooling).embed(TEXTS)
     for i, got in enumerate(mine.data):
         assert len(got.embedding) == len(reference[i]) == 128
         assert np.isclose(np.linalg.norm(got.embedding), 1.0, atol=1e-5)
         distances = [cosine_distance(got.embedding, want) for want in reference]
         # random weights make every text's vector alike (about 1e-4 apart): each must be nearest its own
         assert distances[i] < 1e-4 and distances[i] < min(d for j, d in enumerate(distances) if j != i) / 100
-    assert mine.usage.prompt_tokens == sum(len(oracle_tokens) for oracle_tokens in _tokens(synth_models[synth]))
+    assert mine.usage.prompt_tokens == sum(len(oracle_tokens) for oracle_tokens in _tokens(retrieval_models[synth]))
 
 
 def _tokens(path: Path) -> list[list[int]]:
@@ -123,8 +107,8 @@ def test_a_vector_barely_depends_on_what_it_was_packed_with(client):
     assert cosine_distance(packed.data[-1].embedding, packed.data[0].embedding) > 1e-5
 
 
-def test_token_arrays_embed_as_their_text(client, synth_models):
-    ids = oracle(synth_models["embed-last"], "last").tokenize(TEXTS[0].encode())
+def test_token_arrays_embed_as_their_text(client, retrieval_models):
+    ids = oracle(retrieval_models["embed-last"], "last").tokenize(TEXTS[0].encode())
     by_text = client.embeddings.create(model="qwen3/embed", input=TEXTS[0], encoding_format="float").data[0]
     for given in (ids, [ids]):
         by_ids = client.embeddings.create(model="qwen3/embed", input=given, encoding_format="float").data[0]
@@ -146,7 +130,7 @@ def test_instruction_prefixes_only_when_asked(client):
     assert cosine_distance(asked.data[0].embedding, plain.data[0].embedding) > 1e-5
 
 
-def test_rerank_scores_are_the_oracles_and_the_order_follows_them(server, synth_models):
+def test_rerank_scores_are_the_oracles_and_the_order_follows_them(server, retrieval_models):
     headers = {"Authorization": f"Bearer {server.key}"}
     body = {"model": "bge/rerank", "query": QUERY, "documents": TEXTS, "return_documents": True}
     r = httpx.post(f"{server.url}/v1/rerank", json=body, headers=headers, timeout=60)
@@ -157,7 +141,7 @@ def test_rerank_scores_are_the_oracles_and_the_order_follows_them(server, synth_
     assert scores == sorted(scores, reverse=True)
     assert all(x["document"]["text"] == TEXTS[x["index"]] for x in results)
     # the oracle scores the same (query, document) pairs: llama-server's [CLS] query [SEP] document [SEP]
-    llm = oracle(synth_models["rerank"], "rank")
+    llm = oracle(retrieval_models["rerank"], "rank")
     q = llm.tokenize(QUERY.encode(), add_bos=False)
     pairs = {t: [llm.token_bos(), *q, llm.token_eos(), *llm.tokenize(t.encode(), add_bos=False), llm.token_eos()]
              for t in TEXTS}  # fmt: skip
