@@ -36,6 +36,7 @@ __all__ = [
     "engine_options",
     "memory_budget",
     "model_cost",
+    "model_kind",
     "run",
     "spec_options",
 ]
@@ -88,13 +89,17 @@ def _sized(spec: ModelSpec, base: EngineOptions) -> ModelSpec:
     """The spec with the ctx and slots it runs with, so that /health tells them before the model is loaded,
     and its kind (chat, embedding or rerank), from its GGUF header and pooling."""
     options = spec_options(spec, base)
+    return dataclasses.replace(spec, ctx=options.ctx, slots=options.slots, kind=model_kind(spec, options.pooling))
+
+
+def model_kind(spec: ModelSpec, pooling: str | None) -> str:
+    """chat, embedding or rerank: what the GGUF's architecture and pooling say, or ``--pooling rank``."""
+    if pooling == "rank":
+        return "rerank"
     try:
-        kind = read_layout(spec.path).kind if spec.path.is_file() else "chat"
+        return read_layout(spec.path).kind if spec.path.is_file() else "chat"
     except EngineFailure:
-        kind = "chat"
-    if options.pooling == "rank":
-        kind = "rerank"
-    return dataclasses.replace(spec, ctx=options.ctx, slots=options.slots, kind=kind)
+        return "chat"
 
 
 def upstream_pools(settings: Settings) -> dict[str, UpstreamPool]:
@@ -121,13 +126,15 @@ def _check_links(specs: list[ModelSpec], pools: dict[str, UpstreamPool]) -> None
 
 
 def model_cost(spec: ModelSpec, options: EngineOptions) -> int:
-    """Bytes a model takes loaded, estimated: its file, plus the KV cache of ctx x slots tokens (f16)."""
+    """Bytes a model takes loaded, estimated: its file, plus the KV cache of ctx x slots tokens (f16); an
+    embedder or a reranker has no slots, only its batch's cache."""
     size = spec.path.stat().st_size if spec.path.is_file() else 0
     try:
         layout = read_layout(spec.path)
     except EngineFailure:
         return size
-    return size + layout.kv_bytes(options.ctx * options.slots)
+    tokens = options.ctx * options.slots if spec.kind == "chat" else max(options.batch, options.ctx)
+    return size + layout.kv_bytes(tokens)
 
 
 def memory_budget(settings: Settings) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,8 +66,9 @@ def models_list() -> None:
 def models_show(model: str) -> None:
     """A model's architecture, parameters, quant, trained context, chat template, file, sha256 and placement."""
     from edge_run.engine import Placement
+    from edge_run.gguf import POOLINGS
     from edge_run.models.inventory import find_spec, known_sha256
-    from edge_run.server import engine_options, spec_options
+    from edge_run.server import engine_options, model_kind, spec_options
 
     paths, settings = context()
     try:
@@ -85,6 +87,9 @@ def models_show(model: str) -> None:
     else:
         template = "none in the GGUF: ChatML"
     kv = layout.kv_bytes(options.ctx * options.slots)
+    spec = dataclasses.replace(spec, kind=model_kind(spec, options.pooling))
+    names = {number: name for name, number in POOLINGS.items()}
+    pooling = options.pooling or ("mean" if spec.kind == "chat" else names.get(layout.pooling or 0, "none"))
     click.echo(f"id:             {spec.id}")
     click.echo(f"source:         {spec.source}")
     click.echo(f"file:           {spec.path} ({_size(spec.path)})")
@@ -93,9 +98,14 @@ def models_show(model: str) -> None:
     click.echo(f"parameters:     {layout.n_params / 1e6:.1f} M")
     click.echo(f"quant:          {layout.quant}")
     click.echo(f"trained ctx:    {layout.context_length} tokens")
-    click.echo(f"chat template:  {template}")
+    click.echo(f"serves:         {', '.join(spec.capabilities)} (embeddings pooled by {pooling})")
+    if spec.kind == "chat":
+        click.echo(f"chat template:  {template}")
     click.echo(f"layers:         {layout.n_layer} repeating + output, vocabulary {layout.n_vocab}")
-    click.echo(f"KV cache:       {kv / MIB:.1f} MiB for {options.slots} slots x {options.ctx} tokens (f16)")
+    if spec.kind == "chat":
+        click.echo(f"KV cache:       {kv / MIB:.1f} MiB for {options.slots} slots x {options.ctx} tokens (f16)")
+    else:
+        click.echo(f"inputs:         {min(options.ctx, layout.context_length or options.ctx)} tokens each at most")
     click.echo(f"backend:        {placement.describe()}")
     for d in placement.devices:
         click.echo(f"  {d.name}: {d.description}, {d.free / MIB:.0f} of {d.total / MIB:.0f} MiB free")
