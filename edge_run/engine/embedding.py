@@ -20,6 +20,7 @@ from edge_run.gguf import POOLINGS
 if TYPE_CHECKING:
     from edge_run.engine.llama.embedder import Embedder
     from edge_run.engine.llama.model import Model
+    from edge_run.engine.threads import CoreShare
     from edge_run.engine.types import EngineOptions
 
 __all__ = ["MAX_SEQUENCES", "Pooler", "pack", "serial"]
@@ -57,12 +58,21 @@ def serial() -> Run:
 class Pooler:
     """Embeds texts or token arrays, or scores (query, document) pairs, with ``model``; ``run`` runs a call on
     the thread that owns the model. An input is at most ``limit`` tokens: the context, and for an encoder
-    also its trained length (its position embeddings end there)."""
+    also its trained length (its position embeddings end there).
 
-    def __init__(self, model: Model, options: EngineOptions, run: Run) -> None:
+    Each batch takes its threads from ``cores`` as ``member`` (the engine's, or its own for a model without an
+    engine thread), like a generation step: the loaded models together never run more threads than cores.
+    """
+
+    def __init__(
+        self, model: Model, options: EngineOptions, run: Run, cores: CoreShare, member: int | None = None
+    ) -> None:
         self.model = model
         self._options = options
         self._run = run
+        self._cores = cores
+        self._own = member is None  # then nothing else marks the member active or idle
+        self._member = cores.join() if member is None else member
         self._embedder: Embedder | None = None
         chat = options.kind == "chat"
         self.limit = options.ctx if chat else min(options.ctx, model.n_ctx_train or options.ctx)
@@ -117,7 +127,18 @@ class Pooler:
         return out
 
     def _decode(self, batch: list[list[int]]) -> list[np.ndarray]:
-        return self._embedder_now().run(batch)
+        cores, member = self._cores, self._member
+        if self._own:
+            cores.set_active(member, True)
+        threads = cores.acquire(member, self._options.threads)
+        try:
+            embedder = self._embedder_now()
+            embedder.set_threads(threads)
+            return embedder.run(batch)
+        finally:
+            cores.release(member)
+            if self._own:
+                cores.set_active(member, False)
 
     def _embedder_now(self) -> Embedder:
         """The embedder, made on first use, on the model's thread."""

@@ -17,6 +17,7 @@ from edge_run.engine.placement import Placement, gpu_devices
 from edge_run.engine.scheduler import PREFILL_BLOCK, Scheduler
 from edge_run.engine.slots import Job
 from edge_run.engine.templates import ChatTemplate
+from edge_run.engine.threads import CoreShare
 from edge_run.engine.types import Chunk
 from edge_run.engine.worker import Worker
 from edge_run.errors import (
@@ -133,7 +134,7 @@ class Engine:
         model = Model(self.path, gpu_layers=placement.layers)
         self.model = model
         if opts.kind != "chat":  # an embedder or a reranker: no slots, no scheduler
-            self._pooler = Pooler(model, opts, serial())
+            self._pooler = Pooler(model, opts, serial(), opts.cores or CoreShare(opts.threads))
             return
         template = opts.chat_template or model.chat_template()
         self.template = ChatTemplate(template, bos_token=model.bos_text, eos_token=model.eos_text)
@@ -157,7 +158,7 @@ class Engine:
         )
         self._worker = Worker(scheduler, loop)
         self._worker.start()
-        self._pooler = Pooler(model, opts, self._worker.call)
+        self._pooler = Pooler(model, opts, self._worker.call, scheduler.cores, scheduler.member)
 
     def _ready(self) -> tuple[Model, ChatTemplate, Worker]:
         if self.options.kind != "chat":

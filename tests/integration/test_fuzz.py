@@ -35,14 +35,20 @@ CAP = 4  # tokens a valid request generates at most: sampling, stop strings, ass
 _LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 # the token limit of each operation that generates, where it may be left out (or null) for "to the context's end"
 _OPTIONAL_LIMITS = {"/v1/chat/completions": "max_tokens", "/v1/responses": "max_output_tokens"}
+EMBEDDER, RERANKER = "fuzz/embedder", "fuzz/reranker"
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
-    """A small context (128 tokens): a valid request finishes fast, a long prompt or ``max_tokens`` is a fast 400."""
+def fuzz_server(
+    tmp_path_factory: pytest.TempPathFactory, model_path: Path, retrieval_models: dict[str, Path]
+) -> Iterator[Server]:
+    """A small context (128 tokens): a valid request finishes fast, a long prompt or ``max_tokens`` is a fast 400.
+    Beside the chat model, an embedder and a reranker, for the bodies aimed at them."""
     home = tmp_path_factory.mktemp("fuzz-home")
     set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
-    server = start_server(home, "--model", MODEL_ID, "--ctx", str(CTX), "--slots", "2")
+    set_up(home, "models", "add", str(retrieval_models["embed-cls"]), "--id", EMBEDDER)
+    set_up(home, "models", "add", str(retrieval_models["rerank"]), "--id", RERANKER)
+    server = start_server(home, "--model", MODEL_ID, "--ctx", str(CTX), "--slots", "2", "--max-loaded", "3")
     yield server
     server.stop()
 
@@ -76,6 +82,8 @@ def test_the_server_serves_this_schema(fuzz_server: Server) -> None:
         "POST /v1/chat/completions",
         "POST /v1/completions",
         "POST /v1/embeddings",
+        "POST /v1/rerank",
+        "POST /rerank",
         "POST /v1/responses",
         "GET /v1/responses/{response_id}",
         "DELETE /v1/responses/{response_id}",
@@ -94,10 +102,15 @@ def _auth(server: Server) -> dict[str, str]:
 
 
 def _aim_at_the_model(case: Any) -> None:
-    """Half the bodies (chosen by their content, so a replay picks the same) name the served model."""
+    """Half the bodies (chosen by their content, so a replay picks the same) name a served model that serves
+    their route: the reranker for rerank, the chat model or the embedder for embeddings, else the chat model."""
     body = case.body
-    if isinstance(body, dict) and isinstance(body.get("model"), str) and zlib.crc32(repr(body).encode()) % 2:
-        body["model"] = MODEL_ID
+    if isinstance(body, dict) and isinstance(body.get("model"), str) and (pick := zlib.crc32(repr(body).encode())) % 2:
+        path = case.operation.path
+        if path.endswith("/rerank"):
+            body["model"] = RERANKER
+        else:
+            body["model"] = EMBEDDER if path == "/v1/embeddings" and pick % 4 == 3 else MODEL_ID
 
 
 def _cap_generation(case: Any) -> None:

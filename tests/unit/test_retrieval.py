@@ -15,6 +15,7 @@ from litestar.testing import TestClient
 from edge_run.api.app import create_app
 from edge_run.engine import EngineOptions
 from edge_run.engine.embedding import MAX_SEQUENCES, Pooler, pack
+from edge_run.engine.threads import CoreShare
 from edge_run.errors import ContextLengthExceeded, InvalidRequest
 from edge_run.keys import KeyStore
 from edge_run.models.registry import ModelRegistry, ModelSpec
@@ -93,7 +94,7 @@ def test_a_burst_is_decoded_in_batches_each_its_own_call_on_the_model_thread():
     """On a chat model's engine thread, generation steps run between two calls: a burst stalls one batch at most."""
     calls: list[list[list[int]]] = []
     options = EngineOptions(ctx=64, threads=1, gpu_layers=0, slots=1, max_queue=1, batch=8, kind="embedding")
-    pooler = Pooler(FakeVocabModel(), options, None)  # type: ignore[arg-type]
+    pooler = Pooler(FakeVocabModel(), options, None, CoreShare(1))  # type: ignore[arg-type]
 
     async def run(fn: Any) -> Any:
         return fn()
@@ -117,6 +118,32 @@ def test_a_burst_is_decoded_in_batches_each_its_own_call_on_the_model_thread():
         asyncio.run(pooler.embed([[1, 99]], truncate=False))
     scores, tokens = asyncio.run(pooler.scores("q", ["d1", "doc two"], truncate=False))
     assert scores == [5.0, 6.0] and tokens == 11
+
+
+class FakeEmbedder:
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def set_threads(self, threads: int) -> None:
+        self.threads.append(threads)
+
+    def run(self, batch: list[list[int]]) -> list[np.ndarray]:
+        return [np.ones(2) for _ in batch]
+
+
+def test_an_embedder_takes_its_threads_from_the_cores_the_models_share():
+    """A busy chat model on 2 cores leaves an embedding model 1 thread, not 2 more spinning threads."""
+    cores = CoreShare(2)
+    chat = cores.join()
+    cores.set_active(chat, True)
+    options = EngineOptions(ctx=64, threads=2, gpu_layers=0, slots=1, max_queue=1, batch=8, kind="embedding")
+    pooler = Pooler(FakeVocabModel(), options, None, cores)  # type: ignore[arg-type]
+    pooler._embedder = embedder = FakeEmbedder()  # type: ignore[assignment]
+    pooler._decode([[1, 2]])
+    cores.set_active(chat, False)
+    pooler._decode([[1, 2]])
+    assert embedder.threads == [1, 2]
+    assert cores._active == set() and cores._held == {}
 
 
 class FakeRetrieval:

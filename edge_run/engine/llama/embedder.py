@@ -47,6 +47,9 @@ class Embedder:
         self.n_batch, self.n_seq = n_batch, n_seq
         self._batch = Batch(n_batch)
 
+    def set_threads(self, threads: int) -> None:
+        L.llama_set_n_threads(self._ptr, threads, threads)
+
     def run(self, sequences: list[list[int]]) -> list[np.ndarray]:
         """One pooled output per sequence: a vector, or a reranker's scores (its first is the relevance)."""
         if len(sequences) > self.n_seq or sum(map(len, sequences)) > self.n_batch:
