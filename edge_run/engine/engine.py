@@ -275,15 +275,16 @@ class Engine:
 
     async def embed(self, inputs: list[str] | list[list[int]], *, truncate: bool = False) -> tuple[list[Any], int]:
         """Unit vectors (numpy arrays) for texts or token arrays, and the tokens they took."""
-        return await self._pooled("rerank", "embeddings").embed(inputs, truncate=truncate)
+        return await self._pooled("embedding").embed(inputs, truncate=truncate)
 
     async def rerank(self, query: str, documents: list[str], *, truncate: bool = False) -> tuple[list[float], int]:
         """Each document's relevance to ``query`` (a reranker's raw score), and the tokens they took."""
-        return await self._pooled("embedding", "chat", want="rerank").scores(query, documents, truncate=truncate)
+        return await self._pooled("rerank").scores(query, documents, truncate=truncate)
 
-    def _pooled(self, *refused: str, want: str = "embeddings") -> Pooler:
-        if self.options.kind in refused:
-            raise UnsupportedTask(self.model_id, self.options.kind, want)
+    def _pooled(self, task: str) -> Pooler:
+        """The pooler, for ``task`` (embedding or rerank): a reranker only reranks, and only a reranker does."""
+        if (task == "rerank") != (self.options.kind == "rerank"):
+            raise UnsupportedTask(self.model_id, self.options.kind, task)
         self._loaded()
         assert self._pooler is not None
         return self._pooler

@@ -344,12 +344,16 @@ def _watch_for_text(page, text: str) -> None:
 
 
 @pytest.mark.integration
-def test_picker_shows_each_models_state_and_a_message_loads_an_unloaded_one(browser, home_with, tmp_path):
-    server = home_with("acme/one", "acme/two")
+def test_picker_shows_each_models_state_and_a_message_loads_an_unloaded_one(
+    browser, home_with, tmp_path, retrieval_models
+):
+    server = home_with("acme/one", "acme/two", ("acme/reranker", retrieval_models["rerank"]))
     context, page = _open_logged_in(browser, server)
     try:
-        options = page.locator("#model option")
+        options = page.locator("#model option")  # the reranker does not chat: only the details list it
         assert options.all_text_contents() == ["acme/one — loaded", "acme/two — not loaded"]
+        details = page.locator("#details-model option")
+        assert [o.get_attribute("value") for o in details.all()] == ["acme/one", "acme/reranker", "acme/two"]
         assert [o.get_attribute("value") for o in options.all()] == ["acme/one", "acme/two"]
         assert page.locator("#model").input_value() == "acme/one"
         page.wait_for_selector("#status-model:text-matches('^acme/one$')", state="attached")

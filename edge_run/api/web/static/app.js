@@ -76,11 +76,13 @@ async function loadModels() {
   const models = (await r.json()).data;
   state.models = models.map((m) => m.id);
   for (const m of models) state.loads[m.id] = { state: m.status, error: m.error };
-  const firstLoaded = state.models.find((id) => state.loads[id].state === "loaded");
-  for (const select of [$("model"), $("details-model")]) {
+  // the chat picker offers the models that chat (an upstream lists no capabilities); details, every model
+  const chat = models.filter((m) => !m.capabilities?.length || m.capabilities.includes("chat")).map((m) => m.id);
+  for (const [select, ids] of [[$("model"), chat], [$("details-model"), state.models]]) {
     const keep = select.value;
-    select.replaceChildren(...state.models.map((id) => new Option(id, id)));
-    if (state.models.includes(keep)) select.value = keep;
+    const firstLoaded = ids.find((id) => state.loads[id].state === "loaded");
+    select.replaceChildren(...ids.map((id) => new Option(id, id)));
+    if (ids.includes(keep)) select.value = keep;
     else if (firstLoaded) select.value = firstLoaded;
   }
   labelModels();
