@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edge_run.errors import EngineFailure
 
-__all__ = ["POOLINGS", "GgufLayout", "read_layout"]
+__all__ = ["POOLINGS", "GgufLayout", "HeaderIncomplete", "read_header", "read_layout"]
 
 # llama.cpp's pooling types (``llama_pooling_type``), by the names ``--pooling`` takes
 POOLINGS = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
@@ -84,6 +84,10 @@ class GgufLayout:
         return self.kv_bytes_per_token * self.n_layer * tokens
 
 
+class HeaderIncomplete(ValueError):
+    """The bytes given end inside the header: fetch more of the file (:func:`read_header`)."""
+
+
 def _quant_name(file_type: int | None) -> str:
     """``general.file_type``'s usual name (Q4_K_M...), or ``?`` when unknown."""
     return "?" if file_type is None else _FILE_TYPES.get(file_type, f"type {file_type}")
@@ -100,6 +104,23 @@ def read_layout(path: Path) -> GgufLayout:
         raise EngineFailure(f"could not read the GGUF layout of {path.name}: {exc}") from exc
 
 
+def read_header(data: bytes, file_size: int) -> GgufLayout:
+    """The layout from the first bytes of a GGUF file of ``file_size`` bytes (a Range request's answer).
+
+    Equal to :func:`read_layout` of the whole file whenever ``data`` holds the whole header.
+
+    Raises:
+        HeaderIncomplete: ``data`` ends before the header does; ask again with more.
+        ValueError: it is not a GGUF file, or its header is corrupt.
+    """
+    try:
+        return _read(_Reader(data, file_size))
+    except HeaderIncomplete:
+        raise
+    except (struct.error, UnicodeDecodeError, KeyError, ValueError) as exc:
+        raise ValueError(f"could not read the GGUF header: {exc}") from exc
+
+
 @functools.lru_cache(maxsize=32)
 def _read_file(path: Path, size: int, mtime_ns: int) -> GgufLayout:
     """``size`` and ``mtime_ns`` key the cache: a file replaced or rewritten is read again."""
@@ -113,15 +134,25 @@ def _read_file(path: Path, size: int, mtime_ns: int) -> GgufLayout:
 
 
 class _Reader:
-    """GGUF's little-endian values, read from a file's bytes whose lengths are checked against its size."""
+    """GGUF's little-endian values, read from a file's bytes whose lengths are checked against its size.
 
-    def __init__(self, data: mmap.mmap) -> None:
+    ``data`` is the whole file, or its first bytes when ``size`` (the whole file's) is larger: reading past
+    them raises :class:`HeaderIncomplete`, a length past ``size`` is corrupt.
+    """
+
+    def __init__(self, data: mmap.mmap | bytes, size: int | None = None) -> None:
         self.data = data
+        self.size = len(data) if size is None else size
         self.pos = 0
+
+    def _short(self) -> ValueError:
+        if len(self.data) < self.size:
+            return HeaderIncomplete(f"the header runs past the first {len(self.data)} bytes")
+        return ValueError("truncated file")
 
     def unpack(self, fmt: struct.Struct) -> int | float | bool:
         if self.pos + fmt.size > len(self.data):
-            raise ValueError("truncated file")
+            raise self._short()
         value = fmt.unpack_from(self.data, self.pos)[0]
         self.pos += fmt.size
         return value  # type: ignore[no-any-return]
@@ -131,7 +162,7 @@ class _Reader:
 
     def length(self, count: int, size: int = 1) -> int:
         """A length read from the file, refused if it runs past the file's end (a corrupt header)."""
-        if count * size > len(self.data) - self.pos:
+        if count * size > self.size - self.pos:
             raise ValueError(f"corrupt: a length of {count} runs past the end of the file")
         return count
 
@@ -140,6 +171,8 @@ class _Reader:
 
     def string(self) -> str:
         n = self.length(self.count())
+        if self.pos + n > len(self.data):
+            raise self._short()
         self.pos += n
         return self.data[self.pos - n : self.pos].decode("utf-8")
 
@@ -148,9 +181,9 @@ class _Reader:
         data, pos, end = self.data, self.pos, len(self.data)
         for _ in range(count):
             if pos + 8 > end:
-                raise ValueError("truncated file")
+                raise self._short()
             n = _U64.unpack_from(data, pos)[0]
-            if n > end - pos - 8:
+            if n > self.size - pos - 8:
                 raise ValueError(f"corrupt: a length of {n} runs past the end of the file")
             pos += 8 + n
         self.pos = pos
@@ -205,7 +238,7 @@ def _read(r: _Reader) -> GgufLayout:
         raise ValueError("it has no tensors (a vocabulary-only file cannot be served)")
     align = int(meta.get("general.alignment", 32))  # type: ignore[call-overload]
     data_start = -(-r.pos // align) * align
-    file_size = len(r.data)
+    file_size = r.size
     if last[1] in _TYPE_SIZES:
         per_block, block_bytes = _TYPE_SIZES[last[1]]
         end = data_start + last[0] + last[2] // per_block * block_bytes
