@@ -222,9 +222,9 @@ def test_shipped_catalog_loads_with_smollm2_default() -> None:
     assert catalog.get("no-such-model") is None
 
 
-def test_shipped_catalog_entries_all_have_parts() -> None:
+def test_shipped_catalog_entries_all_have_parts_or_a_hub_source() -> None:
     catalog = load_catalog()
-    assert all(entry.parts for entry in catalog.model)
+    assert all(bool(entry.parts) != (entry.source is not None) for entry in catalog.model)
     gemma = catalog.get("gemma-3-270m-q4_k_m")
     assert gemma is not None
     assert (gemma.file, gemma.sha256, gemma.size) == ("gemma-3-270m-q4_k_m.gguf", GEMMA_SHA256, 253113024)
@@ -238,7 +238,7 @@ def test_catalog_rejects_unknown_default_unknown_keys_and_no_parts() -> None:
         msgspec.convert({"default": "other", "model": [entry]}, Catalog)
     with pytest.raises(msgspec.ValidationError, match="typo"):
         msgspec.convert({"default": "fake-tiny", "model": [{**entry, "typo": 1}]}, Catalog)
-    with pytest.raises(msgspec.ValidationError, match=r"\$\.model\[0\]\.parts"):
+    with pytest.raises(msgspec.ValidationError, match=r"needs `file`, `sha256` and `parts` - at `\$\.model\[0\]`"):
         msgspec.convert({"default": "fake-tiny", "model": [{**entry, "parts": []}]}, Catalog)
     with pytest.raises(msgspec.ValidationError, match=r"\$\.model\[0\]\.sha256"):
         parse_catalog('default = "x"\n[[model]]\nid = "x"\nfile = "x"\nsha256 = "ABC"\nsize = 1\n')
