@@ -11,7 +11,7 @@ from pathlib import Path
 
 import platformdirs
 
-__all__ = ["Paths"]
+__all__ = ["Paths", "hf_cache_in"]
 
 APP = "edge-run"
 
@@ -62,4 +62,14 @@ class Paths:
     @property
     def hf_cache(self) -> Path:
         """Models pulled from Hugging Face, in huggingface_hub's cache layout."""
-        return self.models_dir / "huggingface"
+        return hf_cache_in(self.models_dir)
+
+    @property
+    def library_cache(self) -> Path:
+        """The GGUF headers of library models, read over the network once (``models search``)."""
+        return self.models_dir / "library-headers.json"
+
+
+def hf_cache_in(models_dir: Path) -> Path:
+    """Where pulls from Hugging Face go in a models folder."""
+    return models_dir / "huggingface"

