@@ -16,6 +16,7 @@ from edge_run.errors import EngineFailure
 from edge_run.models.catalog import Catalog, load_catalog
 from edge_run.models.fetch import fetch
 from edge_run.models.inventory import catalog_spec, inventory, lookup
+from edge_run.models.library import HeaderCache, Library, Machine, Sizing, kv_tokens
 from edge_run.models.registry import ModelRegistry, ModelSpec
 from edge_run.upstream.pool import Replica, UpstreamPool
 
@@ -34,6 +35,8 @@ __all__ = [
     "build_server",
     "describe_placement",
     "engine_options",
+    "library",
+    "machine",
     "memory_budget",
     "model_cost",
     "model_kind",
@@ -133,7 +136,7 @@ def model_cost(spec: ModelSpec, options: EngineOptions) -> int:
         layout = read_layout(spec.path)
     except EngineFailure:
         return size
-    tokens = options.ctx * options.slots if spec.kind == "chat" else max(options.batch, options.ctx)
+    tokens = kv_tokens(spec.kind, Sizing(ctx=options.ctx, slots=options.slots, batch=options.batch))
     return size + layout.kv_bytes(tokens)
 
 
@@ -144,11 +147,33 @@ def memory_budget(settings: Settings) -> int | None:
     devices = gpu_devices() if settings.gpu_layers != 0 else []
     if devices:
         return int(BUDGET_SHARE * sum(d.free for d in devices))
+    ram = _total_ram()
+    return None if ram is None else int(BUDGET_SHARE * ram)
+
+
+def _total_ram() -> int | None:
     try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # Windows has no sysconf
         return None
-    return int(BUDGET_SHARE * ram)
+
+
+def machine(settings: Settings, *, ram: int | None = None, gpu_free: int | None = None) -> Machine:
+    """What loaded models may take here, as the memory budget counts it: ``BUDGET_SHARE`` of RAM and of free GPU
+    memory (``--memory-budget`` caps both). ``ram`` and ``gpu_free`` (bytes) stand in for this machine's."""
+    if ram is None:
+        ram = _total_ram() or 0
+    if gpu_free is None:
+        gpu_free = sum(d.free for d in gpu_devices()) if settings.gpu_layers != 0 else 0
+    cap = memory_budget(settings) if settings.memory_budget is not None else None
+    ram, gpu = int(BUDGET_SHARE * ram), int(BUDGET_SHARE * gpu_free)
+    return Machine(ram=min(ram, cap) if cap else ram, gpu=min(gpu, cap) if cap else gpu)
+
+
+def library(settings: Settings, paths: Paths) -> Library:
+    """The library as ``GET /v1/library`` shows it: headers from the disk cache only, this machine as it is now."""
+    sizing = Sizing(ctx=settings.ctx, slots=settings.slots, batch=settings.batch)
+    return Library(load_catalog(), HeaderCache(paths.library_cache), machine(settings), sizing)
 
 
 def _bundled() -> Path | None:
@@ -185,6 +210,7 @@ def app_services(
     cores: CoreShare | None = None,
     login_code: str | None = None,
     access_log: AccessLog | None = None,
+    library: Library | None = None,
 ) -> Services:
     """The app's long-lived objects around ``registry``. ``keys=None`` turns auth off, and with it limits and usage.
 
@@ -215,6 +241,7 @@ def app_services(
         preload=Preload(registry, list(preload)),
         cores=cores,
         access_log=access_log,
+        library=library,
     )
 
 
@@ -246,7 +273,15 @@ def build_server(settings: Settings, paths: Paths, keys: KeyStore | None, *, log
         budget=memory_budget(settings),
     )
     access_log = AccessLog(paths.log_dir, settings.log_format)
-    services = app_services(registry, keys, preload=preload, cores=cores, login_code=login_code, access_log=access_log)
+    services = app_services(
+        registry,
+        keys,
+        preload=preload,
+        cores=cores,
+        login_code=login_code,
+        access_log=access_log,
+        library=library(settings, paths),
+    )
     app = create_app(
         services,
         metrics_public=settings.metrics_public,

@@ -20,6 +20,7 @@ from edge_run.api.http.errors import EXCEPTION_HANDLERS
 from edge_run.api.http.health import health
 from edge_run.api.http.hosts import host_check
 from edge_run.api.http.metrics import metrics_route
+from edge_run.api.library.routes import list_library
 from edge_run.api.openai.routes import chat_completions, embeddings, get_model, list_models, text_completions, usage
 from edge_run.api.rerank.routes import rerank
 from edge_run.api.responses.routes import create_response, delete_response, get_response
@@ -36,6 +37,7 @@ _V1_ROUTES = (
     embeddings,
     list_models,
     get_model,
+    list_library,
     usage,
     create_response,
     get_response,

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from edge_run.engine import CoreShare
     from edge_run.keys import KeyStore
     from edge_run.keys.usage import UsageLog
+    from edge_run.models.library import Library
 
 __all__ = ["ModelAccess", "Services", "dependencies"]
 
@@ -52,6 +53,7 @@ class Services:
     preload: Preload
     cores: CoreShare | None = None  # the CPU budget the models share, reported by /health
     access_log: AccessLog | None = None
+    library: Library | None = None  # the models one can pull, and what fits (``GET /v1/library``)
 
 
 def _constant(value: object) -> Provide:
@@ -70,6 +72,7 @@ def dependencies(services: Services) -> dict[str, Provide]:
         "login_codes": services.login_codes,
         "preload": services.preload,
         "cores": services.cores,
+        "library": services.library,
     }
     return {
         **{name: _constant(value) for name, value in named.items()},

@@ -6,6 +6,8 @@ import click
 
 from edge_run import __version__
 from edge_run.cli.keys import keys as keys_group
+from edge_run.cli.library import check_library as check_library_command
+from edge_run.cli.library import search as search_command
 from edge_run.cli.models import models as models_group
 from edge_run.cli.models import ps as ps_command
 from edge_run.cli.serve import serve as serve_command
@@ -32,3 +34,5 @@ main.add_command(serve_command)
 main.add_command(keys_group)
 main.add_command(models_group)
 main.add_command(ps_command)
+models_group.add_command(search_command)
+models_group.add_command(check_library_command)

@@ -119,4 +119,3 @@ class LocalRegistry:
 
     def _save(self, models: builtins.list[LocalModel]) -> None:
         write_atomically(self.path, _encoder.encode(_RegistryFile(sorted(models, key=lambda m: m.id))))
-

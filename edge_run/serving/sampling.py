@@ -114,7 +114,7 @@ def after_thought(gbnf: str, think: ThinkFormat, opened: bool) -> str:
     a, b = think.close[0], think.close[1]
     thought = f"edge-thought ::= ([^{_cls(a)}] | {_literal(a)} [^{_cls(b)}])* {_literal(think.close)}"
     start = "" if opened else _literal(think.open) + " "
-    then = ' "<|start|>assistant<|channel|>final<|message|>"' if think.harmony else ' [ \\t\\n]*'
+    then = ' "<|start|>assistant<|channel|>final<|message|>"' if think.harmony else " [ \\t\\n]*"
     lead = f"({start}edge-thought{then})" + ("" if opened else "?")
     return gbnf.replace("root ::=", "edge-answer ::=", 1) + f"\nroot ::= {lead} edge-answer\n{thought}\n"
 

@@ -69,9 +69,18 @@ class ToolResultBlock(Struct, tag="tool_result", tag_field="type"):
 
 class InputMessage(Struct):
     role: Literal["user", "assistant"]
-    content: str | list[
-        TextBlock | ThinkingBlock | RedactedThinkingBlock | ImageBlock | DocumentBlock | ToolUseBlock | ToolResultBlock
-    ]
+    content: (
+        str
+        | list[
+            TextBlock
+            | ThinkingBlock
+            | RedactedThinkingBlock
+            | ImageBlock
+            | DocumentBlock
+            | ToolUseBlock
+            | ToolResultBlock
+        ]
+    )
 
 
 class AnthropicTool(Struct, kw_only=True):
