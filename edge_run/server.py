@@ -246,7 +246,7 @@ def app_services(
 
 
 def build_server(settings: Settings, paths: Paths, keys: KeyStore | None, *, login_code: str | None = None) -> Server:
-    """Everything ``serve`` runs, from settings; raises ``ModelNotFound``, ``ValueError`` or ``FetchError``."""
+    """Everything ``serve`` runs, from settings; raises ``ModelNotFound``, ``ValueError``, ``FetchError``."""
     from edge_run.api.app import create_app
     from edge_run.api.http.access_log import AccessLog
 

@@ -27,7 +27,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.file_download import repo_folder_name
 
-from edge_run.models.fetch import sha256_file
+from edge_run.models.fetch import FetchError, sha256_file
 from edge_run.models.progress import transfer_bars
 
 if TYPE_CHECKING:
@@ -48,8 +48,9 @@ _QUANT = re.compile(r"(?<![A-Za-z0-9])((?:I|T)?Q\d+(?:_[A-Z0-9]+)+|B?F16|F32|MXF
 _FORMS = "expected hf:OWNER/REPO, hf:OWNER/REPO:QUANT or hf:OWNER/REPO/FILE.gguf"
 
 
-class PullError(RuntimeError):
-    """A Hub pull failed or what arrived is not what the Hub says."""
+class PullError(FetchError):
+    """A Hub pull failed or what arrived is not what the Hub says (a :class:`FetchError`, so that ``serve`` pulling a
+    library model reports it as it reports any failed download)."""
 
 
 @dataclass(frozen=True, slots=True)
