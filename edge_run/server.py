@@ -16,6 +16,7 @@ from edge_run.errors import EngineFailure
 from edge_run.models.catalog import Catalog, load_catalog
 from edge_run.models.fetch import fetch
 from edge_run.models.inventory import catalog_spec, inventory, lookup
+from edge_run.models.manage import ModelFiles
 from edge_run.models.registry import ModelRegistry, ModelSpec
 from edge_run.upstream.pool import Replica, UpstreamPool
 
@@ -185,11 +186,13 @@ def app_services(
     cores: CoreShare | None = None,
     login_code: str | None = None,
     access_log: AccessLog | None = None,
+    files: ModelFiles | None = None,
 ) -> Services:
     """The app's long-lived objects around ``registry``. ``keys=None`` turns auth off, and with it limits and usage.
 
     ``preload`` names the models loaded at start-up; ``/health`` answers 503 until they are. ``login_code``
-    is a one-time code the web page can trade for an API key; ``access_log`` gets a line per request.
+    is a one-time code the web page can trade for an API key; ``access_log`` gets a line per request; ``files``
+    are the model files Ollama's pull, copy and delete change.
     """
     # the HTTP layer loads only to serve: `models` commands use this module's helpers too
     from edge_run.api.deps import Services
@@ -215,6 +218,7 @@ def app_services(
         preload=Preload(registry, list(preload)),
         cores=cores,
         access_log=access_log,
+        files=files,
     )
 
 
@@ -244,15 +248,20 @@ def build_server(settings: Settings, paths: Paths, keys: KeyStore | None, *, log
         keep_alive=settings.keep_alive,
         max_loaded=settings.max_loaded,
         budget=memory_budget(settings),
+        sized=lambda spec: _sized(spec, base),
     )
     access_log = AccessLog(paths.log_dir, settings.log_format)
-    services = app_services(registry, keys, preload=preload, cores=cores, login_code=login_code, access_log=access_log)
+    files = ModelFiles(paths, list(settings.model))
+    services = app_services(
+        registry, keys, preload=preload, cores=cores, login_code=login_code, access_log=access_log, files=files
+    )
     app = create_app(
         services,
         metrics_public=settings.metrics_public,
         max_body_bytes=settings.max_body_bytes,
         allowed_hosts=[settings.host, *settings.allowed_hosts],
         cors_origins=settings.cors_origins,
+        ollama_no_key=settings.ollama_no_key,
     )
     return Server(app, registry, preload, base)
 
