@@ -128,6 +128,10 @@ def test_tags_show_ps_and_version(client: ollama.Client, server: Server, model_p
     assert MODEL_ID in [m.model for m in client.ps().models]
     assert httpx.get(server.url + "/api/version", headers={"Authorization": f"Bearer {server.key}"}).json()["version"]
     assert httpx.head(server.url + "/").status_code == 200  # Ollama's clients probe the server
+    # Ollama's docs post with `curl -d` (a form content type): with a key, the body is read as JSON all the same
+    form = {"Authorization": f"Bearer {server.key}", "Content-Type": "application/x-www-form-urlencoded"}
+    r = httpx.post(server.url + "/api/show", headers=form, content=json.dumps({"model": MODEL_ID}), timeout=30)
+    assert r.status_code == 200 and r.json()["details"]["family"] == "llama"
 
 
 def test_bad_input_in_ollamas_error_shape(client: ollama.Client, server: Server):
