@@ -100,6 +100,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     cors_origins: list[str] = []
     max_body_bytes: Positive = 8 * 1024 * 1024
     metrics_public: bool = False
+    ollama_no_key: bool = False  # Ollama's /api/* without a key (loopback hosts only): most of its clients send none
     log_format: Literal["json", "text"] = "json"
     drain_timeout: NonNegative = 30
 

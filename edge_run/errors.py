@@ -79,6 +79,7 @@ class ModelNotFound(EdgeRunError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"The model `{model}` does not exist or is not served here.", param="model")
+        self.model = model
 
 
 class Overloaded(EdgeRunError):

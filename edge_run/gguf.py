@@ -64,6 +64,7 @@ class GgufLayout:
     context_length: int = 0  # trained context
     n_params: int = 0
     has_chat_template: bool = False
+    chat_template: str = ""  # ``tokenizer.chat_template``: its Jinja source (Ollama's /api/show shows it)
     pooling: int | None = None  # ``{arch}.pooling_type``: written for embedding and reranker models
 
     @property
@@ -291,5 +292,6 @@ def _layout(meta: dict[str, object], sizes: dict[str, int], n_params: int) -> Gg
         context_length=hparam("context_length", 0),
         n_params=n_params,
         has_chat_template="tokenizer.chat_template" in meta,
+        chat_template=str(meta.get("tokenizer.chat_template", "")),
         pooling=int(meta[f"{arch}.pooling_type"]) if f"{arch}.pooling_type" in meta else None,  # type: ignore[call-overload]
     )

@@ -17,6 +17,7 @@ from edge_run.models.catalog import Catalog, load_catalog
 from edge_run.models.fetch import fetch
 from edge_run.models.inventory import catalog_spec, inventory, lookup
 from edge_run.models.library import HeaderCache, Library, Machine, Sizing, kv_tokens
+from edge_run.models.manage import ModelFiles
 from edge_run.models.registry import ModelRegistry, ModelSpec
 from edge_run.upstream.pool import Replica, UpstreamPool
 
@@ -211,11 +212,13 @@ def app_services(
     login_code: str | None = None,
     access_log: AccessLog | None = None,
     library: Library | None = None,
+    files: ModelFiles | None = None,
 ) -> Services:
     """The app's long-lived objects around ``registry``. ``keys=None`` turns auth off, and with it limits and usage.
 
     ``preload`` names the models loaded at start-up; ``/health`` answers 503 until they are. ``login_code``
-    is a one-time code the web page can trade for an API key; ``access_log`` gets a line per request.
+    is a one-time code the web page can trade for an API key; ``access_log`` gets a line per request; ``files``
+    are the model files Ollama's pull, copy and delete change.
     """
     # the HTTP layer loads only to serve: `models` commands use this module's helpers too
     from edge_run.api.deps import Services
@@ -242,6 +245,7 @@ def app_services(
         cores=cores,
         access_log=access_log,
         library=library,
+        files=files,
     )
 
 
@@ -271,6 +275,7 @@ def build_server(settings: Settings, paths: Paths, keys: KeyStore | None, *, log
         keep_alive=settings.keep_alive,
         max_loaded=settings.max_loaded,
         budget=memory_budget(settings),
+        sized=lambda spec: _sized(spec, base),
     )
     access_log = AccessLog(paths.log_dir, settings.log_format)
     services = app_services(
@@ -281,6 +286,7 @@ def build_server(settings: Settings, paths: Paths, keys: KeyStore | None, *, log
         login_code=login_code,
         access_log=access_log,
         library=library(settings, paths),
+        files=ModelFiles(paths, list(settings.model)),
     )
     app = create_app(
         services,
@@ -288,6 +294,7 @@ def build_server(settings: Settings, paths: Paths, keys: KeyStore | None, *, log
         max_body_bytes=settings.max_body_bytes,
         allowed_hosts=[settings.host, *settings.allowed_hosts],
         cors_origins=settings.cors_origins,
+        ollama_no_key=settings.ollama_no_key,
     )
     return Server(app, registry, preload, base)
 

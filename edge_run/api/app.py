@@ -21,6 +21,8 @@ from edge_run.api.http.health import health
 from edge_run.api.http.hosts import host_check
 from edge_run.api.http.metrics import metrics_route
 from edge_run.api.library.routes import list_library
+from edge_run.api.ollama import models as ollama_models
+from edge_run.api.ollama import routes as ollama_routes
 from edge_run.api.openai.routes import chat_completions, embeddings, get_model, list_models, text_completions, usage
 from edge_run.api.rerank.routes import rerank
 from edge_run.api.responses.routes import create_response, delete_response, get_response
@@ -46,6 +48,20 @@ _V1_ROUTES = (
     count_message_tokens,
 )
 
+_OLLAMA_ROUTES = (
+    ollama_routes.chat,
+    ollama_routes.generate,
+    ollama_routes.embed,
+    ollama_routes.embeddings,
+    ollama_models.list_tags,
+    ollama_models.show_model,
+    ollama_models.list_running,
+    ollama_models.pull_model,
+    ollama_models.delete_model,
+    ollama_models.copy_model,
+    ollama_models.version,
+)
+
 
 def create_app(
     services: Services,
@@ -54,12 +70,14 @@ def create_app(
     allowed_hosts: Iterable[str] = (),
     cors_origins: Iterable[str] = (),
     metrics_public: bool = False,
+    ollama_no_key: bool = False,
 ) -> Litestar:
     """Build the app on ``services`` (see ``server.app_services``); ``services.keys=None`` turns auth off.
 
     ``allowed_hosts`` are names, besides addresses and ``localhost``, that a ``Host`` header may carry.
     ``cors_origins`` are the web origins whose pages may call the API from a browser (``*``: any).
-    ``metrics_public`` serves ``/metrics`` without a key. Setting ``app.state.draining`` (on SIGTERM)
+    ``metrics_public`` serves ``/metrics`` without a key; ``ollama_no_key`` serves Ollama's ``/api/*`` without
+    one (a key sent is still checked; the CLI allows it on loopback only). Setting ``app.state.draining`` (on SIGTERM)
     answers new requests ``503`` while running ones finish.
     """
     origins = list(cors_origins)
@@ -84,8 +102,15 @@ def create_app(
     v1 = Router(path="/v1", guards=[key_guard, require_json], route_handlers=list(_V1_ROUTES))
     both = Router(path="/", guards=[key_guard, require_json], route_handlers=[rerank])  # /v1/rerank and /rerank
     metrics = Router(path="/", guards=[] if metrics_public else [key_guard], route_handlers=[metrics_route])
+    ollama_guard = require_key(services.keys, optional=ollama_no_key)
+    # Ollama's clients (and its docs' curl lines) post JSON under other content types; a key in a header already
+    # rules out a cross-site form, so the JSON-only check stays only where a request may come without one
+    open_api = services.keys is None or ollama_no_key
+    ollama = Router(
+        path="/api", guards=[ollama_guard, *([require_json] if open_api else [])], route_handlers=list(_OLLAMA_ROUTES)
+    )
     return Litestar(
-        route_handlers=[health, v1, both, metrics, *web_routes()],
+        route_handlers=[health, v1, both, metrics, ollama, *web_routes()],
         dependencies=dependencies(services),
         state=State({"draining": False}),
         lifespan=[lifespan],

@@ -17,7 +17,7 @@ from litestar.di import NamedDependency, Provide
 
 from edge_run.api.http.accounting import meter_of
 from edge_run.api.relay import relay
-from edge_run.errors import ModelNotFound, Overloaded, RateLimited, UnsupportedTask
+from edge_run.errors import InvalidRequest, ModelNotFound, Overloaded, RateLimited, UnsupportedTask
 from edge_run.keys.limits import Limiter
 from edge_run.models.registry import ModelRegistry, ModelSpec
 from edge_run.serving.metering import MeteredEngine
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from edge_run.keys import KeyStore
     from edge_run.keys.usage import UsageLog
     from edge_run.models.library import Library
+    from edge_run.models.manage import ModelFiles
 
 __all__ = ["ModelAccess", "Services", "dependencies"]
 
@@ -54,6 +55,7 @@ class Services:
     cores: CoreShare | None = None  # the CPU budget the models share, reported by /health
     access_log: AccessLog | None = None
     library: Library | None = None  # the models one can pull, and what fits (``GET /v1/library``)
+    files: ModelFiles | None = None  # the model files Ollama's pull, copy and delete change (None: they 400)
 
 
 def _constant(value: object) -> Provide:
@@ -73,6 +75,7 @@ def dependencies(services: Services) -> dict[str, Provide]:
         "preload": services.preload,
         "cores": services.cores,
         "library": services.library,
+        "files": services.files,
     }
     return {
         **{name: _constant(value) for name, value in named.items()},
@@ -110,15 +113,22 @@ class ModelAccess:
         return spec
 
     async def run(
-        self, model: str, keep_alive: float | None, work: Callable[[Any], Awaitable[T]], needs: str = "chat"
+        self,
+        model: str,
+        keep_alive: float | None,
+        work: Callable[[Any], Awaitable[T]],
+        needs: str = "chat",
+        relay: bool = True,
     ) -> T | Response[Any]:
         """Admit the request under its key's limits, then ``work`` on the model's engine (metered).
 
         A model that does not serve ``needs`` is refused first (see :meth:`spec`). An upstream id, or a local
         model that is full and names an ``overflow`` upstream, answers instead: then the upstream's answer is
-        returned, to be relayed as it is.
+        returned, to be relayed as it is. With ``relay`` False (a wire format upstreams do not speak), an upstream
+        id is a 400 and a full model a 429.
         """
-        self.spec(model, needs)
+        if self.spec(model, needs) is None and not relay:
+            raise InvalidRequest(f"`{model}` is an upstream model: it is served on /v1 only", param="model")
         self._admit()
         async with self._use(model, keep_alive) as engine:
             if isinstance(engine, UpstreamPool):
@@ -127,7 +137,7 @@ class ModelAccess:
                 return await work(engine)
             except Overloaded:
                 overflow = self.registry.entry(model).spec.overflow
-                if overflow is None:
+                if overflow is None or not relay:
                     raise
         async with self.registry.use(overflow) as pool:  # the key's scope is the local model's
             return await self._relay(pool)

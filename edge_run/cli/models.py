@@ -135,26 +135,16 @@ def models_pull(spec: str, model_id: str | None) -> None:
     (`qwen3:4b`), or a Hugging Face repo: `hf:OWNER/REPO` (Q4_K_M, else Q4_0, else the first .gguf),
     `hf:OWNER/REPO:QUANT` or `hf:OWNER/REPO/FILE.gguf`. HF_ENDPOINT and HF_TOKEN (gated repos) are honoured.
     """
-    from edge_run.models.catalog import load_catalog
     from edge_run.models.fetch import FetchError
-    from edge_run.models.inventory import fetch_entry, pull_hf
+    from edge_run.models.inventory import pull_model
     from edge_run.models.pull import PullError
 
     paths = context()[0]
     try:
-        if spec.startswith("hf:"):
-            entry = pull_hf(spec, paths, model_id=model_id)
-            click.echo(f"pulled `{entry.id}` -> {entry.path}")
-            return
-        catalog_entry = load_catalog().get(spec)
-        if catalog_entry is None:
-            raise click.ClickException(
-                f"`{spec}` is not in the catalog (see `edge-run models search`), nor an `hf:OWNER/REPO` reference"
-            )
-        path = fetch_entry(catalog_entry, paths.models_dir)
-        click.echo(f"`{catalog_entry.id}` -> {path}" if catalog_entry.source is not None else str(path))
+        pulled = pull_model(spec, paths, model_id=model_id)
     except (FetchError, PullError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    click.echo(f"pulled `{pulled.id}` -> {pulled.path}" if pulled.source == "hf" else str(pulled.path))
 
 
 @models.command("rm")

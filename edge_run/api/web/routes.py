@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
-from litestar import Response, get, post
+from litestar import Response, get, head, post
 from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
@@ -103,6 +103,11 @@ async def index() -> Response[bytes]:
     )
 
 
+@head("/", include_in_schema=False)
+async def probe() -> None:
+    """``HEAD /``: Ollama's clients probe the server with it before they call ``/api/*``."""
+
+
 @post("/auth/exchange", status_code=200, include_in_schema=False)
 async def exchange(
     data: JSONBody[ExchangeRequest], login_codes: NamedDependency[LoginCodes], keys: NamedDependency[KeyStore | None]
@@ -141,4 +146,4 @@ def web_routes() -> list[ControllerRouterHandler]:
         include_in_schema=False,
         after_request=_page_headers,  # type: ignore[arg-type]
     )
-    return [index, exchange, assets]
+    return [index, probe, exchange, assets]
