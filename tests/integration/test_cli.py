@@ -124,6 +124,12 @@ def test_help_lists_every_command_and_serve_flag():
         assert command in top.stdout
 
 
+def test_ollama_api_without_keys_on_a_public_host_is_refused(tmp_path):
+    r = run_cli(tmp_path, "serve", "--ollama-no-key", "--host", "0.0.0.0", "--port", str(free_port()), check=False)
+    assert r.returncode == 2
+    assert "--ollama-no-key" in r.stderr
+
+
 def test_any_origin_without_keys_is_refused(tmp_path):
     r = run_cli(tmp_path, "serve", "--no-auth", "--cors-origin", "*", check=False)
     assert r.returncode == 2

@@ -42,7 +42,7 @@ def client(server: Server) -> ollama.Client:
 @pytest.fixture(scope="module")
 def own(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
     """A server whose models this module changes (pull, copy, delete), with SmolLM2 also under Qwen3's and
-    DeepSeek-R1's templates (their thinking switches)."""
+    DeepSeek-R1's templates (their thinking switches), serving Ollama's API without a key (``--ollama-no-key``)."""
     home = tmp_path_factory.mktemp("ollama")
     set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
     families = {"fam/qwen3": "Qwen-Qwen3-0.6B.jinja", "fam/r1": "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"}
@@ -55,7 +55,7 @@ def own(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[
     gguf = model_path.read_bytes()
     with HubFixture({"acme/tiny-GGUF": {"tiny-Q4_K_M.gguf": gguf, "README.md": b"# tiny"}}) as hub:
         env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(home / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
-        server = start_server(home, "--slots", "2", "--ctx", "1024", "--max-loaded", "1", env=env)
+        server = start_server(home, "--slots", "2", "--ctx", "1024", "--max-loaded", "1", "--ollama-no-key", env=env)
         yield server
         server.stop()
 
@@ -211,3 +211,11 @@ def test_a_pull_that_resolves_to_nothing_is_a_4xx_and_leaves_nothing(own: Server
         client.pull("hf:acme/no-such-repo")
     after = sorted(p for p in own.home.rglob("*") if p.is_file() and "logs" not in p.parts)
     assert [p for p in after if p not in before] == []
+
+
+def test_ollama_no_key_opens_api_only_and_still_checks_a_key_that_is_sent(own: Server):
+    tags = ollama.Client(host=own.url, timeout=60).list()  # no Authorization header at all
+    assert MODEL_ID in [m.model for m in tags.models]
+    assert httpx.get(own.url + "/v1/models", timeout=30).status_code == 401  # the OpenAI routes keep their keys
+    wrong = httpx.get(own.url + "/api/tags", headers={"Authorization": "Bearer sk-wrong"}, timeout=30)
+    assert wrong.status_code == 401 and "error" in wrong.json()
