@@ -24,7 +24,7 @@ from edge_run.api.library.routes import list_library
 from edge_run.api.ollama import models as ollama_models
 from edge_run.api.ollama import routes as ollama_routes
 from edge_run.api.openai.routes import chat_completions, embeddings, get_model, list_models, text_completions, usage
-from edge_run.api.rerank.routes import rerank
+from edge_run.api.rerank.routes import ollama_rerank, rerank
 from edge_run.api.responses.routes import create_response, delete_response, get_response
 from edge_run.api.web.routes import web_routes
 
@@ -60,6 +60,7 @@ _OLLAMA_ROUTES = (
     ollama_models.delete_model,
     ollama_models.copy_model,
     ollama_models.version,
+    ollama_rerank,
 )
 
 

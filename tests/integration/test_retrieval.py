@@ -232,3 +232,13 @@ def test_base64_is_the_float_vector(server, client):
     ).json()
     blob = base64.b64decode(raw["data"][0]["embedding"])
     assert np.allclose(struct.unpack(f"<{len(blob) // 4}f", blob), floats, atol=1e-6)
+
+
+def test_ollamas_rerank_route_answers_as_v1_and_errs_in_ollamas_shape(server):
+    headers = {"Authorization": f"Bearer {server.key}"}
+    body = {"model": "bge/rerank", "query": QUERY, "documents": TEXTS, "top_n": 3}
+    mine = httpx.post(f"{server.url}/api/rerank", json=body, headers=headers, timeout=60)
+    assert mine.status_code == 200, mine.text
+    assert mine.json()["results"] == httpx.post(f"{server.url}/v1/rerank", json=body, headers=headers).json()["results"]
+    bad = httpx.post(f"{server.url}/api/rerank", json={**body, "documents": []}, headers=headers, timeout=60)
+    assert bad.status_code == 400 and set(bad.json()) == {"error"}

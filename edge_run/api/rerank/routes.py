@@ -17,11 +17,22 @@ from edge_run.serving.retrieval import ranked
 if TYPE_CHECKING:
     from edge_run.engine import Engine
 
-__all__ = ["rerank"]
+__all__ = ["ollama_rerank", "rerank"]
 
 
 @post(["/v1/rerank", "/rerank"], status_code=200, summary="Rerank documents by relevance to a query (Jina/Cohere)")
 async def rerank(data: JSONBody[RerankRequest], access: NamedDependency[ModelAccess]) -> RerankResponse:
+    return await ranked_documents(data, access)
+
+
+@post("/rerank", status_code=200, summary="Rerank documents (Ollama's proposed route; Jina's shape, Ollama's errors)")
+async def ollama_rerank(data: JSONBody[RerankRequest], access: NamedDependency[ModelAccess]) -> RerankResponse:
+    return await ranked_documents(data, access, relay=False)  # upstreams speak OpenAI's API only
+
+
+async def ranked_documents(data: RerankRequest, access: ModelAccess, *, relay: bool = True) -> RerankResponse:
+    """The documents by the reranker's score, answered by the model ``data`` names (or, with ``relay``, its
+    upstream)."""
     access.spec(data.model, "rerank")
     texts = data.texts
 
@@ -31,9 +42,10 @@ async def rerank(data: JSONBody[RerankRequest], access: NamedDependency[ModelAcc
             RerankResult(r.index, r.score, Document(texts[r.index]) if data.return_documents else UNSET)
             for r in ranked(scores, data.top_n)
         ]
-        return RerankResponse(
-            id=new_id("rerank-"), model=data.model, results=results, usage=RerankUsage(n_tokens, n_tokens)
-        )
+        usage = RerankUsage(n_tokens, n_tokens)
+        return RerankResponse(id=new_id("rerank-"), model=data.model, results=results, usage=usage)
 
-    result: RerankResponse | Response[Any] = await access.run(data.model, data.keep_alive, work, needs="rerank")
+    result: RerankResponse | Response[Any] = await access.run(
+        data.model, data.keep_alive, work, needs="rerank", relay=relay
+    )
     return cast("RerankResponse", result)  # an upstream's answer is a Response, sent as it is
