@@ -23,25 +23,21 @@ if TYPE_CHECKING:
     from edge_run.engine.threads import CoreShare
     from edge_run.engine.types import EngineOptions
 
-__all__ = ["MAX_SEQUENCES", "Pooler", "pack", "serial"]
+__all__ = ["MAX_SEQUENCES", "Pooler", "serial", "take"]
 
 T = TypeVar("T")
 Run = Callable[[Callable[[], Any]], Awaitable[Any]]
 MAX_SEQUENCES = 128  # inputs in one decode at most (llama.cpp allows 256 sequences)
 
 
-def pack(lengths: list[int], max_tokens: int, max_seqs: int) -> list[list[int]]:
-    """The inputs' indices, in order, in groups of at most ``max_seqs`` inputs and ``max_tokens`` tokens
-    (an input longer than that is a group alone)."""
-    groups: list[list[int]] = []
-    tokens = 0
-    for i, n in enumerate(lengths):
-        if not groups or len(groups[-1]) >= max_seqs or tokens + n > max_tokens:
-            groups.append([])
-            tokens = 0
-        groups[-1].append(i)
-        tokens += n
-    return groups
+def take(lengths: list[int], start: int, max_tokens: int, max_seqs: int) -> int:
+    """Where the batch that starts at input ``start`` ends: as many inputs as fit ``max_tokens`` tokens and
+    ``max_seqs`` sequences, and at least one (an input longer than that is a batch alone)."""
+    end, tokens = start, 0
+    while end < len(lengths) and end - start < max_seqs and (end == start or tokens + lengths[end] <= max_tokens):
+        tokens += lengths[end]
+        end += 1
+    return end
 
 
 def serial() -> Run:
@@ -62,12 +58,23 @@ class Pooler:
 
     Each batch takes its threads from ``cores`` as ``member`` (the engine's, or its own for a model without an
     engine thread), like a generation step: the loaded models together never run more threads than cores.
+    While ``busy()`` (a chat model's slots are generating), a batch takes ``small`` tokens at most, a prompt
+    block's worth, so that the streams beside it wait no longer than for a step that prefills; else ``--batch``.
     """
 
     def __init__(
-        self, model: Model, options: EngineOptions, run: Run, cores: CoreShare, member: int | None = None
+        self,
+        model: Model,
+        options: EngineOptions,
+        run: Run,
+        cores: CoreShare,
+        member: int | None = None,
+        busy: Callable[[], bool] = lambda: False,
+        small: int = 0,
     ) -> None:
         self.model = model
+        self._busy = busy
+        self._small = small or options.batch
         self._options = options
         self._run = run
         self._cores = cores
@@ -82,21 +89,27 @@ class Pooler:
     async def embed(self, inputs: list[str] | list[list[int]], *, truncate: bool) -> tuple[list[np.ndarray], int]:
         """Unit vectors, one per input, and the tokens they took."""
         model = self.model
-        if inputs and isinstance(inputs[0], str):
-            token_lists = await asyncio.to_thread(lambda: [model.tokenize(str(t)) for t in inputs])
-        else:
-            token_lists = [self._checked_ids(i, list(t)) for i, t in enumerate(inputs)]  # type: ignore[arg-type]
-        token_lists = [self._fitted(f"input[{i}]", t, truncate) for i, t in enumerate(token_lists)]
-        pooled = await self._pool(token_lists)
-        return [v / (float(np.linalg.norm(v)) or 1.0) for v in pooled], sum(map(len, token_lists))
+
+        def tokens() -> list[list[int]]:
+            if inputs and isinstance(inputs[0], str):
+                found = [model.tokenize(str(t)) for t in inputs]
+            else:
+                found = [self._checked_ids(i, list(t)) for i, t in enumerate(inputs)]  # type: ignore[arg-type]
+            return [self._fitted(f"input[{i}]", t, truncate) for i, t in enumerate(found)]
+
+        pooled, n_tokens = await self._pool(tokens)
+        return [v / (float(np.linalg.norm(v)) or 1.0) for v in pooled], n_tokens
 
     async def scores(self, query: str, documents: list[str], *, truncate: bool) -> tuple[list[float], int]:
         """A reranker's relevance score of each document to ``query`` (its raw output, as llama-server's),
         and the tokens they took."""
-        pairs = await asyncio.to_thread(lambda: [self.model.pair_tokens(query, d) for d in documents])
-        pairs = [self._fitted(f"documents[{i}]", t, truncate) for i, t in enumerate(pairs)]
-        pooled = await self._pool(pairs)
-        return [float(v[0]) for v in pooled], sum(map(len, pairs))
+
+        def tokens() -> list[list[int]]:
+            pairs = self.model.pair_tokens(query, documents)
+            return [self._fitted(f"documents[{i}]", t, truncate) for i, t in enumerate(pairs)]
+
+        pooled, n_tokens = await self._pool(tokens)
+        return [float(v[0]) for v in pooled], n_tokens
 
     def _checked_ids(self, i: int, ids: list[int]) -> list[int]:
         bad = next((t for t in ids if not 0 <= t < self.model.n_vocab), None)
@@ -118,13 +131,31 @@ class Pooler:
             param=param,
         )
 
-    async def _pool(self, sequences: list[list[int]]) -> list[np.ndarray]:
-        groups = pack([len(s) for s in sequences], self._options.batch, MAX_SEQUENCES)
+    async def _pool(self, tokens: Callable[[], list[list[int]]]) -> tuple[list[np.ndarray], int]:
+        """The pooled outputs of the sequences ``tokens()`` makes (tokenizing and checking), and their tokens.
+
+        Without an engine thread, all of it is one call; on a chat model's, tokenizing is off the event loop
+        and each batch its own call, so the model's generation steps run between them."""
+        if self._own:
+            return await self._run(lambda: self._decode_all(tokens()))  # type: ignore[no-any-return]
+        sequences = await asyncio.to_thread(tokens)
+        lengths = [len(s) for s in sequences]
         out: list[np.ndarray] = []
-        for group in groups:  # one call each: a chat model's generation steps run between them
-            batch = [sequences[i] for i in group]
-            out += await self._run(functools.partial(self._decode, batch))
-        return out
+        while len(out) < len(sequences):
+            out += await self._run(functools.partial(self._decode_from, sequences, lengths, len(out)))
+        return out, sum(lengths)
+
+    def _decode_all(self, sequences: list[list[int]]) -> tuple[list[np.ndarray], int]:
+        lengths = [len(s) for s in sequences]
+        out: list[np.ndarray] = []
+        while len(out) < len(sequences):
+            out += self._decode_from(sequences, lengths, len(out))
+        return out, sum(lengths)
+
+    def _decode_from(self, sequences: list[list[int]], lengths: list[int], start: int) -> list[np.ndarray]:
+        """The next batch from input ``start``, sized on the model's thread by what runs there now."""
+        end = take(lengths, start, self._small if self._busy() else self._options.batch, MAX_SEQUENCES)
+        return self._decode(sequences[start:end])
 
     def _decode(self, batch: list[list[int]]) -> list[np.ndarray]:
         cores, member = self._cores, self._member

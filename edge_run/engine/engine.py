@@ -131,7 +131,7 @@ class Engine:
 
         opts = self.options
         placement = self.placement()
-        model = Model(self.path, gpu_layers=placement.layers)
+        model = Model(self.path, gpu_layers=placement.layers, repack=opts.kind != "chat")
         self.model = model
         if opts.kind != "chat":  # an embedder or a reranker: no slots, no scheduler
             self._pooler = Pooler(model, opts, serial(), opts.cores or CoreShare(opts.threads))
@@ -158,7 +158,15 @@ class Engine:
         )
         self._worker = Worker(scheduler, loop)
         self._worker.start()
-        self._pooler = Pooler(model, opts, self._worker.call, scheduler.cores, scheduler.member)
+        self._pooler = Pooler(
+            model,
+            opts,
+            self._worker.call,
+            scheduler.cores,
+            scheduler.member,
+            busy=lambda: scheduler.busy > 0,
+            small=scheduler.block,
+        )
 
     def _ready(self) -> tuple[Model, ChatTemplate, Worker]:
         if self.options.kind != "chat":

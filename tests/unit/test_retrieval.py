@@ -14,7 +14,7 @@ from litestar.testing import TestClient
 
 from edge_run.api.app import create_app
 from edge_run.engine import EngineOptions
-from edge_run.engine.embedding import MAX_SEQUENCES, Pooler, pack
+from edge_run.engine.embedding import MAX_SEQUENCES, Pooler, take
 from edge_run.engine.threads import CoreShare
 from edge_run.errors import ContextLengthExceeded, InvalidRequest
 from edge_run.keys import KeyStore
@@ -23,7 +23,16 @@ from edge_run.server import app_services
 from edge_run.serving.retrieval import check_dimensions, embedding_inputs, ranked, shortened
 
 
-def test_pack_keeps_order_and_fills_batches_up_to_tokens_and_sequences():
+def pack(lengths: list[int], max_tokens: int, max_seqs: int) -> list[list[int]]:
+    groups, start = [], 0
+    while start < len(lengths):
+        end = take(lengths, start, max_tokens, max_seqs)
+        groups.append(list(range(start, end)))
+        start = end
+    return groups
+
+
+def test_batches_keep_order_and_fill_up_to_tokens_and_sequences():
     assert pack([3, 3, 3, 3], 6, 8) == [[0, 1], [2, 3]]
     assert pack([10, 2, 2], 6, 8) == [[0], [1, 2]]  # one input longer than a batch goes alone
     assert pack([1] * 5, 100, 2) == [[0, 1], [2, 3], [4]]
@@ -86,8 +95,8 @@ class FakeVocabModel:
     def tokenize(self, text: str) -> list[int]:
         return [1 + len(w) for w in text.split()] or [1]
 
-    def pair_tokens(self, query: str, document: str) -> list[int]:
-        return [1, *self.tokenize(query), 2, *self.tokenize(document), 2]
+    def pair_tokens(self, query: str, documents: list[str]) -> list[list[int]]:
+        return [[1, *self.tokenize(query), 2, *self.tokenize(d), 2] for d in documents]
 
 
 def test_a_burst_is_decoded_in_batches_each_its_own_call_on_the_model_thread():
@@ -118,6 +127,10 @@ def test_a_burst_is_decoded_in_batches_each_its_own_call_on_the_model_thread():
         asyncio.run(pooler.embed([[1, 99]], truncate=False))
     scores, tokens = asyncio.run(pooler.scores("q", ["d1", "doc two"], truncate=False))
     assert scores == [5.0, 6.0] and tokens == 11
+    calls.clear()
+    pooler._busy, pooler._small = (lambda: True), 3  # streams are generating: batches of a prompt block at most
+    asyncio.run(pooler.embed(["a b c"] * 4, truncate=False))
+    assert [sum(map(len, batch)) for batch in calls] == [3, 3, 3, 3]
 
 
 class FakeEmbedder:

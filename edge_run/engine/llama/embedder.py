@@ -6,12 +6,12 @@ shared by them and cleared before each batch. Runs on whichever thread its engin
 
 from __future__ import annotations
 
+import ctypes
 from typing import TYPE_CHECKING
 
 import llama_cpp as L
 import numpy as np
 
-from edge_run.engine.llama.context import Batch
 from edge_run.errors import EngineFailure
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class Embedder:
         self.pooling = L.llama_pooling_type(self._ptr)
         self.n_out = L.llama_model_n_cls_out(model.ptr) if self.pooling == RANK else L.llama_model_n_embd_out(model.ptr)
         self.n_batch, self.n_seq = n_batch, n_seq
-        self._batch = Batch(n_batch)
+        self._batch = _ArrayBatch(n_batch)
 
     def set_threads(self, threads: int) -> None:
         L.llama_set_n_threads(self._ptr, threads, threads)
@@ -54,15 +54,10 @@ class Embedder:
         """One pooled output per sequence: a vector, or a reranker's scores (its first is the relevance)."""
         if len(sequences) > self.n_seq or sum(map(len, sequences)) > self.n_batch:
             raise EngineFailure("an embedding batch larger than its context")
-        batch = self._batch
-        batch.clear()
-        for seq, tokens in enumerate(sequences):
-            for pos, token in enumerate(tokens):
-                batch.add(token, pos, seq, True)  # every token an output, as llama.cpp wants for pooling
+        batch = self._batch.fill(sequences)
         if self._mem:
             L.llama_memory_clear(self._mem, True)
-        batch._b.n_tokens = batch.n
-        if L.llama_decode(self._ptr, batch._b) != 0:
+        if L.llama_decode(self._ptr, batch) != 0:
             raise EngineFailure("embedding decode failed")
         out = []
         for seq in range(len(sequences)):
@@ -73,7 +68,39 @@ class Embedder:
         return out
 
     def close(self) -> None:
-        self._batch.close()
         if self._ptr:
             L.llama_free(self._ptr)
             self._ptr = None
+
+
+class _ArrayBatch:
+    """A ``llama_batch`` over numpy arrays, filled a whole batch at a time (not a token at a time): each token
+    in one sequence, and every token an output, as llama.cpp wants for pooling."""
+
+    def __init__(self, capacity: int) -> None:
+        self.tokens = np.zeros(capacity, dtype=np.int32)
+        self.positions = np.zeros(capacity, dtype=np.int32)
+        self.seqs = np.zeros(capacity, dtype=np.int32)
+        self._ones = np.ones(capacity, dtype=np.int32)
+        self._outputs = np.ones(capacity, dtype=np.int8)
+        int32_p = ctypes.POINTER(ctypes.c_int32)
+        base = self.seqs.ctypes.data
+        self._seq_ptrs = (int32_p * capacity)(*(ctypes.cast(base + 4 * i, int32_p) for i in range(capacity)))
+        self._b = L.llama_batch(
+            n_tokens=0,
+            token=self.tokens.ctypes.data_as(int32_p),
+            embd=None,
+            pos=self.positions.ctypes.data_as(int32_p),
+            n_seq_id=self._ones.ctypes.data_as(int32_p),
+            seq_id=self._seq_ptrs,
+            logits=self._outputs.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
+        )
+
+    def fill(self, sequences: list[list[int]]) -> L.llama_batch:
+        lengths = [len(s) for s in sequences]
+        n = sum(lengths)
+        self.tokens[:n] = np.fromiter((t for s in sequences for t in s), dtype=np.int32, count=n)
+        self.positions[:n] = np.concatenate([np.arange(k, dtype=np.int32) for k in lengths])
+        self.seqs[:n] = np.repeat(np.arange(len(sequences), dtype=np.int32), lengths)
+        self._b.n_tokens = n
+        return self._b

@@ -33,13 +33,14 @@ SHOWN_MARKERS = (
 class Model:
     """A loaded GGUF: weights and vocabulary."""
 
-    def __init__(self, path: Path, *, gpu_layers: int) -> None:
+    def __init__(self, path: Path, *, gpu_layers: int, repack: bool = False) -> None:
         init_backend()
         params = L.llama_model_default_params()
         params.n_gpu_layers = gpu_layers
         # repacked weights (Q4_0, Q4_K, IQ4_NL... on AVX2) take a 4-column kernel and a 1-column one,
-        # so a token's logits would depend on the rows decoded beside it
-        params.use_extra_bufts = False
+        # so a token's logits would depend on the rows decoded beside it: only models that never generate
+        # (embedders, rerankers, whose vectors move by rounding with their batch anyway) take the faster kernels
+        params.use_extra_bufts = repack
         self.path = path
         self._ptr = L.llama_model_load_from_file(str(path).encode(), params)
         if not self._ptr:
@@ -80,21 +81,21 @@ class Model:
     def chat_template(self) -> str | None:
         return self.meta("tokenizer.chat_template")
 
-    def pair_tokens(self, query: str, document: str) -> list[int]:
-        """A reranker's input for one pair, as llama-server makes it: the GGUF's ``rerank`` template when it has
-        one (Qwen3-Reranker), else ``[BOS] query [EOS] [SEP] document [EOS]`` as the vocabulary adds each."""
+    def pair_tokens(self, query: str, documents: list[str]) -> list[list[int]]:
+        """A reranker's input for each (query, document) pair, as llama-server makes it: the GGUF's ``rerank``
+        template when it has one (Qwen3-Reranker), else ``[BOS] query [EOS] [SEP] document [EOS]`` as the
+        vocabulary adds each."""
         template = self.meta("tokenizer.chat_template.rerank")
         if template is not None:
-            text = template.replace("{query}", query).replace("{document}", document)
-            return self.tokenize(text, add_special=False)
+            texts = (template.replace("{query}", query).replace("{document}", d) for d in documents)
+            return [self.tokenize(text, add_special=False) for text in texts]
         v = self.vocab
         eos = L.llama_vocab_eos(v) if L.llama_vocab_eos(v) != -1 else L.llama_vocab_sep(v)
         bos = [L.llama_vocab_bos(v)] if L.llama_vocab_get_add_bos(v) else []
         end = [eos] if L.llama_vocab_get_add_eos(v) else []
         sep = [L.llama_vocab_sep(v)] if L.llama_vocab_get_add_sep(v) else []
-        q = self.tokenize(query, add_special=False, parse_special=False)
-        d = self.tokenize(document, add_special=False, parse_special=False)
-        return bos + q + end + sep + d + end
+        head = bos + self.tokenize(query, add_special=False, parse_special=False) + end + sep
+        return [head + self.tokenize(d, add_special=False, parse_special=False) + end for d in documents]
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
         data = text.encode("utf-8")
