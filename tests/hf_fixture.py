@@ -9,6 +9,9 @@ Routes served (model repos only, revisions ``main`` and the repo's one commit sh
 - ``HEAD``/``GET /{repo}/resolve/{rev}/{file}``: ``hf_hub_download`` (``X-Repo-Commit``, ``ETag``,
   ``X-Linked-Etag``, ``X-Linked-Size``, ``Content-Length``, ``Range`` answered with 206).
 
+A download can be cut (:meth:`HubFixture.cut_once`), held halfway until the test lets it go on
+(:meth:`HubFixture.pause_once`), or slowed down (:meth:`HubFixture.throttle`).
+
 Errors carry the ``X-Error-Code`` header huggingface_hub maps to its exceptions (``RepoNotFound``,
 ``RevisionNotFound``, ``EntryNotFound``, ``GatedRepo``). No Xet headers are ever sent, so downloads are plain HTTP.
 ``.gguf`` files are LFS files (their ETag is the content's sha256); anything else is a plain git blob.
@@ -21,6 +24,7 @@ import http.server
 import json
 import re
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -60,6 +64,8 @@ class HubFixture:
         self._commits = {repo: self._commit_of(repo, files) for repo, files in self._repos.items()}
         self._lies: set[tuple[str, str]] = set()
         self._cuts: dict[tuple[str, str], int] = {}
+        self._pauses: dict[tuple[str, str], tuple[int, threading.Event]] = {}
+        self._chunk_delay = 0.0
         self._lock = threading.Lock()
         self._server: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -89,6 +95,19 @@ class HubFixture:
         self._known(repo, filename)
         with self._lock:
             self._cuts[(repo, filename)] = after_bytes
+
+    def pause_once(self, repo: str, filename: str, after_bytes: int) -> threading.Event:
+        """Make the next GET of the file send ``after_bytes`` of body, then wait until the returned event is set
+        (a download held halfway, with no timing involved), then send the rest."""
+        self._known(repo, filename)
+        resume = threading.Event()
+        with self._lock:
+            self._pauses[(repo, filename)] = (after_bytes, resume)
+        return resume
+
+    def throttle(self, seconds_per_mib: float) -> None:
+        """Send every file body a MiB at a time, sleeping this long after each (0: at once)."""
+        self._chunk_delay = seconds_per_mib
 
     def gets_of(self, repo: str, filename: str) -> list[dict[str, str]]:
         """Headers of every GET of the file's ``resolve`` URL seen so far."""
@@ -330,13 +349,31 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         with hub._lock:
             cut = hub._cuts.pop((repo, filename), None)
+            pause = hub._pauses.pop((repo, filename), None)
         body = data[start : end + 1]
         if cut is not None:
             self.wfile.write(body[:cut])
             self.wfile.flush()
             self.close_connection = True
             return
-        self.wfile.write(body)
+        if pause is not None:
+            self.wfile.write(body[: pause[0]])
+            self.wfile.flush()
+            pause[1].wait(timeout=120)
+            body = body[pause[0] :]
+        self._send(body)
+
+    def _send(self, body: bytes) -> None:
+        try:
+            if not self.hub._chunk_delay:
+                self.wfile.write(body)
+                return
+            for at in range(0, len(body), 1 << 20):
+                self.wfile.write(body[at : at + (1 << 20)])
+                self.wfile.flush()
+                time.sleep(self.hub._chunk_delay)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (a cancelled pull)
+            self.close_connection = True
 
     def _json(self, payload: Any) -> None:
         body = json.dumps(payload).encode()
