@@ -9,8 +9,8 @@ Routes served (model repos only, revisions ``main`` and the repo's one commit sh
 - ``HEAD``/``GET /{repo}/resolve/{rev}/{file}``: ``hf_hub_download`` (``X-Repo-Commit``, ``ETag``,
   ``X-Linked-Etag``, ``X-Linked-Size``, ``Content-Length``, ``Range`` answered with 206).
 
-A download can be cut (:meth:`HubFixture.cut_once`), held halfway until the test lets it go on
-(:meth:`HubFixture.pause_once`), or slowed down (:meth:`HubFixture.throttle`).
+A download can be cut (:meth:`HubFixture.cut_once`), or held halfway until the test lets it go on
+(:meth:`HubFixture.pause_once`): a pull under way, with no timing involved.
 
 Errors carry the ``X-Error-Code`` header huggingface_hub maps to its exceptions (``RepoNotFound``,
 ``RevisionNotFound``, ``EntryNotFound``, ``GatedRepo``). No Xet headers are ever sent, so downloads are plain HTTP.
@@ -24,7 +24,6 @@ import http.server
 import json
 import re
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -65,7 +64,6 @@ class HubFixture:
         self._lies: set[tuple[str, str]] = set()
         self._cuts: dict[tuple[str, str], int] = {}
         self._pauses: dict[tuple[str, str], tuple[int, threading.Event]] = {}
-        self._chunk_delay = 0.0
         self._lock = threading.Lock()
         self._server: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -104,10 +102,6 @@ class HubFixture:
         with self._lock:
             self._pauses[(repo, filename)] = (after_bytes, resume)
         return resume
-
-    def throttle(self, seconds_per_mib: float) -> None:
-        """Send every file body a MiB at a time, sleeping this long after each (0: at once)."""
-        self._chunk_delay = seconds_per_mib
 
     def gets_of(self, repo: str, filename: str) -> list[dict[str, str]]:
         """Headers of every GET of the file's ``resolve`` URL seen so far."""
@@ -356,22 +350,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
-        if pause is not None:
-            self.wfile.write(body[: pause[0]])
-            self.wfile.flush()
-            pause[1].wait(timeout=120)
-            body = body[pause[0] :]
-        self._send(body)
-
-    def _send(self, body: bytes) -> None:
         try:
-            if not self.hub._chunk_delay:
-                self.wfile.write(body)
-                return
-            for at in range(0, len(body), 1 << 20):
-                self.wfile.write(body[at : at + (1 << 20)])
+            if pause is not None:
+                self.wfile.write(body[: pause[0]])
                 self.wfile.flush()
-                time.sleep(self.hub._chunk_delay)
+                pause[1].wait(timeout=120)
+                body = body[pause[0] :]
+            self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (a cancelled pull)
             self.close_connection = True
 

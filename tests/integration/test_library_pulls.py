@@ -47,9 +47,8 @@ def hub(model_path: Path) -> Iterator[HubFixture]:
         yield fixture
 
 
-@pytest.fixture(scope="module")
-def lib_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path, hub: HubFixture) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("library-pulls")
+def start_library_server(home: Path, model_path: Path, hub: HubFixture) -> Server:
+    """A server with the test model, a ``[[model]]`` table, and ``tiny-lib`` in its library (on ``hub``)."""
     set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
     (home / "config").mkdir(exist_ok=True)
     (home / "config" / "config.toml").write_text(f'[[model]]\nid = "{CONFIGURED}"\npath = "{model_path}"\n')
@@ -63,7 +62,12 @@ def lib_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path, hub: 
         "HF_HUB_DOWNLOAD_TIMEOUT": "120",  # a download held halfway must not time out
         "EDGE_RUN_CATALOG": str(catalog),
     }
-    server = start_server(home, "--ctx", "1024", "--slots", "2", "--max-loaded", "2", env=env)
+    return start_server(home, "--ctx", "1024", "--slots", "2", "--max-loaded", "2", env=env)
+
+
+@pytest.fixture(scope="module")
+def lib_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path, hub: HubFixture) -> Iterator[Server]:
+    server = start_library_server(tmp_path_factory.mktemp("library-pulls"), model_path, hub)
     yield server
     server.stop()
 
