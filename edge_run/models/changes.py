@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from edge_run.errors import InvalidRequest, ModelNotFound, PullCancelled
+from edge_run.errors import EdgeRunError, InvalidRequest, ModelNotFound, PullCancelled
 from edge_run.models.fetch import FetchError
 from edge_run.models.inventory import pull_target
 
@@ -221,6 +221,8 @@ class ModelChanges:
 
 
 class _NoPull(ModelNotFound):
+    """A 404 as for an unknown model, saying that no pull of it runs."""
+
     def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.message = f"no pull of `{name}` is under way"
+        EdgeRunError.__init__(self, f"no pull of `{name}` is under way", param="model")
+        self.model = name

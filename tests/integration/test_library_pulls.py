@@ -9,65 +9,28 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.hf_fixture import HubFixture
-from tests.support import MODEL_ID, Server, set_up, start_server, wait_for
+from tests.support import LIB_CONFIGURED, LIB_FILE, LIB_ID, LIB_REPO, MODEL_ID, Server, start_library_server, wait_for
+
+OLLAMA_NAME = "tiny-lib:135m"
 
 pytestmark = pytest.mark.integration
-
-REPO, FILE = "acme/tiny-lib-GGUF", "tiny-lib-Q4_1.gguf"
-LIB_ID, OLLAMA_NAME = "tiny-lib", "tiny-lib:135m"
-CONFIGURED = "team/configured"
-
-
-def library_entry(size: int) -> str:
-    return f"""
-[[model]]
-id = "{LIB_ID}"
-name = "Tiny library model"
-description = "SmolLM2 135M from the test Hub"
-size = {size}
-capabilities = ["chat"]
-params = 134_500_000
-context = 8192
-license = "apache-2.0"
-ollama = ["{OLLAMA_NAME}"]
-source = {{ kind = "hf", repo = "{REPO}", file = "{FILE}" }}
-"""
 
 
 @pytest.fixture(scope="module")
 def hub(model_path: Path) -> Iterator[HubFixture]:
-    with HubFixture({REPO: {FILE: model_path.read_bytes()}}) as fixture:
+    with HubFixture({LIB_REPO: {LIB_FILE: model_path.read_bytes()}}) as fixture:
         yield fixture
-
-
-def start_library_server(home: Path, model_path: Path, hub: HubFixture) -> Server:
-    """A server with the test model, a ``[[model]]`` table, and ``tiny-lib`` in its library (on ``hub``)."""
-    set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
-    (home / "config").mkdir(exist_ok=True)
-    (home / "config" / "config.toml").write_text(f'[[model]]\nid = "{CONFIGURED}"\npath = "{model_path}"\n')
-    catalog = home / "catalog.toml"
-    shipped = (resources.files("edge_run.models") / "catalog.toml").read_text(encoding="utf-8")
-    catalog.write_text(shipped + library_entry(model_path.stat().st_size))
-    env = {
-        "HF_ENDPOINT": hub.url,
-        "HF_HOME": str(home / "hf-home"),
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DOWNLOAD_TIMEOUT": "120",  # a download held halfway must not time out
-        "EDGE_RUN_CATALOG": str(catalog),
-    }
-    return start_server(home, "--ctx", "1024", "--slots", "2", "--max-loaded", "2", env=env)
 
 
 @pytest.fixture(scope="module")
 def lib_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path, hub: HubFixture) -> Iterator[Server]:
-    server = start_library_server(tmp_path_factory.mktemp("library-pulls"), model_path, hub)
+    server = start_library_server(tmp_path_factory.mktemp("library-pulls"), model_path, hub.url)
     yield server
     server.stop()
 
@@ -113,12 +76,12 @@ def _stream_pull(client: httpx.Client, server: Server, name: str):
 def test_a_cancelled_pull_leaves_nothing_and_is_not_offered(lib_server: Server, hub: HubFixture, model_path: Path):
     server = lib_server
     before = _store_files(server)
-    resume = hub.pause_once(REPO, FILE, model_path.stat().st_size // 2)
+    resume = hub.pause_once(LIB_REPO, LIB_FILE, model_path.stat().st_size // 2)
     with httpx.Client(timeout=120) as client, _stream_pull(client, server, OLLAMA_NAME) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         events = _events(r)
         moved = _until_moved(events)
-        assert moved["file"] == FILE and moved["total"] == model_path.stat().st_size
+        assert moved["file"] == LIB_FILE and moved["total"] == model_path.stat().st_size
         assert [p["model"] for p in _pulls(server)] == [LIB_ID]
         assert any(p.name.endswith(".incomplete") for p in _store_files(server) - before)  # something to clean
         cancel = httpx.delete(server.base_url + f"/library/pulls/{OLLAMA_NAME}", headers=_auth(server))
@@ -137,7 +100,7 @@ def test_ollamas_pull_cancelled_by_its_client_leaving_leaves_nothing(
 ):
     server = lib_server
     before = _store_files(server)
-    resume = hub.pause_once(REPO, FILE, model_path.stat().st_size // 2)
+    resume = hub.pause_once(LIB_REPO, LIB_FILE, model_path.stat().st_size // 2)
     with httpx.Client(timeout=120) as client:
         body = {"model": OLLAMA_NAME, "stream": True}
         with client.stream("POST", server.url + "/api/pull", json=body, headers=_auth(server)) as r:
@@ -155,8 +118,8 @@ def test_a_pull_joined_after_its_first_client_left_succeeds_and_the_model_chats(
     lib_server: Server, hub: HubFixture, model_path: Path
 ):
     server = lib_server
-    gets = len(hub.gets_of(REPO, FILE))
-    resume = hub.pause_once(REPO, FILE, model_path.stat().st_size // 2)
+    gets = len(hub.gets_of(LIB_REPO, LIB_FILE))
+    resume = hub.pause_once(LIB_REPO, LIB_FILE, model_path.stat().st_size // 2)
     with httpx.Client(timeout=120) as client:
         with _stream_pull(client, server, OLLAMA_NAME) as first:
             moved = _until_moved(_events(first))
@@ -168,7 +131,7 @@ def test_a_pull_joined_after_its_first_client_left_succeeds_and_the_model_chats(
             rest = list(events)
     assert rest[-1] == {"status": "success", "model": LIB_ID}
     assert any(e.get("completed") == e.get("total") == model_path.stat().st_size for e in rest)
-    assert len(hub.gets_of(REPO, FILE)) == gets + 1  # one download for both
+    assert len(hub.gets_of(LIB_REPO, LIB_FILE)) == gets + 1  # one download for both
     assert LIB_ID in _model_ids(server)
     body = {"model": LIB_ID, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}
     r = httpx.post(server.base_url + "/chat/completions", json=body, headers=_auth(server), timeout=300)
@@ -186,12 +149,12 @@ def test_load_unload_and_delete(lib_server: Server):
     assert unloaded.status_code == 200 and unloaded.json()["status"] == "unloaded"
     assert httpx.get(url, headers=_auth(server)).json()["status"] == "unloaded"
     blobs = {p for p in _store_files(server) if p.parent.name == "blobs" and "tiny-lib" in str(p)}
-    assert len(blobs) == 1 and any(p.name == FILE for p in _store_files(server))
+    assert len(blobs) == 1 and any(p.name == LIB_FILE for p in _store_files(server))
     deleted = httpx.delete(url, headers=_auth(server))
     assert deleted.status_code == 200 and deleted.json() == {"id": LIB_ID, "object": "model", "deleted": True}
     assert LIB_ID not in _model_ids(server)
     left = _store_files(server)
-    assert not blobs & left and not any(p.name == FILE for p in left), left
+    assert not blobs & left and not any(p.name == LIB_FILE for p in left), left
     assert httpx.delete(url, headers=_auth(server)).status_code == 404
 
 
@@ -204,7 +167,7 @@ def test_bad_input_is_a_clear_4xx_and_leaves_nothing(lib_server: Server):
 
     unknown = pull("no-such-model:7b")
     assert unknown.status_code == 404 and "not in the library" in unknown.json()["error"]["message"]
-    no_tag = pull(f"hf:{REPO}:Q9_9")
+    no_tag = pull(f"hf:{LIB_REPO}:Q9_9")
     assert no_tag.status_code == 400 and "no GGUF file for quant Q9_9" in no_tag.json()["error"]["message"]
     no_repo = pull("hf:acme/no-such-repo")
     assert no_repo.status_code == 400 and "no model repo" in no_repo.json()["error"]["message"]
@@ -212,9 +175,9 @@ def test_bad_input_is_a_clear_4xx_and_leaves_nothing(lib_server: Server):
     assert _store_files(server) == before
     auth = _auth(server)
     assert httpx.delete(server.base_url + "/library/pulls/hf:acme/idle", headers=auth).status_code == 404
-    configured = httpx.delete(f"{server.base_url}/models/{CONFIGURED}", headers=auth)
+    configured = httpx.delete(f"{server.base_url}/models/{LIB_CONFIGURED}", headers=auth)
     assert configured.status_code == 400 and "config.toml" in configured.json()["error"]["message"]
-    assert CONFIGURED in _model_ids(server)
+    assert LIB_CONFIGURED in _model_ids(server)
     assert httpx.delete(f"{server.base_url}/models/no/such", headers=auth).status_code == 404
     assert httpx.post(f"{server.base_url}/models/no/such/unload", headers=auth).status_code == 404
     wrong = httpx.post(f"{server.base_url}/models/{MODEL_ID}/frobnicate", headers=auth)

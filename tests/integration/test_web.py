@@ -28,11 +28,20 @@ from edge_run.keys import KeyStore
 from edge_run.server import app_services
 from tests.fakes import fake_registry
 from tests.hf_fixture import HubFixture
-from tests.integration.test_library_pulls import FILE as LIB_FILE
-from tests.integration.test_library_pulls import LIB_ID, start_library_server
-from tests.integration.test_library_pulls import REPO as LIB_REPO
 from tests.payloads import WEATHER
-from tests.support import MODEL_ID, Server, browser_recorder, free_port, set_up, start_server, wait_healthy
+from tests.support import (
+    LIB_FILE,
+    LIB_ID,
+    LIB_REPO,
+    MODEL_ID,
+    Server,
+    browser_recorder,
+    free_port,
+    set_up,
+    start_library_server,
+    start_server,
+    wait_healthy,
+)
 
 CHROMIUM = os.environ.get("EDGE_RUN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -640,7 +649,7 @@ def test_library_search_download_with_progress_then_chat_with_the_model(
     browser, tmp_path_factory: pytest.TempPathFactory, model_path: Path, tmp_path
 ):
     with HubFixture({LIB_REPO: {LIB_FILE: model_path.read_bytes()}}) as hub:
-        server = start_library_server(tmp_path_factory.mktemp("web-library"), model_path, hub)
+        server = start_library_server(tmp_path_factory.mktemp("web-library"), model_path, hub.url)
         resume = hub.pause_once(LIB_REPO, LIB_FILE, model_path.stat().st_size // 2)  # the download halfway
         context, page = _open_logged_in(browser, server)
         try:
