@@ -97,7 +97,7 @@ def test_a_call_inside_the_thought_is_not_held(model):
     try:
         feed(model, sampler, "<think>\nI could write <tool_call> here")
         assert allowed(model, sampler, ["Hello", " maybe"]) == [True, True]  # still free: it was thought
-        feed(model, sampler, '\n</think>\n\n<tool_call>\n{"name": "')
+        feed(model, sampler, "\n</think>\n\n<tool_call>\n{\"name\": \"")
         assert allowed(model, sampler, ["get", "Hello"]) == [True, False]
     finally:
         L.llama_sampler_free(sampler)

@@ -74,7 +74,7 @@ def test_model_tables_preloads_and_unloading_settings(tmp_path):
     p = paths_in(tmp_path)
     p.config_dir.mkdir(parents=True)
     p.config_file.write_text(
-        "keep_alive = -1\nmemory_budget = 1.5\n"
+        'keep_alive = -1\nmemory_budget = 1.5\n'
         '[[model]]\nid = "acme/one"\npath = "/m/one.gguf"\nctx = 512\ngpu_layers = "auto"\n'
         '[[model]]\nid = "acme/two"\npath = "/m/two.gguf"\nslots = 1\nchat_template = "{{ messages }}"\n'
     )

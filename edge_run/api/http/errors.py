@@ -171,7 +171,9 @@ def undecodable(message: str) -> str | None:
     return None
 
 
-def _undecodable(request: Request, exc: RecursionError | UnicodeDecodeError) -> Response[_Envelope]:
+def _undecodable(
+    request: Request, exc: RecursionError | UnicodeDecodeError
+) -> Response[_Envelope]:
     """A body msgspec cannot decode at all, raised while decoding (older msgspec raises these as they are)."""
     why = "it is not UTF-8" if isinstance(exc, UnicodeDecodeError) else "it is nested too deeply"
     body = ErrorBody(message=f"{_NOT_JSON}: {why}.", type="invalid_request_error", param=None, code=None)
