@@ -13,10 +13,13 @@ __all__ = [
     "EngineFailure",
     "HostNotAllowed",
     "InvalidRequest",
+    "ModelBusy",
     "ModelLoading",
     "ModelNotFound",
     "ModelUnavailable",
+    "NotInLibrary",
     "Overloaded",
+    "PullCancelled",
     "RateLimited",
     "ServerDraining",
     "UnsupportedMediaType",
@@ -80,6 +83,37 @@ class ModelNotFound(EdgeRunError):
     def __init__(self, model: str) -> None:
         super().__init__(f"The model `{model}` does not exist or is not served here.", param="model")
         self.model = model
+
+
+class NotInLibrary(EdgeRunError):
+    """A pull names no library model (by id or Ollama name) and is no ``hf:`` reference either."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"`{name}` is not in the library (GET /v1/library lists it), nor an `hf:OWNER/REPO[:QUANT]` reference",
+            param="model",
+        )
+
+
+class ModelBusy(EdgeRunError):
+    """A model cannot be changed now: it is answering requests (unload, delete), or being pulled."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "model_busy"
+
+
+class PullCancelled(EdgeRunError):
+    """A pull was cancelled (``DELETE /v1/library/pulls/{model}``, or an Ollama client that left). Raised on the
+    download's thread from its progress report; a client that waited on the pull gets a 409."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "pull_cancelled"
 
 
 class Overloaded(EdgeRunError):

@@ -228,6 +228,7 @@ def app_services(
     from edge_run.api.web.routes import LoginCodes
     from edge_run.keys.limits import Limiter
     from edge_run.keys.usage import UsageLog
+    from edge_run.models.changes import ModelChanges
 
     usage = UsageLog(keys) if keys is not None else None
     login_codes = LoginCodes()
@@ -246,6 +247,7 @@ def app_services(
         access_log=access_log,
         library=library,
         files=files,
+        changes=ModelChanges(files, registry) if files is not None else None,
     )
 
 

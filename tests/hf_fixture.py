@@ -9,6 +9,9 @@ Routes served (model repos only, revisions ``main`` and the repo's one commit sh
 - ``HEAD``/``GET /{repo}/resolve/{rev}/{file}``: ``hf_hub_download`` (``X-Repo-Commit``, ``ETag``,
   ``X-Linked-Etag``, ``X-Linked-Size``, ``Content-Length``, ``Range`` answered with 206).
 
+A download can be cut (:meth:`HubFixture.cut_once`), or held halfway until the test lets it go on
+(:meth:`HubFixture.pause_once`): a pull under way, with no timing involved.
+
 Errors carry the ``X-Error-Code`` header huggingface_hub maps to its exceptions (``RepoNotFound``,
 ``RevisionNotFound``, ``EntryNotFound``, ``GatedRepo``). No Xet headers are ever sent, so downloads are plain HTTP.
 ``.gguf`` files are LFS files (their ETag is the content's sha256); anything else is a plain git blob.
@@ -60,6 +63,7 @@ class HubFixture:
         self._commits = {repo: self._commit_of(repo, files) for repo, files in self._repos.items()}
         self._lies: set[tuple[str, str]] = set()
         self._cuts: dict[tuple[str, str], int] = {}
+        self._pauses: dict[tuple[str, str], tuple[int, threading.Event]] = {}
         self._lock = threading.Lock()
         self._server: http.server.ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -89,6 +93,15 @@ class HubFixture:
         self._known(repo, filename)
         with self._lock:
             self._cuts[(repo, filename)] = after_bytes
+
+    def pause_once(self, repo: str, filename: str, after_bytes: int) -> threading.Event:
+        """Make the next GET of the file send ``after_bytes`` of body, then wait until the returned event is set
+        (a download held halfway, with no timing involved), then send the rest."""
+        self._known(repo, filename)
+        resume = threading.Event()
+        with self._lock:
+            self._pauses[(repo, filename)] = (after_bytes, resume)
+        return resume
 
     def gets_of(self, repo: str, filename: str) -> list[dict[str, str]]:
         """Headers of every GET of the file's ``resolve`` URL seen so far."""
@@ -330,13 +343,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         with hub._lock:
             cut = hub._cuts.pop((repo, filename), None)
+            pause = hub._pauses.pop((repo, filename), None)
         body = data[start : end + 1]
         if cut is not None:
             self.wfile.write(body[:cut])
             self.wfile.flush()
             self.close_connection = True
             return
-        self.wfile.write(body)
+        try:
+            if pause is not None:
+                self.wfile.write(body[: pause[0]])
+                self.wfile.flush()
+                pause[1].wait(timeout=120)
+                body = body[pause[0] :]
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (a cancelled pull)
+            self.close_connection = True
 
     def _json(self, payload: Any) -> None:
         body = json.dumps(payload).encode()

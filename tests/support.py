@@ -241,3 +241,46 @@ def stream_in_slot_order(server: Server, bodies: dict[str, dict]) -> dict[str, s
         return {name: "".join(p) for name, p in parts.items()}
 
     return asyncio.run(go())
+
+
+# ---- a library model on a local Hub (tests/hf_fixture.py), for pulls ------------------------------
+
+LIB_REPO, LIB_FILE, LIB_ID = "acme/tiny-lib-GGUF", "tiny-lib-Q4_1.gguf", "tiny-lib"
+LIB_CONFIGURED = "team/configured"  # a [[model]] table of the library server: deleting it is refused
+
+
+def _library_entry(size: int) -> str:
+    return f"""
+[[model]]
+id = "{LIB_ID}"
+name = "Tiny library model"
+description = "SmolLM2 135M from the test Hub"
+size = {size}
+capabilities = ["chat"]
+params = 134_500_000
+context = 8192
+license = "apache-2.0"
+ollama = ["tiny-lib:135m"]
+source = {{ kind = "hf", repo = "{LIB_REPO}", file = "{LIB_FILE}" }}
+"""
+
+
+def start_library_server(home: Path, model_path: Path, hub_url: str) -> Server:
+    """A server with the test model, a ``[[model]]`` table, and ``tiny-lib`` in its library: the shipped catalog
+    plus one entry (``EDGE_RUN_CATALOG``), on the Hub at ``hub_url``."""
+    from importlib import resources
+
+    set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
+    (home / "config").mkdir(exist_ok=True)
+    (home / "config" / "config.toml").write_text(f'[[model]]\nid = "{LIB_CONFIGURED}"\npath = "{model_path}"\n')
+    catalog = home / "catalog.toml"
+    shipped = (resources.files("edge_run.models") / "catalog.toml").read_text(encoding="utf-8")
+    catalog.write_text(shipped + _library_entry(model_path.stat().st_size))
+    env = {
+        "HF_ENDPOINT": hub_url,
+        "HF_HOME": str(home / "hf-home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DOWNLOAD_TIMEOUT": "120",  # a download held halfway must not time out
+        "EDGE_RUN_CATALOG": str(catalog),
+    }
+    return start_server(home, "--ctx", "1024", "--slots", "2", "--max-loaded", "2", env=env)

@@ -20,6 +20,8 @@ from edge_run.api.http.errors import EXCEPTION_HANDLERS
 from edge_run.api.http.health import health
 from edge_run.api.http.hosts import host_check
 from edge_run.api.http.metrics import metrics_route
+from edge_run.api.library.models import delete_model, load_or_unload
+from edge_run.api.library.pulls import cancel_pull, list_pulls, start_pull
 from edge_run.api.library.routes import list_library
 from edge_run.api.ollama import models as ollama_models
 from edge_run.api.ollama import routes as ollama_routes
@@ -40,6 +42,11 @@ _V1_ROUTES = (
     list_models,
     get_model,
     list_library,
+    list_pulls,
+    start_pull,
+    cancel_pull,
+    load_or_unload,
+    delete_model,
     usage,
     create_response,
     get_response,

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from edge_run.engine import CoreShare
     from edge_run.keys import KeyStore
     from edge_run.keys.usage import UsageLog
+    from edge_run.models.changes import ModelChanges
     from edge_run.models.library import Library
     from edge_run.models.manage import ModelFiles
 
@@ -56,6 +57,7 @@ class Services:
     access_log: AccessLog | None = None
     library: Library | None = None  # the models one can pull, and what fits (``GET /v1/library``)
     files: ModelFiles | None = None  # the model files Ollama's pull, copy and delete change (None: they 400)
+    changes: ModelChanges | None = None  # pulls under way, and models forgotten (None without ``files``)
 
 
 def _constant(value: object) -> Provide:
@@ -76,6 +78,7 @@ def dependencies(services: Services) -> dict[str, Provide]:
         "cores": services.cores,
         "library": services.library,
         "files": services.files,
+        "changes": services.changes,
     }
     return {
         **{name: _constant(value) for name, value in named.items()},

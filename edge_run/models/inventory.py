@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_run.errors import EngineFailure, ModelNotFound
+from edge_run.errors import EngineFailure, ModelNotFound, NotInLibrary
 from edge_run.gguf import read_layout
 from edge_run.models.catalog import DEFAULT_ALIAS, load_catalog
 from edge_run.models.fetch import cached_path, fetch, hf_cached, sha256_file
@@ -36,6 +36,7 @@ __all__ = [
     "lookup",
     "pull_hf",
     "pull_model",
+    "pull_target",
     "recorded_sha256",
     "remove_model",
 ]
@@ -159,9 +160,10 @@ def fetch_entry(entry: CatalogEntry, models_dir: Path, *, progress: bool | Board
         return cached
     from edge_run.models.pull import HfRef, pull  # huggingface_hub is imported only to pull
 
-    files = [entry.source.file] + ([entry.source.mmproj] if entry.source.mmproj else [])
+    # the projector first: a pull cut short during the model's file then leaves no model that looks downloaded
+    files = ([entry.source.mmproj] if entry.source.mmproj else []) + [entry.source.file]
     pulled = [pull(HfRef(entry.source.repo, None, name), hf_cache_in(models_dir), progress=progress) for name in files]
-    return pulled[0].path
+    return pulled[-1].path
 
 
 def find_spec(model: str, paths: Paths, configs: list[ModelConfig]) -> ModelSpec:
@@ -187,9 +189,26 @@ def known_sha256(spec: ModelSpec, paths: Paths) -> str:
     return recorded_sha256(spec, paths) or sha256_file(spec.path)
 
 
-def pull_model(
-    name: str, paths: Paths, *, model_id: str | None = None, progress: bool | Board = True
-) -> ModelSpec:
+def pull_target(name: str) -> str:
+    """What ``name`` pulls, the same however it is spelled: the library id of a library model (by id, Ollama name or
+    ``default``), or the ``hf:`` reference as it is.
+
+    Raises:
+        NotInLibrary: ``name`` is neither a library model nor an ``hf:`` reference.
+        ValueError: it is an ``hf:`` reference of the wrong form.
+    """
+    if name.startswith("hf:"):
+        from edge_run.models.pull import parse_hf  # huggingface_hub is imported only to pull
+
+        parse_hf(name)
+        return name
+    entry = load_catalog().get(name)
+    if entry is None:
+        raise NotInLibrary(name)
+    return entry.id
+
+
+def pull_model(name: str, paths: Paths, *, model_id: str | None = None, progress: bool | Board = True) -> ModelSpec:
     """Download a model by the name ``models pull`` takes: ``hf:OWNER/REPO[:QUANT]`` (registered under
     ``model_id``, else ``OWNER/REPO:QUANT``) or a catalog id (``default``: the default model).
 

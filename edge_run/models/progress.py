@@ -10,7 +10,9 @@ __all__ = ["Board", "transfer_bars"]
 
 
 class Board(Protocol):
-    """What a download reports its progress to: rich's ``Progress``, or another (the API's pull events)."""
+    """What a download reports its progress to: rich's ``Progress``, or another (the API's pull events, which
+    raise :class:`~edge_run.errors.PullCancelled` once the pull is cancelled: from the progress update, it unwinds
+    the download, huggingface_hub's or the wheel fetcher's, which remove what they had written)."""
 
     def add_task(self, description: str, *, total: float | None = None, completed: int = 0) -> Any: ...
 

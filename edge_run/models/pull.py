@@ -238,25 +238,43 @@ def _pull_file(
         raise PullError(f"{ref.repo}/{name} is not an LFS file on the Hub, so there is no sha256 to check it against")
     expected, size = sibling.lfs.sha256, sibling.lfs.size
     cached = try_to_load_from_cache(ref.repo, name, cache_dir=cache_dir, revision=commit)
-    with _hub_errors(ref, hub, name):
-        local = Path(
-            hf_hub_download(
-                ref.repo,
-                name,
-                revision=commit,
-                cache_dir=cache_dir,
-                token=token,
-                endpoint=hub,
-                library_name="edge-run",
-                tqdm_class=cast(Any, bar),
+    try:
+        with _hub_errors(ref, hub, name):
+            local = Path(
+                hf_hub_download(
+                    ref.repo,
+                    name,
+                    revision=commit,
+                    cache_dir=cache_dir,
+                    token=token,
+                    endpoint=hub,
+                    library_name="edge-run",
+                    tqdm_class=cast(Any, bar),
+                )
             )
-        )
+    except BaseException:  # a failure, or a cancel raised from the progress bar (PullCancelled)
+        _tidy(cache_dir / repo_folder_name(repo_id=ref.repo, repo_type="model"), expected, commit, name)
+        raise
     if not isinstance(cached, str) or local.stat().st_size != size:
         actual = sha256_file(local)
         if actual != expected:
             _evict(local)
             raise PullError(f"{ref.repo}/{name} has sha256 {actual}, but the Hub says {expected}; refusing it")
     return PulledFile(filename=name, path=local, sha256=expected, size=size)
+
+
+def _tidy(folder: Path, sha256: str, commit: str, name: str) -> None:
+    """What a download that did not finish leaves in the repo's cache folder, removed: huggingface_hub removes its
+    unique ``.incomplete`` file itself, older versions leave ``blobs/SHA256.incomplete``; the snapshot link only if
+    its blob is not there, and the folders it created if they are empty. Another pull's files are left alone."""
+    (folder / "blobs" / f"{sha256}.incomplete").unlink(missing_ok=True)
+    link = folder / "snapshots" / commit / name
+    if link.is_symlink() and not link.exists():
+        link.unlink()
+    snapshot_dirs = [p for p in link.parents if p.is_relative_to(folder / "snapshots")]  # deepest first
+    for created in (*snapshot_dirs, folder / "blobs", folder):
+        with contextlib.suppress(OSError):  # not empty (or not there): kept
+            created.rmdir()
 
 
 def _evict(pointer: Path) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from edge_run.errors import ModelNotFound, ModelUnavailable
+from edge_run.errors import ModelBusy, ModelNotFound, ModelUnavailable
 
 __all__ = ["Backend", "ModelEntry", "ModelRegistry", "ModelSpec", "Status"]
 
@@ -181,6 +181,17 @@ class ModelRegistry:
                 await self._unload(entry)
             # a new dict, not a change to the one a loop over the models may be iterating
             self._entries = {k: v for k, v in self._entries.items() if k != model_id}
+
+    async def unload(self, model_id: str) -> None:
+        """Unload a model now (``POST /v1/models/{id}/unload``); one not loaded stays so. A busy model is not
+        unloaded under its requests: ``ModelBusy`` (409)."""
+        entry = self.entry(model_id)
+        async with self._lock:
+            if entry.busy or entry.loading is not None:
+                raise ModelBusy(f"model `{model_id}` is answering requests; unload it once they finish")
+            if entry.backend is not None:
+                await self._unload(entry)
+                self._changed.set()
 
     # -- requests --------------------------------------------------------------------
 

@@ -37,7 +37,9 @@ _LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _OPTIONAL_LIMITS = {"/v1/chat/completions": "max_tokens", "/v1/responses": "max_output_tokens"}
 EMBEDDER, RERANKER = "fuzz/embedder", "fuzz/reranker"
 _EMBEDDING = ("/v1/embeddings", "/api/embed", "/api/embeddings")
-_NOT_AIMED = ("/api/delete", "/api/pull")  # a fuzzed body must not delete the served model, nor pull over it
+# a fuzzed body must not delete the served model, nor pull over it (DELETE /v1/models/{model_id} takes its id
+# from the path, which is never aimed)
+_NOT_AIMED = ("/api/delete", "/api/pull", "/v1/library/pulls")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,12 @@ def fuzz_server(
     set_up(home, "models", "add", str(retrieval_models["embed-cls"]), "--id", EMBEDDER)
     set_up(home, "models", "add", str(retrieval_models["rerank"]), "--id", RERANKER)
     # a pull reaches no Hub: this port refuses at once (nothing listens on the discard port)
-    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(home / "hf-home")}
+    # nor a package index (a pull of `default`, the catalog's default model, fetches wheels)
+    env = {
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "HF_HOME": str(home / "hf-home"),
+        "PIP_INDEX_URL": "http://127.0.0.1:9/",
+    }
     server = start_server(home, "--model", MODEL_ID, "--ctx", str(CTX), "--slots", "2", "--max-loaded", "3", env=env)
     yield server
     server.stop()
@@ -109,6 +116,12 @@ def test_the_server_serves_this_schema(fuzz_server: Server) -> None:
         "DELETE /api/delete",
         "POST /api/copy",
         "GET /api/version",
+        "GET /v1/library",
+        "GET /v1/library/pulls",
+        "POST /v1/library/pulls",
+        "DELETE /v1/library/pulls/{model}",
+        "POST /v1/models/{path}",
+        "DELETE /v1/models/{model_id}",
     }
 
 

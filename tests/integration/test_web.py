@@ -27,8 +27,21 @@ from edge_run.api.app import create_app
 from edge_run.keys import KeyStore
 from edge_run.server import app_services
 from tests.fakes import fake_registry
+from tests.hf_fixture import HubFixture
 from tests.payloads import WEATHER
-from tests.support import MODEL_ID, Server, browser_recorder, free_port, set_up, start_server, wait_healthy
+from tests.support import (
+    LIB_FILE,
+    LIB_ID,
+    LIB_REPO,
+    MODEL_ID,
+    Server,
+    browser_recorder,
+    free_port,
+    set_up,
+    start_library_server,
+    start_server,
+    wait_healthy,
+)
 
 CHROMIUM = os.environ.get("EDGE_RUN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -629,3 +642,45 @@ def test_a_streamed_tool_call_shows_as_a_card_with_its_name_and_arguments(browse
         _screenshot(page, tmp_path / "web-tool-call.png")
     finally:
         context.close()
+
+
+@pytest.mark.integration
+def test_library_search_download_with_progress_then_chat_with_the_model(
+    browser, tmp_path_factory: pytest.TempPathFactory, model_path: Path, tmp_path
+):
+    with HubFixture({LIB_REPO: {LIB_FILE: model_path.read_bytes()}}) as hub:
+        server = start_library_server(tmp_path_factory.mktemp("web-library"), model_path, hub.url)
+        resume = hub.pause_once(LIB_REPO, LIB_FILE, model_path.stat().st_size // 2)  # the download halfway
+        context, page = _open_logged_in(browser, server)
+        try:
+            page.click("#view-library")
+            page.wait_for_selector("#library-table tbody tr")
+            assert not page.locator("#app").is_visible()  # one view at a time
+            assert page.locator("#library-table tbody tr").count() > 1
+            page.fill("#library-search", "tiny library")
+            rows = page.locator("#library-table tbody tr")
+            assert rows.count() == 1 and rows.first.get_attribute("data-id") == LIB_ID
+            page.select_option("#library-capability", "embedding")
+            assert rows.count() == 0 and page.locator("#library-empty").is_visible()
+            page.select_option("#library-capability", "chat")
+            page.get_by_role("button", name="Download Tiny library model").click()
+            page.wait_for_function("() => document.querySelector('#library-table progress')?.value > 0")
+            assert page.get_by_role("button", name="Cancel the download of Tiny library model").is_visible()
+            _screenshot(page, tmp_path / "web-library.png")
+            resume.set()
+            page.get_by_role("button", name="Load Tiny library model", exact=True).wait_for(timeout=120_000)
+            assert page.locator("#library-error").text_content() == ""
+
+            page.click("#view-chat")
+            page.select_option("#model", LIB_ID)  # the picker offers it now
+            page.fill("#max-tokens", "24")
+            page.fill("#prompt", "Say hello.")
+            with page.expect_response("**/v1/chat/completions") as answer:
+                page.press("#prompt", "Enter")
+            assert answer.value.headers["content-type"].startswith("text/event-stream")
+            page.wait_for_selector(".msg.assistant .stats", timeout=120_000)
+            assert (page.locator(".msg.assistant .text").text_content() or "").strip()
+            assert page.locator("#chat-error").text_content() == ""
+        finally:
+            context.close()
+            server.stop()

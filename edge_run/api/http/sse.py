@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from edge_run.serving.assembly import Piece, Run
 
-__all__ = ["SSE_HEADERS", "EventStream", "Frames", "answer", "sse"]
+__all__ = ["SSE_HEADERS", "EventStream", "Frames", "answer", "sse", "unless_disconnected"]
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -93,8 +93,9 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await a whole (non-streaming) answer; if the client leaves first, cancel it so its slots free up.
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await a whole (non-streaming) answer; if the client leaves first, cancel it so its slots free up
+    (``ClientDisconnected``).
 
     Streams need no watch: their next write fails and closes the generation.
     """
@@ -124,6 +125,6 @@ async def answer(
     if streaming:
         return EventStream(_events(request, run, frames()), media_type=media_type, headers=SSE_HEADERS)
     try:
-        return await _unless_disconnected(request, whole())
+        return await unless_disconnected(request, whole())
     finally:
         _charge(request, run)

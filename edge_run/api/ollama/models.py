@@ -18,7 +18,7 @@ from litestar.params import JSONBody
 
 from edge_run import __version__
 from edge_run.api.http.accounting import key_of
-from edge_run.api.http.sse import SSE_HEADERS, EventStream
+from edge_run.api.http.sse import SSE_HEADERS, EventStream, unless_disconnected
 from edge_run.api.ollama.describe import (
     capabilities,
     details,
@@ -28,7 +28,7 @@ from edge_run.api.ollama.describe import (
     rfc3339,
     template_of,
 )
-from edge_run.api.ollama.pulling import PullEvents, pull_errors
+from edge_run.api.ollama.pulling import pull_lines
 from edge_run.api.ollama.schemas import (
     CopyRequest,
     ModelName,
@@ -43,7 +43,8 @@ from edge_run.api.ollama.schemas import (
     Version,
 )
 from edge_run.api.ollama.stream import NDJSON
-from edge_run.errors import InvalidRequest, ModelNotFound
+from edge_run.errors import ClientDisconnected, InvalidRequest, ModelNotFound
+from edge_run.models.changes import ModelChanges
 from edge_run.models.manage import ModelFiles
 from edge_run.models.registry import ModelRegistry
 
@@ -70,10 +71,19 @@ def _local(request: Request, registry: ModelRegistry, model: str) -> ModelSpec:
     return spec
 
 
+_NO_STORE = "this server was started without a model store: pull, copy and delete are off"
+
+
 def _files(files: ModelFiles | None) -> ModelFiles:
     if files is None:
-        raise InvalidRequest("this server was started without a model store: pull, copy and delete are off")
+        raise InvalidRequest(_NO_STORE)
     return files
+
+
+def _changes(changes: ModelChanges | None) -> ModelChanges:
+    if changes is None:
+        raise InvalidRequest(_NO_STORE)
+    return changes
 
 
 def _digest(files: ModelFiles | None, spec: ModelSpec) -> str:
@@ -151,22 +161,23 @@ async def list_running(
 
 @post("/pull", status_code=200, summary="Download a model (Ollama's API): NDJSON progress, then `success`")
 async def pull_model(
-    data: JSONBody[PullRequest],
-    registry: NamedDependency[ModelRegistry],
-    files: NamedDependency[ModelFiles | None],
+    data: JSONBody[PullRequest], request: Request, changes: NamedDependency[ModelChanges | None]
 ) -> Progress:
-    store = _files(files)
+    store = _changes(changes)
     if not data.id:
         raise InvalidRequest("`model` is required", param="model")
-    events = PullEvents(asyncio.get_running_loop())
-    task = asyncio.ensure_future(asyncio.to_thread(pull_errors, store.pull, data.id, events))
-    # offered once pulled, even if the client left before the end
-    task.add_done_callback(lambda done: None if done.cancelled() or done.exception() else registry.add(done.result()))
+    job = store.pull(data.id)  # or the pull of the same model under way, joined
     if not data.stream:
-        await task
+        assert job.task is not None
+        try:
+            await unless_disconnected(request, asyncio.shield(job.task))
+        except ClientDisconnected:
+            if job.followers == 0:  # a client that leaves cancels its pull, as Ollama's does
+                store.cancel(job.target)
+            raise
         return Progress(status="success")
-    await events.first(task)  # a name that does not resolve is an error before any line
-    stream = events.lines(task)
+    first, reports = await job.first()  # a name that does not resolve is an error before any line
+    stream = pull_lines(job, first, reports, lambda: store.cancel(job.target))
     # a stream is a Response that Litestar sends as it is: the schema documents the one-object answer
     return EventStream(stream, media_type=NDJSON, headers=SSE_HEADERS)  # type: ignore[return-value]
 
@@ -176,18 +187,10 @@ async def delete_model(
     data: JSONBody[ModelName],
     request: Request,
     registry: NamedDependency[ModelRegistry],
-    files: NamedDependency[ModelFiles | None],
+    changes: NamedDependency[ModelChanges | None],
 ) -> None:
     spec = _local(request, registry, data.id)
-    store = _files(files)
-    await registry.remove(spec.id)  # first: a model in use is not deleted under its requests
-    try:
-        await asyncio.to_thread(store.remove, spec.id)
-    except ValueError as exc:  # a [[model]] table: offered again, as it is still configured
-        registry.add(spec)
-        raise InvalidRequest(str(exc), param="model") from None
-    except ModelNotFound:
-        pass  # a model given to serve by path: it is no longer offered, and its file is the user's
+    await _changes(changes).forget(spec)
 
 
 @post("/copy", status_code=200, summary="Offer a model's file under a second name too")

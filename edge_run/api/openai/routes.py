@@ -35,7 +35,7 @@ from edge_run.models.registry import ModelEntry, ModelRegistry
 from edge_run.serving.prompt import check, start
 from edge_run.serving.retrieval import check_dimensions, embedding_inputs
 
-__all__ = ["chat_completions", "embeddings", "get_model", "list_models", "text_completions", "usage"]
+__all__ = ["chat_completions", "embeddings", "get_model", "list_models", "model_card", "text_completions", "usage"]
 
 _STARTED = int(time.time())
 
@@ -81,7 +81,8 @@ async def embeddings(data: JSONBody[EmbeddingRequest], access: NamedDependency[M
     return cast("EmbeddingList", result)
 
 
-def _card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
+def model_card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
+    """A model as ``/v1/models`` lists it: its status, and what it serves."""
     expires = registry.expires_in(entry)
     return ModelCard(
         id=entry.spec.id,
@@ -96,7 +97,7 @@ def _card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
 @get("/models", summary="List the models this key may use, with `status` (loaded, loading...)")
 async def list_models(registry: NamedDependency[ModelRegistry], request: Request) -> ModelList:
     key = key_of(request)
-    return ModelList(data=[_card(registry, e) for e in registry if key is None or key.allows(e.spec.id)])
+    return ModelList(data=[model_card(registry, e) for e in registry if key is None or key.allows(e.spec.id)])
 
 
 @get("/models/{model_id:path}", summary="Describe one model (ids may contain `/`)")
@@ -105,7 +106,7 @@ async def get_model(model_id: FromPath[str], registry: NamedDependency[ModelRegi
     key = key_of(request)
     if key is not None and not key.allows(model_id):
         raise ModelNotFound(model_id)
-    return _card(registry, registry.entry(model_id))
+    return model_card(registry, registry.entry(model_id))
 
 
 @get("/usage", summary="Token usage per day, model or key (an admin key sees every key, others their own)")

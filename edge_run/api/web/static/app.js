@@ -16,6 +16,8 @@ const state = {
   revealed: false,
   tab: "curl",
   usageAsked: 0,      // counts /v1/usage requests, so a slow answer for an old period is dropped
+  library: [],        // GET /v1/library rows
+  pulls: {},          // library id -> {completed, total, file, abort}: the downloads this page follows
 };
 
 // ---- key storage ---------------------------------------------------------------------------
@@ -133,6 +135,9 @@ async function refreshHealth() {
 
 function showLogin(message) {
   $("app").hidden = true;
+  $("library").hidden = true;
+  $("view-chat").disabled = true;
+  $("view-library").disabled = true;
   $("logout").hidden = true;
   $("details-open").disabled = true;
   $("usage-open").disabled = true;
@@ -143,11 +148,22 @@ function showLogin(message) {
 
 function showApp() {
   $("login").hidden = true;
-  $("app").hidden = false;
+  showView("chat");
+  $("view-chat").disabled = false;
+  $("view-library").disabled = false;
   $("logout").hidden = !state.key;
   $("details-open").disabled = false;
   $("usage-open").disabled = false;
-  $("prompt").focus();
+}
+
+/** Shows the chat or the library. */
+function showView(view) {
+  $("app").hidden = view !== "chat";
+  $("library").hidden = view !== "library";
+  $("view-chat").setAttribute("aria-pressed", String(view === "chat"));
+  $("view-library").setAttribute("aria-pressed", String(view === "library"));
+  if (view === "chat") $("prompt").focus();
+  else loadLibrary();
 }
 
 async function enter() {
@@ -358,6 +374,188 @@ async function send(text) {
     $("send").hidden = false;
     $("stop").hidden = true;
   }
+}
+
+// ---- library -------------------------------------------------------------------------------
+
+const VERDICT_CLASS = { "fits on GPU": "gpu", "fits in RAM": "ram", "too big": "big" };
+
+/** A byte count as GB/MB, one decimal. */
+function bytes(n) {
+  return n >= 1e9 ? `${(n / 1e9).toFixed(1)} GB` : `${Math.max(0.1, n / 1e6).toFixed(1)} MB`;
+}
+
+/** An id in a URL path: each segment encoded, the slashes kept (ids may contain `/`). */
+function idPath(id) {
+  return id.split("/").map(encodeURIComponent).join("/");
+}
+
+async function api(method, path, body) {
+  const headers = { ...authHeaders(), ...(body ? { "Content-Type": "application/json" } : {}) };
+  const r = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
+  if (!r.ok) throw new Error(await errorMessage(r));
+  return r.json();
+}
+
+async function loadLibrary() {
+  $("library-error").textContent = "";
+  try {
+    const [library, pulls] = await Promise.all([api("GET", "/v1/library"), api("GET", "/v1/library/pulls")]);
+    state.library = library.data;
+    const select = $("library-capability");
+    const keep = select.value;
+    const all = [...new Set(state.library.flatMap((row) => row.capabilities))].sort();
+    select.replaceChildren(new Option("any", ""), ...all.map((c) => new Option(c, c)));
+    select.value = all.includes(keep) ? keep : "";
+    for (const pull of pulls.data) if (!state.pulls[pull.model]) download(pull.model);  // after a reload: follow again
+    renderLibrary();
+  } catch (err) {
+    $("library-error").textContent = err.message;
+  }
+}
+
+function matchingRows() {
+  const text = $("library-search").value.trim().toLowerCase();
+  const capability = $("library-capability").value;
+  return state.library.filter((row) =>
+    [row.id, row.name, ...row.ollama, row.description].join(" ").toLowerCase().includes(text)
+    && (!capability || row.capabilities.includes(capability)));
+}
+
+function cell(text, className) {
+  return Object.assign(document.createElement("td"), { textContent: text, className: className || "" });
+}
+
+function button(label, action, title) {
+  const b = Object.assign(document.createElement("button"), { type: "button", textContent: label });
+  b.setAttribute("aria-label", title);
+  b.addEventListener("click", action);
+  return b;
+}
+
+function renderLibrary() {
+  const rows = matchingRows();
+  $("library-empty").hidden = rows.length > 0;
+  $("library-table").tBodies[0].replaceChildren(...rows.map((row) => {
+    const tr = document.createElement("tr");
+    tr.dataset.id = row.id;
+    const model = document.createElement("td");
+    const desc = Object.assign(document.createElement("div"), { className: "desc", textContent: row.description });
+    model.append(Object.assign(document.createElement("b"), { textContent: row.name }), " ",
+      Object.assign(document.createElement("code"), { textContent: row.id }), desc);
+    const verdict = cell("");
+    verdict.append(Object.assign(document.createElement("span"),
+      { className: `pill verdict ${VERDICT_CLASS[row.verdict] || ""}`, textContent: row.verdict }));
+    const memory = bytes(row.memory) + (row.kv_known ? ` at ${row.ctx} tokens` : " (file only)");
+    const actions = cell("", "actions");
+    tr.append(model, cell(row.capabilities.join(", ")), cell((row.size_approx ? "≈ " : "") + bytes(row.size)),
+      cell(memory), verdict, actions);
+    renderActions(actions, row);
+    return tr;
+  }));
+}
+
+/** The row's buttons: Download (or its progress and Cancel) for a model not here; Load, Unload, Delete for one here. */
+function renderActions(actions, row) {
+  const pull = state.pulls[row.id];
+  const name = row.name || row.id;
+  if (pull) {
+    const bar = Object.assign(document.createElement("progress"), { max: pull.total || 1, value: pull.completed });
+    bar.setAttribute("aria-label", `Downloading ${name}`);
+    const text = Object.assign(document.createElement("span"), { className: "hint progress-text" });
+    text.textContent = pull.total ? `${bytes(pull.completed)} of ${bytes(pull.total)}` : "starting…";
+    actions.replaceChildren(bar, text, button("Cancel", () => cancelPull(row.id), `Cancel the download of ${name}`));
+    pull.bar = bar;
+    pull.text = text;
+    return;
+  }
+  const load = state.loads[row.id];
+  if (!state.models.includes(row.id)) {
+    actions.replaceChildren(button("Download", () => download(row.id), `Download ${name}`));
+    return;
+  }
+  const status = Object.assign(document.createElement("span"), { className: "hint" });
+  status.textContent = STATUS_TEXT[load?.state] || "here";
+  actions.replaceChildren(status,
+    button("Load", () => modelAction(row.id, "load"), `Load ${name}`),
+    button("Unload", () => modelAction(row.id, "unload"), `Unload ${name}`),
+    button("Delete", () => deleteModel(row.id, name), `Delete ${name}`));
+}
+
+function rowActions(id) {
+  const row = state.library.find((r) => r.id === id);
+  const tr = [...$("library-table").tBodies[0].rows].find((r) => r.dataset.id === id);
+  if (row && tr) renderActions(tr.querySelector(".actions"), row);
+}
+
+/** Starts the download of `id` (or follows the one under way) and shows its progress until it ends. */
+async function download(id) {
+  $("library-error").textContent = "";
+  const pull = state.pulls[id] = { completed: 0, total: 0, abort: new AbortController() };
+  rowActions(id);
+  let end = null;
+  try {
+    const r = await fetch("/v1/library/pulls", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", ...authHeaders() },
+      body: JSON.stringify({ model: id }),
+      signal: pull.abort.signal,
+    });
+    if (!r.ok) throw new Error(await errorMessage(r));
+    for await (const event of sseEvents(r)) {
+      if (event.status !== "downloading") {
+        end = event;
+        continue;
+      }
+      Object.assign(pull, { completed: event.completed, total: event.total || 0 });
+      if (pull.bar) {
+        pull.bar.max = pull.total || 1;
+        pull.bar.value = pull.completed;
+        pull.text.textContent = `${bytes(pull.completed)} of ${bytes(pull.total)}`;
+      }
+    }
+    if (end?.status === "error") throw new Error(end.error);
+    if (end?.status === "cancelled") $("library-error").textContent = `The download of ${id} was cancelled.`;
+  } catch (err) {
+    if (err.name !== "AbortError") $("library-error").textContent = err.message;
+  } finally {
+    delete state.pulls[id];
+    if (end?.status === "success") await loadModels();  // the chat picker offers it now
+    rowActions(id);
+  }
+}
+
+async function cancelPull(id) {
+  try {
+    await api("DELETE", `/v1/library/pulls/${idPath(id)}`);
+  } catch (err) {
+    $("library-error").textContent = err.message;
+  }
+}
+
+async function modelAction(id, action) {
+  $("library-error").textContent = "";
+  try {
+    const card = await api("POST", `/v1/models/${idPath(id)}/${action}`);
+    state.loads[id] = { state: card.status, error: card.error };
+    labelModels();
+    refreshHealth();
+  } catch (err) {
+    $("library-error").textContent = err.message;
+  }
+  rowActions(id);
+}
+
+async function deleteModel(id, name) {
+  if (!confirm(`Delete ${name}? Its downloaded files are removed.`)) return;
+  $("library-error").textContent = "";
+  try {
+    await api("DELETE", `/v1/models/${idPath(id)}`);
+    await loadModels();
+  } catch (err) {
+    $("library-error").textContent = err.message;
+  }
+  rowActions(id);
 }
 
 // ---- service details -----------------------------------------------------------------------
@@ -606,6 +804,11 @@ function wire() {
     loadUsage();
   });
   $("usage-since").addEventListener("change", loadUsage);
+  $("view-chat").addEventListener("click", () => showView("chat"));
+  $("view-library").addEventListener("click", () => showView("library"));
+  $("library-filters").addEventListener("submit", (e) => e.preventDefault());
+  $("library-search").addEventListener("input", renderLibrary);
+  $("library-capability").addEventListener("change", renderLibrary);
   $("details-model").addEventListener("change", renderDetails);
   $("reveal").addEventListener("click", () => { state.revealed = !state.revealed; renderDetails(); });
   for (const tab of document.querySelectorAll("[data-tab]")) {
