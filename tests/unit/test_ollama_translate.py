@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from edge_run.api.ollama.describe import rfc3339
 from edge_run.api.ollama.schemas import ChatRequest, GenerateRequest
 from edge_run.api.ollama.translate import keep_alive_seconds, translate_chat, translate_generate
 from edge_run.errors import InvalidRequest
@@ -72,3 +73,9 @@ def test_generate_renders_a_conversation_unless_raw():
     assert [(t.role, t.content) for t in translate_generate(req).turns] == [("system", "s"), ("user", "p")]
     raw = translate_generate(msgspec.convert({"model": "m", "prompt": "p", "raw": True}, GenerateRequest))
     assert (raw.turns, raw.prompts) == ([], ["p"])
+
+
+def test_a_keep_alive_of_ten_to_the_sixteen_seconds_expires_at_the_end_of_year_9999():
+    """`/api/ps` once answered 500 on such a keep-alive, sent by the fuzz run: Python's dates end in 9999."""
+    assert rfc3339(1e16) == "9999-12-31T23:59:59Z"
+    assert rfc3339(0) == "1970-01-01T00:00:00Z"

@@ -80,9 +80,12 @@ def capabilities(layout: GgufLayout | None, spec: ModelSpec) -> list[str]:
     return out
 
 
+_LAST = 253_402_300_799  # 9999-12-31T23:59:59Z: a keep-alive of 10^16 seconds expires no later than this
+
+
 def rfc3339(seconds: float) -> str:
-    """A Unix time as Ollama writes times (RFC 3339, UTC)."""
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat().replace("+00:00", "Z")
+    """A Unix time as Ollama writes times (RFC 3339, UTC), no later than the last second of year 9999."""
+    return dt.datetime.fromtimestamp(min(seconds, _LAST), dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def modified_at(spec: ModelSpec) -> str:
