@@ -161,7 +161,7 @@ def load_settings(
         settings = msgspec.convert(merged, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid setting: {exc}") from exc
-    if settings.batch < 2 * settings.slots:  # each slot's token and a draft or filler
+    if settings.batch < 2 * settings.slots:  # each slot's token and a draft
         raise ConfigError(
             f"invalid setting: batch ({settings.batch}) must be at least twice slots ({2 * settings.slots})"
         )

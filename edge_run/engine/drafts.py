@@ -7,7 +7,7 @@ Drafts are a function of the token history only, so a request drafts the same wa
 
 from __future__ import annotations
 
-__all__ = ["RETRY_EVERY", "Drafter", "after", "next_k"]
+__all__ = ["RETRY_EVERY", "Drafter", "next_k"]
 
 # The n-grams looked up, longest first: a longer match predicts better, a shorter one matches more often.
 NGRAMS = (4, 2)
@@ -44,14 +44,6 @@ class Drafter:
                 if at is not None:
                     return h[at : at + k]
         return []
-
-
-def after(drafter: Drafter | None, drafts: list[int], rows: int) -> tuple[list[int], int]:
-    """The tokens to decode after a sampled one, and how many of them are drafts: ``drafts``, then fillers
-    (repeats of the last token, themselves kept if sampled) up to ``rows``."""
-    if drafter is None or not rows:
-        return [], 0
-    return drafts + [drafter.history[-1]] * (rows - len(drafts)), len(drafts)
 
 
 def next_k(k: int, drafted: int, kept: int, most: int) -> int:

@@ -13,10 +13,12 @@ rests on the order of computation: every KV position is computed by the same ``l
   (:func:`~edge_run.engine.slots.next_block`), each block a ``llama_decode`` of its own. Only whole
   blocks before a request's final block are reused (a slot's ``exact``): a longer prompt computes
   exactly those blocks the same way.
-- Generated tokens are decoded with their drafts (:mod:`edge_run.engine.drafts`), every slot with as
-  many rows; a lone row of a lone sequence runs on one thread, where it computes what a row among
-  others does. A row's logits depend neither on its place among its sequence's rows, nor on the thread
-  count, nor on the neighbours: drafting, the thread governor and other requests change no answer.
+- Generated tokens are decoded one row per slot, a slot generating alone with its drafts
+  (:mod:`edge_run.engine.drafts`); a lone row of a lone sequence past 256 KV cells (where flash
+  attention would split its KV between threads) runs on one thread, where it computes what a row
+  among others does. A row's logits depend neither on its place among its sequence's rows, nor on
+  the thread count, nor on the neighbours: drafting, the thread governor and other requests change
+  no answer.
 
 Offloaded whole to a GPU, blocks are half a batch and nothing is drafted: the guarantee is the CPU's.
 """
@@ -29,7 +31,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from edge_run.engine.drafts import RETRY_EVERY, Drafter, after, next_k
+from edge_run.engine.drafts import RETRY_EVERY, Drafter, next_k
 from edge_run.engine.gather import gather
 from edge_run.engine.output import token_chunk
 from edge_run.engine.slots import COPY_GAIN, Slot, next_block, pick_slot, reusable
@@ -77,7 +79,7 @@ class Scheduler:
         self.block = block
         self.max_drafts = max_drafts
         # a sequence's lone row splits the KV between threads (flash attention at 512 cells and more): on one
-        # thread it computes what a row among others does; None where the GPU computes it
+        # thread it computes what a row among others does (:meth:`Context.splits_lone_row`); None on a GPU
         self.lone_row_threads = lone_row_threads
         self.device_sampling = device_sampling
         self.governor = ThreadGovernor(threads, adapt=adapt_threads)
@@ -181,26 +183,23 @@ class Scheduler:
         self.tokens_refreshed += self.block
 
     def _decode_rows(self, rows: list[Slot], out: list[tuple[Job, Chunk]]) -> None:
-        """Decode each slot's sampled token with its drafts, then keep the drafts its sampler agrees with.
+        """Decode each slot's sampled token (a lone slot's with its drafts); keep the drafts its sampler agrees with.
 
-        Every slot decodes as many rows (fillers pad the shorter drafts), so that the batch is one micro-batch
-        whose sequences all take the same kernels; a lone row of a lone sequence runs on one thread.
+        Beside others no slot drafts, so the batch is one micro-batch of one row per sequence, which all take the
+        same kernels; a lone row past 256 cells runs on one thread. With drafts, each slot would decode as many rows
+        (padded): on 4 streams of SmolLM2 one stream's 8 drafts cost 32 rows, and drafting measured slower.
         """
         batch = self._batch
         batch.clear()
-        fit = batch.capacity // len(rows) - 1
-        drafts = [self._drafts(slot, fit) for slot in rows]
-        width = max(map(len, drafts))
-        planned = [after(slot.drafter, d, width) for slot, d in zip(rows, drafts, strict=True)]
-        for slot, (tokens, _) in zip(rows, planned, strict=True):
-            pos = len(slot.cache)
+        drafts = self._drafts(rows[0], batch.capacity - 1) if len(rows) == 1 else []
+        for slot in rows:
             assert slot.next_token is not None
-            slot.logit_index = batch.add(slot.next_token, pos, slot.seq, True)
-            for i, token in enumerate(tokens):
-                batch.add(token, pos + 1 + i, slot.seq, True)
+            slot.logit_index = batch.add(slot.next_token, len(slot.cache), slot.seq, True)
+        for i, token in enumerate(drafts):
+            batch.add(token, len(rows[0].cache) + 1 + i, rows[0].seq, True)
         self._decode(batch)
-        for slot, slot_rows in zip(rows, planned, strict=True):
-            self._accept(slot, slot_rows, out)
+        for slot in rows:
+            self._accept(slot, drafts, out)
 
     def _drafts(self, slot: Slot, fit: int) -> list[int]:
         """The slot's drafts for this step."""
@@ -210,9 +209,9 @@ class Scheduler:
         k = slot.draft_k or int(slot.generated % RETRY_EVERY == 0)  # off: one now and then
         return slot.drafter.draft(min(k, fit))
 
-    def _accept(self, slot: Slot, rows: tuple[list[int], int], out: list[tuple[Job, Chunk]]) -> None:
+    def _accept(self, slot: Slot, drafts: list[int], out: list[tuple[Job, Chunk]]) -> None:
         """Sample the slot's rows in order while each sample equals the token decoded after it."""
-        drafts, real = rows
+        real = len(drafts)
         first, accepted, rejected, kept = slot.logit_index, slot.accepted, slot.rejected, 0
         assert slot.next_token is not None
         slot.cache.append(slot.next_token)
@@ -226,7 +225,6 @@ class Scheduler:
             slot.cache.append(drafts[i])
             slot.next_token = None
             kept += 1
-        kept = min(kept, real)  # fillers come after the drafts
         self.drafts_accepted += kept
         self.drafts_rejected += real - kept
         slot.draft_k = next_k(slot.draft_k, real, kept, self.max_drafts)
@@ -234,9 +232,9 @@ class Scheduler:
             self.ctx.seq_rm(slot.seq, len(slot.cache), -1)  # the rejected drafts
 
     def _decode(self, batch: Batch, *, per: int = 0) -> None:
-        """One ``llama_decode`` on the governor's threads or fewer (the core share), a lone row on ``lone_row_threads``;
-        the governor learns from the others, as from ``batch.n / per`` steps of ``per`` rows where ``per`` is given."""
-        lone = self.lone_row_threads if batch.n == 1 else None
+        """One ``llama_decode`` on the governor's threads or fewer (the core share), a lone row with a split KV on
+        ``lone_row_threads``; the governor learns from the others, as ``batch.n / per`` steps of ``per`` rows."""
+        lone = self.lone_row_threads if batch.n == 1 and self.ctx.splits_lone_row(batch.position(0)) else None
         wanted = lone or self.governor.for_step()
         threads = self._use_threads(wanted)
         start = time.perf_counter()
@@ -320,7 +318,7 @@ class Scheduler:
                 slot.device_sampler = True
         slot.text = TextStream(job.stops)
         slot.cached, slot.generated, slot.next_token = keep, 0, None
-        # no drafts, no fillers (which only pad others' drafts) where the device samples every row at once
+        # no drafts where the device samples every row at once
         slot.drafter = Drafter(job.prompt) if self.max_drafts and not slot.device_sampler else None
         slot.draft_k, slot.accepted, slot.rejected = self.max_drafts, 0, 0
         self.busy += 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge_run.engine.drafts import Drafter, after, next_k
+from edge_run.engine.drafts import Drafter, next_k
 
 
 def test_drafts_continue_the_latest_earlier_occurrence_of_the_last_four_tokens() -> None:
@@ -39,10 +39,3 @@ def test_drafting_grows_while_drafts_are_kept_and_stops_when_none_are() -> None:
     assert next_k(0, drafted=1, kept=1, most=8) == 2  # the retry of a request that had stopped drafting
     assert next_k(8, drafted=3, kept=3, most=8) == 8
     assert next_k(0, drafted=1, kept=1, most=0) == 0  # --draft-max 0
-
-
-def test_fillers_pad_the_drafts_with_the_last_token() -> None:
-    d = Drafter([7, 8, 9])
-    assert after(d, [1], 3) == ([1, 9, 9], 1)
-    assert after(d, [], 0) == ([], 0)
-    assert after(None, [], 2) == ([], 0)

@@ -41,6 +41,10 @@ class Batch:
         self.n = i + 1
         return i
 
+    def position(self, i: int) -> int:
+        """The position of the batch's ``i``-th token."""
+        return int(self._b.pos[i])
+
     def close(self) -> None:
         if self._b is not None:
             L.llama_batch_free(self._b)
@@ -66,6 +70,15 @@ class Context:
         self._mem = L.llama_get_memory(self._ptr)
         self.n_ctx_seq = n_ctx_seq
         self.n_vocab = model.n_vocab
+        self._swa = L.llama_model_n_swa(model.ptr) > 0
+
+    def splits_lone_row(self, pos: int) -> bool:
+        """Whether a sequence's lone row at ``pos`` may have its KV split between threads, which makes its logits
+        depend on the thread count. ggml-cpu's flash attention splits a single row's KV from 512 cells; a stream
+        pads its KV to 256 cells and, holding one sequence, keeps position p in cell p. So a row at position 255
+        or before (or a stream of 256 cells) computes the same on any thread count. With sliding-window layers
+        cells are reused out of order: every lone row counts as split."""
+        return self._swa or (pos >= 256 and self.n_ctx_seq > 256)
 
     @property
     def ptr(self) -> L.llama_context_p:
