@@ -235,7 +235,7 @@ class Scheduler:
         """One ``llama_decode`` on the governor's threads or fewer (the core share), a lone row with a split KV on
         ``lone_row_threads``; the governor learns from the others, as ``batch.n / per`` steps of ``per`` rows."""
         lone = self.lone_row_threads if batch.n == 1 and self.ctx.splits_lone_row(batch.position(0)) else None
-        wanted = lone or self.governor.for_step()
+        wanted = lone or self.governor.for_step(per or batch.n)
         threads = self._use_threads(wanted)
         start = time.perf_counter()
         try:

@@ -64,9 +64,11 @@ class ThreadGovernor:
     def alternative(self) -> int:
         return 1 if self.threads == self.max else self.max
 
-    def for_step(self) -> int:
-        """The thread count for the next step: the setting in use, or on a try, the other one."""
-        if not self.adapt:
+    def for_step(self, rows: int) -> int:
+        """The thread count for the next step, of ``rows`` rows: the setting in use, or on a try, the other one.
+        Only a kind of step that the setting in use has a time for is tried (else the try could never be judged,
+        and went on for good: a server first asked seconds after it started ran on one thread from then on)."""
+        if not self.adapt or (self.threads, rows) not in self._usual:
             return self.threads
         if self._probe_now or self._clock() >= self._next_probe:
             return self.alternative
@@ -80,10 +82,7 @@ class ThreadGovernor:
         if threads != self.threads:  # a step of a try of the other setting, against the setting in use
             # against the smoothed time of the setting in use: a few slow steps (our own event loop
             # writing to sockets beside the compute threads) must not hand a batch to one thread
-            ref = self._usual.get(key)
-            if ref is None:  # no step of this kind to compare with: the try goes on without it
-                self._probe_now = True
-                return
+            ref = self._usual[key]  # for_step tries only kinds that have one
             self._tried.append(seconds / ref)  # as a share of the setting in use: steps of several kinds mix
             if seconds <= ABORT * ref and len(self._tried) < TRY_STEPS:
                 self._probe_now = True  # so far so good: the next step tries too

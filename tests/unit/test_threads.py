@@ -23,7 +23,7 @@ class Machine:
     def run(self, governor: ThreadGovernor, steps: int, rows: int = 1) -> list[int]:
         used = []
         for _ in range(steps):
-            threads = governor.for_step()
+            threads = governor.for_step(rows)
             seconds = (self.BUSY if self.busy else self.QUIET)[threads]
             self.now += seconds
             governor.observe(threads, rows, seconds)
@@ -87,13 +87,25 @@ def test_a_machine_busy_from_the_start_is_found_by_the_tries():
     assert used.index(1) <= PROBE_EVERY / Machine.BUSY[2] + 1  # found at the first try
 
 
+def test_a_first_request_seconds_after_start_gets_every_thread():
+    """The first steps come long after the first try was due, and of kinds with no time yet: they run on the
+    setting in use, and the tries after them are judged (before, the try ran on with no verdict, for good)."""
+    m = Machine()
+    g = ThreadGovernor(2, clock=m.clock)
+    m.now += 30.0  # the server waits for its first request
+    used = m.run(g, 500, rows=64) + m.run(g, 500, rows=1)
+    assert g.threads == 2 and g.switches == 0
+    assert used[0] == 2 and used[500] == 2  # each new kind starts on the setting in use
+    assert used.count(1) <= 2 * (10 / PROBE_MAX + 4)
+
+
 def test_a_lone_slow_step_is_noise():
     m = Machine()
     g = ThreadGovernor(2, clock=m.clock)
     m.run(g, 100)
     for _ in range(5):  # pauses (the garbage collector, another program's burst), each after a normal step
-        g.observe(g.for_step(), 1, 0.5)
-        g.observe(g.for_step(), 1, Machine.QUIET[2])
+        g.observe(g.for_step(1), 1, 0.5)
+        g.observe(g.for_step(1), 1, Machine.QUIET[2])
     assert m.run(g, 3) == [2, 2, 2]
 
 
@@ -114,7 +126,7 @@ def test_step_times_are_compared_row_count_by_row_count():
     m.run(g, 100, rows=1)
     # 8 rows take longer than 1 row: not a sign of a busy machine
     for _ in range(100):
-        threads = g.for_step()
+        threads = g.for_step(8)
         g.observe(threads, 8, 0.05 if threads == 2 else 0.09)
         m.now += 0.05
     assert g.threads == 2 and g.switches == 0
@@ -125,9 +137,9 @@ def test_a_single_thread_or_a_gpu_is_left_alone():
     for g in (ThreadGovernor(1, clock=m.clock), ThreadGovernor(8, adapt=False, clock=m.clock)):
         m.busy = True
         for _ in range(100):
-            g.observe(g.for_step(), 1, 1.0)
+            g.observe(g.for_step(1), 1, 1.0)
             m.now += 1.0
-        assert g.switches == 0 and g.for_step() == g.max
+        assert g.switches == 0 and g.for_step(1) == g.max
 
 
 def test_all_threads_come_back_when_they_are_only_a_little_faster():
@@ -153,7 +165,7 @@ def test_a_lucky_step_on_a_busy_machine_does_not_bring_all_threads_back():
     lucky = iter([True, False] * 1000)
     collapsed = 0.0
     for _ in range(3000):
-        threads = g.for_step()
+        threads = g.for_step(1)
         seconds = Machine.BUSY[threads]
         if threads == 2 and next(lucky):
             seconds = Machine.QUIET[2]
