@@ -15,8 +15,9 @@ whichever is faster:
   a machine that has gone quiet gets all its threads back within 8 s;
 - a try lasts ``TRY_STEPS`` steps and wins on their mean (a single step is noise, and on a busy
   machine one can be lucky); a step far slower than the setting in use ends the try at once, so a try
-  of all threads on a busy machine costs one step. When all threads won but are given up again soon
-  after, the wait keeps growing instead of starting over.
+  of all threads on a busy machine costs one step, and so does a step of one thread no faster than all
+  of them, so a try of one thread on a quiet machine costs one step too. When all threads won but are
+  given up again soon after, the wait keeps growing instead of starting over.
 
 A "kind" of step is its number of rows and its thread count: a step of 4 rows takes longer than one of
 a single row, whatever the machine does.
@@ -38,6 +39,9 @@ WIN_FEWER = 0.85
 WIN_MORE = 0.97
 TRY_STEPS = 4  # a try's verdict is the mean of this many steps, unless one step is clearly worse:
 ABORT = 1.5  # a step of the try slower than this share of the setting in use ends the try at once
+# ... and for a try of fewer threads, a step no faster than the setting in use: on a quiet machine one thread is
+# 1.4 to 2 times slower, under ABORT, and a try went on for 4 prompt blocks every 8 s (a tenth of a long prompt)
+ABORT_FEWER = 1.0
 SLOW = 1.5  # a step this many times slower than the best recent one of its kind is slow...
 SLOW_IN, SLOW_OF = 3, 4  # ... and 3 slow steps of the latest 4 mean the machine just got busy
 DRIFT = 1.002  # how fast the best recent step time rises, per step
@@ -84,11 +88,12 @@ class ThreadGovernor:
             # writing to sockets beside the compute threads) must not hand a batch to one thread
             ref = self._usual[key]  # for_step tries only kinds that have one
             self._tried.append(seconds / ref)  # as a share of the setting in use: steps of several kinds mix
-            if seconds <= ABORT * ref and len(self._tried) < TRY_STEPS:
+            limit = (ABORT if threads > self.threads else ABORT_FEWER) * ref
+            if seconds <= limit and len(self._tried) < TRY_STEPS:
                 self._probe_now = True  # so far so good: the next step tries too
                 return
             mean = sum(self._tried) / len(self._tried)
-            if seconds <= ABORT * ref and mean < (WIN_MORE if threads > self.threads else WIN_FEWER):
+            if seconds <= limit and mean < (WIN_MORE if threads > self.threads else WIN_FEWER):
                 self._switch(threads, rows, seconds)
             else:
                 self._wait = min(self._wait * 2, PROBE_MAX)

@@ -40,6 +40,15 @@ def test_a_quiet_machine_keeps_every_thread_and_tries_one_rarely():
     assert 1 <= tries <= 50 / PROBE_MAX + 4  # the wait doubles up to PROBE_MAX
 
 
+def test_on_a_quiet_machine_a_try_of_one_thread_costs_one_step():
+    """One thread only 1.3 times slower (under ``ABORT``): the first step no faster than two ends the try."""
+    m = Machine()
+    m.QUIET = {2: 0.010, 1: 0.013}
+    g = ThreadGovernor(2, clock=m.clock)
+    used = "".join(map(str, m.run(g, 5000)))
+    assert g.threads == 2 and "1" in used and "11" not in used
+
+
 def test_a_busy_machine_drops_to_one_thread_after_three_slow_steps():
     m = Machine()
     g = ThreadGovernor(2, clock=m.clock)
