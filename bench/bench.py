@@ -157,7 +157,8 @@ def settle(url: str, timeout: float = 30, pid: int | None = None) -> None:
     answer again, and on 2 cores that would run under the next measurement.
 
     Given the server's ``pid``, a server that reports stale tokens but has used under 5% of a core for
-    half a second has settled too: the engine leaves some stale tokens for good (a single one, today).
+    a second has settled too: the engine leaves some stale tokens for good (a single one, today). A second,
+    not less: the refresh starts half a second after the latest answer (``REFRESH_AFTER``).
     """
     health = url.removesuffix("/v1") + "/health"
     deadline = time.monotonic() + timeout
@@ -169,9 +170,9 @@ def settle(url: str, timeout: float = 30, pid: int | None = None) -> None:
             return  # not an edge-run server
         if not any(m.get("tokens_stale") for m in models):
             return
-        time.sleep(0.5 if used is not None else 0.05)
+        time.sleep(1.0 if used is not None else 0.05)
         if used is not None and pid and (now := cpu_seconds(pid)) is not None:
-            if now - used < 0.025:
+            if now - used < 0.05:
                 return
             used = now
     print(f"note: {url} still had background work after {timeout:.0f} s; measuring on", file=sys.stderr)

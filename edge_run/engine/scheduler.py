@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 # Prompt blocks: 64 rows and more take flash attention's tiled kernel (a 3,000-token prompt in 63-token
 # chunks took 3.7 times as long), and a new turn computes one final block (64 to 127 tokens) again.
 PREFILL_BLOCK = 64
+# The idle refresh starts this long after the latest answer ended: a request sent at once does not wait behind
+# one of its blocks (~250 ms for 64 rows on 2 cores), and a person's next turn, seconds later, finds it done.
+REFRESH_AFTER = 0.5
 
 
 class Scheduler:
@@ -111,8 +114,13 @@ class Scheduler:
         return sum(len(slot.stale) // self.block * self.block for slot in self._slots if slot.idle)
 
     def has_work(self) -> bool:
-        """Whether a step would do anything: requests waiting or generating, or a finished answer to refresh."""
-        return bool(self.waiting) or self.busy != 0 or self._stale() is not None
+        """Whether a step would do anything: requests waiting or generating, or a finished answer to refresh now."""
+        return bool(self.waiting) or self.busy != 0 or self.refresh_in() == 0.0
+
+    def refresh_in(self) -> float | None:
+        """Seconds until the idle refresh is due (0: now); None when no answer is left to refresh."""
+        slot = self._stale()
+        return None if slot is None else max(0.0, slot.last_used + REFRESH_AFTER - time.monotonic())
 
     def close(self) -> None:
         """Free the batch, once the engine thread has ended."""
@@ -131,7 +139,7 @@ class Scheduler:
                 budget -= self._prefill(slot, budget, out)
         if rows := [s for s in self._slots if s.next_token is not None]:  # in sequence order: see _gather
             self._decode_rows(rows, out)
-        elif not self.busy and not self.waiting:
+        elif not self.busy and not self.waiting and self.refresh_in() == 0.0:
             self._refresh()
 
     def _prefill(self, slot: Slot, budget: int, out: list[tuple[Job, Chunk]]) -> int:
@@ -176,8 +184,7 @@ class Scheduler:
     def _refresh(self) -> None:
         """Compute the next block of an idle slot's finished answer, so that its next turn reuses it."""
         slot = self._stale()
-        if slot is None:
-            return
+        assert slot is not None  # step refreshes only when refresh_in() is 0
         self._decode_block(slot, slot.stale[: self.block], final=False)
         del slot.stale[: self.block]
         self.tokens_refreshed += self.block
@@ -185,10 +192,8 @@ class Scheduler:
     def _decode_rows(self, rows: list[Slot], out: list[tuple[Job, Chunk]]) -> None:
         """Decode each slot's sampled token (a lone slot's with its drafts); keep the drafts its sampler agrees with.
 
-        Beside others no slot drafts, so the batch is one micro-batch of one row per sequence, which all take the
-        same kernels; a lone row past 256 cells runs on one thread. With drafts, each slot would decode as many rows
-        (padded): on 4 streams of SmolLM2 one stream's 8 drafts cost 32 rows, and drafting measured slower.
-        """
+        Beside others no slot drafts (each would decode as many rows: on 4 streams one stream's 8 drafts cost 32
+        rows), so the batch is one micro-batch of one row per sequence; a lone row past 256 cells, on one thread."""
         batch = self._batch
         batch.clear()
         drafts = self._drafts(rows[0], batch.capacity - 1) if len(rows) == 1 else []
@@ -318,8 +323,7 @@ class Scheduler:
                 slot.device_sampler = True
         slot.text = TextStream(job.stops)
         slot.cached, slot.generated, slot.next_token = keep, 0, None
-        # no drafts where the device samples every row at once
-        slot.drafter = Drafter(job.prompt) if self.max_drafts and not slot.device_sampler else None
+        slot.drafter = Drafter(job.prompt) if self.max_drafts and not slot.device_sampler else None  # host rows
         slot.draft_k, slot.accepted, slot.rejected = self.max_drafts, 0, 0
         self.busy += 1
 

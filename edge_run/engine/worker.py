@@ -84,7 +84,7 @@ class Worker:
             with self._cond:
                 while not self._stopping and not self._calls and not scheduler.has_work():
                     cores.set_active(member, False)
-                    self._cond.wait()
+                    self._cond.wait(scheduler.refresh_in())  # None: until a call or a request
                 if self._stopping:
                     break
                 cores.set_active(member, True)

@@ -3,9 +3,13 @@ before the final one are reused, so a cached prompt is computed by the same llam
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from edge_run.engine.scheduler import REFRESH_AFTER, Scheduler
 from edge_run.engine.slots import Slot, final_block, next_block, reusable
+from edge_run.engine.threads import CoreShare
 
 
 def blocks(n: int, size: int) -> list[tuple[int, int]]:
@@ -57,3 +61,18 @@ def test_only_whole_shared_blocks_computed_as_blocks_before_the_final_one_are_re
     slot.exact = 64
     assert reusable(slot, prompt, 64) == 64
     assert reusable(Slot(seq=1), prompt, 64) == 0
+
+
+def test_the_idle_refresh_waits_a_moment_after_the_latest_answer() -> None:
+    """A request sent at once must not wait behind a block of the answer just finished (Scheduler.REFRESH_AFTER);
+    the engine thread sleeps until the refresh is due (``refresh_in``), then it is work."""
+    scheduler = Scheduler(None, None, None, slots=2, cores=CoreShare(1))  # type: ignore[arg-type]  # not decoded
+    assert scheduler.refresh_in() is None and not scheduler.has_work()
+    slot = scheduler._slots[1]
+    slot.stale = list(range(70))  # a whole block of the finished answer to compute again
+    slot.last_used = time.monotonic() + 60  # the answer "ends" a minute from now: far from due
+    assert 60 < scheduler.refresh_in() <= 60 + REFRESH_AFTER and not scheduler.has_work()
+    slot.last_used = time.monotonic() - REFRESH_AFTER
+    assert scheduler.refresh_in() == 0.0 and scheduler.has_work()
+    slot.stale = slot.stale[:63]  # less than a block: nothing to refresh
+    assert scheduler.refresh_in() is None and not scheduler.has_work()
