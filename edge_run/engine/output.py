@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from edge_run.engine.types import Chunk, TokenLogprob
 
 if TYPE_CHECKING:
@@ -24,7 +26,8 @@ def token_chunk(model: Model, ctx: Context, slot: Slot, job: Job, token: int) ->
     assert text is not None
     logprobs = None
     if job.top_logprobs is not None:
-        lp, top = ctx.logprobs(slot.logit_index, token, job.top_logprobs)
+        row = ctx.logits(slot.logit_index) if slot.replay is None else slot.replay
+        lp, top = _logprobs(row, token, job.top_logprobs)
         piece = model.piece(token, special=True)
         logprobs = [TokenLogprob(piece, lp, [(model.piece(t, special=True), v) for t, v in top])]
     finish: str | None = None
@@ -55,3 +58,15 @@ def token_chunk(model: Model, ctx: Context, slot: Slot, job: Job, token: int) ->
         drafts_accepted=slot.accepted,
         drafts_rejected=slot.rejected,
     )
+
+
+def _logprobs(logits: np.ndarray, token: int, top_n: int) -> tuple[float, list[tuple[int, float]]]:
+    """Log-probability of ``token`` and the ``top_n`` likeliest tokens, from a row of logits."""
+    peak = float(logits.max())
+    lse = peak + float(np.log(np.exp(logits - peak).sum()))
+    top: list[tuple[int, float]] = []
+    if top_n > 0:
+        ids = np.argpartition(-logits, top_n)[:top_n]
+        ids = ids[np.argsort(-logits[ids])]
+        top = [(int(i), float(logits[i]) - lse) for i in ids]
+    return float(logits[token]) - lse, top

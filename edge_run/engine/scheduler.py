@@ -12,7 +12,8 @@ rests on the order of computation: every KV position is computed by the same ``l
 - A prompt is cut into blocks at multiples of ``block``, the remainder in the final block
   (:func:`~edge_run.engine.slots.next_block`), each block a ``llama_decode`` of its own. Only whole
   blocks before a request's final block are reused (a slot's ``exact``): a longer prompt computes
-  exactly those blocks the same way.
+  exactly those blocks the same way. The same prompt again reuses all of it, with the logits of its
+  last row, kept (:mod:`edge_run.engine.prefix`).
 - Generated tokens are decoded one row per slot, a slot generating alone with its drafts
   (:mod:`edge_run.engine.drafts`); a lone row of a lone sequence past 256 KV cells (where flash
   attention would split its KV between threads) runs on one thread, where it computes what a row
@@ -34,7 +35,8 @@ from typing import TYPE_CHECKING
 from edge_run.engine.drafts import RETRY_EVERY, Drafter, next_k
 from edge_run.engine.gather import gather
 from edge_run.engine.output import token_chunk
-from edge_run.engine.slots import COPY_GAIN, Slot, next_block, pick_slot, reusable
+from edge_run.engine.prefix import take_prefix
+from edge_run.engine.slots import Slot, next_block, pick_slot
 from edge_run.engine.text import TextStream
 from edge_run.engine.threads import CoreShare, ThreadGovernor
 from edge_run.engine.types import Chunk
@@ -149,6 +151,8 @@ class Scheduler:
         assert job is not None
         n = len(job.prompt)
         used = 0
+        if slot.replay is not None:  # the same prompt again: its last row's logits are kept
+            self._sample(slot, out)
         while slot.n_prompt_done < n:
             start = slot.n_prompt_done
             end = next_block(start, n, self.block)
@@ -159,6 +163,8 @@ class Scheduler:
             used += end - start
             if end == n:
                 slot.logit_index = end - start - 1
+                host = not slot.device_sampler and not slot.followers  # a prompt that replays on its own
+                slot.final_logits = self.ctx.logits(slot.logit_index).copy() if host else None
                 self._sample(slot, out)
         self.prompt_tokens_evaluated += used
         return used
@@ -185,6 +191,10 @@ class Scheduler:
         """Compute the next block of an idle slot's finished answer, so that its next turn reuses it."""
         slot = self._stale()
         assert slot is not None  # step refreshes only when refresh_in() is 0
+        if len(slot.cache) > slot.exact:  # a prompt's final block, kept for the same prompt: computed as blocks now
+            self.ctx.seq_rm(slot.seq, slot.exact, -1)
+            del slot.cache[slot.exact :]
+            slot.final_logits = None
         self._decode_block(slot, slot.stale[: self.block], final=False)
         del slot.stale[: self.block]
         self.tokens_refreshed += self.block
@@ -295,28 +305,17 @@ class Scheduler:
 
     def _start(self, slot: Slot, job: Job, *, fork: bool = False) -> None:
         if fork:  # the KV arrives by copy from the leader once its prompt is done
-            keep = 0
-            slot.n_prompt_done = len(job.prompt)
-        else:
-            own = reusable(slot, job.prompt, self.block)
-            donor = max(self._slots, key=lambda s: reusable(s, job.prompt, self.block))
-            shared = reusable(donor, job.prompt, self.block)
-            if donor is not slot and shared - own >= COPY_GAIN:
-                # another slot (idle or busy) holds a longer prefix: copy its KV rather than recompute
-                self.ctx.seq_rm(slot.seq, 0, -1)
-                self.ctx.seq_cp(donor.seq, slot.seq)
-                slot.cache, slot.exact = list(donor.cache), donor.exact
-                own = shared
-                self.prefix_copies += 1
-            keep = own  # whole blocks before the prompt's final block
-            slot.n_prompt_done = keep
+            slot.n_prompt_done, slot.replay = len(job.prompt), None
+        else:  # replayed logits feed one sample: not a leader's followers, nor the device's sampler
+            replay = not job.followers and not self.device_sampling
+            self.prefix_copies += take_prefix(self._slots, slot, job.prompt, self.block, self.ctx, replay=replay)
+        keep = 0 if fork else slot.n_prompt_done
         self.ctx.seq_rm(slot.seq, keep, -1)
         del slot.cache[keep:]
         slot.exact = min(slot.exact, keep)
-        slot.stale = []
+        slot.stale, slot.final_logits = [], slot.replay
         slot.job = job
-        # the device samples unless the host needs the logits: log-probabilities, choices forked from
-        # the same logits, a grammar
+        # the device samples unless the host needs the logits: log-probabilities, forked choices, a grammar
         if self.device_sampling and not fork and job.top_logprobs is None and not job.followers:
             if job.sampler.spec.offloadable:
                 self.ctx.set_sampler(slot.seq, job.sampler.ptr)
@@ -345,10 +344,12 @@ class Scheduler:
         assert job is not None
         if slot.followers:
             self._fork(slot, out)
-        token = job.sampler.sample(self.ctx, slot.logit_index)
+        row = slot.replay  # the same prompt again: the logits kept from its final block
+        token = job.sampler.sample(self.ctx, slot.logit_index) if row is None else job.sampler.sample_row(row)
         token = job.budget.pick(token) if job.budget is not None else token
         self.tokens_generated += 1
         chunk = token_chunk(self.model, self.ctx, slot, job, token)
+        slot.replay = None
         out.append((job, chunk))
         if chunk.finish_reason is not None:
             self._release(slot)
@@ -367,7 +368,8 @@ class Scheduler:
                 self._release(follower)
                 follower_job.cancelled = True
         slot.followers.clear()
-        slot.job = slot.text = slot.drafter = slot.next_token = None
+        keep = len(slot.job.prompt) if slot.job is not None and slot.final_logits is not None else slot.exact
+        slot.job = slot.text = slot.drafter = slot.next_token = slot.replay = None
         slot.last_used = time.monotonic()
         # what was decoded as rows is never reused: drop it now, and prefill it again once idle; only
         # the latest answer, so that a burst does not leave seconds of background work on a busy desktop
@@ -375,14 +377,12 @@ class Scheduler:
         for other in self._slots:
             other.stale = []
         slot.stale = slot.cache[slot.exact :]
-        del slot.cache[slot.exact :]
-        self.ctx.seq_rm(slot.seq, slot.exact, -1)
+        del slot.cache[keep:]  # the prompt's final block stays for the same prompt, until the refresh
+        self.ctx.seq_rm(slot.seq, keep, -1)
 
     def fail_slots(self, out: list[tuple[Job, Chunk]], err: EdgeRunError) -> None:
-        """End every request in a slot with ``err`` (unless ``out`` ends it already) and clear its slot's cache.
-
-        Never raises: the engine thread must live on, on caches cleared of whatever a failed step left.
-        """
+        """End every request in a slot with ``err`` (unless ``out`` ends it already) and clear its slot's cache. Never
+        raises: the engine thread must live on, on caches cleared of whatever a failed step left."""
         failed = {id(job) for job, chunk in out if chunk.finish_reason is not None}
         for slot in self._slots:
             job = slot.job
@@ -390,7 +390,7 @@ class Scheduler:
                 if id(job) not in failed:
                     out.append((job, Chunk(finish_reason="error", error=err)))
                 slot.cache.clear()
-                slot.exact = 0
+                slot.exact, slot.final_logits, slot.replay = 0, None, None
                 try:
                     self.ctx.seq_rm(slot.seq, 0, -1)
                     self._release(slot)

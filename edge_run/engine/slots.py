@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import numpy as np
+
     from edge_run.engine.budget import Budget
     from edge_run.engine.drafts import Drafter
     from edge_run.engine.llama.sampler import Sampler
@@ -68,6 +70,10 @@ class Slot:
     draft_k: int = 0  # drafts to try in the next step
     accepted: int = 0  # the job's drafts that its sampler agreed with
     rejected: int = 0
+    # the logits of its prompt's last row while ``cache`` is that prompt, final block included: the same prompt
+    # again starts from them (``replay``, for one sample) instead of computing the final block again
+    final_logits: np.ndarray | None = None
+    replay: np.ndarray | None = None
 
     @property
     def idle(self) -> bool:
@@ -130,5 +136,7 @@ def reusable(slot: Slot, prompt: list[int], block: int) -> int:
     """How many leading tokens of ``prompt`` the slot's KV can give: whole blocks that it computed as blocks
     (``exact``), that ``prompt`` shares, and that come before ``prompt``'s final block, which a cold
     request would compute as a block of another width."""
+    if slot.final_logits is not None and slot.cache == prompt:  # the same prompt again, as a cold one computed it
+        return len(prompt)
     shared = _common_prefix(slot.cache, prompt) // block * block
     return min(shared, slot.exact, final_block(len(prompt), block))

@@ -169,13 +169,17 @@ def streamed(c: openai.OpenAI, body: dict) -> str:
 
 
 def test_tool_calls_and_seeded_answers_are_the_same_cold_cached_streamed_and_copied(make_server) -> None:
+    """Cached: the same prompt again, which reuses all of it and samples from its final block's kept logits
+    (through a grammar for the tool call, the seeded sampler's own steps for the other)."""
     server = make_server("--slots", "2", "--ctx", "1024")
     c = client(server)
     for name, body in (("tool", TOOL), ("seeded", SEEDED)):
         cold_answer, cached, _ = answer(c, body)
-        again, cached_again, _ = answer(c, body)
+        answer(c, {"messages": ELSEWHERE, "max_tokens": 1})  # in the other slot: no refresh of the first comes due
+        evaluated = server.health()["models"][0]["prompt_tokens_evaluated"]
+        again, cached_again, _ = answer(c, body)  # the same prompt: all of it, with its last row's logits kept
         assert (name, again) == (name, cold_answer)
-        assert cached_again > cached
+        assert cached_again > cached and server.health()["models"][0]["prompt_tokens_evaluated"] == evaluated
         assert (name, streamed(c, body)) == (name, cold_answer)
     # the slot that holds SEEDED's prompt is kept busy: the next SEEDED request copies that KV into the other slot
     copies = server.health()["models"][0]["prefix_copies"]

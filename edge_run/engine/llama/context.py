@@ -112,17 +112,9 @@ class Context:
         """Copy a whole sequence's KV: the only copy llama.cpp allows between per-slot KV streams."""
         L.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
 
-    def logprobs(self, idx: int, token: int, top_n: int) -> tuple[float, list[tuple[int, float]]]:
-        """Log-probability of ``token`` and the ``top_n`` likeliest tokens, from batch index ``idx``."""
-        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self._ptr, idx), shape=(self.n_vocab,))
-        peak = float(logits.max())
-        lse = peak + float(np.log(np.exp(logits - peak).sum()))
-        top: list[tuple[int, float]] = []
-        if top_n > 0:
-            ids = np.argpartition(-logits, top_n)[:top_n]
-            ids = ids[np.argsort(-logits[ids])]
-            top = [(int(i), float(logits[i]) - lse) for i in ids]
-        return float(logits[token]) - lse, top
+    def logits(self, idx: int) -> np.ndarray:
+        """The logits of batch index ``idx``: a view, valid until the next decode."""
+        return np.ctypeslib.as_array(L.llama_get_logits_ith(self._ptr, idx), shape=(self.n_vocab,))
 
     def close(self) -> None:
         if self._ptr:

@@ -37,6 +37,7 @@ class Sampler:
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         self._ptr = chain
         self._grammar: Any = None
+        self._cand: np.ndarray | None = None  # the candidates of a pick in numpy, made on first use
         self.spec = spec
         add = L.llama_sampler_chain_add
         if spec.logit_bias:
@@ -51,8 +52,6 @@ class Sampler:
                 self.close()
                 raise InvalidRequest("the output constraint could not be compiled to a grammar")
             self._grammar = grammar
-            self._cand = np.zeros(model.n_vocab, dtype=_TOKEN_DATA)
-            self._ids = np.arange(model.n_vocab, dtype=np.int32)
         if spec.repeat_penalty != 1.0 or spec.frequency_penalty or spec.presence_penalty:
             add(
                 chain,
@@ -90,19 +89,25 @@ class Sampler:
         """Sample from the logits of batch index ``idx`` (and record the token for penalties)."""
         if self._grammar is None:
             return int(L.llama_sampler_sample(self._ptr, ctx.ptr, idx))
-        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx.ptr, idx), shape=(ctx.n_vocab,))
+        return self.sample_row(ctx.logits(idx))
+
+    def sample_row(self, logits: np.ndarray) -> int:
+        """Sample from a row of logits as :meth:`sample` does (``llama_sampler_sample``'s steps, in numpy)."""
         token = self._pick(logits, self._ptr)
-        one = np.array([(token, 0.0, 0.0)], dtype=_TOKEN_DATA)
-        _apply(self._grammar, one)
-        if np.isneginf(one["logit"][0]):  # rejected: mask the vocabulary, then pick again
-            token = self._pick(logits, self._grammar, self._ptr)
-        L.llama_sampler_accept(self._grammar, token)
+        if self._grammar is not None:
+            one = np.array([(token, 0.0, 0.0)], dtype=_TOKEN_DATA)
+            _apply(self._grammar, one)
+            if np.isneginf(one["logit"][0]):  # rejected: mask the vocabulary, then pick again
+                token = self._pick(logits, self._grammar, self._ptr)
+            L.llama_sampler_accept(self._grammar, token)
         L.llama_sampler_accept(self._ptr, token)
         return token
 
     def _pick(self, logits: np.ndarray, *samplers: Any) -> int:
+        if self._cand is None:
+            self._cand = np.zeros(len(logits), dtype=_TOKEN_DATA)
         cand = self._cand
-        cand["id"] = self._ids
+        cand["id"] = np.arange(len(logits), dtype=np.int32)
         cand["logit"] = logits
         cand["p"] = 0.0
         arr = _apply(samplers[0], cand)
