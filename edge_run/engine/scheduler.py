@@ -133,13 +133,13 @@ class Scheduler:
             if slot.job is not None and slot.job.cancelled:
                 self._release(slot)
         if not self._admit(out):  # requests often come in bursts: gather once the burst has a slot each
-            self._gather()
+            self.slot_moves += gather(self._slots, self.ctx)  # the busy slots' sequence ids made consecutive
         budget = self._batch.capacity  # prompt rows per step, past the first block
         for slot in self._slots:
             slot.logit_index = -1
             if slot.job is not None and slot.next_token is None:
                 budget -= self._prefill(slot, budget, out)
-        if rows := [s for s in self._slots if s.next_token is not None]:  # in sequence order: see _gather
+        if rows := [s for s in self._slots if s.next_token is not None]:  # in sequence order: see gather
             self._decode_rows(rows, out)
         elif not self.busy and not self.waiting and self.refresh_in() == 0.0:
             self._refresh()
@@ -191,7 +191,12 @@ class Scheduler:
         """Compute the next block of an idle slot's finished answer, so that its next turn reuses it."""
         slot = self._stale()
         assert slot is not None  # step refreshes only when refresh_in() is 0
-        if len(slot.cache) > slot.exact:  # a prompt's final block, kept for the same prompt: computed as blocks now
+        if len(slot.cache) > slot.exact:  # a prompt's final block, kept for the same prompt: computed as blocks now,
+            spare = min((s for s in self._slots if s.idle and s is not slot), key=lambda s: s.last_used, default=None)
+            if spare is not None:  # in the least recently used idle slot, if any: then both are kept
+                self.ctx.seq_cp(slot.seq, spare.seq)
+                spare.cache, spare.exact, spare.last_used = slot.cache[: slot.exact], slot.exact, slot.last_used
+                spare.stale, slot.stale, slot = slot.stale, [], spare
             self.ctx.seq_rm(slot.seq, slot.exact, -1)
             del slot.cache[slot.exact :]
             slot.final_logits = None
@@ -201,7 +206,6 @@ class Scheduler:
 
     def _decode_rows(self, rows: list[Slot], out: list[tuple[Job, Chunk]]) -> None:
         """Decode each slot's sampled token (a lone slot's with its drafts); keep the drafts its sampler agrees with.
-
         Beside others no slot drafts (each would decode as many rows: on 4 streams one stream's 8 drafts cost 32
         rows), so the batch is one micro-batch of one row per sequence; a lone row past 256 cells, on one thread."""
         batch = self._batch
@@ -298,10 +302,6 @@ class Scheduler:
                         self.waiting.appendleft(job)  # in no slot yet: a failure ends it with the waiting
                     raise
         return admitted
-
-    def _gather(self) -> None:
-        """Keep the busy slots' sequence ids consecutive (:func:`~edge_run.engine.gather.gather`)."""
-        self.slot_moves += gather(self._slots, self.ctx)
 
     def _start(self, slot: Slot, job: Job, *, fork: bool = False) -> None:
         if fork:  # the KV arrives by copy from the leader once its prompt is done

@@ -213,6 +213,20 @@ def test_a_follow_up_turn_reuses_the_answer_once_the_engine_has_refreshed_it(mak
     assert cached > (prompt // 64 - 1) * 64  # more than the first turn's blocks: some of its answer too
 
 
+def test_the_same_prompt_after_the_refresh_is_still_reused_whole(make_server, cold) -> None:
+    """The refresh computes a finished answer again as blocks in another idle slot: the slot that holds the
+    prompt's final block, with its last row's logits, keeps them for the same prompt."""
+    server = make_server("--slots", "2", "--ctx", "2048")
+    c = client(server)
+    body, expected = cold[1][1]
+    assert answer(c, body)[0] == expected
+    wait_for(lambda: server.health()["models"][0]["tokens_stale"] == 0, 30, "the answer refreshed")
+    evaluated = server.health()["models"][0]["prompt_tokens_evaluated"]
+    got, cached, _ = answer(c, body)
+    assert got == expected and cached == c.chat.completions.create(model=MODEL_ID, **body).usage.prompt_tokens
+    assert server.health()["models"][0]["prompt_tokens_evaluated"] == evaluated  # nothing computed again
+
+
 async def _neighbours_then(server: Server, body: dict, neighbours: list[tuple[list[dict], int]]) -> str:
     """Start each neighbour's stream and wait for its first token (so it holds a slot), then ask ``body``."""
     c = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=300)
