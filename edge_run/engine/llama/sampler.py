@@ -38,6 +38,7 @@ class Sampler:
         self._ptr = chain
         self._grammar: Any = None
         self._cand: np.ndarray | None = None  # the candidates of a pick in numpy, made on first use
+        self._ids: np.ndarray | None = None
         self.spec = spec
         add = L.llama_sampler_chain_add
         if spec.logit_bias:
@@ -106,8 +107,9 @@ class Sampler:
     def _pick(self, logits: np.ndarray, *samplers: Any) -> int:
         if self._cand is None:
             self._cand = np.zeros(len(logits), dtype=_TOKEN_DATA)
+            self._ids = np.arange(len(logits), dtype=np.int32)
         cand = self._cand
-        cand["id"] = np.arange(len(logits), dtype=np.int32)
+        cand["id"] = self._ids  # a pick sorts the candidates in place: the ids are set again each time
         cand["logit"] = logits
         cand["p"] = 0.0
         arr = _apply(samplers[0], cand)
