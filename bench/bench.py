@@ -305,17 +305,21 @@ def start_server(
     return proc, url + "/v1", key, home
 
 
-def wait_healthy(url: str, timeout: float = 60) -> None:
-    """Until ``url``'s ``/health`` answers 200 (the server's preloads are done); RuntimeError after ``timeout``."""
+def wait_healthy(url: str, timeout: float = 60, proc: subprocess.Popen | None = None) -> None:
+    """Until ``url``'s ``/health`` answers 200 (the server's preloads are done); RuntimeError after ``timeout``,
+    or as soon as ``proc``, the server's process if given, has exited (it is killed on a timeout)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"{url} did not become healthy in {timeout:.0f} s")
+    if proc is not None:
+        proc.kill()
+    exited = "" if proc is None else f"; its process exited with {proc.poll()}"
+    raise RuntimeError(f"{url} was not healthy within {timeout:.0f} s{exited}")
 
 
 def run_part(name: str, model: Path, threads: int, max_tokens: int) -> dict:

@@ -44,6 +44,8 @@ sys.path.insert(0, str(BENCH))
 from peers import _free_port, cpu_model  # noqa: E402
 from workload_texts import WORDS  # noqa: E402
 
+from bench import wait_healthy  # noqa: E402
+
 DEFAULT_LS = Path("/work/peer/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-server")
 KINDS = ("embed-cls", "embed-last", "rerank")
 MODE = {"embed-cls": ["--embedding", "--pooling", "cls"], "embed-last": ["--embedding", "--pooling", "last"],
@@ -82,19 +84,6 @@ class Server:
             shutil.rmtree(self.home, ignore_errors=True)
 
 
-def wait_up(proc: subprocess.Popen[bytes], url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"{url} did not come up (exit {proc.poll()})")
-
-
 def start_edge_run(model_id: str, path: Path, threads: int, *extra: str) -> Server:
     """``edge-run serve --no-auth`` with one ``[[model]]`` (preloaded, never unloaded)."""
     home = Path(tempfile.mkdtemp(prefix="edge-run-retrieval-"))
@@ -107,7 +96,7 @@ def start_edge_run(model_id: str, path: Path, threads: int, *extra: str) -> Serv
                             env={**os.environ, "EDGE_RUN_HOME": str(home)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    wait_up(proc, url)
+    wait_healthy(url, 120, proc)
     return Server("edge-run", url, model_id, proc, "edge-run serve " + " ".join(flags), home)
 
 
@@ -117,7 +106,7 @@ def start_peer(binary: Path, kind: str, path: Path, threads: int, tuned: str) ->
              "--no-webui", *MODE[kind], *tuned.split()]  # fmt: skip
     proc = subprocess.Popen([str(binary), *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    wait_up(proc, url)
+    wait_healthy(url, 120, proc)
     return Server(f"llama-server {tuned or 'defaults'}", url, kind, proc, "llama-server " + " ".join(flags[4:]))
 
 
