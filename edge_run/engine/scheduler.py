@@ -237,7 +237,7 @@ class Scheduler:
         slot.next_token = None
         for i in range(len(drafts) + 1):
             slot.logit_index = first + i
-            slot.accepted, slot.rejected = accepted + min(i, real), rejected + real - min(i, real)
+            slot.accepted, slot.rejected = accepted + i, rejected + real - i
             self._sample(slot, out)
             if slot.job is None or i == len(drafts) or slot.next_token != drafts[i]:
                 break
