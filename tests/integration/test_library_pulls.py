@@ -55,9 +55,16 @@ def _until_moved(events: Iterator[dict]) -> dict:
 
 
 def _store_files(server: Server) -> set[Path]:
-    """Every file in the models folder, except huggingface_hub's (empty) lock files and its cache tag."""
+    """Every file in the models folder, except huggingface_hub's (empty) lock files and its cache tag.
+
+    A folder the server removes while this walks it restarts the walk: a pull that unwinds deletes them."""
     models = server.home / "data" / "models"
-    found = {p for p in server.home.rglob("*") if p.is_file() or p.is_symlink()}
+    while True:
+        try:
+            found = {p for p in server.home.rglob("*") if p.is_file() or p.is_symlink()}
+            break
+        except FileNotFoundError:
+            continue
     return {p for p in found if p.is_relative_to(models) and ".locks" not in p.parts and p.name != "CACHEDIR.TAG"}
 
 
