@@ -35,6 +35,7 @@ CAP = 4  # tokens a valid request generates at most: sampling, stop strings, ass
 _LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 # the token limit of each operation that generates, where it may be left out (or null) for "to the context's end"
 _OPTIONAL_LIMITS = {"/v1/chat/completions": "max_tokens", "/v1/responses": "max_output_tokens"}
+_OLLAMA_GENERATING = ("/api/chat", "/api/generate")
 EMBEDDER, RERANKER = "fuzz/embedder", "fuzz/reranker"
 _EMBEDDING = ("/v1/embeddings", "/api/embed", "/api/embeddings")
 # a fuzzed body must not delete the served model, nor pull over it (DELETE /v1/models/{model_id} takes its id
@@ -146,9 +147,21 @@ def _aim_at_the_model(case: Any) -> None:
 def _cap_generation(case: Any) -> None:
     """Valid token limits that fit the context become at most ``CAP``; a limit left out (or null) becomes ``CAP``
     too, except in one body of eight, which keeps the no-limit path (generate to the context's end). Invalid
-    limits (0, negative, not an integer) and ones past the context stay as they are: they must be a 400."""
+    limits (0, negative, not an integer) and ones past the context stay as they are: they must be a 400.
+    Ollama's ``options.num_predict`` is cut the same way; there a negative one means no limit, and becomes ``CAP``
+    too (the body of eight that keeps no limit covers that path)."""
     body = case.body
     if not isinstance(body, dict):
+        return
+    if case.operation.path in _OLLAMA_GENERATING:  # Ollama's limit: ``options.num_predict``, negative for none
+        options = body.get("options")
+        if options is None and zlib.crc32(b"cap" + repr(body).encode()) % 8:
+            body["options"] = options = {}
+        if isinstance(options, dict):
+            value = options.get("num_predict")
+            if value is None or (type(value) is int and (CAP < value or value < 0)):
+                if value is not None or zlib.crc32(b"cap" + repr(body).encode()) % 8:
+                    options["num_predict"] = CAP
         return
     for name in _LIMITS:
         value = body.get(name)

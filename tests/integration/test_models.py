@@ -37,11 +37,11 @@ def complete(client: openai.OpenAI, model: str, **kwargs) -> str:
 
 
 def serve_two_models(home: Path, model_path: Path, second_model_path: Path) -> Server:
-    """A home with `acme/one` (SmolLM2) and `acme/two` (Gemma), served with --keep-alive 5 --max-loaded 1."""
+    """A home with `acme/one` (SmolLM2) and `acme/two` (Gemma), served with --keep-alive 2 --max-loaded 1."""
     home.mkdir()
     set_up(home, "models", "add", str(model_path), "--id", "acme/one")
     set_up(home, "models", "add", str(second_model_path), "--id", "acme/two")
-    return start_server(home, "--keep-alive", "5", "--max-loaded", "1", "--ctx", "512", "--slots", "4")
+    return start_server(home, "--keep-alive", "2", "--max-loaded", "1", "--ctx", "512", "--slots", "4")
 
 
 @pytest.fixture
@@ -80,12 +80,12 @@ def test_two_models_answer_alternately_and_unload_when_idle(fresh_two_models: Se
     while statuses(server)["acme/one"] != "unloaded":
         assert time.monotonic() - last_answer < 10, "acme/one still loaded 10 s after its last answer"
         time.sleep(0.2)
-    assert time.monotonic() - last_answer >= 4.5  # and not before its keep-alive of 5 s
+    assert time.monotonic() - last_answer >= 1.8  # and not before its keep-alive of 2 s
 
 
 def test_eight_first_requests_to_an_unloaded_model_cause_one_load(two_models: Server):
     server = two_models
-    wait_for(lambda: statuses(server)["acme/two"] == "unloaded", 10, "acme/two unloaded (keep-alive 5 s)")
+    wait_for(lambda: statuses(server)["acme/two"] == "unloaded", 10, "acme/two unloaded (keep-alive 2 s)")
     before = loads(server)["acme/two"]
 
     async def burst() -> list[str]:
