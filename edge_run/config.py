@@ -48,6 +48,7 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
     dimensions: list[Positive] = []  # a Matryoshka embedder's sizes: requests may ask for `dimensions` among them
     query_prefix: str = ""  # an embedder's instruction prefixes (nomic: "search_query: "), added on request
     document_prefix: str = ""
+    mmproj: str | None = None  # a multimodal projector GGUF: the model takes images (and audio) as its mtmd reads them
 
 
 class UpstreamConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -96,6 +97,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     reasoning_budget: Annotated[int, msgspec.Meta(ge=-1)] = -1  # a thought's tokens at most; -1: no limit
     pooling: Pooling | None = None  # how models embed; None: each model's own (a chat model: mean)
     device_sampling: bool | None = None
+    mmproj_offload: bool = True  # a model offloaded whole puts its projector on the GPU too
     allowed_hosts: list[str] = []
     cors_origins: list[str] = []
     max_body_bytes: Positive = 8 * 1024 * 1024

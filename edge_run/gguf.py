@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edge_run.errors import EngineFailure
 
-__all__ = ["POOLINGS", "GgufLayout", "HeaderIncomplete", "read_header", "read_layout"]
+__all__ = ["POOLINGS", "GgufLayout", "HeaderIncomplete", "projector_inputs", "read_header", "read_layout"]
 
 # llama.cpp's pooling types (``llama_pooling_type``), by the names ``--pooling`` takes
 POOLINGS = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
@@ -103,6 +103,29 @@ def read_layout(path: Path) -> GgufLayout:
         return _read_file(path, stat.st_size, stat.st_mtime_ns)
     except (OSError, struct.error, UnicodeDecodeError, KeyError, ValueError) as exc:
         raise EngineFailure(f"could not read the GGUF layout of {path.name}: {exc}") from exc
+
+
+def projector_inputs(path: Path) -> tuple[str, ...]:
+    """What a model with this multimodal projector (an ``mmproj`` GGUF) takes: text, and images or audio as its
+    ``clip.has_vision_encoder`` and ``clip.has_audio_encoder`` say."""
+    try:
+        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if data[:4] != b"GGUF":
+                raise ValueError("not a GGUF file")
+            r = _Reader(data)
+            r.pos = 4
+            r.unpack(_U32)
+            r.count()
+            meta: dict[str, object] = {}
+            for _ in range(r.length(r.count(), 12)):
+                key = r.string()
+                meta[key] = r.value(r.count(_U32))
+    except (OSError, struct.error, UnicodeDecodeError, KeyError, ValueError) as exc:
+        raise EngineFailure(f"could not read the projector {path.name}: {exc}") from exc
+    if meta.get("general.architecture") != "clip":
+        raise EngineFailure(f"{path.name} is not a multimodal projector (an mmproj GGUF, architecture `clip`)")
+    vision, audio = meta.get("clip.has_vision_encoder"), meta.get("clip.has_audio_encoder")
+    return ("text",) + ("image",) * bool(vision) + ("audio",) * bool(audio)
 
 
 def read_header(data: bytes, file_size: int) -> GgufLayout:

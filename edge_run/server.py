@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from edge_run.config import Settings, physical_cores
 from edge_run.engine import CoreShare, Engine, EngineOptions, Placement, gpu_devices, read_layout
 from edge_run.errors import EngineFailure
+from edge_run.gguf import projector_inputs
 from edge_run.models.catalog import Catalog, load_catalog
 from edge_run.models.fetch import fetch
 from edge_run.models.inventory import catalog_spec, inventory, lookup
@@ -70,6 +71,7 @@ def engine_options(settings: Settings, cores: CoreShare | None = None) -> Engine
         reasoning_budget=settings.reasoning_budget,
         pooling=settings.pooling,
         device_sampling=settings.device_sampling,
+        mmproj_offload=settings.mmproj_offload,
         cores=cores,
     )
 
@@ -86,6 +88,7 @@ def spec_options(spec: ModelSpec, base: EngineOptions) -> EngineOptions:
         rpc_servers=spec.rpc_servers,
         kind=spec.kind,
         pooling=spec.pooling or base.pooling,
+        mmproj=spec.mmproj,
     )
 
 
@@ -93,7 +96,12 @@ def _sized(spec: ModelSpec, base: EngineOptions) -> ModelSpec:
     """The spec with the ctx and slots it runs with, so that /health tells them before the model is loaded,
     and its kind (chat, embedding or rerank), from its GGUF header and pooling."""
     options = spec_options(spec, base)
-    return dataclasses.replace(spec, ctx=options.ctx, slots=options.slots, kind=model_kind(spec, options.pooling))
+    try:
+        inputs = projector_inputs(spec.mmproj) if spec.mmproj is not None else ("text",)
+    except EngineFailure:  # loading the model says why
+        inputs = ("text",)
+    kind = model_kind(spec, options.pooling)
+    return dataclasses.replace(spec, ctx=options.ctx, slots=options.slots, kind=kind, inputs=inputs)
 
 
 def model_kind(spec: ModelSpec, pooling: str | None) -> str:
@@ -132,7 +140,7 @@ def _check_links(specs: list[ModelSpec], pools: dict[str, UpstreamPool]) -> None
 def model_cost(spec: ModelSpec, options: EngineOptions) -> int:
     """Bytes a model takes loaded, estimated: its file, plus the KV cache of ctx x slots tokens (f16); an
     embedder or a reranker has no slots, only its batch's cache."""
-    size = spec.path.stat().st_size if spec.path.is_file() else 0
+    size = sum(p.stat().st_size for p in (spec.path, spec.mmproj) if p is not None and p.is_file())  # the projector too
     try:
         layout = read_layout(spec.path)
     except EngineFailure:

@@ -114,15 +114,24 @@ def models_show(model: str) -> None:
 @models.command("add")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--id", "model_id", required=True, help="The id clients send as `model` (e.g. team/my-model).")
-def models_add(path: Path, model_id: str) -> None:
+@click.option(
+    "--mmproj",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The model's multimodal projector (an mmproj GGUF): it then takes images (and audio) in chat.",
+)
+def models_add(path: Path, model_id: str, mmproj: Path | None) -> None:
     """Register a local GGUF file under an id."""
+    from edge_run.errors import EngineFailure
+    from edge_run.gguf import projector_inputs
     from edge_run.models.local import LocalRegistry
 
     try:
-        entry = LocalRegistry(context()[0].registry_file).add(model_id, path)
-    except ValueError as exc:
+        inputs = projector_inputs(mmproj.resolve()) if mmproj is not None else ("text",)
+        extra = {"mmproj": str(mmproj.resolve())} if mmproj is not None else {}
+        entry = LocalRegistry(context()[0].registry_file).add(model_id, path, **extra)
+    except (ValueError, EngineFailure) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"added `{entry.id}` -> {entry.path}")
+    click.echo(f"added `{entry.id}` -> {entry.path}" + (f" (inputs: {', '.join(inputs)})" if mmproj else ""))
 
 
 @models.command("pull")

@@ -227,6 +227,11 @@ class _GpuLayers(click.ParamType):
     "(-1: no limit; a request's `reasoning_budget` or Anthropic's `budget_tokens` overrides it).  [default: -1]",
 )
 @click.option(
+    "--mmproj-offload/--no-mmproj-offload",
+    default=None,
+    help="Put a model's multimodal projector on the GPU when the model is offloaded whole.  [default: on]",
+)
+@click.option(
     "--pooling",
     type=click.Choice(["mean", "cls", "last", "rank"]),
     help="How models embed: mean, cls (BERT's first token), last (decoder embedders), rank (rerankers: "

@@ -6,14 +6,17 @@ Importing it does not load llama.cpp: that happens when a model is loaded, GPUs 
 
 from __future__ import annotations
 
-from edge_run.engine.engine import Engine, Generation
+from edge_run.engine.engine import Engine
+from edge_run.engine.generation import Generation
 from edge_run.engine.llama.grammar import json_grammar
+from edge_run.engine.media import MEDIA_MARKER, MediaInput, MediaSpan
 from edge_run.engine.placement import Placement, gpu_devices
 from edge_run.engine.threads import CoreShare
 from edge_run.engine.types import Chunk, EngineOptions, GpuDevice, SamplerSpec, ThoughtLimit, TokenLogprob
 from edge_run.gguf import GgufLayout, read_layout
 
 __all__ = [
+    "MEDIA_MARKER",
     "Chunk",
     "CoreShare",
     "Engine",
@@ -21,6 +24,8 @@ __all__ = [
     "Generation",
     "GgufLayout",
     "GpuDevice",
+    "MediaInput",
+    "MediaSpan",
     "Placement",
     "SamplerSpec",
     "ThoughtLimit",

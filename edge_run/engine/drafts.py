@@ -7,7 +7,7 @@ Drafts are a function of the token history only, so a request drafts the same wa
 
 from __future__ import annotations
 
-__all__ = ["RETRY_EVERY", "Drafter", "next_k"]
+__all__ = ["RETRY_EVERY", "Drafter", "next_k", "step_drafts"]
 
 # The n-grams looked up, longest first: a longer match predicts better, a shorter one matches more often.
 NGRAMS = (4, 2)
@@ -42,7 +42,9 @@ class Drafter:
             if len(h) > n:
                 at = self._next.get(tuple(h[-n:]))
                 if at is not None:
-                    return h[at : at + k]
+                    drafts = h[at : at + k]
+                    media = next((i for i, t in enumerate(drafts) if t < 0), None)  # an image's rows: never drafted
+                    return drafts if media is None else drafts[:media]
         return []
 
 
@@ -52,3 +54,10 @@ def next_k(k: int, drafted: int, kept: int, most: int) -> int:
     if not drafted:
         return k
     return min(most, max(k, 2 * drafted) if kept == drafted else kept)
+
+
+def step_drafts(drafter: Drafter | None, k: int, generated: int, fit: int) -> list[int]:
+    """A slot's drafts for this step: ``k`` (none after failures, but one now and then), ``fit`` at most."""
+    if drafter is None:
+        return []
+    return drafter.draft(min(k or int(generated % RETRY_EVERY == 0), fit))

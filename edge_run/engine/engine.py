@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_run.engine.budget import Budget
 from edge_run.engine.embedding import Pooler, serial
+from edge_run.engine.generation import Generation
 from edge_run.engine.placement import Placement, gpu_devices
 from edge_run.engine.scheduler import PREFILL_BLOCK, Scheduler
 from edge_run.engine.slots import Job
@@ -30,61 +31,22 @@ from edge_run.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from edge_run.engine.llama.context import Context
+    from edge_run.engine.llama.media import Projector
     from edge_run.engine.llama.model import Model
     from edge_run.engine.llama.sampler import Sampler
+    from edge_run.engine.media import MediaInput, MediaSpan
     from edge_run.engine.types import EngineOptions, SamplerSpec, ThoughtLimit
 
-__all__ = ["Engine", "Generation"]
+__all__ = ["Engine"]
+
+# the scheduler's counters /health shows
+_COUNTERS = ("tokens_generated", "prompt_tokens_evaluated", "tokens_refreshed", "tokens_stale", "prefix_copies",
+             "drafts_accepted", "drafts_rejected", "slot_moves")  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-
-class Generation:
-    """A request's token streams, one per choice. Iterate for :class:`Chunk`; ``cancel()`` frees the slots."""
-
-    def __init__(self, engine: Engine, jobs: list[Job], queue: asyncio.Queue[Chunk]) -> None:
-        self._queue = queue
-        self._engine = engine
-        self.jobs = jobs
-        self.done = False
-
-    async def __aiter__(self) -> AsyncIterator[Chunk]:
-        async for ready in self.batches():
-            for chunk in ready:
-                yield chunk
-
-    async def batches(self) -> AsyncIterator[list[Chunk]]:
-        """Every chunk that is ready, in order: a consumer that fell behind catches up in one write."""
-        remaining = len(self.jobs)
-        try:
-            while remaining:
-                ready: list[Chunk] = []
-                chunk = await self._queue.get()
-                while True:
-                    if chunk.error is not None:
-                        if ready:
-                            yield ready
-                        raise chunk.error
-                    ready.append(chunk)
-                    remaining -= chunk.finish_reason is not None
-                    if not remaining or self._queue.empty():
-                        break
-                    chunk = self._queue.get_nowait()
-                yield ready
-        finally:
-            self.cancel()
-
-    def cancel(self) -> None:
-        """Stop generating (client gone); idempotent, safe after the end."""
-        if not self.done:
-            self.done = True
-            for job in self.jobs:
-                job.cancelled = True
-            self._engine._finished()
 
 
 class Engine:
@@ -102,6 +64,7 @@ class Engine:
         self._worker: Worker | None = None
         self._inflight = 0
         self._pooler: Pooler | None = None
+        self._projector: Projector | None = None
         self._placement: Placement | None = None
         self.vram_used = 0  # device memory the load took (weights, KV cache, compute buffers)
 
@@ -126,7 +89,8 @@ class Engine:
             raise
 
     def _load_blocking(self, loop: asyncio.AbstractEventLoop) -> None:
-        from edge_run.engine.llama.context import Batch, Context
+        from edge_run.engine.llama.context import Batch, Context, EmbdBatch
+        from edge_run.engine.llama.media import Projector
         from edge_run.engine.llama.model import Model
 
         opts = self.options
@@ -140,6 +104,8 @@ class Engine:
         self.template = ChatTemplate(template, bos_token=model.bos_text, eos_token=model.eos_text)
         self._ctx = Context(model, n_seq=opts.slots, n_ctx_seq=opts.ctx, n_batch=opts.batch, threads=opts.threads)
         offloaded = placement.full
+        if opts.mmproj is not None:
+            self._projector = Projector(opts.mmproj, model, threads=opts.threads, gpu=opts.mmproj_offload and offloaded)
         if placement.devices:
             self.vram_used = max(0, sum(d.free for d in placement.devices) - sum(d.free for d in gpu_devices()))
         scheduler = Scheduler(
@@ -155,6 +121,7 @@ class Engine:
             threads=opts.threads,
             adapt_threads=not offloaded,  # offloaded whole, the CPU threads barely work
             cores=opts.cores,
+            embd_batch=EmbdBatch(opts.batch, self._projector.n_embd) if self._projector is not None else None,
         )
         self._worker = Worker(scheduler, loop)
         self._worker.start()
@@ -204,22 +171,53 @@ class Engine:
         variables: dict[str, Any] | None = None,
     ) -> tuple[str, list[int]]:
         """The prompt's text and tokens, off the event loop; ``variables`` are the template's extra names."""
-        model, template, _ = self._ready()
+        model, _, _ = self._ready()
 
         def work() -> tuple[str, list[int]]:
-            last = messages[-1] if messages else {}
-            if last.get("role") == "assistant" and last.get("content"):
-                # a final assistant message is a prefix to continue, not a finished turn
-                text = template.render(messages, tools=tools, add_generation_prompt=False, variables=variables)
-                cut = text.rfind(last["content"])
-                text = text[: cut + len(last["content"])] if cut >= 0 else text
-            else:
-                text = template.render(messages, tools=tools, variables=variables)
-            if model.add_bos and model.bos_text and text.startswith(model.bos_text):
-                text = text[len(model.bos_text) :]  # the tokenizer adds BOS itself
+            text = self._render(messages, tools, variables)
             return text, model.tokenize(text)
 
         return await asyncio.to_thread(work)
+
+    async def render_media_prompt(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        variables: dict[str, Any] | None,
+        media: list[MediaInput],
+    ) -> tuple[str, list[int], list[MediaSpan]]:
+        """As :meth:`render_prompt`, for messages whose content holds one ``MEDIA_MARKER`` per input of ``media``:
+        the images and audio decoded and cut into rows by the model's projector (its rows not yet encoded)."""
+        model, _, _ = self._ready()
+        if self._projector is None or any(m.kind not in self._projector.inputs for m in media):
+            kind = next(m for m in media if self._projector is None or m.kind not in self._projector.inputs)
+            raise InvalidRequest(f"model `{self.model_id}` takes no {kind.kind} input", param=kind.param)
+        projector = self._projector
+
+        def work() -> tuple[str, list[int], list[MediaSpan]]:
+            text = self._render(messages, tools, variables)
+            return (text, *projector.tokenize(text, media, add_special=model.add_bos))
+
+        return await asyncio.to_thread(work)
+
+    def _render(self, messages: list[dict[str, Any]], tools: Any, variables: dict[str, Any] | None) -> str:
+        model, template, _ = self._ready()
+        last = messages[-1] if messages else {}
+        if last.get("role") == "assistant" and last.get("content"):
+            # a final assistant message is a prefix to continue, not a finished turn
+            text = template.render(messages, tools=tools, add_generation_prompt=False, variables=variables)
+            cut = text.rfind(last["content"])
+            text = text[: cut + len(last["content"])] if cut >= 0 else text
+        else:
+            text = template.render(messages, tools=tools, variables=variables)
+        if model.add_bos and model.bos_text and text.startswith(model.bos_text):
+            text = text[len(model.bos_text) :]  # the tokenizer adds BOS itself
+        return text
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """What a prompt may hold: text, and images or audio where the model has a projector for them."""
+        return self._projector.inputs if self._projector is not None else ("text",)
 
     async def tokenize(self, text: str) -> list[int]:
         model, _, _ = self._ready()
@@ -235,6 +233,7 @@ class Engine:
         n: int = 1,
         top_logprobs: int | None = None,
         thought: ThoughtLimit | None = None,
+        media: list[MediaSpan] | None = None,
     ) -> Generation:
         """Admit one request, or raise ``Overloaded`` / ``ContextLengthExceeded`` before any output.
         ``thought`` cuts a thinking model's thought short (not under a grammar that holds from the start)."""
@@ -264,6 +263,7 @@ class Engine:
             for i, sampler in enumerate(made)
         ]
         jobs[0].followers = jobs[1:]
+        jobs[0].media = media or []
         worker.submit(jobs[0])
         return Generation(self, jobs, queue)
 
@@ -320,14 +320,9 @@ class Engine:
             "slots_total": self.options.slots,
             "slots_busy": s.busy if s else 0,
             "queued": s.queued if s else 0,
-            "tokens_generated": s.tokens_generated if s else 0,
-            "prompt_tokens_evaluated": s.prompt_tokens_evaluated if s else 0,
-            "tokens_refreshed": s.tokens_refreshed if s else 0,
-            "tokens_stale": s.tokens_stale if s else 0,
-            "prefix_copies": s.prefix_copies if s else 0,
-            "drafts_accepted": s.drafts_accepted if s else 0,
-            "drafts_rejected": s.drafts_rejected if s else 0,
-            "slot_moves": s.slot_moves if s else 0,
+            **{name: getattr(s, name) if s else 0 for name in _COUNTERS},
+            "inputs": list(self.inputs),
+            "media_encoded": self._projector.encoded if self._projector is not None else 0,
             "ctx_per_slot": self.options.ctx,
             "device_sampling": s.device_sampling if s else False,
             "threads": self.options.threads,
@@ -348,6 +343,8 @@ class Engine:
             self._pooler.close()
         if self._ctx is not None:
             self._ctx.close()
+        if self._projector is not None:
+            self._projector.close()
         if self.model is not None:
             self.model.close()
 

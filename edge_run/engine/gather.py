@@ -36,7 +36,7 @@ def gather(slots: list[Slot], ctx: Context) -> int:
                 spare.remove(keep)
                 ctx.seq_cp(hole.seq, keep.seq)
                 keep.cache, keep.exact, keep.last_used = list(hole.cache), hole.exact, hole.last_used
-                keep.stale, keep.final_logits = hole.stale, hole.final_logits
+                keep.stale, keep.final_logits, keep.media = hole.stale, hole.final_logits, hole.media
         if mover.cache:
             ctx.seq_cp(mover.seq, hole.seq)
         else:
@@ -50,6 +50,6 @@ def gather(slots: list[Slot], ctx: Context) -> int:
             mover.job.sampler.fresh_copy()  # llama.cpp sets a chain up for one sequence only
             ctx.set_sampler(mover.seq, mover.job.sampler.ptr)
         hole.cache, hole.exact, hole.last_used = list(mover.cache), mover.exact, 0.0
-        hole.stale, hole.final_logits = [], mover.final_logits
+        hole.stale, hole.final_logits, hole.media = [], mover.final_logits, mover.media
     slots.sort(key=lambda s: s.seq)
     return len(moves)

@@ -32,8 +32,9 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from edge_run.engine.drafts import RETRY_EVERY, Drafter, next_k
+from edge_run.engine.drafts import Drafter, next_k, step_drafts
 from edge_run.engine.gather import gather
+from edge_run.engine.media import rows_at, runs
 from edge_run.engine.output import token_chunk
 from edge_run.engine.prefix import take_prefix
 from edge_run.engine.slots import Slot, next_block, pick_slot
@@ -42,7 +43,7 @@ from edge_run.engine.threads import CoreShare, ThreadGovernor
 from edge_run.engine.types import Chunk
 
 if TYPE_CHECKING:
-    from edge_run.engine.llama.context import Batch, Context
+    from edge_run.engine.llama.context import Batch, Context, EmbdBatch
     from edge_run.engine.llama.model import Model
     from edge_run.engine.slots import Job
     from edge_run.errors import EdgeRunError
@@ -79,6 +80,7 @@ class Scheduler:
         threads: int = 1,
         adapt_threads: bool = True,
         cores: CoreShare | None = None,
+        embd_batch: EmbdBatch | None = None,
     ) -> None:
         self.model = model
         self.block = block
@@ -94,6 +96,7 @@ class Scheduler:
         self.ctx = ctx
         self._slots = [Slot(seq=i) for i in range(slots)]
         self._batch = batch
+        self._embd = embd_batch  # media rows (a model with a projector)
         self.lock = threading.RLock()
         self.waiting: deque[Job] = deque()
         # counters read by /health; plain ints written by the engine thread only
@@ -125,8 +128,10 @@ class Scheduler:
         return None if slot is None else max(0.0, slot.last_used + REFRESH_AFTER - time.monotonic())
 
     def close(self) -> None:
-        """Free the batch, once the engine thread has ended."""
-        self._batch.close()
+        """Free the batches, once the engine thread has ended."""
+        for batch in (self._batch, self._embd):
+            if batch is not None:
+                batch.close()
 
     def step(self, out: list[tuple[Job, Chunk]]) -> None:
         for slot in self._slots:
@@ -158,29 +163,31 @@ class Scheduler:
             end = next_block(start, n, self.block)
             if used and used + end - start > budget:
                 break
-            self._decode_block(slot, job.prompt[start:end], final=end == n)
+            slot.logit_index = self._decode_block(slot, job.prompt[start:end], final=end == n)
             slot.n_prompt_done = end
             used += end - start
             if end == n:
-                slot.logit_index = end - start - 1
                 host = not slot.device_sampler and not slot.followers  # a prompt that replays on its own
                 slot.final_logits = self.ctx.logits(slot.logit_index).copy() if host else None
                 self._sample(slot, out)
         self.prompt_tokens_evaluated += used
         return used
 
-    def _decode_block(self, slot: Slot, tokens: list[int], *, final: bool) -> None:
-        """Decode ``tokens`` after the slot's cache, in a ``llama_decode`` of their own; a block that is not
-        its prompt's final one extends the reusable ``exact`` part."""
+    def _decode_block(self, slot: Slot, tokens: list[int], *, final: bool) -> int:
+        """Decode ``tokens`` after the slot's cache, in a ``llama_decode`` of their own (one per run of text and of
+        media rows); a block that is not its prompt's final one extends the reusable ``exact`` part. Returns the
+        last row's index in the last batch decoded."""
         start = len(slot.cache)
-        batch = self._batch
-        batch.clear()
-        for i, token in enumerate(tokens):
-            batch.add(token, start + i, slot.seq, final and i == len(tokens) - 1)
-        self._decode(batch, per=self.block)  # a final block counts as whole blocks
+        batch: Batch | EmbdBatch = self._batch
+        for a, b, media in runs(tokens):
+            batch = self._embd if media and self._embd is not None else self._batch  # media: a projector's
+            rows = rows_at(slot.media, start + a, b - a) if media else tokens[a:b]
+            batch.fill(rows, start + a, slot.seq, last_logits=final and b == len(tokens))  # type: ignore[arg-type]
+            self._decode(batch, per=self.block)  # a final block counts as whole blocks
         slot.cache += tokens
         if not final and slot.exact == start:
             slot.exact = len(slot.cache)
+        return batch.n - 1
 
     def _stale(self) -> Slot | None:
         """The most recently used idle slot that has a whole block to compute again, if any."""
@@ -196,7 +203,7 @@ class Scheduler:
             if spare is not None:  # in the least recently used idle slot, if any: then both are kept
                 self.ctx.seq_cp(slot.seq, spare.seq)
                 spare.cache, spare.exact, spare.last_used = slot.cache[: slot.exact], slot.exact, slot.last_used
-                spare.stale, slot.stale, slot = slot.stale, [], spare
+                spare.stale, spare.media, slot.stale, slot = slot.stale, slot.media, [], spare
             self.ctx.seq_rm(slot.seq, slot.exact, -1)
             del slot.cache[slot.exact :]
             slot.final_logits = None
@@ -210,7 +217,8 @@ class Scheduler:
         rows), so the batch is one micro-batch of one row per sequence; a lone row past 256 cells, on one thread."""
         batch = self._batch
         batch.clear()
-        drafts = self._drafts(rows[0], batch.capacity - 1) if len(rows) == 1 else []
+        fit = min(batch.capacity - 1, self.ctx.n_ctx_seq - len(rows[0].cache) - 1)  # in the batch and the context
+        drafts = step_drafts(rows[0].drafter, rows[0].draft_k, rows[0].generated, fit) if len(rows) == 1 else []
         for slot in rows:
             assert slot.next_token is not None
             slot.logit_index = batch.add(slot.next_token, len(slot.cache), slot.seq, True)
@@ -219,14 +227,6 @@ class Scheduler:
         self._decode(batch)
         for slot in rows:
             self._accept(slot, drafts, out)
-
-    def _drafts(self, slot: Slot, fit: int) -> list[int]:
-        """The slot's drafts for this step."""
-        if slot.drafter is None:
-            return []
-        fit = min(fit, self.ctx.n_ctx_seq - len(slot.cache) - 1)  # within the slot's context too
-        k = slot.draft_k or int(slot.generated % RETRY_EVERY == 0)  # off: one now and then
-        return slot.drafter.draft(min(k, fit))
 
     def _accept(self, slot: Slot, drafts: list[int], out: list[tuple[Job, Chunk]]) -> None:
         """Sample the slot's rows in order while each sample equals the token decoded after it."""
@@ -250,7 +250,7 @@ class Scheduler:
         if slot.job is not None:
             self.ctx.seq_rm(slot.seq, len(slot.cache), -1)  # the rejected drafts
 
-    def _decode(self, batch: Batch, *, per: int = 0) -> None:
+    def _decode(self, batch: Batch | EmbdBatch, *, per: int = 0) -> None:
         """One ``llama_decode`` on the governor's threads or fewer (the core share), a lone row with a split KV on
         ``lone_row_threads``; the governor learns from the others, as ``batch.n / per`` steps of ``per`` rows."""
         lone = self.lone_row_threads if batch.n == 1 and self.ctx.splits_lone_row(batch.position(0)) else None
@@ -313,7 +313,7 @@ class Scheduler:
         self.ctx.seq_rm(slot.seq, keep, -1)
         del slot.cache[keep:]
         slot.exact = min(slot.exact, keep)
-        slot.stale, slot.final_logits = [], slot.replay
+        slot.stale, slot.final_logits, slot.media = [], slot.replay, job.media
         slot.job = job
         # the device samples unless the host needs the logits: log-probabilities, forked choices, a grammar
         if self.device_sampling and not fork and job.top_logprobs is None and not job.followers:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from edge_run.engine.budget import Budget
     from edge_run.engine.drafts import Drafter
     from edge_run.engine.llama.sampler import Sampler
+    from edge_run.engine.media import MediaSpan
     from edge_run.engine.text import TextStream
     from edge_run.engine.types import Chunk
 
@@ -31,7 +32,7 @@ class Job:
     sample from the same logits, so the prompt is evaluated once for all choices.
     """
 
-    prompt: list[int]
+    prompt: list[int]  # media rows as negative ids (see edge_run.engine.media)
     sampler: Sampler
     max_tokens: int
     stops: tuple[str, ...]
@@ -40,6 +41,7 @@ class Job:
     top_logprobs: int | None = None
     budget: Budget | None = None  # a thinking budget, applied to every sampled token
     followers: list[Job] = field(default_factory=list)
+    media: list[MediaSpan] = field(default_factory=list)  # the prompt's images and audio
     cancelled: bool = False  # set by the event loop, read by the engine thread
 
     def close_samplers(self) -> None:
@@ -74,6 +76,7 @@ class Slot:
     # again starts from them (``replay``, for one sample) instead of computing the final block again
     final_logits: np.ndarray | None = None
     replay: np.ndarray | None = None
+    media: list[MediaSpan] = field(default_factory=list)  # the images and audio among ``cache`` and ``stale``
 
     @property
     def idle(self) -> bool:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from edge_run.engine.threads import CoreShare
     from edge_run.errors import EdgeRunError
 
@@ -29,6 +31,8 @@ class EngineOptions:
     rpc_servers: tuple[str, ...] = ()  # llama.cpp rpc-server workers, offloaded to as GPUs are
     kind: str = "chat"  # "embedding" or "rerank": a model that only embeds or scores (no slots, no chat)
     pooling: str | None = None  # mean, cls, last or rank; None: the model's own (a chat model's: mean)
+    mmproj: Path | None = None  # a multimodal projector: images and audio in (llama.cpp's mtmd)
+    mmproj_offload: bool = True  # the projector on the GPU when the model is offloaded whole
 
 
 @dataclass(slots=True)

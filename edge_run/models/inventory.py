@@ -66,7 +66,8 @@ def inventory(
         if path is not None:
             specs[entry.id] = catalog_spec(entry, path)
     for local in LocalRegistry(paths.registry_file).list():
-        specs[local.id] = ModelSpec(local.id, Path(local.path), local.source)
+        mmproj = Path(local.mmproj) if local.mmproj else None
+        specs[local.id] = ModelSpec(local.id, Path(local.path), local.source, mmproj=mmproj)
     for table in configs:
         specs[table.id] = ModelSpec(
             table.id,
@@ -82,6 +83,7 @@ def inventory(
             dimensions=tuple(table.dimensions),
             query_prefix=table.query_prefix,
             document_prefix=table.document_prefix,
+            mmproj=Path(table.mmproj).expanduser() if table.mmproj else None,
         )
     return sorted(specs.values(), key=lambda s: s.id)
 

@@ -41,6 +41,7 @@ class LocalModel(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     origin: str = ""  # hf:OWNER/REPO/FILE@COMMIT
     sha256: str = ""
     downloaded: list[str] = []  # files edge-run downloaded (and may delete)
+    mmproj: str = ""  # a multimodal projector GGUF beside it: images (and audio) in
 
 
 class _RegistryFile(msgspec.Struct, forbid_unknown_fields=True):

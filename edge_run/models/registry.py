@@ -50,6 +50,8 @@ class ModelSpec:
     dimensions: tuple[int, ...] = ()  # the sizes a Matryoshka-trained embedder may be cut to
     query_prefix: str = ""  # an embedder's instruction prefixes, added when a request asks (`input_type`)
     document_prefix: str = ""
+    mmproj: Path | None = None  # a multimodal projector: images (and audio) in
+    inputs: tuple[str, ...] = ("text",)  # what its prompts may hold: from the projector's header
 
     @property
     def capabilities(self) -> tuple[str, ...]:

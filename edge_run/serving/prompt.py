@@ -9,7 +9,7 @@ surfaces before any output.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from edge_run.engine import ThoughtLimit
@@ -22,7 +22,7 @@ from edge_run.serving.sampling import after_thought, check_bias, check_grammar, 
 from edge_run.serving.tools import CallPlan, plan_tools
 
 if TYPE_CHECKING:
-    from edge_run.engine import Engine
+    from edge_run.engine import Engine, MediaSpan
     from edge_run.serving.reasoning import ThinkFormat
     from edge_run.serving.request import GenRequest, Turn
 
@@ -90,6 +90,7 @@ class _Prompt:
     think: ThinkFormat | None = None  # how the answer's thought is told apart, when the model thinks
     opened: bool = False  # the prompt ends inside a thought
     family: str = "generic"  # the tool-call format the answer is read in
+    media: list[MediaSpan] = field(default_factory=list)  # the images and audio among ``tokens`` (one generation)
 
 
 async def _render(req: GenRequest, engine: Engine) -> _Prompt:
@@ -106,13 +107,19 @@ async def _render(req: GenRequest, engine: Engine) -> _Prompt:
     # templates read a tool's description and properties unchecked (gpt-oss): give them empty ones
     blank = {"description": "", "parameters": {"type": "object", "properties": {}}}
     tools = [{"type": "function", "function": {**blank, **f}} for f in req.tools] if native else None
-    text, ids = await engine.render_prompt(_template_messages(req.turns, plan), tools, variables)
+    messages = _template_messages(req.turns, plan)
+    media = [m for turn in req.turns for m in turn.media]
+    spans: list[MediaSpan] = []
+    if media:
+        text, ids, spans = await engine.render_media_prompt(messages, tools, variables, media)
+    else:
+        text, ids = await engine.render_prompt(messages, tools, variables)
     think = think_format(template.source) if engine.options.reasoning_format == "auto" else None
     opened = think is not None and not think.harmony and text.rstrip().endswith(think.open)
     family = family_of(template.source) if native else "generic"
     if plan is not None and plan.call_schema is not None and (family not in HELD or family == "harmony"):
         family = "generic"  # a forced call of a family whose grammar is not written here: generic mode's JSON
-    return _Prompt([ids], plan, think, opened, family)
+    return _Prompt([ids], plan, think, opened, family, spans)
 
 
 def _held(req: GenRequest, prompt: _Prompt, source: str) -> tuple[str | None, tuple[str, ...]]:
@@ -167,6 +174,7 @@ async def start(req: GenRequest, engine: Engine) -> Run:
                 n=req.n,
                 top_logprobs=req.top_logprobs,
                 thought=thought,
+                **({"media": prompt.media} if prompt.media else {}),
             )
             run.parts.append((len(tokens), gen))
     except BaseException:

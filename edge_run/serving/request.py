@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from edge_run.errors import InvalidRequest
 
 if TYPE_CHECKING:
+    from edge_run.engine import MediaInput
     from edge_run.serving.reasoning import Thinking
     from edge_run.serving.sampling import Sampling
 
@@ -56,6 +57,7 @@ class Turn:
     calls: tuple[CallRecord, ...] = ()  # assistant turns: the tools it called
     call_id: str | None = None  # tool turns: the call this answers
     name: str | None = None
+    media: tuple[MediaInput, ...] = ()  # images and audio, one ``MEDIA_MARKER`` each in ``content``, in order
 
 
 @dataclass(frozen=True, slots=True)

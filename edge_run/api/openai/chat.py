@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from edge_run.api.http.errors import error_body
 from edge_run.api.http.sse import sse
 from edge_run.api.openai.schemas import (
+    AudioPart,
     ChatCompletion,
     ChatCompletionChunk,
     ChatMessage,
@@ -18,6 +19,7 @@ from edge_run.api.openai.schemas import (
     CompletionTokensDetails,
     Delta,
     FunctionDelta,
+    ImagePart,
     JsonObjectFormat,
     JsonSchemaFormat,
     PromptTokensDetails,
@@ -29,8 +31,10 @@ from edge_run.api.openai.schemas import (
     TopLogprob,
     Usage,
 )
+from edge_run.engine import MEDIA_MARKER, MediaInput
 from edge_run.errors import InvalidRequest
 from edge_run.serving.assembly import collect
+from edge_run.serving.media import audio_input, image_input
 from edge_run.serving.reasoning import Thinking, from_effort
 from edge_run.serving.request import (
     CallRecord,
@@ -39,7 +43,6 @@ from edge_run.serving.request import (
     Turn,
     arguments,
     function_spec,
-    join_text,
     new_id,
 )
 
@@ -56,9 +59,27 @@ def stop_list(stop: str | list[str] | None) -> tuple[str, ...]:
     return (stop,) if isinstance(stop, str) else tuple(stop or ())
 
 
+def _parts(parts: list[TextPart | ImagePart | AudioPart], param: str) -> tuple[str, tuple[MediaInput, ...]]:
+    """A message's parts as text, an image or audio part a ``MEDIA_MARKER`` where it stands, and the media."""
+    texts: list[str] = []
+    media: list[MediaInput] = []
+    for j, part in enumerate(parts):
+        if isinstance(part, TextPart):
+            texts.append(part.text)
+            continue
+        at = f"{param}[{j}]"
+        media.append(image_input(part.image_url.url, at) if isinstance(part, ImagePart)
+                     else audio_input(part.input_audio.data, part.input_audio.format, at))  # fmt: skip
+        texts.append(MEDIA_MARKER)
+    return "\n".join(texts), tuple(media)
+
+
 def _turn(m: Message, i: int) -> Turn:
+    media: tuple[MediaInput, ...] = ()
     if isinstance(m.content, list):
-        content = join_text([p.text if isinstance(p, TextPart) else None for p in m.content], f"messages[{i}].content")
+        content, media = _parts(m.content, f"messages[{i}].content")
+        if media and m.role != "user":
+            raise InvalidRequest("only user messages may hold images or audio", param=f"messages[{i}].content")
     else:
         content = m.content or ""
     calls = tuple(
@@ -67,7 +88,9 @@ def _turn(m: Message, i: int) -> Turn:
     )
     role = "system" if m.role == "developer" else m.role
     thought = m.reasoning_content if m.reasoning_content is not None else m.reasoning
-    return Turn(role=role, content=content, reasoning=thought, calls=calls, call_id=m.tool_call_id, name=m.name)
+    return Turn(
+        role=role, content=content, reasoning=thought, calls=calls, call_id=m.tool_call_id, name=m.name, media=media
+    )
 
 
 def _thinking(req: ChatCompletionRequest) -> Thinking | None:

@@ -91,6 +91,7 @@ def model_card(registry: ModelRegistry, entry: ModelEntry) -> ModelCard:
         error=entry.error if entry.status == "failed" else None,
         expires_in=None if expires is None else round(expires, 1),
         capabilities=list(entry.spec.capabilities) if entry.spec.local else [],  # type: ignore[arg-type]
+        inputs=list(entry.spec.inputs) if entry.spec.local and entry.spec.kind == "chat" else [],  # type: ignore[arg-type]
     )
 
 

@@ -12,9 +12,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from edge_run.api.openai.parts import AudioPart, ImagePart, ImageUrl, InputAudio, TextPart
 from edge_run.keys.usage import UsageRow
 
 __all__ = [
+    "AudioPart",
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatCompletionRequest",
@@ -33,6 +35,8 @@ __all__ = [
     "EmbeddingUsage",
     "FunctionDelta",
     "ImagePart",
+    "ImageUrl",
+    "InputAudio",
     "JsonObjectFormat",
     "JsonSchemaFormat",
     "KeepAlive",
@@ -91,14 +95,6 @@ class SamplingFields(Struct, kw_only=True):
     reasoning_budget: Annotated[int, Meta(ge=0)] | None = None  # a thought's tokens at most (then it is closed)
 
 
-class TextPart(Struct, tag="text", tag_field="type"):
-    text: str
-
-
-class ImagePart(Struct, tag="image_url", tag_field="type"):
-    image_url: dict[str, object]
-
-
 class ToolCallFunction(Struct):
     name: str
     arguments: str
@@ -112,7 +108,7 @@ class ToolCall(Struct):
 
 class Message(Struct):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart | ImagePart] | None = None
+    content: str | list[TextPart | ImagePart | AudioPart] | None = None
     reasoning_content: str | None = None  # an assistant turn's thought, sent back (llama-server, DeepSeek)
     reasoning: str | None = None  # the same, under Ollama's and OpenRouter's name
     name: str | None = None
@@ -298,6 +294,7 @@ class ModelCard(Struct, kw_only=True):
     error: str | None = None  # why the latest load failed
     expires_in: float | None = None  # seconds until an idle loaded model unloads
     capabilities: list[Literal["chat", "embedding", "rerank"]] = []  # which routes serve it (empty: an upstream's)
+    inputs: list[Literal["text", "image", "audio"]] = []  # what its chat prompts may hold (empty: an upstream's)
 
 
 class ModelList(Struct):

@@ -17,7 +17,7 @@ import llama_cpp as L
 from edge_run.engine.types import GpuDevice
 from edge_run.errors import EngineFailure
 
-__all__ = ["add_rpc_servers", "gpu_devices", "gpu_offload_supported", "init_backend"]
+__all__ = ["add_rpc_servers", "gpu_devices", "gpu_offload_supported", "init_backend", "quiet_log"]
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,12 @@ def init_backend() -> None:
     """
     os.environ.setdefault("GGML_CPU_TILED_MM", "0")
     if not os.environ.get("EDGE_RUN_LLAMA_LOG"):
-        L.llama_log_set(_quiet_log, ctypes.c_void_p(0))
+        L.llama_log_set(quiet_log, ctypes.c_void_p(0))
     L.llama_backend_init()
 
 
 @L.llama_log_callback
-def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+def quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     if level == 4:  # GGML_LOG_LEVEL_ERROR
         log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 

@@ -15,7 +15,7 @@ from edge_run.errors import EngineFailure
 if TYPE_CHECKING:
     from edge_run.engine.llama.model import Model
 
-__all__ = ["Batch", "Context"]
+__all__ = ["Batch", "Context", "EmbdBatch"]
 
 
 class Batch:
@@ -41,8 +41,45 @@ class Batch:
         self.n = i + 1
         return i
 
+    def fill(self, tokens: list[int], pos: int, seq: int, *, last_logits: bool) -> None:
+        """Clear, then ``tokens`` at positions ``pos`` on of ``seq``; the last one's logits if asked."""
+        self.clear()
+        for i, token in enumerate(tokens):
+            self.add(token, pos + i, seq, last_logits and i == len(tokens) - 1)
+
     def position(self, i: int) -> int:
         """The position of the batch's ``i``-th token."""
+        return int(self._b.pos[i])
+
+    def close(self) -> None:
+        if self._b is not None:
+            L.llama_batch_free(self._b)
+            self._b = None
+
+
+class EmbdBatch:
+    """A reusable ``llama_batch`` of embeddings: an image's or audio's rows, decoded as a prompt's tokens are."""
+
+    def __init__(self, capacity: int, n_embd: int) -> None:
+        self.capacity = capacity
+        self.n_embd = n_embd
+        self._b = L.llama_batch_init(capacity, n_embd, 1)
+        self._embd = np.ctypeslib.as_array(self._b.embd, shape=(capacity, n_embd))
+        self.n = 0
+
+    def fill(self, rows: np.ndarray, pos: int, seq: int, *, last_logits: bool) -> None:
+        """``rows`` (n x n_embd) at positions ``pos`` to ``pos + n`` of ``seq``; the last one's logits if asked."""
+        n = len(rows)
+        b = self._b
+        self._embd[:n] = rows
+        for i in range(n):
+            b.pos[i] = pos + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = last_logits and i == n - 1
+        self.n = n
+
+    def position(self, i: int) -> int:
         return int(self._b.pos[i])
 
     def close(self) -> None:
@@ -84,7 +121,7 @@ class Context:
     def ptr(self) -> L.llama_context_p:
         return self._ptr
 
-    def decode(self, batch: Batch) -> None:
+    def decode(self, batch: Batch | EmbdBatch) -> None:
         batch._b.n_tokens = batch.n
         rc = L.llama_decode(self._ptr, batch._b)
         if rc != 0:

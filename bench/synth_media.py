@@ -1,0 +1,299 @@
+"""Tiny random-weight multimodal projectors ("mmproj" GGUFs, as llama.cpp's tools/mtmd/clip.cpp loads them).
+
+    python bench/synth.py vision|audio --out DIR [--seed N] [--check [--text-model GGUF]]
+
+For tests that cannot download a real vision or audio model; they pair with a text model of ``n_embd_text``
+(576: SmolLM2-135M, the test model, which is SmolVLM-256M's text model). The metadata and tensors are what
+convert_hf_to_gguf.py writes (conversion/smolvlm.py, conversion/ultravox.py), only tiny:
+
+- ``vision``: projector ``idefics3`` (SmolVLM / Idefics3): a SigLIP ViT, image 64, patch 8 (8x8 patches), hidden 64,
+  2 layers, 4 heads, GELU, post-norm, then pixel shuffle by scale_factor 4 and ``mm.model.fc`` (no bias) to
+  ``n_embd_text``: 4 tokens per 64x64 tile. ``preproc_image_size`` (the processor's longest_edge) 128: mtmd resizes
+  an image so that its longest side is 128, then to multiples of 64, and cuts it into tiles (a 2x2 grid at most)
+  plus a 64x64 overview, each its own image chunk.
+- ``audio``: projector ``ultravox``: a Whisper encoder on 128 mel bins (conv1d k3 s1, conv1d k3 s2, GELU), hidden 64,
+  2 layers, 4 heads, 1500 positions (30 s), then the Ultravox projector: frames stacked by 15 (not 8, see A_STACK),
+  RMS norm, SwiGLU MLP (960 -> 2x256), RMS norm, 256 -> ``n_embd_text``. mtmd cuts audio into 30 s windows (the
+  last one padded with silence), one chunk of 100 tokens each; no text around it.
+
+Matrices F16 with std ``synth.WEIGHT_STD``; patch and position embeddings, norms and biases F32, as the converter
+keeps them. ``check`` loads a projector with llama-cpp-python's mtmd bindings and encodes media through it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import synth
+
+KINDS = synth.MEDIA_KINDS
+N_EMBD_TEXT = 576  # SmolLM2-135M
+# vision (idefics3): SmolVLM-256M is image 512, patch 16, hidden 768, 12 layers, 12 heads, ffn 3072, scale 4, edge 2048
+V_IMAGE, V_PATCH, V_HIDDEN, V_LAYERS, V_HEADS, V_FFN, V_SCALE, V_LONGEST_EDGE = 64, 8, 64, 2, 4, 256, 4, 128
+# audio (ultravox): ultravox-v0_5 is whisper-large-v3-turbo (128 mels, hidden 1280, 32 layers, 20 heads), stack 8.
+# Stack 8 aborts this clip.cpp: it counts 3000/8/2 = 187 tokens a window, its graph makes ceil(1500/8) = 188, and
+# clip_encode GGML_ABORTs on the mismatch; a factor that divides 1500 agrees. 15 (MERaLiON's): 100 tokens a window.
+A_MELS, A_HIDDEN, A_LAYERS, A_HEADS, A_FFN, A_POSITIONS, A_STACK, A_PROJ = 128, 64, 2, 4, 256, 1500, 15, 256
+
+
+class _Rand:
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def f16(self, *shape: int) -> np.ndarray:  # numpy shape, reversed in the file (ggml ne)
+        return (self.rng.standard_normal(shape, dtype=np.float32) * synth.WEIGHT_STD).astype(np.float16)
+
+    def f32(self, *shape: int) -> np.ndarray:
+        return self.rng.standard_normal(shape, dtype=np.float32) * synth.WEIGHT_STD
+
+    def bias(self, n: int) -> np.ndarray:
+        return self.rng.standard_normal(n, dtype=np.float32) * (synth.WEIGHT_STD / 2)
+
+
+def _header(gguf, out: Path, name: str):
+    w = gguf.GGUFWriter(out, "clip")  # MODEL_ARCH.MMPROJ
+    w.add_type(gguf.GGUFType.MMPROJ)
+    w.add_name(name)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    return w
+
+
+def _blocks(w, r: _Rand, prefix: str, layers: int, h: int, f: int, k_bias: bool) -> None:
+    for i in range(layers):
+        b = f"{prefix}.blk.{i}"
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            w.add_tensor(f"{b}.{name}.weight", r.f16(h, h))
+            if name != "attn_k" or k_bias:  # Whisper's k_proj has no bias (clip.cpp asserts it)
+                w.add_tensor(f"{b}.{name}.bias", r.bias(h))
+        for ln in ("ln1", "ln2"):
+            w.add_tensor(f"{b}.{ln}.weight", np.ones(h, dtype=np.float32))
+            w.add_tensor(f"{b}.{ln}.bias", np.zeros(h, dtype=np.float32))
+        w.add_tensor(f"{b}.ffn_up.weight", r.f16(f, h))  # ne [h, f]; ne[0] != h on ffn_down, so no legacy swap
+        w.add_tensor(f"{b}.ffn_up.bias", r.bias(f))
+        w.add_tensor(f"{b}.ffn_down.weight", r.f16(h, f))
+        w.add_tensor(f"{b}.ffn_down.bias", r.bias(h))
+    w.add_tensor(f"{prefix}.post_ln.weight", np.ones(h, dtype=np.float32))
+    w.add_tensor(f"{prefix}.post_ln.bias", np.zeros(h, dtype=np.float32))
+
+
+def write_vision(out: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT) -> None:
+    """clip.cpp's PROJECTOR_TYPE_IDEFICS3 (models/siglip.cpp): SigLIP ViT, pixel shuffle, ``mm.model.fc``."""
+    gguf, r, h = synth._gguf(), _Rand(seed), V_HIDDEN
+    w = _header(gguf, out, "synthetic tiny SmolVLM mmproj (idefics3, random weights)")
+    w.add_clip_has_vision_encoder(True)
+    w.add_vision_projection_dim(n_embd_text)
+    w.add_vision_image_size(V_IMAGE)
+    w.add_vision_patch_size(V_PATCH)
+    w.add_vision_embedding_length(h)
+    w.add_vision_feed_forward_length(V_FFN)
+    w.add_vision_block_count(V_LAYERS)
+    w.add_vision_head_count(V_HEADS)
+    w.add_vision_image_mean([0.5, 0.5, 0.5])
+    w.add_vision_image_std([0.5, 0.5, 0.5])
+    w.add_clip_projector_type(gguf.VisionProjectorType.IDEFICS3)
+    w.add_vision_attention_layernorm_eps(1e-6)
+    w.add_vision_projector_scale_factor(V_SCALE)
+    w.add_vision_use_gelu(True)
+    w.add_vision_preproc_image_size(V_LONGEST_EDGE)
+
+    n_patches = (V_IMAGE // V_PATCH) ** 2
+    w.add_tensor("v.patch_embd.weight", r.f32(h, 3, V_PATCH, V_PATCH))  # conv2d kernel, ne [p, p, 3, h]
+    w.add_tensor("v.patch_embd.bias", r.bias(h))
+    w.add_tensor("v.position_embd.weight", r.f32(n_patches, h))
+    _blocks(w, r, "v", V_LAYERS, h, V_FFN, k_bias=True)
+    w.add_tensor("mm.model.fc.weight", r.f16(n_embd_text, h * V_SCALE * V_SCALE))
+    _finish(w)
+
+
+def write_audio(out: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT) -> None:
+    """clip.cpp's PROJECTOR_TYPE_ULTRAVOX (models/whisper-enc.cpp): Whisper encoder, frame stacking, SwiGLU MLP."""
+    gguf, r, h = synth._gguf(), _Rand(seed), A_HIDDEN
+    w = _header(gguf, out, "synthetic tiny Ultravox mmproj (ultravox, random weights)")
+    w.add_clip_has_audio_encoder(True)
+    w.add_audio_projection_dim(n_embd_text)
+    w.add_audio_embedding_length(h)
+    w.add_audio_feed_forward_length(A_FFN)
+    w.add_audio_block_count(A_LAYERS)
+    w.add_audio_head_count(A_HEADS)
+    w.add_clip_projector_type(gguf.VisionProjectorType.ULTRAVOX)
+    w.add_audio_num_mel_bins(A_MELS)
+    w.add_audio_attention_layernorm_eps(1e-5)
+    w.add_audio_stack_factor(A_STACK)
+
+    w.add_tensor("a.conv1d.1.weight", r.f16(h, A_MELS, 3))  # ne [3, mels, h]; biases ne [1, h] as converted
+    w.add_tensor("a.conv1d.1.bias", r.bias(h).reshape(h, 1))
+    w.add_tensor("a.conv1d.2.weight", r.f16(h, h, 3))
+    w.add_tensor("a.conv1d.2.bias", r.bias(h).reshape(h, 1))
+    w.add_tensor("a.position_embd.weight", r.f32(A_POSITIONS, h))
+    _blocks(w, r, "a", A_LAYERS, h, A_FFN, k_bias=False)
+    w.add_tensor("mm.a.norm_pre.weight", np.ones(h * A_STACK, dtype=np.float32))
+    w.add_tensor("mm.a.mlp.1.weight", r.f16(2 * A_PROJ, h * A_STACK))  # SwiGLU: gate and up halves
+    w.add_tensor("mm.a.norm_mid.weight", np.ones(A_PROJ, dtype=np.float32))
+    w.add_tensor("mm.a.mlp.2.weight", r.f16(n_embd_text, A_PROJ))
+    _finish(w)
+
+
+def _finish(w) -> None:
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def write_media(kind: str, out_dir: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT) -> Path:
+    """Write ``out_dir/synth-{kind}-mmproj.gguf``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"synth-{kind}-mmproj.gguf"
+    (write_vision if kind == "vision" else write_audio)(out, seed, n_embd_text)
+    return out
+
+
+def png(rgb: np.ndarray) -> bytes:
+    """An 8-bit RGB PNG of an (height, width, 3) uint8 array (filter 0 on every row)."""
+    height, width, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(height))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def sample_images(size: tuple[int, int] = (64, 64)) -> tuple[bytes, bytes]:
+    """Two different PNGs of ``size`` (width, height): a colour gradient and seeded noise."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    grad = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], -1)
+    noise = np.random.default_rng(1).integers(0, 256, (height, width, 3))
+    return png(grad.astype(np.uint8)), png(noise.astype(np.uint8))
+
+
+def sample_tones(sample_rate: int, seconds: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Two different sine waves (440 Hz, 880 Hz) of ``seconds``, float32 in [-0.5, 0.5]."""
+    t = np.arange(int(sample_rate * seconds), dtype=np.float32) / sample_rate
+    return tuple((0.5 * np.sin(2 * math.pi * f * t)).astype(np.float32) for f in (440.0, 880.0))  # type: ignore
+
+
+def _piece(llama_cpp, vocab, token: int) -> str:
+    if token < 0:
+        return "<NULL>"  # LLAMA_TOKEN_NULL: mtmd looked up a special token the vocabulary lacks
+    buf = ctypes.create_string_buffer(256)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
+    return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+
+def _run(llama_cpp, m, ctx, vocab, n_embd: int, bitmap, prompt: str) -> dict:
+    """Tokenize ``prompt`` (one media marker) with ``bitmap``, encode every media chunk; frees the bitmap."""
+    chunks = m.mtmd_input_chunks_init()
+    try:
+        text = m.mtmd_input_text(prompt.encode(), len(prompt.encode()), True, True)
+        bitmaps = (m.mtmd_bitmap_p_ctypes * 1)(bitmap)
+        if (rc := m.mtmd_tokenize(ctx, chunks, ctypes.byref(text), bitmaps, 1)) != 0:
+            raise RuntimeError(f"mtmd_tokenize failed: {rc}")
+        layout, embds, ms, n_media, n_media_pos, null_tokens, non_causal = [], [], 0.0, 0, 0, 0, None
+        for i in range(m.mtmd_input_chunks_size(chunks)):
+            chunk = m.mtmd_input_chunks_get(chunks, i)
+            kind, n_tok = m.mtmd_input_chunk_get_type(chunk), m.mtmd_input_chunk_get_n_tokens(chunk)
+            if kind == m.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                n = ctypes.c_size_t()
+                ptr = m.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                tokens = [ptr[j] for j in range(n.value)]
+                null_tokens += sum(t < 0 for t in tokens)
+                layout.append("".join(_piece(llama_cpp, vocab, t) for t in tokens))
+                continue
+            if non_causal is None:
+                non_causal = bool(m.mtmd_decode_use_non_causal(ctx, chunk))
+            n_media += n_tok
+            n_media_pos += m.mtmd_input_chunk_get_n_pos(chunk)
+            start = time.perf_counter()
+            if (rc := m.mtmd_encode_chunk(ctx, chunk)) != 0:
+                raise RuntimeError(f"mtmd_encode_chunk failed: {rc}")
+            ms += (time.perf_counter() - start) * 1000
+            out = np.ctypeslib.as_array(m.mtmd_get_output_embd(ctx), shape=(n_tok * n_embd,))
+            embds.append(out.reshape(n_tok, n_embd).copy())
+            layout.append(f"<{'image' if kind == m.MTMD_INPUT_CHUNK_TYPE_IMAGE else 'audio'}:{n_tok}>")
+        return {
+            "n_chunks": len(layout),
+            "n_media_chunks": len(embds),
+            "n_media_tokens": n_media,
+            "n_media_pos": n_media_pos,
+            "n_tokens_total": m.mtmd_helper_get_n_tokens(chunks),
+            "n_pos_total": m.mtmd_helper_get_n_pos(chunks),
+            "non_causal": non_causal,
+            "null_text_tokens": null_tokens,
+            "prompt": "".join(layout),
+            "encode_ms": round(ms, 2),
+            "embd": np.concatenate(embds),
+        }
+    finally:
+        m.mtmd_input_chunks_free(chunks)
+        m.mtmd_bitmap_free(bitmap)
+
+
+def check(mmproj: Path, text_model: Path = synth.DEFAULT_TOKENIZER, n_threads: int = 2) -> dict:
+    """Load ``mmproj`` with llama-cpp-python's mtmd bindings next to ``text_model`` and encode test media: one 64x64
+    PNG (vision) or one second of a sine wave (audio). Also encodes the same input again (must be bitwise identical)
+    and a different one (must differ), and a 300x200 image for the tiling."""
+    import llama_cpp
+    from llama_cpp import mtmd_cpp as m
+
+    llama_cpp.llama_backend_init()
+    mparams = llama_cpp.llama_model_default_params()
+    model = llama_cpp.llama_model_load_from_file(str(text_model).encode(), mparams)
+    if not model:
+        raise RuntimeError(f"cannot load {text_model}")
+    ctx = None
+    try:
+        params = m.mtmd_context_params_default()
+        params.n_threads, params.print_timings = n_threads, False
+        start = time.perf_counter()
+        ctx = m.mtmd_init_from_file(str(mmproj).encode(), model, params)
+        if not ctx:
+            raise RuntimeError(f"mtmd_init_from_file failed for {mmproj}")
+        init_ms = (time.perf_counter() - start) * 1000
+        vocab, n_embd = llama_cpp.llama_model_get_vocab(model), llama_cpp.llama_model_n_embd_inp(model)
+        vision, audio = bool(m.mtmd_support_vision(ctx)), bool(m.mtmd_support_audio(ctx))
+        prompt = f"<|im_start|>user\n{m.mtmd_default_marker().decode()}What is this?<|im_end|>\n"
+
+        if vision:  # bitmaps from PNG bytes through the helper (stb_image), as a server would get them
+            (a, b), (c, _) = sample_images(), sample_images((300, 200))
+            bufs = [(ctypes.c_uint8 * len(d)).from_buffer_copy(d) for d in (a, b, a, c)]
+            bitmaps = [m.mtmd_helper_bitmap_init_from_buf(ctx, buf, len(buf), False) for buf in bufs]
+        else:  # mono float32 PCM at the model's sample rate
+            sample_rate = m.mtmd_get_audio_sample_rate(ctx)
+            a, b = sample_tones(sample_rate)
+            f32p = ctypes.POINTER(ctypes.c_float)
+            bitmaps = [m.mtmd_bitmap_init_from_audio(len(d), d.ctypes.data_as(f32p)) for d in (a, b, a)]
+        if not all(bitmaps):
+            raise RuntimeError("cannot make a bitmap")
+        runs = [_run(llama_cpp, m, ctx, vocab, n_embd, bmp, prompt) for bmp in bitmaps]
+        first = runs[0]
+        out = {
+            "caps": {"vision": vision, "audio": audio},
+            "mrope": bool(m.mtmd_decode_use_mrope(ctx)),
+            **{k: v for k, v in first.items() if k != "embd"},
+            "embd_shape": list(first["embd"].shape),
+            "embd_std": round(float(first["embd"].std()), 4),
+            "finite": bool(np.isfinite(first["embd"]).all()),
+            "init_ms": round(init_ms, 1),
+            "same_input_identical": first["embd"].tobytes() == runs[2]["embd"].tobytes(),
+            "different_input_differs": not np.array_equal(first["embd"], runs[1]["embd"]),
+        }
+        if vision:
+            out["image_300x200"] = {k: runs[3][k] for k in ("n_media_chunks", "n_media_tokens", "prompt")}
+        else:
+            out["sample_rate"] = sample_rate
+        return out
+    finally:
+        if ctx:
+            m.mtmd_free(ctx)
+        llama_cpp.llama_model_free(model)

@@ -1,0 +1,156 @@
+"""A model's multimodal projector (``mmproj``) through llama.cpp's mtmd: images and audio in, embeddings out.
+
+:meth:`Projector.tokenize` runs off the engine thread (decoding and resizing an image is the slow part of it, as
+in llama-server's HTTP threads); :meth:`MediaSpan.embeddings` encodes a chunk on the engine thread, once, when a
+prompt block first needs its rows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import llama_cpp as L
+import numpy as np
+from llama_cpp import mtmd_cpp as M
+
+from edge_run.engine.llama.backend import quiet_log
+from edge_run.engine.media import MEDIA_MARKER, MediaSpan, media_ids
+from edge_run.errors import EngineFailure, InvalidRequest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from edge_run.engine.llama.model import Model
+    from edge_run.engine.media import MediaInput
+
+__all__ = ["Projector"]
+
+RECENT_BYTES = 64 << 20  # embeddings kept for chunks sent again
+_KINDS = {M.MTMD_INPUT_CHUNK_TYPE_IMAGE: "image", M.MTMD_INPUT_CHUNK_TYPE_AUDIO: "audio"}
+
+
+class Projector:
+    """An ``mmproj`` file loaded beside its text model."""
+
+    def __init__(self, path: Path, model: Model, *, threads: int, gpu: bool) -> None:
+        if not os.environ.get("EDGE_RUN_LLAMA_LOG"):  # mtmd prints each prompt's text: only its errors, to our log
+            M.mtmd_log_set(quiet_log, ctypes.c_void_p(0))
+            M.mtmd_helper_log_set(quiet_log, ctypes.c_void_p(0))
+        params = M.mtmd_context_params_default()
+        params.use_gpu = gpu
+        params.n_threads = threads
+        params.print_timings = False
+        params.warmup = False
+        params.media_marker = MEDIA_MARKER.encode()
+        self._ptr = M.mtmd_init_from_file(str(path).encode(), model.ptr, params)
+        if not self._ptr:
+            raise EngineFailure(f"could not load the projector {path.name} for this model")
+        self.inputs = ("text",) + ("image",) * M.mtmd_support_vision(self._ptr) + ("audio",) * M.mtmd_support_audio(
+            self._ptr
+        )
+        if M.mtmd_decode_use_mrope(self._ptr):
+            self.close()
+            raise EngineFailure(f"{path.name}: projectors with M-RoPE positions (Qwen2-VL...) are not supported yet")
+        n_embd_inp = getattr(L, "llama_model_n_embd_inp", L.llama_model_n_embd)
+        self.n_embd = int(n_embd_inp(model.ptr))
+        self._lock = threading.Lock()  # one encode at a time: they share the context's output buffer
+        self.encoded = 0  # media chunks encoded (a cached one is not encoded again)
+        # the latest chunks' embeddings, by content: an image sent again whose rows must be computed again (past
+        # the reusable blocks, or in another slot) is not encoded again
+        self._recent: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def tokenize(self, text: str, media: list[MediaInput], *, add_special: bool) -> tuple[list[int], list[MediaSpan]]:
+        """``text`` with one :data:`MEDIA_MARKER` per input, as ids (media rows as :func:`media_ids`) and spans."""
+        bitmaps = [self._bitmap(m) for m in media]
+        chunks = M.mtmd_input_chunks_init()
+        try:
+            raw = text.encode()
+            inp = M.mtmd_input_text(raw, len(raw), add_special, True)
+            array = (M.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
+            rc = M.mtmd_tokenize(self._ptr, chunks, ctypes.byref(inp), array, len(bitmaps))
+            if rc == 1:
+                raise InvalidRequest("the prompt's media markers do not match its images and audio", param="messages")
+            if rc != 0:
+                raise InvalidRequest(f"the images or audio could not be prepared for this model (mtmd error {rc})")
+            return self._walk(chunks)
+        finally:
+            M.mtmd_input_chunks_free(chunks)
+            for bitmap in bitmaps:
+                M.mtmd_bitmap_free(bitmap)
+
+    def _bitmap(self, media: MediaInput) -> M.mtmd_bitmap_p:
+        """Decode an image or audio file; its content hash becomes its id (llama-server hashes the same way)."""
+        if media.kind not in self.inputs:
+            raise InvalidRequest(f"this model takes no {media.kind} input", param=media.param)
+        buf = (ctypes.c_uint8 * len(media.data)).from_buffer_copy(media.data)
+        bitmap = M.mtmd_helper_bitmap_init_from_buf(self._ptr, buf, len(media.data), False)
+        if not bitmap:
+            raise InvalidRequest(f"the {media.kind} could not be decoded", param=media.param)
+        if M.mtmd_bitmap_is_audio(bitmap) != (media.kind == "audio"):
+            M.mtmd_bitmap_free(bitmap)
+            raise InvalidRequest(f"the data is not {media.kind}", param=media.param)
+        size = M.mtmd_bitmap_get_n_bytes(bitmap)
+        data = ctypes.string_at(M.mtmd_bitmap_get_data(bitmap), size)
+        digest = hashlib.blake2b(data, digest_size=8)
+        digest.update(b"%d,%d" % (M.mtmd_bitmap_get_nx(bitmap), M.mtmd_bitmap_get_ny(bitmap)))
+        M.mtmd_bitmap_set_id(bitmap, digest.hexdigest().encode())
+        return bitmap
+
+    def _walk(self, chunks: M.mtmd_input_chunks_p) -> tuple[list[int], list[MediaSpan]]:
+        ids: list[int] = []
+        spans: list[MediaSpan] = []
+        slices: dict[bytes, int] = {}  # an image cut into slices (llava-uhd, idefics3) gives a chunk per slice
+        for i in range(M.mtmd_input_chunks_size(chunks)):
+            chunk = M.mtmd_input_chunks_get(chunks, i)
+            kind = M.mtmd_input_chunk_get_type(chunk)
+            if kind == M.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                n = ctypes.c_size_t()
+                tokens = M.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                # a marker token the vocabulary lacks is LLAMA_TOKEN_NULL (-1): a projector paired with another
+                # text model than its own (the tests' synthetic one) gives them; they cannot be decoded
+                ids += [t for t in tokens[: n.value] if t != L.LLAMA_TOKEN_NULL]
+                continue
+            if M.mtmd_decode_use_non_causal(self._ptr, chunk):
+                raise InvalidRequest("this model's projector needs non-causal image attention, not supported yet")
+            n_rows = M.mtmd_input_chunk_get_n_tokens(chunk)
+            if M.mtmd_input_chunk_get_n_pos(chunk) != n_rows:
+                raise InvalidRequest("this model's projector places media rows on other positions, not supported yet")
+            own = M.mtmd_input_chunk_copy(chunk)
+            content = M.mtmd_input_chunk_get_id(own) or b""
+            slices[content] = slices.get(content, -1) + 1
+            key = int.from_bytes(hashlib.blake2b(b"%s/%d" % (content, slices[content]), digest_size=8).digest())
+            span = MediaSpan(len(ids), n_rows, _KINDS[kind], self._encoder(own, n_rows, key))
+            weakref.finalize(span, M.mtmd_input_chunk_free, own)
+            ids += media_ids(key, n_rows)
+            spans.append(span)
+        return ids, spans
+
+    def _encoder(self, chunk: M.mtmd_input_chunk_p, n_rows: int, key: int) -> Callable[[], np.ndarray]:
+        def encode() -> np.ndarray:
+            with self._lock:
+                if (rows := self._recent.get(key)) is not None:
+                    self._recent.move_to_end(key)
+                    return rows
+                if M.mtmd_encode_chunk(self._ptr, chunk) != 0:
+                    raise EngineFailure("encoding an image or audio input failed")
+                out = M.mtmd_get_output_embd(self._ptr)
+                self.encoded += 1
+                rows = np.ctypeslib.as_array(out, shape=(n_rows, self.n_embd)).copy()
+                self._recent[key] = rows
+                while sum(r.nbytes for r in self._recent.values()) > RECENT_BYTES and len(self._recent) > 1:
+                    self._recent.popitem(last=False)
+                return rows
+
+        return encode
+
+    def close(self) -> None:
+        if self._ptr:
+            M.mtmd_free(self._ptr)
+            self._ptr = None

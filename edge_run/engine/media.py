@@ -1,0 +1,83 @@
+"""Images and audio in a prompt, as the scheduler sees them: spans of the token list whose rows are embeddings.
+
+A media chunk of ``n`` rows stands in the prompt as ``n`` negative ids made from a hash of its decoded pixels (or
+samples) and the row's place (:func:`media_ids`). So the prefix cache, which compares ids, reuses an image's KV
+in the next turn of a conversation about it, as it reuses text, and never an image for another one; and
+``cached_tokens`` counts its rows. The embeddings are computed (:meth:`MediaSpan.embeddings`) only when a
+block first needs them: a cached image is never encoded again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy as np
+
+__all__ = ["MEDIA_MARKER", "MediaInput", "MediaSpan", "media_ids", "rows_at", "runs"]
+
+# Where a media input goes in the rendered prompt: llama.cpp's mtmd_default_marker(), which mtmd_tokenize cuts at
+MEDIA_MARKER = "<__media__>"
+
+
+@dataclass(frozen=True, slots=True)
+class MediaInput:
+    """An image or audio file as a request sent it (PNG, JPEG... WAV, MP3), in the order of the prompt's markers."""
+
+    kind: str  # "image" or "audio"
+    data: bytes
+    param: str  # the request field it came in, named in errors
+
+
+@dataclass(eq=False)
+class MediaSpan:
+    """One media chunk of a tokenized prompt: rows ``start`` to ``start + n`` of its token list."""
+
+    start: int
+    n: int
+    kind: str
+    encode: Callable[[], np.ndarray]  # (n, n_embd) float32; runs on the engine thread
+    _embd: np.ndarray | None = field(default=None, repr=False)
+
+    def embeddings(self) -> np.ndarray:
+        """The chunk's rows, encoded on first use."""
+        if self._embd is None:
+            self._embd = self.encode()
+        return self._embd
+
+    @property
+    def encoded(self) -> bool:
+        return self._embd is not None
+
+
+def media_ids(key: int, n: int) -> list[int]:
+    """The ids of a media chunk's ``n`` rows: negative, from ``key`` (a 64-bit hash of its content) and the row."""
+    return [-((key << 20) + i + 1) for i in range(n)]
+
+
+def rows_at(spans: list[MediaSpan], pos: int, n: int) -> np.ndarray:
+    """The embeddings of prompt rows ``pos`` to ``pos + n``, all of them media rows of ``spans``."""
+    import numpy as np
+
+    parts = []
+    for span in spans:
+        a, b = max(pos, span.start), min(pos + n, span.start + span.n)
+        if a < b:
+            parts.append(span.embeddings()[a - span.start : b - span.start])
+    rows = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.empty((0, 0), np.float32)
+    assert len(rows) == n, f"media rows {pos}..{pos + n} are not all in the prompt's media"
+    return rows
+
+
+def runs(tokens: list[int]) -> list[tuple[int, int, bool]]:
+    """``tokens`` as consecutive runs ``(start, end, media)`` of text ids and of media ids."""
+    out: list[tuple[int, int, bool]] = []
+    start = 0
+    for i in range(1, len(tokens) + 1):
+        if i == len(tokens) or (tokens[i] < 0) != (tokens[start] < 0):
+            out.append((start, i, tokens[start] < 0))
+            start = i
+    return out

@@ -1,0 +1,100 @@
+"""Images and audio as requests send them: ``data:`` URLs and base64, checked before any model is touched.
+
+The decoding itself is llama.cpp's (stb_image, miniaudio, in the model's projector); here only what a request can
+be refused for without it: the encoding, the format, and an image's size, read from its header (a 100-megapixel
+image is refused before 300 MB of pixels exist).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+
+from edge_run.engine import MediaInput
+from edge_run.errors import InvalidRequest
+
+__all__ = ["MAX_PIXELS", "audio_input", "image_input"]
+
+MAX_PIXELS = 50_000_000  # an image's width x height at most (a 48-megapixel phone photo passes)
+_IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/gif", "image/bmp")
+_AUDIO_FORMATS = ("wav", "mp3", "flac")
+
+
+def _base64(data: str, param: str) -> bytes:
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(f"`{param}` is not valid base64: {exc}", param=param) from None
+    if not raw:
+        raise InvalidRequest(f"`{param}` is empty", param=param)
+    return raw
+
+
+def image_input(url: str, param: str) -> MediaInput:
+    """An image from an ``image_url`` (a ``data:image/...;base64,`` URL; fetching http(s) URLs is off)."""
+    if url.startswith(("http://", "https://")):
+        raise InvalidRequest(
+            f"`{param}`: image URLs are not fetched by this server; send the image inline as a data: URL "
+            "(data:image/png;base64,...)",
+            param=param,
+        )
+    head, sep, data = url.partition(",")
+    if not (url.startswith("data:") and sep and head.endswith(";base64")):
+        raise InvalidRequest(f"`{param}` must be a data: URL with base64 (data:image/png;base64,...)", param=param)
+    mime = head[len("data:") : -len(";base64")].lower()
+    if mime not in _IMAGE_TYPES:
+        raise InvalidRequest(f"`{param}`: images of type `{mime}` are not supported (PNG, JPEG, GIF, BMP)", param=param)
+    return image_bytes(_base64(data, param), param)
+
+
+def image_bytes(raw: bytes, param: str) -> MediaInput:
+    """An image file's bytes, refused when its header is not one of the formats taken or it is too large."""
+    size = image_size(raw)
+    if size is None:
+        raise InvalidRequest(f"`{param}` is not a PNG, JPEG, GIF or BMP image (or it is cut short)", param=param)
+    width, height = size
+    if width * height > MAX_PIXELS or not width or not height:
+        raise InvalidRequest(
+            f"`{param}`: a {width}x{height} image is not taken: {MAX_PIXELS:,} pixels at most", param=param
+        )
+    return MediaInput("image", raw, param)
+
+
+def audio_input(data: str, fmt: str, param: str) -> MediaInput:
+    """An ``input_audio`` part: base64 audio in ``fmt`` (wav, mp3 or flac)."""
+    if fmt not in _AUDIO_FORMATS:
+        raise InvalidRequest(f"`{param}.format` `{fmt}` is not supported (wav, mp3, flac)", param=param)
+    return MediaInput("audio", _base64(data, f"{param}.data"), param)
+
+
+def image_size(raw: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG, GIF, BMP or JPEG header; None for anything else."""
+    if raw.startswith(b"\x89PNG\r\n\x1a\n") and len(raw) >= 24 and raw[12:16] == b"IHDR":
+        return struct.unpack(">II", raw[16:24])
+    if raw[:6] in (b"GIF87a", b"GIF89a") and len(raw) >= 10:
+        return struct.unpack("<HH", raw[6:10])
+    if raw.startswith(b"BM") and len(raw) >= 26:
+        width, height = struct.unpack("<ii", raw[18:26])
+        return abs(width), abs(height)
+    if raw.startswith(b"\xff\xd8"):
+        return _jpeg_size(raw)
+    return None
+
+
+def _jpeg_size(raw: bytes) -> tuple[int, int] | None:
+    """The frame size from a JPEG's first SOF marker."""
+    i = 2
+    while i + 9 <= len(raw):
+        if raw[i] != 0xFF:
+            return None
+        marker = raw[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", raw[i + 2 : i + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", raw[i + 5 : i + 9])
+            return width, height
+        i += 2 + length
+    return None

@@ -1,0 +1,193 @@
+"""Images in chat, through llama.cpp's mtmd, on the real test model with a synthetic projector.
+
+SmolVLM-256M is SmolLM2-135M with a SigLIP encoder and the idefics3 projector; ``bench/synth.py vision`` writes
+that projector with random weights, sized for SmolLM2's 576-wide embeddings, so the real test model serves
+images. Answers mean nothing, but they are the model's, and they change with the image.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.support import MODEL_ID, Server, set_up, start_server, wait_for
+
+pytestmark = pytest.mark.integration
+
+VISION = "vis/smol"
+SYNTH = Path(__file__).resolve().parents[2] / "bench" / "synth.py"
+
+
+def png(width: int, height: int, seed: int, *, data: bytes | None = None) -> bytes:
+    """A PNG of random RGB pixels (``data`` replaces the compressed pixels, to make a broken one)."""
+    rng = random.Random(seed)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = b"".join(b"\x00" + rng.randbytes(width * 3) for _ in range(height)) if data is None else b""
+    pixels = zlib.compress(rows) if data is None else data
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def data_url(image: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(image).decode()
+
+
+def ask(text: str, *urls: str) -> dict:
+    return {"role": "user", "content": [{"type": "text", "text": text}] + [
+        {"type": "image_url", "image_url": {"url": url, "detail": "auto"}} for url in urls
+    ]}  # fmt: skip
+
+
+def _home(root: Path, model_path: Path, mmproj: Path) -> Path:
+    home = root / "home"
+    home.mkdir()
+    out = set_up(home, "models", "add", str(model_path), "--id", VISION, "--mmproj", str(mmproj))
+    assert "inputs: text, image" in out
+    set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
+    return home
+
+
+@pytest.fixture(scope="module")
+def mmproj(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth-vision")
+    done = subprocess.run([sys.executable, str(SYNTH), "vision", "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return Path(done.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def vision(tmp_path_factory: pytest.TempPathFactory, model_path: Path, mmproj: Path) -> Iterator[Server]:
+    """The vision model and the plain one (no projector) on one server."""
+    home = _home(tmp_path_factory.mktemp("vision"), model_path, mmproj)
+    server = start_server(home, "--model", VISION, "--ctx", "2048", "--slots", "2", "--max-loaded", "2")
+    yield server
+    server.stop()
+
+
+def _client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=120)
+
+
+def _answer(server: Server, messages: list[dict], **extra) -> tuple[str, list[tuple[str, float]], int, int]:
+    r = _client(server).chat.completions.create(
+        model=VISION, messages=messages, max_tokens=12, temperature=0, logprobs=True, **extra
+    )
+    logprobs = [(t.token, t.logprob) for t in r.choices[0].logprobs.content]
+    return r.choices[0].message.content, logprobs, r.usage.prompt_tokens, r.usage.prompt_tokens_details.cached_tokens
+
+
+def _model(server: Server, model_id: str) -> dict:
+    return next(m for m in server.health()["models"] if m["id"] == model_id)
+
+
+def test_models_say_which_inputs_they_take(vision: Server):
+    cards = {m.id: m.model_extra for m in _client(vision).models.list().data}
+    assert cards[VISION]["inputs"] == ["text", "image"]
+    assert cards[MODEL_ID]["inputs"] == ["text"]
+
+
+def test_an_image_reaches_the_model_and_the_same_image_again_is_not_encoded_again(vision: Server):
+    first = _answer(vision, [ask("What is in this picture?", data_url(png(64, 64, seed=1)))])
+    encoded = _model(vision, VISION)["media_encoded"]
+    assert encoded > 0
+    again = _answer(vision, [ask("What is in this picture?", data_url(png(64, 64, seed=1)))])
+    assert again[:2] == first[:2]  # text and logprobs, byte for byte
+    assert again[3] == again[2]  # the whole prompt, image rows included, came from the cache
+    assert _model(vision, VISION)["media_encoded"] == encoded
+    other = _answer(vision, [ask("What is in this picture?", data_url(png(64, 64, seed=2)))])
+    assert other[1] != first[1]  # another image, other logits: the pixels reach the model
+    assert other[3] < other[2]  # and its rows are not taken for the first image's
+
+
+def test_a_conversation_about_an_image_answers_as_a_fresh_server_does(vision: Server, tmp_path, model_path, mmproj):
+    """The second turn reuses the first turn's image from the cache, and answers byte for byte as a server that
+    computes everything cold does: the block rule holds with media rows among the tokens."""
+    image = data_url(png(96, 64, seed=3))
+    turns = [ask("Describe it.", image)]
+    reply = _answer(vision, turns)
+    turns += [{"role": "assistant", "content": reply[0]}, ask("And the colours? Compare with this one.",
+                                                              data_url(png(64, 64, seed=4)))]  # fmt: skip
+    encoded = _model(vision, VISION)["media_encoded"]
+    # a person's next turn comes seconds later: by then the idle refresh has computed the first turn, image rows
+    # and all, as whole blocks (they are reused only so: see the README's same-answer section)
+    wait_for(lambda: _model(vision, VISION)["tokens_stale"] == 0, 30, "the first turn refreshed")
+    warm = _answer(vision, turns)
+    assert warm[3] > 0  # the first turn's image came from the cache...
+    encoded_warm = _model(vision, VISION)["media_encoded"] - encoded
+    cold_server = start_server(_home(tmp_path, model_path, mmproj), "--model", VISION, "--ctx", "2048", "--slots", "2")
+    try:
+        cold = _answer(cold_server, turns)
+        encoded_cold = _model(cold_server, VISION)["media_encoded"]
+    finally:
+        cold_server.stop()
+    assert cold[3] == 0
+    assert warm[:3] == cold[:3]
+    assert 0 < encoded_warm < encoded_cold  # ...and was not encoded again: only the new image was
+
+
+def test_an_image_streams(vision: Server):
+    messages = [ask("What is in this picture?", data_url(png(64, 64, seed=1)))]
+    whole = _answer(vision, messages)[0]
+    stream = _client(vision).chat.completions.create(
+        model=VISION, messages=messages, max_tokens=12, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == whole
+
+
+def _status(server: Server, model: str, content: list[dict], role: str = "user") -> tuple[int, dict]:
+    r = httpx.post(
+        server.base_url + "/chat/completions",
+        json={"model": model, "messages": [{"role": role, "content": content}], "max_tokens": 4},
+        headers={"Authorization": f"Bearer {server.key}"},
+        timeout=60,
+    )
+    return r.status_code, r.json()["error"] if r.status_code >= 400 else {}
+
+
+def _image(url: str) -> list[dict]:
+    return [{"type": "text", "text": "Look:"}, {"type": "image_url", "image_url": {"url": url}}]
+
+
+BAD = {
+    "undecodable": (data_url(png(64, 64, seed=1, data=b"not zlib at all")), "could not be decoded"),
+    "100 megapixels": (data_url(png(10_000, 10_000, seed=0, data=b"")[:33]), "10000x10000"),
+    "truncated base64": (data_url(png(64, 64, seed=1))[:-3], "not valid base64"),
+    "webp": (data_url(b"RIFF\x00\x00\x00\x00WEBPVP8 ", "image/webp"), "image/webp"),
+    "not an image": (data_url(b"hello, world"), "is not a PNG"),
+    "http URL": ("https://example.com/cat.png", "data: URL"),
+    "no base64": ("data:image/png,rawbytes", "data: URL"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_a_bad_image_is_a_400_naming_it_and_nothing_is_held(vision: Server, case: str):
+    url, words = BAD[case]
+    status, error = _status(vision, VISION, _image(url))
+    assert status == 400, error
+    assert words in error["message"] and error["param"] == "messages[0].content[1]", error
+    assert _model(vision, VISION)["slots_busy"] == 0
+
+
+def test_a_model_without_a_projector_refuses_an_image_naming_itself(vision: Server):
+    status, error = _status(vision, MODEL_ID, _image(data_url(png(64, 64, seed=1))))
+    assert status == 400
+    assert error["message"] == f"model `{MODEL_ID}` takes no image input" and error["param"] == "messages[0].content[1]"
+    wav = base64.b64encode(b"RIFF....WAVE").decode()
+    audio = [{"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}}]
+    status, error = _status(vision, VISION, audio)
+    assert status == 400 and error["message"] == f"model `{VISION}` takes no audio input", error
+    status, error = _status(vision, VISION, _image(data_url(png(64, 64, seed=1))), role="system")
+    assert status == 400 and "only user messages" in error["message"]
