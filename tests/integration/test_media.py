@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -191,3 +192,21 @@ def test_a_model_without_a_projector_refuses_an_image_naming_itself(vision: Serv
     assert status == 400 and error["message"] == f"model `{VISION}` takes no audio input", error
     status, error = _status(vision, VISION, _image(data_url(png(64, 64, seed=1))), role="system")
     assert status == 400 and "only user messages" in error["message"]
+
+
+def test_responses_and_messages_take_the_image_as_chat_does(vision: Server):
+    """The same question about the same image, as each route's SDK sends it: one internal request, one answer."""
+    image = png(64, 64, seed=5)
+    url = data_url(image)
+    chat = _answer(vision, [ask("What is in this picture?", url)])[0]
+    content = [{"type": "input_text", "text": "What is in this picture?"}, {"type": "input_image", "image_url": url}]
+    r = _client(vision).responses.create(
+        model=VISION, input=[{"role": "user", "content": content}], max_output_tokens=12, temperature=0
+    )
+    assert r.output_text == chat
+    source = {"type": "base64", "media_type": "image/png", "data": base64.b64encode(image).decode()}
+    blocks = [{"type": "text", "text": "What is in this picture?"}, {"type": "image", "source": source}]
+    message = anthropic.Anthropic(base_url=vision.url, api_key=vision.key).messages.create(
+        model=VISION, max_tokens=12, extra_body={"temperature": 0}, messages=[{"role": "user", "content": blocks}]
+    )
+    assert message.content[0].text == chat

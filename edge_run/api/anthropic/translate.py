@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Literal
 from edge_run.api.anthropic.schemas import (
     AnthropicTool,
     CountTokensRequest,
+    ImageBlock,
     InputMessage,
     MessageObject,
     MessagesRequest,
@@ -26,8 +27,10 @@ from edge_run.api.anthropic.schemas import (
     ToolUseBlock,
 )
 from edge_run.api.anthropic.schemas import Thinking as ThinkingConfig
+from edge_run.engine import MEDIA_MARKER, MediaInput
 from edge_run.errors import InvalidRequest
 from edge_run.serving.assembly import call_input, collect
+from edge_run.serving.media import image_input
 from edge_run.serving.reasoning import Thinking
 from edge_run.serving.request import (
     CallRecord,
@@ -53,6 +56,7 @@ def _turns(m: InputMessage, i: int) -> list[Turn]:
     if isinstance(m.content, str):
         return [Turn(m.role, m.content)]
     texts: list[str] = []
+    media: list[MediaInput] = []
     thoughts: list[str] = []
     calls: list[CallRecord] = []
     results: list[Turn] = []
@@ -60,6 +64,9 @@ def _turns(m: InputMessage, i: int) -> list[Turn]:
         at = f"messages[{i}].content[{j}]"
         if isinstance(block, TextBlock):
             texts.append(block.text)
+        elif isinstance(block, ImageBlock) and m.role == "user":
+            media.append(_image(block, at))
+            texts.append(MEDIA_MARKER)
         elif isinstance(block, ThinkingBlock | RedactedThinkingBlock):
             if m.role != "assistant":
                 raise InvalidRequest(f"`{at}`: thinking blocks go in assistant messages", param=at)
@@ -79,8 +86,20 @@ def _turns(m: InputMessage, i: int) -> list[Turn]:
         else:
             raise unsupported_input(at)
     if texts or calls or thoughts or not results:
-        results.append(Turn(m.role, "\n".join(texts), reasoning="\n".join(thoughts) or None, calls=tuple(calls)))
+        thought = "\n".join(thoughts) or None
+        results.append(Turn(m.role, "\n".join(texts), reasoning=thought, calls=tuple(calls), media=tuple(media)))
     return results
+
+
+def _image(block: ImageBlock, at: str) -> MediaInput:
+    """An ``image`` block: ``source`` base64 (``media_type`` and ``data``); url sources are not fetched."""
+    source = block.source or {}
+    kind, data, mime = source.get("type"), source.get("data"), source.get("media_type")
+    if kind == "url":
+        return image_input(str(source.get("url", "")), f"{at}.source")
+    if kind != "base64" or not isinstance(data, str) or not isinstance(mime, str):
+        raise InvalidRequest(f"`{at}.source` must be base64 with `media_type` and `data`", param=f"{at}.source")
+    return image_input(f"data:{mime};base64,{data}", f"{at}.source")
 
 
 def _tool(tool: AnthropicTool, i: int) -> dict[str, object]:

@@ -16,6 +16,7 @@ from edge_run.api.responses.schemas import (
     FunctionCallItem,
     FunctionTool,
     IncompleteDetails,
+    InputImage,
     InputItem,
     InputText,
     InputTokensDetails,
@@ -32,8 +33,10 @@ from edge_run.api.responses.schemas import (
     SummaryText,
     TextConfig,
 )
+from edge_run.engine import MEDIA_MARKER, MediaInput
 from edge_run.errors import InvalidRequest
 from edge_run.serving.assembly import Choice, call_input, collect
+from edge_run.serving.media import image_input
 from edge_run.serving.reasoning import from_effort
 from edge_run.serving.request import (
     CallRecord,
@@ -57,13 +60,28 @@ Status = Literal["in_progress", "completed", "incomplete", "failed"]
 
 
 def _text(content: str | list[ContentPart] | None, param: str) -> str:
+    """Text only (a function call's output): an image there is refused."""
+    text, media = _content(content, param)
+    if media:
+        raise InvalidRequest("images go in user messages", param=media[0].param)
+    return text
+
+
+def _content(content: str | list[ContentPart] | None, param: str) -> tuple[str, tuple[MediaInput, ...]]:
+    """A message's text, an ``input_image`` a ``MEDIA_MARKER`` where it stands, and its images."""
     if not isinstance(content, list):
-        return content or ""
-    texts = [
-        p.text if isinstance(p, InputText | OutputText) else p.refusal if isinstance(p, Refusal) else None
-        for p in content
-    ]
-    return join_text(texts, param)
+        return content or "", ()
+    texts: list[str | None] = []
+    media: list[MediaInput] = []
+    for j, p in enumerate(content):
+        if isinstance(p, InputImage) and p.image_url is not None:
+            media.append(image_input(p.image_url, f"{param}[{j}]"))
+            texts.append(MEDIA_MARKER)
+        elif isinstance(p, InputText | OutputText | Refusal):
+            texts.append(p.refusal if isinstance(p, Refusal) else p.text)
+        else:
+            texts.append(None)  # a file, or an image by file id: refused
+    return join_text(texts, param), tuple(media)
 
 
 def _thought(item: InputItem) -> str:
@@ -86,7 +104,10 @@ def _turns(items: str | list[InputItem]) -> list[Turn]:
         elif item.type == "message":
             if item.role is None:
                 raise InvalidRequest(f"`{at}.role` is required for a message", param=f"{at}.role")
-            turn = Turn("system" if item.role == "developer" else item.role, _text(item.content, f"{at}.content"))
+            text, media = _content(item.content, f"{at}.content")
+            if media and item.role != "user":
+                raise InvalidRequest("only user messages may hold images", param=f"{at}.content")
+            turn = Turn("system" if item.role == "developer" else item.role, text, media=media)
             if thinking and turn.role == "assistant":
                 turns[-1] = dataclasses.replace(turns[-1], content=turn.content)
             else:
