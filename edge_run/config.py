@@ -100,7 +100,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     mmproj_offload: bool = True  # a model offloaded whole puts its projector on the GPU too
     allowed_hosts: list[str] = []
     cors_origins: list[str] = []
-    max_body_bytes: Positive = 8 * 1024 * 1024
+    max_body_bytes: Positive = 32 * 1024 * 1024  # a 10 MB photo as base64 is 13.4 MB
     metrics_public: bool = False
     ollama_no_key: bool = False  # Ollama's /api/* without a key (loopback hosts only): most of its clients send none
     log_format: Literal["json", "text"] = "json"

@@ -74,7 +74,7 @@ _OLLAMA_ROUTES = (
 def create_app(
     services: Services,
     *,
-    max_body_bytes: int = 8 << 20,
+    max_body_bytes: int = 32 << 20,
     allowed_hosts: Iterable[str] = (),
     cors_origins: Iterable[str] = (),
     metrics_public: bool = False,

@@ -93,9 +93,9 @@ def test_context_length_exceeded_is_400(server):
 
 
 def test_body_too_large_is_413(server):
-    r = post(server, b'{"model": "' + b"a" * (9 * 1024 * 1024) + b'"}')
+    r = post(server, b'{"model": "' + b"a" * (33 * 1024 * 1024) + b'"}')
     assert r.status_code == 413
-    assert envelope(r)["message"] == f"The request body is too large: at most {8 * 1024 * 1024} bytes are accepted."
+    assert envelope(r)["message"] == f"The request body is too large: at most {32 * 1024 * 1024} bytes are accepted."
 
 
 @pytest.mark.parametrize(

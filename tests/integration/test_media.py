@@ -210,3 +210,10 @@ def test_responses_and_messages_take_the_image_as_chat_does(vision: Server):
         model=VISION, max_tokens=12, extra_body={"temperature": 0}, messages=[{"role": "user", "content": blocks}]
     )
     assert message.content[0].text == chat
+
+
+def test_a_10_mb_photo_fits_the_body_cap(vision: Server):
+    photo = png(1900, 1800, seed=6)  # random pixels do not compress: about 10 MB
+    assert len(photo) > 10_000_000
+    status, error = _status(vision, VISION, _image(data_url(photo)))
+    assert status == 200, error
