@@ -14,7 +14,7 @@ import struct
 from edge_run.engine import MediaInput
 from edge_run.errors import InvalidRequest
 
-__all__ = ["MAX_PIXELS", "audio_input", "image_input"]
+__all__ = ["MAX_PIXELS", "audio_input", "image_base64", "image_input"]
 
 MAX_PIXELS = 50_000_000  # an image's width x height at most (a 48-megapixel phone photo passes)
 _IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/gif", "image/bmp")
@@ -45,6 +45,11 @@ def image_input(url: str, param: str) -> MediaInput:
     mime = head[len("data:") : -len(";base64")].lower()
     if mime not in _IMAGE_TYPES:
         raise InvalidRequest(f"`{param}`: images of type `{mime}` are not supported (PNG, JPEG, GIF, BMP)", param=param)
+    return image_bytes(_base64(data, param), param)
+
+
+def image_base64(data: str, param: str) -> MediaInput:
+    """An image as base64 alone (Ollama's ``images``)."""
     return image_bytes(_base64(data, param), param)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import anthropic
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -217,3 +218,18 @@ def test_a_10_mb_photo_fits_the_body_cap(vision: Server):
     assert len(photo) > 10_000_000
     status, error = _status(vision, VISION, _image(data_url(photo)))
     assert status == 200, error
+
+
+def test_ollamas_images_reach_the_model(vision: Server):
+    """Ollama's ``images`` (base64, before the message's text), through the ollama client."""
+    client = ollama.Client(host=vision.url, headers={"Authorization": f"Bearer {vision.key}"})
+    image = base64.b64encode(png(64, 64, seed=7)).decode()
+    ask = [{"role": "user", "content": "What is in this picture?", "images": [image]}]
+    greedy = {"temperature": 0, "num_predict": 8}
+    first = client.chat(model=VISION, messages=ask, options=greedy)
+    plain = client.chat(model=VISION, messages=[{"role": "user", "content": ask[0]["content"]}], options=greedy)
+    assert first.prompt_eval_count >= plain.prompt_eval_count + 20  # the image's 20 rows, and their markers
+    assert client.chat(model=VISION, messages=ask, options=greedy).message == first.message
+    with pytest.raises(ollama.ResponseError) as err:
+        client.chat(model=MODEL_ID, messages=ask)
+    assert err.value.status_code == 400 and err.value.error == f"model `{MODEL_ID}` takes no image input"

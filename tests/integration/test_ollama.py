@@ -146,7 +146,7 @@ def test_bad_input_in_ollamas_error_shape(client: ollama.Client, server: Server)
     assert r.status_code == 401 and set(r.json()) == {"error"}
     with pytest.raises(ollama.ResponseError) as err:
         client.chat(model=MODEL_ID, messages=[{"role": "user", "content": "hi", "images": ["aGk="]}])
-    assert err.value.status_code == 400 and "no images" in err.value.error
+    assert err.value.status_code == 400 and "is not a PNG" in err.value.error  # "hi" in base64
 
 
 def test_langchain_tool_call_and_structured_output(server: Server):

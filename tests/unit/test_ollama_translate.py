@@ -60,7 +60,7 @@ def test_format_think_and_tools_take_the_openai_paths():
 
 
 def test_images_and_generate_only_fields_are_refused():
-    with pytest.raises(InvalidRequest, match="no images"):
+    with pytest.raises(InvalidRequest, match="is not a PNG"):  # "hi" in base64
         translate_chat(chat(messages=[{"role": "user", "content": "hi", "images": ["aGk="]}]))
     for field, value in (("template", "{{ .Prompt }}"), ("suffix", "end"), ("context", [1, 2])):
         with pytest.raises(InvalidRequest) as err:

@@ -10,7 +10,9 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from edge_run.engine import MEDIA_MARKER, MediaInput
 from edge_run.errors import InvalidRequest
+from edge_run.serving.media import image_base64
 from edge_run.serving.reasoning import Thinking, from_effort
 from edge_run.serving.request import CallRecord, GenRequest, JsonOutput, Turn, function_spec
 
@@ -114,13 +116,19 @@ def _output(fmt: str | dict[str, object] | None) -> JsonOutput | None:
     return JsonOutput(None if fmt == "json" else dict(fmt), "format")  # type: ignore[arg-type]
 
 
-def _no_images(images: list[str] | None, param: str) -> None:
-    if images:
-        raise InvalidRequest("model takes no images: edge-run serves text-only models", param=param)
+def _images(images: list[str] | None, param: str) -> tuple[MediaInput, ...]:
+    """Ollama's ``images``: base64 files; they go before the message's text, as Ollama puts them."""
+    return tuple(image_base64(data, f"{param}[{j}]") for j, data in enumerate(images or ()))
+
+
+def _with_images(text: str, media: tuple[MediaInput, ...]) -> str:
+    return "\n".join([MEDIA_MARKER] * len(media) + [text]) if media else text
 
 
 def _turn(m: ChatMessage, i: int) -> Turn:
-    _no_images(m.images, f"messages[{i}].images")
+    media = _images(m.images, f"messages[{i}].images")
+    if media and m.role != "user":
+        raise InvalidRequest("only user messages may hold images", param=f"messages[{i}].images")
     calls = tuple(
         CallRecord(c.id or f"call_{i}_{k}", c.function.name, c.function.arguments)
         for k, c in enumerate(m.tool_calls or ())
@@ -130,7 +138,7 @@ def _turn(m: ChatMessage, i: int) -> Turn:
     if m.role == "tool":  # Ollama names the tool a result is from, and the call only sometimes
         return Turn("tool", m.content, call_id=m.tool_call_id or m.tool_name, name=m.tool_name)
     thought = m.thinking if m.role == "assistant" else None
-    return Turn(m.role, m.content, reasoning=thought, calls=calls)
+    return Turn(m.role, _with_images(m.content, media), reasoning=thought, calls=calls, media=media)
 
 
 def _limits(options: Options | None) -> tuple[int | None, tuple[str, ...]]:
@@ -166,11 +174,14 @@ def translate_generate(req: GenerateRequest) -> GenRequest:
             raise InvalidRequest(f"`{name}` is not supported: {why}", param=name)
     if req.context:
         raise InvalidRequest("`context` is not supported: send the conversation to /api/chat", param="context")
-    _no_images(req.images, "images")
+    media = _images(req.images, "images")
+    if media and req.raw:
+        raise InvalidRequest("`images` go through the chat template, which `raw: true` skips", param="images")
     max_tokens, stops = _limits(req.options)
     if req.raw and req.system:
         raise InvalidRequest("`system` goes through the chat template, which `raw: true` skips", param="system")
-    turns = ([Turn("system", req.system)] if req.system else []) + [Turn("user", req.prompt)]
+    user = Turn("user", _with_images(req.prompt, media), media=media)
+    turns = ([Turn("system", req.system)] if req.system else []) + [user]
     return GenRequest(
         model=req.model,
         sampling=_sampling(req.options),
