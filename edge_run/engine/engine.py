@@ -189,10 +189,13 @@ class Engine:
         """As :meth:`render_prompt`, for messages whose content holds one ``MEDIA_MARKER`` per input of ``media``:
         the images and audio decoded and cut into rows by the model's projector (its rows not yet encoded)."""
         model, _, _ = self._ready()
-        if self._projector is None or any(m.kind not in self._projector.inputs for m in media):
-            kind = next(m for m in media if self._projector is None or m.kind not in self._projector.inputs)
-            raise InvalidRequest(f"model `{self.model_id}` takes no {kind.kind} input", param=kind.param)
         projector = self._projector
+        for m in media:
+            if projector is None or m.kind not in projector.inputs:
+                raise InvalidRequest(f"model `{self.model_id}` takes no {m.kind} input", param=m.param)
+            if projector.refusal is not None:
+                raise InvalidRequest(f"model `{self.model_id}` cannot take media: {projector.refusal}", param=m.param)
+        assert projector is not None  # media is not empty
 
         def work() -> tuple[str, list[int], list[MediaSpan]]:
             text = self._render(messages, tools, variables)

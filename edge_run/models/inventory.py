@@ -42,8 +42,13 @@ __all__ = [
 ]
 
 
-def catalog_spec(entry: CatalogEntry, path: Path) -> ModelSpec:
-    """A catalog model served from ``path``, with what its entry says of it as an embedder."""
+def catalog_spec(entry: CatalogEntry, path: Path, models_dir: Path | None = None) -> ModelSpec:
+    """A catalog model served from ``path``, with what its entry says of it as an embedder, and its projector
+    (images, audio) when it has one and it is in the Hugging Face cache under ``models_dir``."""
+    source = entry.source
+    mmproj = None
+    if source is not None and source.mmproj and models_dir is not None:
+        mmproj = hf_cached(source.repo, source.mmproj, hf_cache_in(models_dir))
     return ModelSpec(
         entry.id,
         path,
@@ -51,6 +56,7 @@ def catalog_spec(entry: CatalogEntry, path: Path) -> ModelSpec:
         dimensions=tuple(entry.dimensions),
         query_prefix=entry.query_prefix,
         document_prefix=entry.document_prefix,
+        mmproj=mmproj,
     )
 
 
@@ -64,7 +70,7 @@ def inventory(
         if path is None and bundled is not None and (bundled / entry.file).is_file():
             path = bundled / entry.file
         if path is not None:
-            specs[entry.id] = catalog_spec(entry, path)
+            specs[entry.id] = catalog_spec(entry, path, paths.models_dir)
     for local in LocalRegistry(paths.registry_file).list():
         mmproj = Path(local.mmproj) if local.mmproj else None
         specs[local.id] = ModelSpec(local.id, Path(local.path), local.source, mmproj=mmproj)
@@ -142,7 +148,7 @@ def lookup(want: str, specs: list[ModelSpec], catalog: Catalog, *, download_to: 
     if entry is not None and entry.id in by_id:
         return by_id[entry.id]
     if entry is not None and download_to is not None:
-        return catalog_spec(entry, fetch_entry(entry, download_to))
+        return catalog_spec(entry, fetch_entry(entry, download_to), download_to)
     raise ModelNotFound(want)
 
 
@@ -226,7 +232,7 @@ def pull_model(name: str, paths: Paths, *, model_id: str | None = None, progress
         raise ValueError(
             f"`{name}` is not in the catalog (see `edge-run models search`), nor an `hf:OWNER/REPO` reference"
         )
-    return catalog_spec(entry, fetch_entry(entry, paths.models_dir, progress=progress))
+    return catalog_spec(entry, fetch_entry(entry, paths.models_dir, progress=progress), paths.models_dir)
 
 
 def pull_hf(spec: str, paths: Paths, *, model_id: str | None = None, progress: bool | Board = True) -> LocalModel:

@@ -8,6 +8,7 @@ images. Answers mean nothing, but they are the model's, and they change with the
 from __future__ import annotations
 
 import base64
+import math
 import random
 import struct
 import subprocess
@@ -26,7 +27,7 @@ from tests.support import MODEL_ID, Server, set_up, start_server, wait_for
 
 pytestmark = pytest.mark.integration
 
-VISION = "vis/smol"
+VISION, AUDIO = "vis/smol", "aud/smol"
 SYNTH = Path(__file__).resolve().parents[2] / "bench" / "synth.py"
 
 
@@ -53,28 +54,44 @@ def ask(text: str, *urls: str) -> dict:
     ]}  # fmt: skip
 
 
-def _home(root: Path, model_path: Path, mmproj: Path) -> Path:
+def wav(seconds: float, hertz: float, rate: int = 16_000) -> bytes:
+    """A mono 16-bit WAV file of a sine tone."""
+    n = int(seconds * rate)
+    data = struct.pack(f"<{n}h", *(int(12_000 * math.sin(2 * math.pi * hertz * i / rate)) for i in range(n)))
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+    head = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + fmt
+    return head + b"data" + struct.pack("<I", len(data)) + data
+
+
+def _home(root: Path, model_path: Path, mmproj: Path, audio: Path | None = None) -> Path:
     home = root / "home"
     home.mkdir()
     out = set_up(home, "models", "add", str(model_path), "--id", VISION, "--mmproj", str(mmproj))
     assert "inputs: text, image" in out
+    if audio is not None:
+        out = set_up(home, "models", "add", str(model_path), "--id", AUDIO, "--mmproj", str(audio))
+        assert "inputs: text, audio" in out
     set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
     return home
 
 
-@pytest.fixture(scope="module")
-def mmproj(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("synth-vision")
-    done = subprocess.run([sys.executable, str(SYNTH), "vision", "--out", str(out)], capture_output=True, text=True)
+def _synth(kind: str, out: Path) -> Path:
+    done = subprocess.run([sys.executable, str(SYNTH), kind, "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return Path(done.stdout.strip())
 
 
 @pytest.fixture(scope="module")
+def mmproj(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _synth("vision", tmp_path_factory.mktemp("synth-vision"))
+
+
+@pytest.fixture(scope="module")
 def vision(tmp_path_factory: pytest.TempPathFactory, model_path: Path, mmproj: Path) -> Iterator[Server]:
-    """The vision model and the plain one (no projector) on one server."""
-    home = _home(tmp_path_factory.mktemp("vision"), model_path, mmproj)
-    server = start_server(home, "--model", VISION, "--ctx", "2048", "--slots", "2", "--max-loaded", "2")
+    """The vision model, an audio one (ultravox's projector) and the plain one (no projector) on one server."""
+    audio = _synth("audio", tmp_path_factory.mktemp("synth-audio"))
+    home = _home(tmp_path_factory.mktemp("vision"), model_path, mmproj, audio)
+    server = start_server(home, "--model", VISION, "--ctx", "2048", "--slots", "2", "--max-loaded", "3")
     yield server
     server.stop()
 
@@ -83,9 +100,11 @@ def _client(server: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url, api_key=server.key, max_retries=0, timeout=120)
 
 
-def _answer(server: Server, messages: list[dict], **extra) -> tuple[str, list[tuple[str, float]], int, int]:
+def _answer(
+    server: Server, messages: list[dict], model: str = VISION, **extra
+) -> tuple[str, list[tuple[str, float]], int, int]:
     r = _client(server).chat.completions.create(
-        model=VISION, messages=messages, max_tokens=12, temperature=0, logprobs=True, **extra
+        model=model, messages=messages, max_tokens=12, temperature=0, logprobs=True, **extra
     )
     logprobs = [(t.token, t.logprob) for t in r.choices[0].logprobs.content]
     return r.choices[0].message.content, logprobs, r.usage.prompt_tokens, r.usage.prompt_tokens_details.cached_tokens
@@ -98,6 +117,7 @@ def _model(server: Server, model_id: str) -> dict:
 def test_models_say_which_inputs_they_take(vision: Server):
     cards = {m.id: m.model_extra for m in _client(vision).models.list().data}
     assert cards[VISION]["inputs"] == ["text", "image"]
+    assert cards[AUDIO]["inputs"] == ["text", "audio"]
     assert cards[MODEL_ID]["inputs"] == ["text"]
 
 
@@ -233,3 +253,18 @@ def test_ollamas_images_reach_the_model(vision: Server):
     with pytest.raises(ollama.ResponseError) as err:
         client.chat(model=MODEL_ID, messages=ask)
     assert err.value.status_code == 400 and err.value.error == f"model `{MODEL_ID}` takes no image input"
+
+
+def test_audio_reaches_the_model_and_the_same_audio_again_comes_from_the_cache(vision: Server):
+    def hear(hertz: float) -> tuple[str, list[tuple[str, float]], int, int]:
+        sound = {"data": base64.b64encode(wav(1.0, hertz)).decode(), "format": "wav"}
+        content = [{"type": "text", "text": "What do you hear?"}, {"type": "input_audio", "input_audio": sound}]
+        return _answer(vision, [{"role": "user", "content": content}], model=AUDIO)
+
+    first = hear(440)
+    assert first[2] > 100  # a second of audio is a 30 s window: 100 rows
+    again = hear(440)
+    assert again[:2] == first[:2] and again[3] == again[2]
+    assert hear(880)[1] != first[1]
+    status, error = _status(vision, AUDIO, _image(data_url(png(64, 64, seed=1))))
+    assert status == 400 and error["message"] == f"model `{AUDIO}` takes no image input"

@@ -55,9 +55,11 @@ class Projector:
         self.inputs = ("text",) + ("image",) * M.mtmd_support_vision(self._ptr) + ("audio",) * M.mtmd_support_audio(
             self._ptr
         )
-        if M.mtmd_decode_use_mrope(self._ptr):
-            self.close()
-            raise EngineFailure(f"{path.name}: projectors with M-RoPE positions (Qwen2-VL...) are not supported yet")
+        # M-RoPE (Qwen2-VL, Qwen2.5-VL...) places media rows on 2-D positions the scheduler does not compute yet:
+        # the model still chats, and a request with media is refused saying why
+        self.refusal = "its projector places images on M-RoPE positions (Qwen2-VL...), not supported yet" if (
+            M.mtmd_decode_use_mrope(self._ptr)
+        ) else None
         n_embd_inp = getattr(L, "llama_model_n_embd_inp", L.llama_model_n_embd)
         self.n_embd = int(n_embd_inp(model.ptr))
         self._lock = threading.Lock()  # one encode at a time: they share the context's output buffer
@@ -117,11 +119,11 @@ class Projector:
                 # text model than its own (the tests' synthetic one) gives them; they cannot be decoded
                 ids += [t for t in tokens[: n.value] if t != L.LLAMA_TOKEN_NULL]
                 continue
-            if M.mtmd_decode_use_non_causal(self._ptr, chunk):
-                raise InvalidRequest("this model's projector needs non-causal image attention, not supported yet")
+            if M.mtmd_decode_use_non_causal(self._ptr, chunk):  # Gemma 3: an image's rows attend to each other
+                raise InvalidRequest("this model's images need non-causal attention (Gemma 3...), not supported yet")
             n_rows = M.mtmd_input_chunk_get_n_tokens(chunk)
             if M.mtmd_input_chunk_get_n_pos(chunk) != n_rows:
-                raise InvalidRequest("this model's projector places media rows on other positions, not supported yet")
+                raise InvalidRequest("this model places media rows on positions of their own, not supported yet")
             own = M.mtmd_input_chunk_copy(chunk)
             content = M.mtmd_input_chunk_get_id(own) or b""
             slices[content] = slices.get(content, -1) + 1
