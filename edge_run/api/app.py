@@ -25,6 +25,7 @@ from edge_run.api.library.pulls import cancel_pull, list_pulls, start_pull
 from edge_run.api.library.routes import list_library
 from edge_run.api.ollama import models as ollama_models
 from edge_run.api.ollama import routes as ollama_routes
+from edge_run.api.openai.audio import transcriptions
 from edge_run.api.openai.routes import chat_completions, embeddings, get_model, list_models, text_completions, usage
 from edge_run.api.rerank.routes import ollama_rerank, rerank
 from edge_run.api.responses.routes import create_response, delete_response, get_response
@@ -109,6 +110,7 @@ def create_app(
     key_guard = require_key(services.keys)
     v1 = Router(path="/v1", guards=[key_guard, require_json], route_handlers=list(_V1_ROUTES))
     both = Router(path="/", guards=[key_guard, require_json], route_handlers=[rerank])  # /v1/rerank and /rerank
+    forms = Router(path="/v1", guards=[key_guard], route_handlers=[transcriptions])  # OpenAI's multipart form
     metrics = Router(path="/", guards=[] if metrics_public else [key_guard], route_handlers=[metrics_route])
     ollama_guard = require_key(services.keys, optional=ollama_no_key)
     # Ollama's clients (and its docs' curl lines) post JSON under other content types; a key in a header already
@@ -118,7 +120,7 @@ def create_app(
         path="/api", guards=[ollama_guard, *([require_json] if open_api else [])], route_handlers=list(_OLLAMA_ROUTES)
     )
     return Litestar(
-        route_handlers=[health, v1, both, metrics, ollama, *web_routes()],
+        route_handlers=[health, v1, both, forms, metrics, ollama, *web_routes()],
         dependencies=dependencies(services),
         state=State({"draining": False}),
         lifespan=[lifespan],

@@ -14,7 +14,7 @@ import struct
 from edge_run.engine import MediaInput
 from edge_run.errors import InvalidRequest
 
-__all__ = ["MAX_PIXELS", "audio_input", "image_base64", "image_input"]
+__all__ = ["MAX_PIXELS", "audio_bytes", "audio_input", "image_base64", "image_input"]
 
 MAX_PIXELS = 50_000_000  # an image's width x height at most (a 48-megapixel phone photo passes)
 _IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/gif", "image/bmp")
@@ -70,7 +70,17 @@ def audio_input(data: str, fmt: str, param: str) -> MediaInput:
     """An ``input_audio`` part: base64 audio in ``fmt`` (wav, mp3 or flac)."""
     if fmt not in _AUDIO_FORMATS:
         raise InvalidRequest(f"`{param}.format` `{fmt}` is not supported (wav, mp3, flac)", param=param)
-    return MediaInput("audio", _base64(data, f"{param}.data"), param)
+    return audio_bytes(_base64(data, f"{param}.data"), f"x.{fmt}", param)
+
+
+def audio_bytes(raw: bytes, name: str, param: str) -> MediaInput:
+    """An audio file's bytes, refused unless its header says WAV, MP3 or FLAC (``name``'s extension aside)."""
+    wav = raw[:4] == b"RIFF" and raw[8:12] == b"WAVE"
+    mp3 = raw[:3] == b"ID3" or (len(raw) > 1 and raw[0] == 0xFF and raw[1] & 0xE0 == 0xE0)
+    if not (wav or mp3 or raw[:4] == b"fLaC"):
+        what = f"`{name}`" if name else "the data"
+        raise InvalidRequest(f"`{param}`: {what} is not WAV, MP3 or FLAC audio", param=param)
+    return MediaInput("audio", raw, param)
 
 
 def image_size(raw: bytes) -> tuple[int, int] | None:

@@ -92,6 +92,7 @@ def test_the_server_serves_this_schema(fuzz_server: Server) -> None:
     operations = {f"{method.upper()} {path}" for path, item in APP_SCHEMA["paths"].items() for method in item}
     assert operations >= {  # each gets its own fuzz test
         "POST /v1/chat/completions",
+        "POST /v1/audio/transcriptions",
         "POST /v1/completions",
         "POST /v1/embeddings",
         "POST /v1/rerank",

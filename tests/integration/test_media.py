@@ -268,3 +268,22 @@ def test_audio_reaches_the_model_and_the_same_audio_again_comes_from_the_cache(v
     assert hear(880)[1] != first[1]
     status, error = _status(vision, AUDIO, _image(data_url(png(64, 64, seed=1))))
     assert status == 400 and error["message"] == f"model `{AUDIO}` takes no image input"
+
+
+def test_transcriptions_take_openais_form_and_answer_json_or_text(vision: Server):
+    """``client.audio.transcriptions.create`` as an app calls it: the model's greedy answer to the audio."""
+    client = _client(vision)
+    sound = ("tone.wav", wav(1.0, 440), "audio/wav")
+    whole = client.audio.transcriptions.create(model=AUDIO, file=sound, response_format="json")
+    assert whole.text and whole.usage.input_tokens > 100 and whole.usage.output_tokens > 0
+    assert client.audio.transcriptions.create(model=AUDIO, file=sound, response_format="text").strip() == whole.text
+    for model, file, words in (
+        (MODEL_ID, sound, f"model `{MODEL_ID}` takes no audio input"),
+        (AUDIO, ("notes.txt", b"hello"), "is not WAV, MP3 or FLAC audio"),
+    ):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.audio.transcriptions.create(model=model, file=file)
+        assert words in err.value.body["message"], err.value.body
+    with pytest.raises(openai.BadRequestError) as err:
+        client.audio.transcriptions.create(model=AUDIO, file=sound, response_format="srt")
+    assert err.value.body["param"] == "response_format"
