@@ -7,14 +7,19 @@ Screenshots go to the test's tmp dir and, if set, to ``$EDGE_RUN_ARTIFACTS``.
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import os
+import random
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -684,3 +689,190 @@ def test_library_search_download_with_progress_then_chat_with_the_model(
         finally:
             context.close()
             server.stop()
+
+
+# ---- images and audio in the chat: attached, pasted or dropped, on the test model with synthetic projectors ----
+
+VISION, AUDIO = "vis/smol", "aud/smol"
+SYNTH = Path(__file__).resolve().parents[2] / "bench" / "synth.py"
+
+
+def _png(width: int, height: int, seed: int) -> bytes:
+    """A PNG of random RGB pixels."""
+    rng = random.Random(seed)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = b"".join(b"\x00" + rng.randbytes(width * 3) for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def _wav(seconds: float, hertz: float, rate: int = 16_000) -> bytes:
+    """A mono 16-bit WAV file of a sine tone."""
+    n = int(seconds * rate)
+    data = struct.pack(f"<{n}h", *(int(12_000 * math.sin(2 * math.pi * hertz * i / rate)) for i in range(n)))
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+    head = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + fmt
+    return head + b"data" + struct.pack("<I", len(data)) + data
+
+
+def _synth(kind: str, out: Path) -> Path:
+    """``bench/synth.py vision|audio``: a tiny random-weight projector for the test model; its path."""
+    done = subprocess.run([sys.executable, str(SYNTH), kind, "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return Path(done.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def media_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
+    """The test model three times: with a vision projector (``vis/smol``), an audio one (``aud/smol``) and none."""
+    home = tmp_path_factory.mktemp("web-media")
+    for model_id, kind in ((VISION, "vision"), (AUDIO, "audio")):
+        mmproj = _synth(kind, tmp_path_factory.mktemp(f"synth-{kind}"))
+        set_up(home, "models", "add", str(model_path), "--id", model_id, "--mmproj", str(mmproj))
+    set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
+    server = start_server(home, "--model", VISION, "--ctx", "2048", "--slots", "2", "--max-loaded", "3")
+    yield server
+    server.stop()
+
+
+def _file(name: str, mime: str, data: bytes) -> dict:
+    return {"name": name, "mimeType": mime, "buffer": data}
+
+
+def _send_and_answer(page, prompt: str, answers: int) -> dict:
+    """Sends ``prompt`` from the message box; the chat request's body, once answer number ``answers`` is done."""
+    page.fill("#prompt", prompt)
+    with page.expect_request("**/v1/chat/completions") as sent:
+        page.press("#prompt", "Enter")
+    page.locator(".msg.assistant .stats").nth(answers - 1).wait_for(timeout=120_000)
+    return sent.value.post_data_json
+
+
+@pytest.mark.integration
+def test_an_attached_image_shows_as_a_thumbnail_goes_with_the_message_and_stays_in_the_history(
+    browser, media_server, tmp_path
+):
+    image = _png(64, 64, seed=1)
+    context, page = _open_with_key(browser, media_server)
+    try:
+        attach = page.locator("#attach")
+        page.select_option("#model", MODEL_ID)  # no projector: text only
+        assert attach.is_disabled()
+        assert attach.get_attribute("title") == "this model takes text only"
+        page.select_option("#model", VISION)
+        assert attach.is_enabled()
+        assert "image" in (attach.get_attribute("title") or "")
+        assert "audio" not in (page.locator("#attach-file").get_attribute("accept") or "")
+
+        page.set_input_files("#attach-file", files=[_file("noise.png", "image/png", image)])
+        thumb = page.locator("#attachments .attachment.image img.thumb")
+        thumb.wait_for()
+        assert (thumb.get_attribute("src") or "").startswith("data:image/png;base64,")
+        # a second one, removed again with its remove button
+        page.set_input_files("#attach-file", files=[_file("other.png", "image/png", _png(32, 32, seed=2))])
+        page.locator("#attachments .attachment").nth(1).wait_for()
+        page.get_by_role("button", name="Remove other.png").click()
+        assert page.locator("#attachments .attachment").count() == 1
+        # files the server or this model would refuse are named where errors show; the image stays
+        page.set_input_files("#attach-file", files=[_file("notes.txt", "text/plain", b"hello")])
+        page.wait_for_selector("#chat-error:text-matches('notes.txt is not a PNG')", state="attached")
+        page.set_input_files("#attach-file", files=[_file("tone.wav", "audio/wav", _wav(0.1, 440))])
+        page.wait_for_selector(f"#chat-error:text-is('model `{VISION}` takes no audio input')", state="attached")
+        assert page.locator("#attachments .attachment").count() == 1
+        _screenshot(page, tmp_path / "web-image-attached.png")
+
+        page.fill("#max-tokens", "12")
+        body = _send_and_answer(page, "What is in this picture?", answers=1)
+        assert body["model"] == VISION
+        [question] = body["messages"]
+        text, part = question["content"]
+        assert text == {"type": "text", "text": "What is in this picture?"}
+        assert part["type"] == "image_url"
+        url = part["image_url"]["url"]
+        assert url.startswith("data:image/png;base64,") and base64.b64decode(url.partition(",")[2]) == image
+        assert (page.locator(".msg.assistant .text").first.text_content() or "").strip()  # an answer came
+        assert page.locator("#chat-error").text_content() == ""
+        sent = page.locator(".msg.user .media img.thumb")
+        assert sent.count() == 1 and sent.get_attribute("src") == url  # the message shows its image...
+        assert page.locator("#attachments").is_hidden()  # ...and the box has none waiting
+        _screenshot(page, tmp_path / "web-image-chat.png")
+
+        # the next turn sends the image again, in the history
+        body = _send_and_answer(page, "And its colours?", answers=2)
+        assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+        assert body["messages"][0]["content"][1]["image_url"]["url"] == url
+        assert body["messages"][2]["content"] == "And its colours?"
+
+        # the text-only model refuses the history's image: the server's message shows
+        page.select_option("#model", MODEL_ID)
+        page.fill("#prompt", "Hello?")
+        with page.expect_response("**/v1/chat/completions") as answer:
+            page.press("#prompt", "Enter")
+        assert answer.value.status == 400
+        page.locator(".msg.assistant .stats").nth(2).wait_for(timeout=60_000)
+        assert page.locator("#chat-error").text_content() == f"model `{MODEL_ID}` takes no image input"
+    finally:
+        context.close()
+
+
+@pytest.mark.integration
+def test_pasted_and_dropped_images_attach_and_audio_goes_as_input_audio(browser, media_server, tmp_path):
+    context, page = _open_with_key(browser, media_server)
+    try:
+        page.select_option("#model", VISION)
+        pasted, dropped = _png(48, 48, seed=3), _png(40, 40, seed=4)
+        page.evaluate(  # a screenshot pasted from the clipboard: a file, no text
+            """(b64) => {
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                const data = new DataTransfer();
+                data.items.add(new File([bytes], 'image.png', {type: 'image/png'}));
+                const paste = new ClipboardEvent('paste', {clipboardData: data, bubbles: true, cancelable: true});
+                document.getElementById('prompt').dispatchEvent(paste);
+            }""",
+            base64.b64encode(pasted).decode(),
+        )
+        page.locator("#attachments img.thumb").wait_for()
+        assert page.locator("#prompt").input_value() == ""
+        files = page.evaluate_handle(
+            """(b64) => {
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                const data = new DataTransfer();
+                data.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
+                return data;
+            }""",
+            base64.b64encode(dropped).decode(),
+        )
+        page.dispatch_event("#prompt", "dragover", {"dataTransfer": files})
+        assert "dropping" in (page.locator("#composer").get_attribute("class") or "")
+        page.dispatch_event("#prompt", "drop", {"dataTransfer": files})
+        page.locator("#attachments img.thumb").nth(1).wait_for()
+        assert "dropping" not in (page.locator("#composer").get_attribute("class") or "")
+        urls = [t.get_attribute("src") for t in page.locator("#attachments img.thumb").all()]
+        assert [base64.b64decode((u or "").partition(",")[2]) for u in urls] == [pasted, dropped]  # in order
+        page.click("#new-chat")  # a new chat starts with nothing attached
+        assert page.locator("#attachments").is_hidden()
+
+        page.select_option("#model", AUDIO)
+        assert "audio" in (page.locator("#attach").get_attribute("title") or "")
+        tone = _wav(1.0, 440)
+        page.set_input_files("#attach-file", files=[_file("tone.wav", "audio/wav", tone)])
+        chip = page.locator("#attachments .attachment.audio .chip")
+        chip.wait_for()
+        assert chip.text_content() == "♪ tone.wav"
+        page.fill("#max-tokens", "12")
+        page.fill("#prompt", "")  # the file alone is a message
+        with page.expect_request("**/v1/chat/completions") as sent:
+            page.click("#send")
+        page.locator(".msg.assistant .stats").wait_for(timeout=120_000)
+        [question] = sent.value.post_data_json["messages"]
+        sound = {"data": base64.b64encode(tone).decode(), "format": "wav"}
+        assert question["content"] == [{"type": "input_audio", "input_audio": sound}]
+        assert page.locator("#chat-error").text_content() == ""
+        assert (page.locator(".msg.assistant .text").text_content() or "").strip()
+        assert page.locator(".msg.user .media .chip").text_content() == "♪ tone.wav"
+        _screenshot(page, tmp_path / "web-audio-chat.png")
+    finally:
+        context.close()

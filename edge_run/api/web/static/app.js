@@ -11,7 +11,9 @@ const state = {
   key: null,          // the API key, or null when this server runs without auth
   models: [],         // model ids, in the server's order
   loads: {},          // model id -> {state: "loaded" | "loading" | "unloaded" | "failed", error}, kept by /health
-  history: [],        // the conversation sent with each request: [{role, content}]
+  inputs: {},         // model id -> what its prompts may hold: ["text", "image", "audio"] (empty: an upstream's)
+  history: [],        // the conversation sent with each request: [{role, content}], attachments kept in it
+  attachments: [],    // the files for the next message: [{kind: "image" | "audio", name, part}], in order
   abort: null,        // AbortController of the answer being streamed
   revealed: false,
   tab: "curl",
@@ -77,7 +79,10 @@ async function loadModels() {
   if (!r.ok) throw new Error(await errorMessage(r));
   const models = (await r.json()).data;
   state.models = models.map((m) => m.id);
-  for (const m of models) state.loads[m.id] = { state: m.status, error: m.error };
+  for (const m of models) {
+    state.loads[m.id] = { state: m.status, error: m.error };
+    state.inputs[m.id] = m.inputs || [];
+  }
   // the chat picker offers the models that chat (an upstream lists no capabilities); details, every model
   const chat = models.filter((m) => !m.capabilities?.length || m.capabilities.includes("chat")).map((m) => m.id);
   for (const [select, ids] of [[$("model"), chat], [$("details-model"), state.models]]) {
@@ -88,6 +93,7 @@ async function loadModels() {
     else if (firstLoaded) select.value = firstLoaded;
   }
   labelModels();
+  allowAttachments();
   return true;
 }
 
@@ -173,13 +179,20 @@ async function enter() {
 
 // ---- chat ----------------------------------------------------------------------------------
 
-function addMessage(role, text) {
+/** A message bubble: its text, then the thumbnails and audio chips of its attachments. */
+function addMessage(role, text, attachments = []) {
   const el = document.createElement("div");
   el.className = `msg ${role}`;
   const body = document.createElement("span");
   body.className = "text";
   body.textContent = text;
   el.append(body);
+  if (attachments.length) {
+    const media = document.createElement("div");
+    media.className = "media";
+    media.append(...attachments.map(mediaItem));
+    el.append(media);
+  }
   $("messages").append(el);
   el.scrollIntoView({ block: "end" });
   return el;
@@ -256,12 +269,17 @@ function toolCard(bubble, cards, index) {
   return (cards[index] = { name: "", args: "", nameEl: name, argsEl: args });
 }
 
-async function send(text) {
+async function send(text, attachments) {
   $("chat-error").textContent = "";
   const model = $("model").value;
   const system = $("system").value.trim();
-  state.history.push({ role: "user", content: text });
-  addMessage("user", text);
+  // With attachments the content is OpenAI's parts: the text (if any), then each file in the order attached.
+  // They stay in the history, so later turns send them again (the server has them cached).
+  const content = attachments.length
+    ? [...(text ? [{ type: "text", text }] : []), ...attachments.map((a) => a.part)]
+    : text;
+  state.history.push({ role: "user", content });
+  addMessage("user", text, attachments);
   const bubble = addMessage("assistant", "");
   bubble.classList.add("pending");
   const out = bubble.querySelector(".text");
@@ -374,6 +392,143 @@ async function send(text) {
     $("send").hidden = false;
     $("stop").hidden = true;
   }
+}
+
+// ---- attachments ---------------------------------------------------------------------------
+
+// What the server takes (PNG, JPEG, GIF, BMP images; WAV, MP3, FLAC audio): each MIME type a browser may give a
+// file -> its kind and what the request names it by (an image's data: URL type, an audio part's format).
+const MEDIA_TYPES = {
+  "image/png": ["image", "image/png"], "image/jpeg": ["image", "image/jpeg"], "image/gif": ["image", "image/gif"],
+  "image/bmp": ["image", "image/bmp"], "image/x-ms-bmp": ["image", "image/bmp"],
+  "audio/wav": ["audio", "wav"], "audio/x-wav": ["audio", "wav"], "audio/wave": ["audio", "wav"],
+  "audio/vnd.wave": ["audio", "wav"], "audio/mpeg": ["audio", "mp3"], "audio/mp3": ["audio", "mp3"],
+  "audio/flac": ["audio", "flac"], "audio/x-flac": ["audio", "flac"],
+};
+// for a file the browser gives no type (or a vague one): its extension
+const MEDIA_EXTENSIONS = {
+  png: "image/png", jpg: "image/jpeg", jpeg: "image/jpeg", gif: "image/gif", bmp: "image/bmp",
+  wav: "audio/wav", mp3: "audio/mpeg", flac: "audio/flac",
+};
+const MEDIA_ACCEPT = { image: "image/png,image/jpeg,image/gif,image/bmp", audio: "audio/wav,audio/mpeg,audio/flac" };
+const MEDIA_TEXT = { image: "an image (PNG, JPEG, GIF, BMP)", audio: "audio (WAV, MP3, FLAC)" };
+
+/** The kinds of file the selected model takes besides text; an upstream lists none and is sent what it is given. */
+function mediaTaken() {
+  const inputs = state.inputs[$("model").value];
+  if (!inputs) return [];
+  return inputs.length ? inputs.filter((input) => input !== "text") : ["image", "audio"];
+}
+
+/** The attach button, for the selected model: enabled when it takes images or audio, and saying which. */
+function allowAttachments() {
+  const kinds = mediaTaken();
+  $("attach").disabled = !kinds.length;
+  $("attach").title = kinds.length
+    ? `Attach ${kinds.map((kind) => MEDIA_TEXT[kind]).join(" or ")}; or paste or drop it on the message`
+    : "this model takes text only";
+  $("attach-file").accept = kinds.map((kind) => MEDIA_ACCEPT[kind]).join(",");
+}
+
+/** A file's kind and request type, by its MIME type or else its extension; null for a file the server refuses. */
+function mediaType(file) {
+  const extension = file.name.includes(".") ? file.name.split(".").pop().toLowerCase() : "";
+  return MEDIA_TYPES[file.type.toLowerCase()] || MEDIA_TYPES[MEDIA_EXTENSIONS[extension]] || null;
+}
+
+function readDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+/** Adds files to the next message, in order; one the server or the model would refuse is named in the error line. */
+async function attach(files) {
+  $("chat-error").textContent = "";
+  const model = $("model").value;
+  const refused = [];
+  for (const file of files) {
+    const name = file.name || "pasted file";
+    const type = mediaType(file);
+    if (!type) {
+      refused.push(`${name} is not a PNG, JPEG, GIF or BMP image, nor WAV, MP3 or FLAC audio`);
+      continue;
+    }
+    const [kind, as] = type;
+    if (!mediaTaken().includes(kind)) {
+      refused.push(`model \`${model}\` takes no ${kind} input`);
+      continue;
+    }
+    try {
+      const url = await readDataUrl(file);
+      const data = url.slice(url.indexOf(",") + 1);
+      const part = kind === "image"
+        ? { type: "image_url", image_url: { url: `data:${as};base64,${data}` } }
+        : { type: "input_audio", input_audio: { data, format: as } };
+      state.attachments.push({ kind, name, part });
+    } catch (err) {
+      refused.push(`${name} could not be read: ${err.message}`);
+    }
+  }
+  renderAttachments();
+  if (refused.length) $("chat-error").textContent = refused.join("\n");
+}
+
+/** An attachment as shown: an image's thumbnail, or a chip with an audio file's name. */
+function mediaItem(attachment) {
+  if (attachment.kind === "image") {
+    const thumb = Object.assign(document.createElement("img"), { className: "thumb", alt: attachment.name });
+    thumb.src = attachment.part.image_url.url;
+    thumb.title = attachment.name;
+    return thumb;
+  }
+  const chip = Object.assign(document.createElement("span"), { className: "chip", textContent: `♪ ${attachment.name}` });
+  chip.title = attachment.name;
+  return chip;
+}
+
+/** The attachments waiting above the message box, each with its remove button. */
+function renderAttachments() {
+  const list = $("attachments");
+  list.replaceChildren(...state.attachments.map((attachment) => {
+    const item = document.createElement("div");
+    item.className = `attachment ${attachment.kind}`;
+    const remove = button("×", () => {
+      state.attachments = state.attachments.filter((a) => a !== attachment);
+      renderAttachments();
+    }, `Remove ${attachment.name}`);
+    remove.className = "remove";
+    item.append(mediaItem(attachment), remove);
+    return item;
+  }));
+  list.hidden = !state.attachments.length;
+  $("prompt").required = !state.attachments.length;  // attachments alone make a message
+}
+
+/** Files dropped on the message box attach; dropped anywhere else, they are refused rather than opened in the
+ * page's place (which would lose the conversation). */
+function wireDrop() {
+  const composer = $("composer");
+  const carriesFiles = (e) => e.dataTransfer?.types.includes("Files");
+  const over = (e) => {
+    if (!carriesFiles(e)) return;
+    e.preventDefault();
+    const inside = composer.contains(e.target);
+    e.dataTransfer.dropEffect = inside ? "copy" : "none";
+    composer.classList.toggle("dropping", inside);
+  };
+  window.addEventListener("dragenter", over);
+  window.addEventListener("dragover", over);
+  window.addEventListener("dragleave", (e) => { if (!e.relatedTarget) composer.classList.remove("dropping"); });
+  window.addEventListener("drop", (e) => {
+    if (!carriesFiles(e)) return;
+    e.preventDefault();
+    composer.classList.remove("dropping");
+    if (composer.contains(e.target)) attach([...e.dataTransfer.files]);
+  });
 }
 
 // ---- library -------------------------------------------------------------------------------
@@ -764,10 +919,27 @@ function wire() {
   $("composer").addEventListener("submit", (e) => {
     e.preventDefault();
     const text = $("prompt").value.trim();
-    if (!text || state.abort) return;
+    if ((!text && !state.attachments.length) || state.abort) return;
+    const attachments = state.attachments;
+    state.attachments = [];
+    renderAttachments();
     $("prompt").value = "";
-    send(text);
+    send(text, attachments);
   });
+  $("model").addEventListener("change", allowAttachments);
+  $("attach").addEventListener("click", () => $("attach-file").click());
+  $("attach-file").addEventListener("change", async () => {
+    const input = $("attach-file");
+    await attach([...input.files]);
+    input.value = "";  // the same file again is a change too
+  });
+  $("prompt").addEventListener("paste", (e) => {
+    const files = [...(e.clipboardData?.files || [])];
+    if (!files.length) return;  // text: the box takes it as always
+    e.preventDefault();
+    attach(files);
+  });
+  wireDrop();
   $("prompt").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
@@ -778,6 +950,8 @@ function wire() {
   $("new-chat").addEventListener("click", () => {
     if (state.abort) state.abort.abort();
     state.history = [];
+    state.attachments = [];
+    renderAttachments();
     $("messages").replaceChildren();
     $("chat-error").textContent = "";
     $("prompt").focus();
