@@ -2,7 +2,7 @@
 
     python bench/synth.py --shape llama-1b|llama-8b|tiny --type q4_k_m|q8_0 --out FILE
     python bench/synth.py embed-cls|embed-last|rerank --out DIR [--seed N]   (synth_retrieval.py; prints the path)
-    python bench/synth.py vision|audio --out DIR [--seed N] [--check]   (synth_media.py: tiny mmproj; prints the path)
+    python bench/synth.py vision|audio --out DIR [--seed N] [--size S] [--check]   (synth_media.py: mmproj; prints path)
 
 Writes a ``llama``-architecture GGUF shaped like Llama 3.2 1B or Llama 3.1 8B (or a tiny one for tests), with
 SmolLM2's tokenizer (tokens, merges, token types, special ids, chat template) read from the test model on disk.
@@ -241,18 +241,21 @@ def main_media(argv: list[str]) -> int:
     """``KIND --out DIR``: a tiny multimodal projector (see synth_media.py); prints the path it wrote."""
     import json
 
-    from synth_media import KINDS, N_EMBD_TEXT, check, write_media
+    from synth_media import KINDS, N_EMBD_TEXT, VISION_SIZES, check, write_media
 
     p = argparse.ArgumentParser(prog="synth.py", description=main_media.__doc__)
     p.add_argument("kind", choices=KINDS)
     p.add_argument("--out", type=Path, required=True, help="a folder: the file is DIR/synth-KIND-mmproj.gguf")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-embd-text", type=int, default=N_EMBD_TEXT, help="the text model's embedding size")
+    p.add_argument("--size", choices=list(VISION_SIZES), default="tiny", help="vision: smolvlm-256m is the real tower")
     p.add_argument("--check", action="store_true", help="load it with llama_cpp's mtmd, encode, print a JSON line")
     p.add_argument("--text-model", type=Path, default=DEFAULT_TOKENIZER, help="--check: the text model to pair")
     args = p.parse_args(argv)
     start = time.perf_counter()
-    out = write_media(args.kind, args.out, args.seed, args.n_embd_text)
+    if args.size != "tiny" and args.kind != "vision":
+        p.error("--size: vision only")
+    out = write_media(args.kind, args.out, args.seed, args.n_embd_text, args.size)
     print(f"{out}: {out.stat().st_size / 1e6:.2f} MB in {time.perf_counter() - start:.2f} s", file=sys.stderr)
     print(out, flush=True)
     if args.check:

@@ -1,6 +1,6 @@
 """Tiny random-weight multimodal projectors ("mmproj" GGUFs, as llama.cpp's tools/mtmd/clip.cpp loads them).
 
-    python bench/synth.py vision|audio --out DIR [--seed N] [--check [--text-model GGUF]]
+    python bench/synth.py vision|audio --out DIR [--seed N] [--size tiny|smolvlm-256m] [--check [--text-model GGUF]]
 
 For tests that cannot download a real vision or audio model; they pair with a text model of ``n_embd_text``
 (576: SmolLM2-135M, the test model, which is SmolVLM-256M's text model). The metadata and tensors are what
@@ -10,7 +10,9 @@ convert_hf_to_gguf.py writes (conversion/smolvlm.py, conversion/ultravox.py), on
   2 layers, 4 heads, GELU, post-norm, then pixel shuffle by scale_factor 4 and ``mm.model.fc`` (no bias) to
   ``n_embd_text``: 4 tokens per 64x64 tile. ``preproc_image_size`` (the processor's longest_edge) 128: mtmd resizes
   an image so that its longest side is 128, then to multiples of 64, and cuts it into tiles (a 2x2 grid at most)
-  plus a 64x64 overview, each its own image chunk.
+  plus a 64x64 overview, each its own image chunk. ``--size smolvlm-256m`` (vision only) writes SmolVLM-256M's own
+  tower instead, for speed: image 512, patch 16, hidden 768, 12 layers, 12 heads, FFN 3072, longest edge 2048
+  (every image becomes 2048 on its longest side: up to 16 tiles of 64 tokens plus the overview), 190 MB.
 - ``audio``: projector ``ultravox``: a Whisper encoder on 128 mel bins (conv1d k3 s1, conv1d k3 s2, GELU), hidden 64,
   2 layers, 4 heads, 1500 positions (30 s), then the Ultravox projector: frames stacked by 15 (not 8, see A_STACK),
   RMS norm, SwiGLU MLP (960 -> 2x256), RMS norm, 256 -> ``n_embd_text``. mtmd cuts audio into 30 s windows (the
@@ -27,6 +29,7 @@ import math
 import struct
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +37,30 @@ import synth
 
 KINDS = synth.MEDIA_KINDS
 N_EMBD_TEXT = 576  # SmolLM2-135M
-# vision (idefics3): SmolVLM-256M is image 512, patch 16, hidden 768, 12 layers, 12 heads, ffn 3072, scale 4, edge 2048
-V_IMAGE, V_PATCH, V_HIDDEN, V_LAYERS, V_HEADS, V_FFN, V_SCALE, V_LONGEST_EDGE = 64, 8, 64, 2, 4, 256, 4, 128
+
+
+@dataclass(frozen=True)
+class VisionSize:
+    """A SigLIP tower and idefics3 projector: tile side, patch, hidden, layers, heads, FFN, pixel-shuffle scale, and
+    the processor's longest edge (mtmd resizes every image so that its longest side is this, then cuts tiles)."""
+
+    image: int
+    patch: int
+    hidden: int
+    layers: int
+    heads: int
+    ffn: int
+    scale: int
+    longest_edge: int
+
+
+VISION_SIZES = {
+    "tiny": VisionSize(64, 8, 64, 2, 4, 256, 4, 128),
+    # HuggingFaceTB/SmolVLM-256M-Instruct: vision_config (SigLIP base patch16-512) and scale_factor from config.json,
+    # preprocessor_config.json's size.longest_edge 2048 and max_image_size 512: 16 tiles of 64 tokens + an overview
+    "smolvlm-256m": VisionSize(512, 16, 768, 12, 12, 3072, 4, 2048),
+}
+
 # audio (ultravox): ultravox-v0_5 is whisper-large-v3-turbo (128 mels, hidden 1280, 32 layers, 20 heads), stack 8.
 # Stack 8 aborts this clip.cpp: it counts 3000/8/2 = 187 tokens a window, its graph makes ceil(1500/8) = 188, and
 # clip_encode GGML_ABORTs on the mismatch; a factor that divides 1500 agrees. 15 (MERaLiON's): 100 tokens a window.
@@ -82,32 +107,33 @@ def _blocks(w, r: _Rand, prefix: str, layers: int, h: int, f: int, k_bias: bool)
     w.add_tensor(f"{prefix}.post_ln.bias", np.zeros(h, dtype=np.float32))
 
 
-def write_vision(out: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT) -> None:
+def write_vision(out: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT, size: str = "tiny") -> None:
     """clip.cpp's PROJECTOR_TYPE_IDEFICS3 (models/siglip.cpp): SigLIP ViT, pixel shuffle, ``mm.model.fc``."""
-    gguf, r, h = synth._gguf(), _Rand(seed), V_HIDDEN
-    w = _header(gguf, out, "synthetic tiny SmolVLM mmproj (idefics3, random weights)")
+    v = VISION_SIZES[size]
+    gguf, r, h = synth._gguf(), _Rand(seed), v.hidden
+    w = _header(gguf, out, f"synthetic {size} SmolVLM mmproj (idefics3, random weights)")
     w.add_clip_has_vision_encoder(True)
     w.add_vision_projection_dim(n_embd_text)
-    w.add_vision_image_size(V_IMAGE)
-    w.add_vision_patch_size(V_PATCH)
+    w.add_vision_image_size(v.image)
+    w.add_vision_patch_size(v.patch)
     w.add_vision_embedding_length(h)
-    w.add_vision_feed_forward_length(V_FFN)
-    w.add_vision_block_count(V_LAYERS)
-    w.add_vision_head_count(V_HEADS)
+    w.add_vision_feed_forward_length(v.ffn)
+    w.add_vision_block_count(v.layers)
+    w.add_vision_head_count(v.heads)
     w.add_vision_image_mean([0.5, 0.5, 0.5])
     w.add_vision_image_std([0.5, 0.5, 0.5])
     w.add_clip_projector_type(gguf.VisionProjectorType.IDEFICS3)
     w.add_vision_attention_layernorm_eps(1e-6)
-    w.add_vision_projector_scale_factor(V_SCALE)
+    w.add_vision_projector_scale_factor(v.scale)
     w.add_vision_use_gelu(True)
-    w.add_vision_preproc_image_size(V_LONGEST_EDGE)
+    w.add_vision_preproc_image_size(v.longest_edge)
 
-    n_patches = (V_IMAGE // V_PATCH) ** 2
-    w.add_tensor("v.patch_embd.weight", r.f32(h, 3, V_PATCH, V_PATCH))  # conv2d kernel, ne [p, p, 3, h]
+    n_patches = (v.image // v.patch) ** 2
+    w.add_tensor("v.patch_embd.weight", r.f32(h, 3, v.patch, v.patch))  # conv2d kernel, ne [p, p, 3, h]
     w.add_tensor("v.patch_embd.bias", r.bias(h))
     w.add_tensor("v.position_embd.weight", r.f32(n_patches, h))
-    _blocks(w, r, "v", V_LAYERS, h, V_FFN, k_bias=True)
-    w.add_tensor("mm.model.fc.weight", r.f16(n_embd_text, h * V_SCALE * V_SCALE))
+    _blocks(w, r, "v", v.layers, h, v.ffn, k_bias=True)
+    w.add_tensor("mm.model.fc.weight", r.f16(n_embd_text, h * v.scale * v.scale))
     _finish(w)
 
 
@@ -146,13 +172,20 @@ def _finish(w) -> None:
     w.close()
 
 
-def write_media(kind: str, out_dir: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT) -> Path:
-    """Write ``out_dir/synth-{kind}-mmproj.gguf``."""
+def write_media(kind: str, out_dir: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT, size: str = "tiny") -> Path:
+    """Write ``out_dir/synth-{kind}-mmproj.gguf`` (vision of another ``size``: ``synth-vision-{size}-mmproj.gguf``)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
+    if size != "tiny" and kind != "vision":
+        raise ValueError(f"{kind}: only the tiny size")
+    if size not in VISION_SIZES:
+        raise ValueError(f"unknown size {size!r}: one of {', '.join(VISION_SIZES)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"synth-{kind}-mmproj.gguf"
-    (write_vision if kind == "vision" else write_audio)(out, seed, n_embd_text)
+    out = out_dir / (f"synth-{kind}-mmproj.gguf" if size == "tiny" else f"synth-{kind}-{size}-mmproj.gguf")
+    if kind == "vision":
+        write_vision(out, seed, n_embd_text, size)
+    else:
+        write_audio(out, seed, n_embd_text)
     return out
 
 
