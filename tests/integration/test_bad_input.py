@@ -3,6 +3,7 @@ or Anthropic's on ``/v1/messages``), never a 5xx, and the server keeps serving a
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import httpx
@@ -207,6 +208,44 @@ def test_logit_bias_with_100000_entries_is_400(server, path):
     r = post(server, path, {**VALID[path], "logit_bias": {str(i): 1 for i in range(100_000)}})
     assert r.status_code == 400
     assert error_of(r, path)["param"] == "logit_bias"
+
+
+_BIG_PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (10_000).to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00"
+BAD_IMAGES = {  # a data: URL (or URL) and the words its 400 says; all refused before any model is touched
+    "100 megapixels": ("data:image/png;base64," + base64.b64encode(_BIG_PNG).decode(), "10000x10000"),
+    "truncated base64": ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAE", "not valid base64"),
+    "webp": ("data:image/webp;base64,UklGRgAAAABXRUJQ", "image/webp"),
+    "not an image": ("data:image/png;base64," + base64.b64encode(b"hello").decode(), "is not a PNG"),
+    "url": ("https://example.com/cat.png", "data: URL"),
+}
+
+
+def _with_image(path: str, url: str) -> tuple[dict[str, Any], str]:
+    """A body asking about the image in ``path``'s wire format, and the param its refusal names."""
+    if path == "/chat/completions":
+        content = [{"type": "text", "text": "Hi"}, {"type": "image_url", "image_url": {"url": url}}]
+        return {**VALID[path], "messages": [{"role": "user", "content": content}]}, "messages[0].content[1]"
+    if path == "/responses":
+        content = [{"type": "input_text", "text": "Hi"}, {"type": "input_image", "image_url": url}]
+        return {**VALID[path], "input": [{"role": "user", "content": content}]}, "input[0].content[1]"
+    mime, _, data = url.removeprefix("data:").partition(";base64,")
+    source = {"type": "base64", "media_type": mime, "data": data} if data else {"type": "url", "url": url}
+    content = [{"type": "text", "text": "Hi"}, {"type": "image", "source": source}]
+    return {**VALID[path], "messages": [{"role": "user", "content": content}]}, "messages[0].content[1].source"
+
+
+@pytest.mark.parametrize("case", list(BAD_IMAGES))
+@pytest.mark.parametrize("path", ROUTES)
+def test_a_bad_image_is_400_naming_its_part_on_every_route(server, path, case):
+    url, words = BAD_IMAGES[case]
+    body, param = _with_image(path, url)
+    r = post(server, path, body)
+    assert r.status_code == 400, r.text
+    error = error_of(r, path)
+    assert words in error["message"], error
+    assert error["param"] in (param, None), error  # Anthropic's envelope has no param: the message names it
+    if error["param"] is None:
+        assert param in error["message"], error
 
 
 def test_the_server_still_answers_after_all_of_it(server):
