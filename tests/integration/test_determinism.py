@@ -100,6 +100,13 @@ def test_a_conversation_is_answered_the_same_warm_and_cold(make_server, cold) ->
         assert i == 0 or cached >= 128  # the conversation so far, in whole blocks, but its latest ones
     figures = warm.health()["models"][0]
     assert figures["drafts_accepted"] > 0  # the repeated passage was drafted
+    # each answer reports its own drafts in usage, as OpenAI's predicted outputs do
+    body = {**cold[1][1][0], "max_tokens": 60}
+    r = c.chat.completions.create(model=MODEL_ID, **body)
+    after = warm.health()["models"][0]
+    details = r.usage.completion_tokens_details
+    assert details.accepted_prediction_tokens == after["drafts_accepted"] - figures["drafts_accepted"] > 0
+    assert details.rejected_prediction_tokens == after["drafts_rejected"] - figures["drafts_rejected"]
 
 
 def test_a_cached_prefix_that_ends_inside_the_final_block_gives_the_cold_answer(make_server, cold) -> None:
