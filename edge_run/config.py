@@ -97,6 +97,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     reasoning_budget: Annotated[int, msgspec.Meta(ge=-1)] = -1  # a thought's tokens at most; -1: no limit
     pooling: Pooling | None = None  # how models embed; None: each model's own (a chat model: mean)
     device_sampling: bool | None = None
+    allow_image_urls: bool = False  # fetch images that requests name by http(s) URL (off: a 400)
     mmproj_offload: bool = True  # a model offloaded whole puts its projector on the GPU too
     allowed_hosts: list[str] = []
     cors_origins: list[str] = []

@@ -221,6 +221,7 @@ def app_services(
     access_log: AccessLog | None = None,
     library: Library | None = None,
     files: ModelFiles | None = None,
+    images: bool = False,
 ) -> Services:
     """The app's long-lived objects around ``registry``. ``keys=None`` turns auth off, and with it limits and usage.
 
@@ -229,6 +230,8 @@ def app_services(
     are the model files Ollama's pull, copy and delete change.
     """
     # the HTTP layer loads only to serve: `models` commands use this module's helpers too
+    import httpx
+
     from edge_run.api.deps import Services
     from edge_run.api.http.health import Preload
     from edge_run.api.http.metrics import Metrics
@@ -237,6 +240,7 @@ def app_services(
     from edge_run.keys.limits import Limiter
     from edge_run.keys.usage import UsageLog
     from edge_run.models.changes import ModelChanges
+    from edge_run.serving.media import ImageFetcher
 
     usage = UsageLog(keys) if keys is not None else None
     login_codes = LoginCodes()
@@ -256,6 +260,7 @@ def app_services(
         library=library,
         files=files,
         changes=ModelChanges(files, registry) if files is not None else None,
+        images=ImageFetcher(httpx.AsyncClient(timeout=10, follow_redirects=True, max_redirects=3)) if images else None,
     )
 
 
@@ -297,6 +302,7 @@ def build_server(settings: Settings, paths: Paths, keys: KeyStore | None, *, log
         access_log=access_log,
         library=library(settings, paths),
         files=ModelFiles(paths, list(settings.model)),
+        images=settings.allow_image_urls,
     )
     app = create_app(
         services,

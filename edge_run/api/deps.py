@@ -20,6 +20,7 @@ from edge_run.api.relay import relay
 from edge_run.errors import InvalidRequest, ModelNotFound, Overloaded, RateLimited, UnsupportedTask
 from edge_run.keys.limits import Limiter
 from edge_run.models.registry import ModelRegistry, ModelSpec
+from edge_run.serving.media import ImageFetcher, fetch_images
 from edge_run.serving.metering import MeteredEngine
 from edge_run.upstream.pool import UpstreamPool
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from edge_run.models.changes import ModelChanges
     from edge_run.models.library import Library
     from edge_run.models.manage import ModelFiles
+    from edge_run.serving.request import GenRequest
 
 __all__ = ["ModelAccess", "Services", "dependencies"]
 
@@ -58,6 +60,7 @@ class Services:
     library: Library | None = None  # the models one can pull, and what fits (``GET /v1/library``)
     files: ModelFiles | None = None  # the model files Ollama's pull, copy and delete change (None: they 400)
     changes: ModelChanges | None = None  # pulls under way, and models forgotten (None without ``files``)
+    images: ImageFetcher | None = None  # images by URL (``--allow-image-urls``); None: refused
 
 
 def _constant(value: object) -> Provide:
@@ -79,6 +82,7 @@ def dependencies(services: Services) -> dict[str, Provide]:
         "library": services.library,
         "files": services.files,
         "changes": services.changes,
+        "images": services.images,
     }
     return {
         **{name: _constant(value) for name, value in named.items()},
@@ -87,9 +91,12 @@ def dependencies(services: Services) -> dict[str, Provide]:
 
 
 def _access(
-    request: Request, registry: NamedDependency[ModelRegistry], limiter: NamedDependency[Limiter | None]
+    request: Request,
+    registry: NamedDependency[ModelRegistry],
+    limiter: NamedDependency[Limiter | None],
+    images: NamedDependency[ImageFetcher | None],
 ) -> ModelAccess:
-    return ModelAccess(request, registry, limiter)
+    return ModelAccess(request, registry, limiter, images)
 
 
 @dataclass
@@ -100,6 +107,11 @@ class ModelAccess:
     request: Request
     registry: ModelRegistry
     limiter: Limiter | None
+    images: ImageFetcher | None = None  # images by URL, fetched before the model (:meth:`fetched`)
+
+    async def fetched(self, gen: GenRequest) -> GenRequest:
+        """``gen`` with its images by URL fetched (or refused, when the server fetches none): before any model."""
+        return await fetch_images(gen, self.images)
 
     def spec(self, model: str, needs: str = "chat") -> ModelSpec | None:
         """The local model's spec (None for an upstream), once the key may use it and it serves ``needs``

@@ -227,6 +227,13 @@ class _GpuLayers(click.ParamType):
     "(-1: no limit; a request's `reasoning_budget` or Anthropic's `budget_tokens` overrides it).  [default: -1]",
 )
 @click.option(
+    "--allow-image-urls",
+    is_flag=True,
+    default=None,
+    help="Fetch images that requests name by http(s) URL (20 MB at most, 10 s). Off: only inline data: URLs; "
+    "a server that fetches what requests name can be made to reach hosts only it can see.",
+)
+@click.option(
     "--mmproj-offload/--no-mmproj-offload",
     default=None,
     help="Put a model's multimodal projector on the GPU when the model is offloaded whole.  [default: on]",

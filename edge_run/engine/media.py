@@ -30,6 +30,7 @@ class MediaInput:
     kind: str  # "image" or "audio"
     data: bytes
     param: str  # the request field it came in, named in errors
+    url: str = ""  # an image to fetch first (``--allow-image-urls``): ``data`` is empty until then
 
 
 @dataclass(eq=False)

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import struct
+from typing import TYPE_CHECKING
 
 from edge_run.engine import MediaInput
 from edge_run.errors import InvalidRequest
 
-__all__ = ["MAX_PIXELS", "audio_bytes", "audio_input", "image_base64", "image_input"]
+if TYPE_CHECKING:
+    import httpx
+
+    from edge_run.serving.request import GenRequest
+
+__all__ = ["MAX_PIXELS", "ImageFetcher", "audio_bytes", "audio_input", "fetch_images", "image_base64", "image_input"]
 
 MAX_PIXELS = 50_000_000  # an image's width x height at most (a 48-megapixel phone photo passes)
 _IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/gif", "image/bmp")
@@ -34,11 +41,7 @@ def _base64(data: str, param: str) -> bytes:
 def image_input(url: str, param: str) -> MediaInput:
     """An image from an ``image_url`` (a ``data:image/...;base64,`` URL; fetching http(s) URLs is off)."""
     if url.startswith(("http://", "https://")):
-        raise InvalidRequest(
-            f"`{param}`: image URLs are not fetched by this server; send the image inline as a data: URL "
-            "(data:image/png;base64,...)",
-            param=param,
-        )
+        return MediaInput("image", b"", param, url=url)  # fetched before the model, if the server allows it
     head, sep, data = url.partition(",")
     if not (url.startswith("data:") and sep and head.endswith(";base64")):
         raise InvalidRequest(f"`{param}` must be a data: URL with base64 (data:image/png;base64,...)", param=param)
@@ -64,6 +67,54 @@ def image_bytes(raw: bytes, param: str) -> MediaInput:
             f"`{param}`: a {width}x{height} image is not taken: {MAX_PIXELS:,} pixels at most", param=param
         )
     return MediaInput("image", raw, param)
+
+
+class ImageFetcher:
+    """Images by ``http(s)`` URL (``serve --allow-image-urls``): at most ``max_bytes``, within ``timeout`` seconds.
+
+    Off by default: a server that fetches what a request names can be made to reach hosts only it can see."""
+
+    def __init__(self, client: httpx.AsyncClient, *, max_bytes: int = 20 << 20) -> None:
+        self._client = client
+        self.max_bytes = max_bytes
+
+    async def get(self, url: str, param: str) -> MediaInput:
+        import httpx
+
+        try:
+            async with self._client.stream("GET", url) as r:
+                if r.status_code != 200:
+                    raise InvalidRequest(f"`{param}`: fetching the image answered {r.status_code}", param=param)
+                kind = r.headers.get("content-type", "").split(";")[0].strip().lower()
+                if kind not in _IMAGE_TYPES:
+                    raise InvalidRequest(f"`{param}`: the URL is `{kind or 'untyped'}`, not an image", param=param)
+                raw = b""
+                async for part in r.aiter_bytes():
+                    raw += part
+                    if len(raw) > self.max_bytes:
+                        raise InvalidRequest(f"`{param}`: the image is over {self.max_bytes:,} bytes", param=param)
+        except httpx.HTTPError as exc:
+            why = type(exc).__name__
+            raise InvalidRequest(f"`{param}`: the image could not be fetched ({why})", param=param) from None
+        return image_bytes(raw, param)
+
+
+async def fetch_images(req: GenRequest, fetcher: ImageFetcher | None) -> GenRequest:
+    """``req`` with its images by URL fetched; a 400 naming the first when the server fetches none."""
+    pending = [m for turn in req.turns for m in turn.media if m.url]
+    if not pending:
+        return req
+    if fetcher is None:
+        raise InvalidRequest(
+            f"`{pending[0].param}`: this server fetches no image URLs (start it with --allow-image-urls); send "
+            "the image inline as a data: URL (data:image/png;base64,...)",
+            param=pending[0].param,
+        )
+    turns = []
+    for turn in req.turns:
+        media = tuple([await fetcher.get(m.url, m.param) if m.url else m for m in turn.media])
+        turns.append(dataclasses.replace(turn, media=media))
+    return dataclasses.replace(req, turns=turns)
 
 
 def audio_input(data: str, fmt: str, param: str) -> MediaInput:

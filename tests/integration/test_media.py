@@ -8,14 +8,17 @@ images. Answers mean nothing, but they are the model's, and they change with the
 from __future__ import annotations
 
 import base64
+import http.server
 import math
 import random
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import anthropic
 import httpx
@@ -23,7 +26,7 @@ import ollama
 import openai
 import pytest
 
-from tests.support import MODEL_ID, Server, set_up, start_server, wait_for
+from tests.support import MODEL_ID, Server, free_port, set_up, start_server, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -287,3 +290,44 @@ def test_transcriptions_take_openais_form_and_answer_json_or_text(vision: Server
     with pytest.raises(openai.BadRequestError) as err:
         client.audio.transcriptions.create(model=AUDIO, file=sound, response_format="srt")
     assert err.value.body["param"] == "response_format"
+
+
+class _Files(http.server.BaseHTTPRequestHandler):
+    """A loopback web server for image URLs: ``/cat.png`` an image, ``/notes.txt`` text, anything else 404."""
+
+    files: ClassVar[dict[str, tuple[str, bytes]]] = {}
+
+    def do_GET(self) -> None:
+        kind, body = self.files.get(self.path, ("text/plain", b"no such file"))
+        self.send_response(200 if self.path in self.files else 404)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_image_urls_are_fetched_only_with_allow_image_urls(vision: Server, tmp_path, model_path, mmproj):
+    image = png(64, 64, seed=8)
+    _Files.files = {"/cat.png": ("image/png", image), "/notes.txt": ("text/plain", b"hello")}
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{web.server_address[1]}"
+    inline = _answer(vision, [ask("What is in this picture?", data_url(image))])
+    status, error = _status(vision, VISION, _image(base + "/cat.png"))
+    assert status == 400 and "--allow-image-urls" in error["message"], error  # off by default
+    fetching = start_server(_home(tmp_path, model_path, mmproj), "--model", VISION, "--allow-image-urls")
+    try:
+        assert _answer(fetching, [ask("What is in this picture?", base + "/cat.png")])[:3] == inline[:3]
+        for url, words in (
+            (base + "/missing.png", "answered 404"),
+            (base + "/notes.txt", "`text/plain`, not an image"),
+            (f"http://127.0.0.1:{free_port()}/cat.png", "could not be fetched"),
+        ):
+            status, error = _status(fetching, VISION, _image(url))
+            assert status == 400 and words in error["message"], (url, error)
+    finally:
+        fetching.stop()
+        web.shutdown()

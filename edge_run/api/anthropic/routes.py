@@ -24,6 +24,7 @@ async def create_message(
 ) -> MessageObject | Response[Any]:  # or a stream of events
     gen = translate(data)
     check(gen)
+    gen = await access.fetched(gen)
     run = await access.run(data.model, data.keep_alive, lambda engine: start(gen, engine))
     if isinstance(run, Response):
         return run  # an upstream's answer, relayed
@@ -36,6 +37,7 @@ async def count_message_tokens(
 ) -> TokenCountResult:
     gen = conversation(data)
     check_tools(gen)  # what counting checks: the output format and sampling are not used
+    gen = await access.fetched(gen)
     tokens = await access.run(data.model, data.keep_alive, lambda engine: count_tokens(gen, engine))
     if isinstance(tokens, Response):
         # an upstream's answer is a Response, which Litestar sends as it is: the schema documents the local one

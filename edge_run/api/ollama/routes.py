@@ -69,6 +69,7 @@ async def _generate(
     if empty:
         return await _load_only(access, data.model, keep_alive, chat)
     check(gen)
+    gen = await access.fetched(gen)
     # the model is held until the answer is admitted; from then on the answer keeps it busy
     run = cast("Run", await access.run(data.model, keep_alive, lambda engine: start(gen, engine), relay=False))
     reply = Reply(data.model, run, chat=chat, started=started, held=nanoseconds())

@@ -46,6 +46,7 @@ async def chat_completions(
 ) -> ChatCompletion | Response[Any]:  # or a stream of chunks
     gen = chat.translate(data)
     check(gen)
+    gen = await access.fetched(gen)
     # the model is held until the answer is admitted; from then on the answer keeps it busy
     run = await access.run(data.model, data.keep_alive, lambda engine: start(gen, engine))
     if isinstance(run, Response):

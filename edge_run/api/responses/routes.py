@@ -34,6 +34,7 @@ async def create_response(
 ) -> ResponseObject | Response[Any]:  # or a stream of events
     job = prepare(data, responses, _owner(request))  # an unknown previous_response_id is refused here
     check(job.gen)
+    job.gen = await access.fetched(job.gen)
     run = await access.run(data.model, data.keep_alive, lambda engine: start(job.gen, engine))
     if isinstance(run, Response):
         return run  # an upstream's answer, relayed

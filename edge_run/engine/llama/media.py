@@ -91,6 +91,8 @@ class Projector:
         """Decode an image or audio file; its content hash becomes its id (llama-server hashes the same way)."""
         if media.kind not in self.inputs:
             raise InvalidRequest(f"this model takes no {media.kind} input", param=media.param)
+        if not media.data:  # an image URL the serving layer did not fetch
+            raise InvalidRequest(f"the {media.kind} is empty (image URLs need --allow-image-urls)", param=media.param)
         buf = (ctypes.c_uint8 * len(media.data)).from_buffer_copy(media.data)
         bitmap = M.mtmd_helper_bitmap_init_from_buf(self._ptr, buf, len(media.data), False)
         if not bitmap:
