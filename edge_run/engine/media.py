@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-__all__ = ["MEDIA_MARKER", "MediaInput", "MediaSpan", "media_ids", "rows_at", "runs"]
+__all__ = ["MEDIA_MARKER", "MediaInput", "MediaSpan", "media_ids", "rows_at", "runs", "unencoded"]
 
 # Where a media input goes in the rendered prompt: llama.cpp's mtmd_default_marker(), which mtmd_tokenize cuts at
 MEDIA_MARKER = "<__media__>"
@@ -57,6 +57,11 @@ class MediaSpan:
 def media_ids(key: int, n: int) -> list[int]:
     """The ids of a media chunk's ``n`` rows: negative, from ``key`` (a 64-bit hash of its content) and the row."""
     return [-((key << 20) + i + 1) for i in range(n)]
+
+
+def unencoded(spans: list[MediaSpan], start: int, end: int) -> MediaSpan | None:
+    """The first span among prompt rows ``start`` to ``end`` that is not encoded yet, if any."""
+    return next((s for s in spans if not s.encoded and s.start < end and s.start + s.n > start), None)
 
 
 def rows_at(spans: list[MediaSpan], pos: int, n: int) -> np.ndarray:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from edge_run.engine.drafts import Drafter, next_k, step_drafts
 from edge_run.engine.gather import gather
-from edge_run.engine.media import rows_at, runs
+from edge_run.engine.media import rows_at, runs, unencoded
 from edge_run.engine.output import token_chunk
 from edge_run.engine.prefix import take_prefix
 from edge_run.engine.slots import Slot, next_block, pick_slot
@@ -99,15 +99,10 @@ class Scheduler:
         self._embd = embd_batch  # media rows (a model with a projector)
         self.lock = threading.RLock()
         self.waiting: deque[Job] = deque()
-        # counters read by /health; plain ints written by the engine thread only
-        self.busy = 0
-        self.tokens_generated = 0
-        self.prompt_tokens_evaluated = 0
-        self.tokens_refreshed = 0  # answers computed again as blocks while idle, for the next turn
-        self.drafts_accepted = 0
-        self.drafts_rejected = 0
-        self.prefix_copies = 0
-        self.slot_moves = 0
+        # counters read by /health, plain ints written by the engine thread only (refreshed: answers computed again
+        # as blocks while idle, for the next turn)
+        self.busy = self.tokens_generated = self.prompt_tokens_evaluated = self.tokens_refreshed = 0
+        self.drafts_accepted = self.drafts_rejected = self.prefix_copies = self.slot_moves = 0
 
     @property
     def queued(self) -> int:
@@ -163,6 +158,11 @@ class Scheduler:
             end = next_block(start, n, self.block)
             if used and used + end - start > budget:
                 break
+            if (span := unencoded(slot.media, start, end)) is not None:
+                span.embeddings()  # a media chunk a step while others generate: they wait for a chunk, not a file
+                if any(s.next_token is not None for s in self._slots):
+                    break
+                continue
             slot.logit_index = self._decode_block(slot, job.prompt[start:end], final=end == n)
             slot.n_prompt_done = end
             used += end - start
