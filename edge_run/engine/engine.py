@@ -104,8 +104,12 @@ class Engine:
         self.template = ChatTemplate(template, bos_token=model.bos_text, eos_token=model.eos_text)
         self._ctx = Context(model, n_seq=opts.slots, n_ctx_seq=opts.ctx, n_batch=opts.batch, threads=opts.threads)
         offloaded = placement.full
-        if opts.mmproj is not None:
-            self._projector = Projector(opts.mmproj, model, threads=opts.threads, gpu=opts.mmproj_offload and offloaded)
+        if opts.mmproj is not None:  # a projector that does not load leaves the model chatting in text
+            gpu = opts.mmproj_offload and offloaded
+            try:
+                self._projector = Projector(opts.mmproj, model, threads=opts.threads, gpu=gpu)
+            except EngineFailure:
+                log.exception("%s: the projector %s did not load; text only", self.model_id, opts.mmproj)
         if placement.devices:
             self.vram_used = max(0, sum(d.free for d in placement.devices) - sum(d.free for d in gpu_devices()))
         scheduler = Scheduler(

@@ -226,7 +226,7 @@ def pull_model(name: str, paths: Paths, *, model_id: str | None = None, progress
     """
     if name.startswith("hf:"):
         local = pull_hf(name, paths, model_id=model_id, progress=progress)
-        return ModelSpec(local.id, Path(local.path), local.source)
+        return ModelSpec(local.id, Path(local.path), local.source, mmproj=Path(local.mmproj) if local.mmproj else None)
     entry = load_catalog().get(name)
     if entry is None:
         raise ValueError(
@@ -240,16 +240,18 @@ def pull_hf(spec: str, paths: Paths, *, model_id: str | None = None, progress: b
     from edge_run.models.pull import parse_hf, pull  # huggingface_hub is imported only to pull
 
     ref = parse_hf(spec)
-    pulled = pull(ref, paths.hf_cache, progress=progress)
+    pulled = pull(ref, paths.hf_cache, progress=progress, with_projector=True)
     first = pulled.files[0]
     model_id = model_id or (f"{pulled.repo}:{pulled.quant}" if pulled.quant else pulled.repo)
+    projector = [pulled.projector] if pulled.projector is not None else []
     return LocalRegistry(paths.registry_file).add(
         model_id,
         first.path,
         source="hf",
         origin=f"hf:{pulled.repo}/{first.filename}@{pulled.revision}",
         sha256=first.sha256,
-        downloaded=[str(f.path) for f in pulled.files],
+        downloaded=[str(f.path) for f in [*pulled.files, *projector]],
+        mmproj=str(projector[0].path) if projector else "",
     )
 
 

@@ -44,8 +44,9 @@ class ModelFiles:
     def copy(self, spec: ModelSpec, new_id: str) -> ModelSpec:
         """Register ``spec``'s file under ``new_id`` too (its file is kept when either is removed)."""
         sha256 = recorded_sha256(spec, self.paths) or ""
-        local = LocalRegistry(self.paths.registry_file).add(new_id, spec.path, sha256=sha256)
-        return ModelSpec(local.id, spec.path, "local")
+        mmproj = str(spec.mmproj) if spec.mmproj is not None else ""
+        local = LocalRegistry(self.paths.registry_file).add(new_id, spec.path, sha256=sha256, mmproj=mmproj)
+        return ModelSpec(local.id, spec.path, "local", mmproj=spec.mmproj)
 
     def digest(self, spec: ModelSpec) -> str:
         """The file's sha256 when it was recorded at download; else a stable hash of its path, size and time."""

@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 
     from edge_run.models.progress import Board
 
-__all__ = ["HfRef", "PullError", "Pulled", "PulledFile", "parse_hf", "pick_files", "pull", "quant_of"]
+__all__ = [
+    "HfRef", "PullError", "Pulled", "PulledFile", "parse_hf", "pick_files", "pick_projector", "pull", "quant_of",
+]  # fmt: skip
 
 DEFAULT_QUANTS = ("Q4_K_M", "Q4_0")  # what llama.cpp's ``-hf`` picks when no quant is named
 LISTED_FILES = 20  # how many GGUF names an error message shows
@@ -83,6 +85,7 @@ class Pulled:
     revision: str
     quant: str | None
     files: list[PulledFile]
+    projector: PulledFile | None = None  # the repo's multimodal projector (``mmproj``), when it was asked for
 
     @property
     def path(self) -> Path:
@@ -162,6 +165,16 @@ def pick_files(ref: HfRef, files: Sequence[str]) -> list[str]:
     return _with_parts(ref, models[0], files)
 
 
+def pick_projector(files: Sequence[str]) -> str | None:
+    """The repo's multimodal projector, as llama.cpp's ``-hf`` takes one along: an ``mmproj`` GGUF, the F16 one
+    first (then BF16, Q8_0, else the first by name)."""
+    projectors = sorted(f for f in files if f.lower().endswith(".gguf") and "mmproj" in f.rsplit("/", 1)[-1].lower())
+    for quant in ("F16", "BF16", "Q8_0"):
+        if (chosen := _first_with_quant(projectors, quant)) is not None:
+            return chosen
+    return projectors[0] if projectors else None
+
+
 def pull(
     ref: HfRef,
     cache_dir: Path,
@@ -169,6 +182,7 @@ def pull(
     token: str | None = None,
     progress: bool | Board = True,
     endpoint: str | None = None,
+    with_projector: bool = False,
 ) -> Pulled:
     """Download the files ``ref`` names into ``cache_dir`` (huggingface_hub's cache layout) and verify them.
 
@@ -181,6 +195,7 @@ def pull(
         token: a Hub token; None lets huggingface_hub look (``HF_TOKEN``, then a stored login).
         progress: show progress bars on stderr; False prints nothing.
         endpoint: the Hub's URL; None means ``HF_ENDPOINT`` as set now, else huggingface_hub's default.
+        with_projector: also pull the repo's projector (:func:`pick_projector`), unless ``ref`` names one file.
 
     Raises:
         PullError: the Hub could not be reached or refused, nothing matches, or a file's sha256 is wrong.
@@ -196,12 +211,14 @@ def pull(
     commit = info.sha
     siblings = {s.rfilename: s for s in info.siblings or []}
     names = pick_files(ref, list(siblings))
+    projector = pick_projector(list(siblings)) if with_projector and ref.filename is None else None
     pulled: list[PulledFile] = []
     with _bars(progress) as bar_for:
-        for name in names:
+        for name in [*names, *([projector] if projector else [])]:  # the projector too, checked the same way
             pulled.append(_pull_file(ref, siblings[name], commit, cache_dir, hub, token, bar_for(name)))
     _record_ref(cache_dir, ref, commit)
-    return Pulled(repo=ref.repo, revision=commit, quant=quant_of(names[0]), files=pulled)
+    files, extra = (pulled[:-1], pulled[-1]) if projector else (pulled, None)
+    return Pulled(repo=ref.repo, revision=commit, quant=quant_of(names[0]), files=files, projector=extra)
 
 
 def _first_with_quant(names: Sequence[str], quant: str) -> str | None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 from huggingface_hub import constants, try_to_load_from_cache
 
-from edge_run.models.pull import HfRef, PullError, parse_hf, pick_files, pull, quant_of
+from edge_run.models.pull import HfRef, PullError, parse_hf, pick_files, pick_projector, pull, quant_of
 from tests.hf_fixture import HubFixture
 
 if TYPE_CHECKING:
@@ -333,3 +333,22 @@ def test_a_pull_cancelled_from_its_progress_leaves_no_partial_file(tmp_path: Pat
     left = [p for p in tmp_path.rglob("*") if not p.is_dir() and ".locks" not in p.parts and p.name != "CACHEDIR.TAG"]
     assert left == []
     assert not (tmp_path / "models--acme--big-GGUF").exists()  # the folders it made are gone too
+
+
+def test_a_projector_is_picked_f16_first_and_only_a_projector() -> None:
+    assert pick_projector(["m-Q4_K_M.gguf", "mmproj-m-Q8_0.gguf", "mmproj-m-F16.gguf", "README.md"]) == (
+        "mmproj-m-F16.gguf"
+    )
+    assert pick_projector(["m-Q4_K_M.gguf", "mmproj-m-Q8_0.gguf", "mmproj-m-BF16.gguf"]) == "mmproj-m-BF16.gguf"
+    assert pick_projector(["vision/MMPROJ-x.gguf"]) == "vision/MMPROJ-x.gguf"
+    assert pick_projector(["m-Q4_K_M.gguf", "mmproj.md"]) is None
+
+
+def test_a_pull_takes_the_repos_projector_along_checked_like_the_model(hub: HubFixture, cache: Path) -> None:
+    pulled = pull(parse_hf(f"hf:{TINY}"), cache, progress=False, with_projector=True)
+    assert [f.filename for f in pulled.files] == ["tiny-Q4_K_M.gguf"] and pulled.quant == "Q4_K_M"
+    assert pulled.projector is not None and pulled.projector.filename == "mmproj-tiny-F16.gguf"
+    assert pulled.projector.path.read_bytes() == b"GGUF-proj" and pulled.projector.sha256 == sha256(b"GGUF-proj")
+    named = pull(parse_hf(f"hf:{TINY}/tiny-Q8_0.gguf"), cache, progress=False, with_projector=True)
+    assert named.projector is None  # one file named: that file only
+    assert pull(parse_hf(f"hf:{TINY}"), cache, progress=False).projector is None
