@@ -331,3 +331,15 @@ def test_image_urls_are_fetched_only_with_allow_image_urls(vision: Server, tmp_p
     finally:
         fetching.stop()
         web.shutdown()
+
+
+def test_audio_over_ten_minutes_is_a_400_and_nothing_is_held(vision: Server):
+    rate, seconds = 8_000, 601
+    data = bytes(2 * rate * seconds)  # silence, 16-bit mono: the projector resamples it to its rate
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+    head = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + fmt
+    long = head + b"data" + struct.pack("<I", len(data)) + data
+    part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(long).decode(), "format": "wav"}}
+    status, error = _status(vision, AUDIO, [{"type": "text", "text": "Hear this."}, part])
+    assert status == 400 and "lasts 601 s: 600 s at most" in error["message"], error
+    assert _model(vision, AUDIO)["slots_busy"] == 0

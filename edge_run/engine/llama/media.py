@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Projector"]
 
+MAX_AUDIO_SECONDS = 600  # an audio input lasts ten minutes at most (20 windows of 30 s)
 RECENT_BYTES = 64 << 20  # embeddings kept for chunks sent again
 _KINDS = {M.MTMD_INPUT_CHUNK_TYPE_IMAGE: "image", M.MTMD_INPUT_CHUNK_TYPE_AUDIO: "audio"}
 
@@ -101,6 +102,10 @@ class Projector:
             M.mtmd_bitmap_free(bitmap)
             raise InvalidRequest(f"the data is not {media.kind}", param=media.param)
         size = M.mtmd_bitmap_get_n_bytes(bitmap)
+        seconds = size / 4 / max(1, M.mtmd_get_audio_sample_rate(self._ptr)) if media.kind == "audio" else 0.0
+        if seconds > MAX_AUDIO_SECONDS:  # float32 samples, mono
+            M.mtmd_bitmap_free(bitmap)
+            raise InvalidRequest(f"the audio lasts {seconds:.0f} s: {MAX_AUDIO_SECONDS} s at most", param=media.param)
         data = ctypes.string_at(M.mtmd_bitmap_get_data(bitmap), size)
         digest = hashlib.blake2b(data, digest_size=8)
         digest.update(b"%d,%d" % (M.mtmd_bitmap_get_nx(bitmap), M.mtmd_bitmap_get_ny(bitmap)))
