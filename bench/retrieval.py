@@ -41,7 +41,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from peers import _free_port, cpu_model  # noqa: E402
+from peers import _free_port, cpu_model, stop_process  # noqa: E402
 from workload_texts import WORDS  # noqa: E402
 
 from bench import wait_healthy  # noqa: E402
@@ -74,12 +74,7 @@ class Server:
     home: Path | None = None
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         if self.home:
             shutil.rmtree(self.home, ignore_errors=True)
 
