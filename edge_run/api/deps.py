@@ -82,7 +82,7 @@ def dependencies(services: Services) -> dict[str, Provide]:
         "library": services.library,
         "files": services.files,
         "changes": services.changes,
-        "images": services.images,
+        "image_fetcher": services.images,  # not "images": Litestar would take a body field of that name for it
     }
     return {
         **{name: _constant(value) for name, value in named.items()},
@@ -94,9 +94,9 @@ def _access(
     request: Request,
     registry: NamedDependency[ModelRegistry],
     limiter: NamedDependency[Limiter | None],
-    images: NamedDependency[ImageFetcher | None],
+    image_fetcher: NamedDependency[ImageFetcher | None],
 ) -> ModelAccess:
-    return ModelAccess(request, registry, limiter, images)
+    return ModelAccess(request, registry, limiter, image_fetcher)
 
 
 @dataclass

@@ -268,3 +268,15 @@ def test_the_deprecated_functions_field_is_refused_not_ignored(server):
     )
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "functions" and "tools" in r.json()["error"]["message"]
+
+
+def test_a_body_field_named_as_a_server_dependency_is_a_400(server):
+    """Litestar reads a validation error at a field named as a dependency (``images`` was one) as the server's own
+    fault, a 500: no dependency may share a name with a body field. The fuzz found it on Ollama's ``images``."""
+    r = httpx.post(
+        server.url + "/api/generate",
+        json={"model": MODEL_ID, "prompt": "", "images": {}},
+        headers={"Authorization": f"Bearer {server.key}"},
+        timeout=60,
+    )
+    assert r.status_code == 400 and "$.images" in r.json()["error"], r.text
