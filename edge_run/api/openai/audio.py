@@ -28,7 +28,8 @@ from edge_run.serving.request import GenRequest, Turn
 __all__ = ["Transcription", "TranscriptionForm", "transcriptions"]
 
 MAX_AUDIO_BYTES = 25 << 20  # OpenAI's limit for this route
-TOKENS_PER_WINDOW = 448  # Whisper's most tokens for 30 s of speech: a transcript's length at most
+# a transcript's tokens at most: Whisper's 448 per 30 s window (15 a second, three times fast speech), 64 at least
+TOKENS_PER_SECOND, MIN_TOKENS = 448 / 30, 64
 INSTRUCTION = "Transcribe the audio exactly, word for word. Answer with the transcript only."
 
 
@@ -90,16 +91,15 @@ async def _translate(form: TranscriptionForm) -> GenRequest:
     if form.prompt:
         words.append(f"It may follow this text: {form.prompt}")
     turn = Turn("user", MEDIA_MARKER + "\n" + " ".join(words), media=(audio,))
-    limit = TOKENS_PER_WINDOW * _windows(raw)  # a model that never ends its transcript stops there
+    limit = max(MIN_TOKENS, math.ceil(TOKENS_PER_SECOND * _seconds(raw)))  # a model that never ends stops there
     return GenRequest(model=form.model, sampling=_Sampling(form.temperature), turns=[turn], max_tokens=limit)
 
 
-def _windows(raw: bytes) -> int:
-    """How many 30-second windows the audio spans: from a WAV header's byte rate, else from its size at the
-    lowest common bit rate (MP3 at 64 kbit/s), an upper bound."""
+def _seconds(raw: bytes) -> float:
+    """How long the audio lasts: from a WAV header's byte rate, else from its size at the lowest common bit rate
+    (MP3 at 64 kbit/s), an upper bound."""
     byte_rate = int.from_bytes(raw[28:32], "little") if raw[:4] == b"RIFF" and raw[12:16] == b"fmt " else 0
-    seconds = len(raw) / (byte_rate or 8_000)
-    return max(1, math.ceil(seconds / 30))
+    return len(raw) / (byte_rate or 8_000)
 
 
 @post("/audio/transcriptions", status_code=200, summary="Transcribe audio (OpenAI's form) with a model that hears")
