@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import random
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
 from typing import Any
 
-__all__ = ["ASK", "NO_EOS", "WEATHER", "validate"]
+__all__ = ["ASK", "NO_EOS", "WEATHER", "png", "synth_projector", "validate", "wav"]
 
 # Chat Completions' tool shape; the Responses and Messages tests reshape it to theirs.
 WEATHER: dict[str, Any] = {
@@ -49,3 +56,33 @@ def validate(value: Any, schema: dict[str, Any]) -> None:
         assert isinstance(value, int) and not isinstance(value, bool)
     elif kind == "boolean":
         assert isinstance(value, bool)
+
+
+def png(width: int, height: int, seed: int, *, data: bytes | None = None) -> bytes:
+    """A PNG of random RGB pixels (``data`` replaces the compressed pixels, to make a broken one)."""
+    rng = random.Random(seed)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = b"".join(b"\x00" + rng.randbytes(width * 3) for _ in range(height)) if data is None else b""
+    pixels = zlib.compress(rows) if data is None else data
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def wav(seconds: float, hertz: float, rate: int = 16_000) -> bytes:
+    """A mono 16-bit WAV file of a sine tone."""
+    n = int(seconds * rate)
+    data = struct.pack(f"<{n}h", *(int(12_000 * math.sin(2 * math.pi * hertz * i / rate)) for i in range(n)))
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+    head = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + fmt
+    return head + b"data" + struct.pack("<I", len(data)) + data
+
+
+def synth_projector(kind: str, out: Path) -> Path:
+    """``bench/synth.py vision|audio``: a tiny random-weight projector for the test model; its path."""
+    synth = Path(__file__).resolve().parents[1] / "bench" / "synth.py"
+    done = subprocess.run([sys.executable, str(synth), kind, "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return Path(done.stdout.strip())

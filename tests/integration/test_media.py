@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import base64
 import http.server
-import math
-import random
 import struct
-import subprocess
-import sys
 import threading
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -26,25 +21,14 @@ import ollama
 import openai
 import pytest
 
+from tests.payloads import png, synth_projector, wav
 from tests.support import MODEL_ID, Server, free_port, set_up, start_server, wait_for
 
 pytestmark = pytest.mark.integration
 
 VISION, AUDIO = "vis/smol", "aud/smol"
-SYNTH = Path(__file__).resolve().parents[2] / "bench" / "synth.py"
 
 
-def png(width: int, height: int, seed: int, *, data: bytes | None = None) -> bytes:
-    """A PNG of random RGB pixels (``data`` replaces the compressed pixels, to make a broken one)."""
-    rng = random.Random(seed)
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    rows = b"".join(b"\x00" + rng.randbytes(width * 3) for _ in range(height)) if data is None else b""
-    pixels = zlib.compress(rows) if data is None else data
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 def data_url(image: bytes, mime: str = "image/png") -> str:
@@ -57,13 +41,6 @@ def ask(text: str, *urls: str) -> dict:
     ]}  # fmt: skip
 
 
-def wav(seconds: float, hertz: float, rate: int = 16_000) -> bytes:
-    """A mono 16-bit WAV file of a sine tone."""
-    n = int(seconds * rate)
-    data = struct.pack(f"<{n}h", *(int(12_000 * math.sin(2 * math.pi * hertz * i / rate)) for i in range(n)))
-    fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
-    head = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + fmt
-    return head + b"data" + struct.pack("<I", len(data)) + data
 
 
 def _home(root: Path, model_path: Path, mmproj: Path, audio: Path | None = None) -> Path:
@@ -78,21 +55,17 @@ def _home(root: Path, model_path: Path, mmproj: Path, audio: Path | None = None)
     return home
 
 
-def _synth(kind: str, out: Path) -> Path:
-    done = subprocess.run([sys.executable, str(SYNTH), kind, "--out", str(out)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return Path(done.stdout.strip())
 
 
 @pytest.fixture(scope="module")
 def mmproj(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _synth("vision", tmp_path_factory.mktemp("synth-vision"))
+    return synth_projector("vision", tmp_path_factory.mktemp("synth-vision"))
 
 
 @pytest.fixture(scope="module")
 def vision(tmp_path_factory: pytest.TempPathFactory, model_path: Path, mmproj: Path) -> Iterator[Server]:
     """The vision model, an audio one (ultravox's projector) and the plain one (no projector) on one server."""
-    audio = _synth("audio", tmp_path_factory.mktemp("synth-audio"))
+    audio = synth_projector("audio", tmp_path_factory.mktemp("synth-audio"))
     home = _home(tmp_path_factory.mktemp("vision"), model_path, mmproj, audio)
     server = start_server(home, "--model", VISION, "--ctx", "2048", "--slots", "2", "--max-loaded", "3")
     yield server

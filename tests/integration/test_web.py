@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import os
-import random
 import re
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -33,7 +29,7 @@ from edge_run.keys import KeyStore
 from edge_run.server import app_services
 from tests.fakes import fake_registry
 from tests.hf_fixture import HubFixture
-from tests.payloads import WEATHER
+from tests.payloads import WEATHER, png, synth_projector, wav
 from tests.support import (
     LIB_FILE,
     LIB_ID,
@@ -694,35 +690,12 @@ def test_library_search_download_with_progress_then_chat_with_the_model(
 # ---- images and audio in the chat: attached, pasted or dropped, on the test model with synthetic projectors ----
 
 VISION, AUDIO = "vis/smol", "aud/smol"
-SYNTH = Path(__file__).resolve().parents[2] / "bench" / "synth.py"
 
 
-def _png(width: int, height: int, seed: int) -> bytes:
-    """A PNG of random RGB pixels."""
-    rng = random.Random(seed)
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    rows = b"".join(b"\x00" + rng.randbytes(width * 3) for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
-def _wav(seconds: float, hertz: float, rate: int = 16_000) -> bytes:
-    """A mono 16-bit WAV file of a sine tone."""
-    n = int(seconds * rate)
-    data = struct.pack(f"<{n}h", *(int(12_000 * math.sin(2 * math.pi * hertz * i / rate)) for i in range(n)))
-    fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
-    head = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + fmt
-    return head + b"data" + struct.pack("<I", len(data)) + data
 
 
-def _synth(kind: str, out: Path) -> Path:
-    """``bench/synth.py vision|audio``: a tiny random-weight projector for the test model; its path."""
-    done = subprocess.run([sys.executable, str(SYNTH), kind, "--out", str(out)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return Path(done.stdout.strip())
 
 
 @pytest.fixture(scope="module")
@@ -730,7 +703,7 @@ def media_server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> 
     """The test model three times: with a vision projector (``vis/smol``), an audio one (``aud/smol``) and none."""
     home = tmp_path_factory.mktemp("web-media")
     for model_id, kind in ((VISION, "vision"), (AUDIO, "audio")):
-        mmproj = _synth(kind, tmp_path_factory.mktemp(f"synth-{kind}"))
+        mmproj = synth_projector(kind, tmp_path_factory.mktemp(f"synth-{kind}"))
         set_up(home, "models", "add", str(model_path), "--id", model_id, "--mmproj", str(mmproj))
     set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
     server = start_server(home, "--model", VISION, "--ctx", "2048", "--slots", "2", "--max-loaded", "3")
@@ -755,7 +728,7 @@ def _send_and_answer(page, prompt: str, answers: int) -> dict:
 def test_an_attached_image_shows_as_a_thumbnail_goes_with_the_message_and_stays_in_the_history(
     browser, media_server, tmp_path
 ):
-    image = _png(64, 64, seed=1)
+    image = png(64, 64, seed=1)
     context, page = _open_with_key(browser, media_server)
     try:
         attach = page.locator("#attach")
@@ -772,14 +745,14 @@ def test_an_attached_image_shows_as_a_thumbnail_goes_with_the_message_and_stays_
         thumb.wait_for()
         assert (thumb.get_attribute("src") or "").startswith("data:image/png;base64,")
         # a second one, removed again with its remove button
-        page.set_input_files("#attach-file", files=[_file("other.png", "image/png", _png(32, 32, seed=2))])
+        page.set_input_files("#attach-file", files=[_file("other.png", "image/png", png(32, 32, seed=2))])
         page.locator("#attachments .attachment").nth(1).wait_for()
         page.get_by_role("button", name="Remove other.png").click()
         assert page.locator("#attachments .attachment").count() == 1
         # files the server or this model would refuse are named where errors show; the image stays
         page.set_input_files("#attach-file", files=[_file("notes.txt", "text/plain", b"hello")])
         page.wait_for_selector("#chat-error:text-matches('notes.txt is not a PNG')", state="attached")
-        page.set_input_files("#attach-file", files=[_file("tone.wav", "audio/wav", _wav(0.1, 440))])
+        page.set_input_files("#attach-file", files=[_file("tone.wav", "audio/wav", wav(0.1, 440))])
         page.wait_for_selector(f"#chat-error:text-is('model `{VISION}` takes no audio input')", state="attached")
         assert page.locator("#attachments .attachment").count() == 1
         _screenshot(page, tmp_path / "web-image-attached.png")
@@ -823,7 +796,7 @@ def test_pasted_and_dropped_images_attach_and_audio_goes_as_input_audio(browser,
     context, page = _open_with_key(browser, media_server)
     try:
         page.select_option("#model", VISION)
-        pasted, dropped = _png(48, 48, seed=3), _png(40, 40, seed=4)
+        pasted, dropped = png(48, 48, seed=3), png(40, 40, seed=4)
         page.evaluate(  # a screenshot pasted from the clipboard: a file, no text
             """(b64) => {
                 const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -857,7 +830,7 @@ def test_pasted_and_dropped_images_attach_and_audio_goes_as_input_audio(browser,
 
         page.select_option("#model", AUDIO)
         assert "audio" in (page.locator("#attach").get_attribute("title") or "")
-        tone = _wav(1.0, 440)
+        tone = wav(1.0, 440)
         page.set_input_files("#attach-file", files=[_file("tone.wav", "audio/wav", tone)])
         chip = page.locator("#attachments .attachment.audio .chip")
         chip.wait_for()
