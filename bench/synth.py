@@ -219,6 +219,14 @@ def write(shape_name: str, qtype: str, out: Path, tokenizer: Path = DEFAULT_TOKE
     w.close()
 
 
+def write_out(w) -> None:
+    """Write a GGUFWriter's header, metadata and added tensors, and close it (the retrieval and media models)."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def main_retrieval(argv: list[str]) -> int:
     """``KIND --out DIR``: a tiny retrieval model (see synth_retrieval.py); prints the path it wrote."""
     from synth_retrieval import KINDS, write_retrieval

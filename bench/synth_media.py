@@ -134,7 +134,7 @@ def write_vision(out: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT, size:
     w.add_tensor("v.position_embd.weight", r.f32(n_patches, h))
     _blocks(w, r, "v", v.layers, h, v.ffn, k_bias=True)
     w.add_tensor("mm.model.fc.weight", r.f16(n_embd_text, h * v.scale * v.scale))
-    _finish(w)
+    synth.write_out(w)
 
 
 def write_audio(out: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT) -> None:
@@ -162,14 +162,7 @@ def write_audio(out: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT) -> Non
     w.add_tensor("mm.a.mlp.1.weight", r.f16(2 * A_PROJ, h * A_STACK))  # SwiGLU: gate and up halves
     w.add_tensor("mm.a.norm_mid.weight", np.ones(A_PROJ, dtype=np.float32))
     w.add_tensor("mm.a.mlp.2.weight", r.f16(n_embd_text, A_PROJ))
-    _finish(w)
-
-
-def _finish(w) -> None:
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    synth.write_out(w)
 
 
 def write_media(kind: str, out_dir: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT, size: str = "tiny") -> Path:

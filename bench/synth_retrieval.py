@@ -201,7 +201,7 @@ def write_bert(out: Path, seed: int, rank: bool) -> None:
         w.add_tensor("cls.bias", rw.bias(h))
         w.add_tensor("cls.output.weight", rw.matrix(1, h))
         w.add_tensor("cls.output.bias", rw.bias(1))
-    _finish(w)
+    synth.write_out(w)
 
 
 def embed_last_tokenizer(tokenizer: Path) -> list[tuple[str, object, object, object]]:
@@ -255,14 +255,7 @@ def write_qwen3(out: Path, seed: int, tokenizer: Path) -> None:
         w.add_tensor(f"blk.{i}.ffn_up.weight", rw.matrix(f, h))
         w.add_tensor(f"blk.{i}.ffn_down.weight", rw.matrix(h, f))
     w.add_tensor("output_norm.weight", rw.norm(h))
-    _finish(w)
-
-
-def _finish(w) -> None:
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    synth.write_out(w)
 
 
 def write_retrieval(kind: str, out_dir: Path, seed: int = 0, tokenizer: Path = synth.DEFAULT_TOKENIZER) -> Path:
