@@ -18,26 +18,42 @@ if TYPE_CHECKING:
 __all__ = ["Batch", "Context", "EmbdBatch"]
 
 
-class Batch:
-    """A reusable ``llama_batch`` that the scheduler fills each step."""
+class _Rows:
+    """A reusable ``llama_batch`` of ``capacity`` rows: tokens, or ``n_embd``-wide embeddings."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, n_embd: int = 0) -> None:
         self.capacity = capacity
-        self._b = L.llama_batch_init(capacity, 0, 1)
+        self._b = L.llama_batch_init(capacity, n_embd, 1)
         self.n = 0
 
     def clear(self) -> None:
         self.n = 0
 
-    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
-        """Append one token; returns its index in the batch (for :meth:`Sampler.sample`)."""
-        i = self.n
+    def _place(self, i: int, pos: int, seq: int, logits: bool) -> None:
         b = self._b
-        b.token[i] = token
         b.pos[i] = pos
         b.n_seq_id[i] = 1
         b.seq_id[i][0] = seq
         b.logits[i] = logits
+
+    def position(self, i: int) -> int:
+        """The position of the batch's ``i``-th row."""
+        return int(self._b.pos[i])
+
+    def close(self) -> None:
+        if self._b is not None:
+            L.llama_batch_free(self._b)
+            self._b = None
+
+
+class Batch(_Rows):
+    """A reusable ``llama_batch`` of tokens that the scheduler fills each step."""
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        """Append one token; returns its index in the batch (for :meth:`Sampler.sample`)."""
+        i = self.n
+        self._b.token[i] = token
+        self._place(i, pos, seq, logits)
         self.n = i + 1
         return i
 
@@ -47,45 +63,22 @@ class Batch:
         for i, token in enumerate(tokens):
             self.add(token, pos + i, seq, last_logits and i == len(tokens) - 1)
 
-    def position(self, i: int) -> int:
-        """The position of the batch's ``i``-th token."""
-        return int(self._b.pos[i])
 
-    def close(self) -> None:
-        if self._b is not None:
-            L.llama_batch_free(self._b)
-            self._b = None
-
-
-class EmbdBatch:
+class EmbdBatch(_Rows):
     """A reusable ``llama_batch`` of embeddings: an image's or audio's rows, decoded as a prompt's tokens are."""
 
     def __init__(self, capacity: int, n_embd: int) -> None:
-        self.capacity = capacity
+        super().__init__(capacity, n_embd)
         self.n_embd = n_embd
-        self._b = L.llama_batch_init(capacity, n_embd, 1)
         self._embd = np.ctypeslib.as_array(self._b.embd, shape=(capacity, n_embd))
-        self.n = 0
 
     def fill(self, rows: np.ndarray, pos: int, seq: int, *, last_logits: bool) -> None:
         """``rows`` (n x n_embd) at positions ``pos`` to ``pos + n`` of ``seq``; the last one's logits if asked."""
         n = len(rows)
-        b = self._b
         self._embd[:n] = rows
         for i in range(n):
-            b.pos[i] = pos + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq
-            b.logits[i] = last_logits and i == n - 1
+            self._place(i, pos + i, seq, last_logits and i == n - 1)
         self.n = n
-
-    def position(self, i: int) -> int:
-        return int(self._b.pos[i])
-
-    def close(self) -> None:
-        if self._b is not None:
-            L.llama_batch_free(self._b)
-            self._b = None
 
 
 class Context:
