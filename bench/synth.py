@@ -2,7 +2,8 @@
 
     python bench/synth.py --shape llama-1b|llama-8b|tiny --type q4_k_m|q8_0 --out FILE
     python bench/synth.py embed-cls|embed-last|rerank --out DIR [--seed N]   (synth_retrieval.py; prints the path)
-    python bench/synth.py vision|audio --out DIR [--seed N] [--size S] [--check]   (synth_media.py: mmproj; prints path)
+    python bench/synth.py vision|vision-gemma3|audio --out DIR [--seed N] [--size S] [--check]   (synth_media.py)
+    python bench/synth.py qwen2vl --out DIR [--seed N] [--check]   (synth_qwen2vl.py: text model + mmproj; 2 paths)
 
 Writes a ``llama``-architecture GGUF shaped like Llama 3.2 1B or Llama 3.1 8B (or a tiny one for tests), with
 SmolLM2's tokenizer (tokens, merges, token types, special ids, chat template) read from the test model on disk.
@@ -34,7 +35,8 @@ DEFAULT_TOKENIZER = Path(os.environ.get("EDGE_RUN_TEST_CACHE", Path.home() / ".c
 )
 WEIGHT_STD = 0.02
 RETRIEVAL_KINDS = ("embed-cls", "embed-last", "rerank")  # synth_retrieval.KINDS, without importing it for --help
-MEDIA_KINDS = ("vision", "audio")  # synth_media.KINDS: multimodal projectors (mmproj)
+MEDIA_KINDS = ("vision", "vision-gemma3", "audio")  # synth_media.KINDS: multimodal projectors (mmproj)
+PAIR_KINDS = ("qwen2vl",)  # synth_qwen2vl.KIND: a text model and its mmproj
 
 
 @dataclass(frozen=True)
@@ -277,9 +279,14 @@ def main(argv: list[str] | None = None) -> int:
         return main_retrieval(argv)
     if argv and argv[0] in MEDIA_KINDS:
         return main_media(argv)
+    if argv and argv[0] in PAIR_KINDS:
+        from synth_qwen2vl import main as main_pair
+
+        return main_pair(argv)
     epilog = (
         f"or: synth.py {{{','.join(RETRIEVAL_KINDS)}}} --out DIR [--seed N]: tiny retrieval models; "
-        f"or: synth.py {{{','.join(MEDIA_KINDS)}}} --out DIR [--seed N] [--check]: tiny multimodal projectors"
+        f"or: synth.py {{{','.join(MEDIA_KINDS)}}} --out DIR [--seed N] [--check]: tiny multimodal projectors; "
+        f"or: synth.py {{{','.join(PAIR_KINDS)}}} --out DIR [--seed N] [--check]: a tiny vision text model + mmproj"
     )
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=epilog)
     p.add_argument("--shape", choices=sorted(SHAPES), required=True)

@@ -1,10 +1,11 @@
 """Tiny random-weight multimodal projectors ("mmproj" GGUFs, as llama.cpp's tools/mtmd/clip.cpp loads them).
 
-    python bench/synth.py vision|audio --out DIR [--seed N] [--size tiny|smolvlm-256m] [--check [--text-model GGUF]]
+    python bench/synth.py vision|vision-gemma3|audio --out DIR [--seed N] [--size tiny|smolvlm-256m] [--check]
+        [--text-model GGUF]
 
 For tests that cannot download a real vision or audio model; they pair with a text model of ``n_embd_text``
 (576: SmolLM2-135M, the test model, which is SmolVLM-256M's text model). The metadata and tensors are what
-convert_hf_to_gguf.py writes (conversion/smolvlm.py, conversion/ultravox.py), only tiny:
+convert_hf_to_gguf.py writes (conversion/smolvlm.py, conversion/gemma.py, conversion/ultravox.py), only tiny:
 
 - ``vision``: projector ``idefics3`` (SmolVLM / Idefics3): a SigLIP ViT, image 64, patch 8 (8x8 patches), hidden 64,
   2 layers, 4 heads, GELU, post-norm, then pixel shuffle by scale_factor 4 and ``mm.model.fc`` (no bias) to
@@ -13,6 +14,14 @@ convert_hf_to_gguf.py writes (conversion/smolvlm.py, conversion/ultravox.py), on
   plus a 64x64 overview, each its own image chunk. ``--size smolvlm-256m`` (vision only) writes SmolVLM-256M's own
   tower instead, for speed: image 512, patch 16, hidden 768, 12 layers, 12 heads, FFN 3072, longest edge 2048
   (every image becomes 2048 on its longest side: up to 16 tiles of 64 tokens plus the overview), 190 MB.
+- ``vision-gemma3``: projector ``gemma3`` (Gemma 3): the same tiny SigLIP tower (hidden 64, 2 layers, 4 heads, GELU,
+  post-norm) on image 128, patch 4 (32x32 patches), then clip.cpp's Gemma 3 head: a 2x2 average pool
+  (``clip.vision.projector.scale_factor`` 2, clip.cpp's n_merge; real Gemma 3 pools 64x64 patches by 4), RMS norm
+  ``mm.soft_emb_norm`` and ``mm.input_projection`` (no bias) to ``n_embd_text``. mtmd resizes every image to 128x128
+  (no tiles), so every image is one chunk of 256 tokens, as in real Gemma 3, between the text markers
+  ``<start_of_image>`` and ``<end_of_image>`` (plain text to SmolLM2's tokenizer). Gemma 3 attends to an image's
+  tokens both ways: ``mtmd_decode_use_non_causal`` is true, so whoever decodes the chunk needs n_batch and n_ubatch
+  of 256 at least (the image in one ubatch).
 - ``audio``: projector ``ultravox``: a Whisper encoder on 128 mel bins (conv1d k3 s1, conv1d k3 s2, GELU), hidden 64,
   2 layers, 4 heads, 1500 positions (30 s), then the Ultravox projector: frames stacked by 15 (not 8, see A_STACK),
   RMS norm, SwiGLU MLP (960 -> 2x256), RMS norm, 256 -> ``n_embd_text``. mtmd cuts audio into 30 s windows (the
@@ -60,6 +69,9 @@ VISION_SIZES = {
     # preprocessor_config.json's size.longest_edge 2048 and max_image_size 512: 16 tiles of 64 tokens + an overview
     "smolvlm-256m": VisionSize(512, 16, 768, 12, 12, 3072, 4, 2048),
 }
+# vision-gemma3: the tiny tower on image 128, patch 4, pooled by 2 (scale: clip.cpp's n_merge): (128/4/2)^2 = 256
+# tokens an image. mtmd's fixed-size preprocessing resizes every image to image x image; longest_edge is not written.
+GEMMA3_SIZE = VisionSize(128, 4, 64, 2, 4, 256, 2, 128)
 
 # audio (ultravox): ultravox-v0_5 is whisper-large-v3-turbo (128 mels, hidden 1280, 32 layers, 20 heads), stack 8.
 # Stack 8 aborts this clip.cpp: it counts 3000/8/2 = 187 tokens a window, its graph makes ceil(1500/8) = 188, and
@@ -107,33 +119,62 @@ def _blocks(w, r: _Rand, prefix: str, layers: int, h: int, f: int, k_bias: bool)
     w.add_tensor(f"{prefix}.post_ln.bias", np.zeros(h, dtype=np.float32))
 
 
-def write_vision(out: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT, size: str = "tiny") -> None:
-    """clip.cpp's PROJECTOR_TYPE_IDEFICS3 (models/siglip.cpp): SigLIP ViT, pixel shuffle, ``mm.model.fc``."""
-    v = VISION_SIZES[size]
-    gguf, r, h = synth._gguf(), _Rand(seed), v.hidden
-    w = _header(gguf, out, f"synthetic {size} SmolVLM mmproj (idefics3, random weights)")
+def _siglip_hparams(w, v: VisionSize, n_embd_text: int) -> None:
+    """What conversion/base.py's MmprojModel writes for a vision tower (before the projector's own keys)."""
     w.add_clip_has_vision_encoder(True)
     w.add_vision_projection_dim(n_embd_text)
     w.add_vision_image_size(v.image)
     w.add_vision_patch_size(v.patch)
-    w.add_vision_embedding_length(h)
+    w.add_vision_embedding_length(v.hidden)
     w.add_vision_feed_forward_length(v.ffn)
     w.add_vision_block_count(v.layers)
     w.add_vision_head_count(v.heads)
     w.add_vision_image_mean([0.5, 0.5, 0.5])
     w.add_vision_image_std([0.5, 0.5, 0.5])
+
+
+def _siglip_tensors(w, r: _Rand, v: VisionSize) -> None:
+    """The SigLIP tower: patch embedding (conv2d, F32 as converted), positions, blocks, post-norm."""
+    n_patches = (v.image // v.patch) ** 2
+    w.add_tensor("v.patch_embd.weight", r.f32(v.hidden, 3, v.patch, v.patch))  # conv2d kernel, ne [p, p, 3, h]
+    w.add_tensor("v.patch_embd.bias", r.bias(v.hidden))
+    w.add_tensor("v.position_embd.weight", r.f32(n_patches, v.hidden))
+    _blocks(w, r, "v", v.layers, v.hidden, v.ffn, k_bias=True)
+
+
+def write_vision(out: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT, size: str = "tiny") -> None:
+    """clip.cpp's PROJECTOR_TYPE_IDEFICS3 (models/siglip.cpp): SigLIP ViT, pixel shuffle, ``mm.model.fc``."""
+    v = VISION_SIZES[size]
+    gguf, r, h = synth._gguf(), _Rand(seed), v.hidden
+    w = _header(gguf, out, f"synthetic {size} SmolVLM mmproj (idefics3, random weights)")
+    _siglip_hparams(w, v, n_embd_text)
     w.add_clip_projector_type(gguf.VisionProjectorType.IDEFICS3)
     w.add_vision_attention_layernorm_eps(1e-6)
     w.add_vision_projector_scale_factor(v.scale)
     w.add_vision_use_gelu(True)
     w.add_vision_preproc_image_size(v.longest_edge)
-
-    n_patches = (v.image // v.patch) ** 2
-    w.add_tensor("v.patch_embd.weight", r.f32(h, 3, v.patch, v.patch))  # conv2d kernel, ne [p, p, 3, h]
-    w.add_tensor("v.patch_embd.bias", r.bias(h))
-    w.add_tensor("v.position_embd.weight", r.f32(n_patches, h))
-    _blocks(w, r, "v", v.layers, h, v.ffn, k_bias=True)
+    _siglip_tensors(w, r, v)
     w.add_tensor("mm.model.fc.weight", r.f16(n_embd_text, h * v.scale * v.scale))
+    synth.write_out(w)
+
+
+def write_vision_gemma3(out: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT) -> None:
+    """clip.cpp's PROJECTOR_TYPE_GEMMA3 (models/siglip.cpp): SigLIP ViT, avg pool by n_merge, RMS norm
+    ``mm.soft_emb_norm``, ``mm.input_projection``; the keys in conversion/gemma.py's Gemma3VisionModel order."""
+    v = GEMMA3_SIZE
+    gguf, r, h = synth._gguf(), _Rand(seed), v.hidden
+    w = _header(gguf, out, "synthetic tiny Gemma 3 mmproj (gemma3, random weights)")
+    _siglip_hparams(w, v, n_embd_text)
+    w.add_clip_projector_type(gguf.VisionProjectorType.GEMMA3)
+    w.add_vision_attention_layernorm_eps(1e-6)
+    w.add_vision_use_gelu(True)
+    w.add_vision_projector_scale_factor(v.scale)  # the converter writes it when it is not Gemma 3's 4
+
+    _siglip_tensors(w, r, v)
+    # Gemma3RMSNorm scales by (1 + w); the converter adds the 1, so a zero-initialised norm is all ones here
+    w.add_tensor("mm.soft_emb_norm.weight", np.ones(h, dtype=np.float32))
+    # an nn.Parameter (vision hidden, text hidden), not a Linear: ne [n_embd_text, h]; the graph transposes it
+    w.add_tensor("mm.input_projection.weight", r.f16(h, n_embd_text))
     synth.write_out(w)
 
 
@@ -177,6 +218,8 @@ def write_media(kind: str, out_dir: Path, seed: int = 0, n_embd_text: int = N_EM
     out = out_dir / (f"synth-{kind}-mmproj.gguf" if size == "tiny" else f"synth-{kind}-{size}-mmproj.gguf")
     if kind == "vision":
         write_vision(out, seed, n_embd_text, size)
+    elif kind == "vision-gemma3":
+        write_vision_gemma3(out, seed, n_embd_text)
     else:
         write_audio(out, seed, n_embd_text)
     return out
