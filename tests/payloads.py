@@ -80,9 +80,10 @@ def wav(seconds: float, hertz: float, rate: int = 16_000) -> bytes:
     return head + b"data" + struct.pack("<I", len(data)) + data
 
 
-def synth_projector(kind: str, out: Path) -> Path:
-    """``bench/synth.py vision|audio``: a tiny random-weight projector for the test model; its path."""
+def synth_projector(kind: str, out: Path, *extra: str) -> Path:
+    """``bench/synth.py vision|vision-gemma3|audio``: a tiny random-weight projector (for the test model unless
+    ``extra`` says another size); its path."""
     synth = Path(__file__).resolve().parents[1] / "bench" / "synth.py"
-    done = subprocess.run([sys.executable, str(synth), kind, "--out", str(out)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(synth), kind, "--out", str(out), *extra], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return Path(done.stdout.strip())

@@ -107,7 +107,7 @@ class Engine:
         if opts.mmproj is not None:  # a projector that does not load leaves the model chatting in text
             gpu = opts.mmproj_offload and offloaded
             try:
-                self._projector = Projector(opts.mmproj, model, threads=opts.threads, gpu=gpu)
+                self._projector = Projector(opts.mmproj, model, threads=opts.threads, gpu=gpu, batch=opts.batch)
             except EngineFailure:
                 log.exception("%s: the projector %s did not load; text only", self.model_id, opts.mmproj)
         if placement.devices:
@@ -326,7 +326,7 @@ class Engine:
             "vram_used_bytes": self.vram_used,
             "slots_total": self.options.slots,
             "slots_busy": s.busy if s else 0,
-            "queued": s.queued if s else 0,
+            "queued": len(s.waiting) if s else 0,
             **{name: getattr(s, name) if s else 0 for name in _COUNTERS},
             "inputs": list(self.inputs),
             "media_encoded": self._projector.encoded if self._projector is not None else 0,

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-__all__ = ["MEDIA_MARKER", "MediaInput", "MediaSpan", "media_ids", "rows_at", "runs", "unencoded"]
+__all__ = ["MEDIA_MARKER", "MediaInput", "MediaSpan", "media_ids", "rows_at", "runs", "unencoded", "whole_spans"]
 
 # Where a media input goes in the rendered prompt: llama.cpp's mtmd_default_marker(), which mtmd_tokenize cuts at
 MEDIA_MARKER = "<__media__>"
@@ -41,6 +41,7 @@ class MediaSpan:
     n: int
     kind: str
     encode: Callable[[], np.ndarray]  # (n, n_embd) float32; runs on the engine thread
+    whole: bool = False  # its rows attend to each other (Gemma 3): one llama_decode, causal attention off
     _embd: np.ndarray | None = field(default=None, repr=False)
 
     def embeddings(self) -> np.ndarray:
@@ -64,6 +65,11 @@ def unencoded(spans: list[MediaSpan], start: int, end: int) -> MediaSpan | None:
     return next((s for s in spans if not s.encoded and s.start < end and s.start + s.n > start), None)
 
 
+def whole_spans(spans: list[MediaSpan]) -> tuple[tuple[int, int], ...]:
+    """The rows ``(start, end)`` of each span that one ``llama_decode`` must hold whole."""
+    return tuple((s.start, s.start + s.n) for s in spans if s.whole)
+
+
 def rows_at(spans: list[MediaSpan], pos: int, n: int) -> np.ndarray:
     """The embeddings of prompt rows ``pos`` to ``pos + n``, all of them media rows of ``spans``."""
     import numpy as np
@@ -79,11 +85,13 @@ def rows_at(spans: list[MediaSpan], pos: int, n: int) -> np.ndarray:
 
 
 def runs(tokens: list[int]) -> list[tuple[int, int, bool]]:
-    """``tokens`` as consecutive runs ``(start, end, media)`` of text ids and of media ids."""
+    """``tokens`` as consecutive runs ``(start, end, media)`` of text ids and of each media chunk's ids (a chunk's
+    rows are consecutive ids, see :func:`media_ids`)."""
     out: list[tuple[int, int, bool]] = []
     start = 0
     for i in range(1, len(tokens) + 1):
-        if i == len(tokens) or (tokens[i] < 0) != (tokens[start] < 0):
+        new_chunk = i < len(tokens) and tokens[i] < 0 and tokens[i] != tokens[i - 1] - 1
+        if i == len(tokens) or (tokens[i] < 0) != (tokens[start] < 0) or new_chunk:
             out.append((start, i, tokens[start] < 0))
             start = i
     return out

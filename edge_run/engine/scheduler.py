@@ -10,7 +10,8 @@ rows, and splits a lone row's KV between threads), enough to flip a greedy choic
 rests on the order of computation: every KV position is computed by the same ``llama_decode`` calls.
 
 - A prompt is cut into blocks at multiples of ``block``, the remainder in the final block
-  (:func:`~edge_run.engine.slots.next_block`), each block a ``llama_decode`` of its own. Only whole
+  (:func:`~edge_run.engine.slots.next_block`; never inside an image whose rows attend to each other,
+  :data:`~edge_run.engine.slots.Whole`), each block a ``llama_decode`` of its own. Only whole
   blocks before a request's final block are reused (a slot's ``exact``): a longer prompt computes
   exactly those blocks the same way. The same prompt again reuses all of it, with the logits of its
   last row, kept (:mod:`edge_run.engine.prefix`).
@@ -105,10 +106,6 @@ class Scheduler:
         self.drafts_accepted = self.drafts_rejected = self.prefix_copies = self.slot_moves = 0
 
     @property
-    def queued(self) -> int:
-        return len(self.waiting)
-
-    @property
     def tokens_stale(self) -> int:
         """Tokens of finished answers still to compute again as whole blocks (background work of an idle engine)."""
         return sum(len(slot.stale) // self.block * self.block for slot in self._slots if slot.idle)
@@ -155,7 +152,7 @@ class Scheduler:
             self._sample(slot, out)
         while slot.n_prompt_done < n:
             start = slot.n_prompt_done
-            end = next_block(start, n, self.block)
+            end = next_block(start, n, self.block, job.whole)
             if used and used + end - start > budget:
                 break
             if (span := unencoded(slot.media, start, end)) is not None:
@@ -183,7 +180,8 @@ class Scheduler:
             batch = self._embd if media and self._embd is not None else self._batch  # media: a projector's
             rows = rows_at(slot.media, start + a, b - a) if media else tokens[a:b]
             batch.fill(rows, start + a, slot.seq, last_logits=final and b == len(tokens))  # type: ignore[arg-type]
-            self._decode(batch, per=self.block)  # a final block counts as whole blocks
+            causal = (start + a, start + b) not in slot.whole  # a whole span is a run: the block rule keeps it whole
+            self._decode(batch, per=self.block, causal=causal)  # a final block counts as whole blocks
         slot.cache += tokens
         if not final and slot.exact == start:
             slot.exact = len(slot.cache)
@@ -191,7 +189,7 @@ class Scheduler:
 
     def _stale(self) -> Slot | None:
         """The most recently used idle slot that has a whole block to compute again, if any."""
-        slots = [s for s in self._slots if s.idle and len(s.stale) >= self.block]
+        slots = [s for s in self._slots if s.idle and len(s.stale) >= s.refresh_rows(self.block)]
         return max(slots, key=lambda s: s.last_used) if slots else None
 
     def _refresh(self) -> None:
@@ -207,10 +205,10 @@ class Scheduler:
             self.ctx.seq_rm(slot.seq, slot.exact, -1)
             del slot.cache[slot.exact :]
             slot.final_logits = None
-        self._decode_block(slot, slot.stale[: self.block], final=False)
-        del slot.stale[: self.block]
-        self.tokens_refreshed += self.block
-
+        rows = slot.refresh_rows(self.block)
+        self._decode_block(slot, slot.stale[:rows], final=False)
+        del slot.stale[:rows]
+        self.tokens_refreshed += rows
     def _decode_rows(self, rows: list[Slot], out: list[tuple[Job, Chunk]]) -> None:
         """Decode each slot's sampled token (a lone slot's with its drafts); keep the drafts its sampler agrees with.
         Beside others no slot drafts (each would decode as many rows: on 4 streams one stream's 8 drafts cost 32
@@ -250,7 +248,7 @@ class Scheduler:
         if slot.job is not None:
             self.ctx.seq_rm(slot.seq, len(slot.cache), -1)  # the rejected drafts
 
-    def _decode(self, batch: Batch | EmbdBatch, *, per: int = 0) -> None:
+    def _decode(self, batch: Batch | EmbdBatch, *, per: int = 0, causal: bool = True) -> None:
         """One ``llama_decode`` on the governor's threads or fewer (the core share), a lone row with a split KV on
         ``lone_row_threads``; the governor learns from the others, as ``batch.n / per`` steps of ``per`` rows."""
         lone = self.lone_row_threads if batch.n == 1 and self.ctx.splits_lone_row(batch.position(0)) else None
@@ -258,7 +256,7 @@ class Scheduler:
         threads = self._use_threads(wanted)
         start = time.perf_counter()
         try:
-            self.ctx.decode(batch)
+            self.ctx.decode(batch, causal=causal)
         finally:
             self.cores.release(self.member)
         if lone is None and threads == wanted:  # a step cut short by the core share says nothing about the machine
@@ -289,7 +287,7 @@ class Scheduler:
                 admitted = True
                 self.waiting.popleft()
                 try:
-                    slot = pick_slot(self._slots, idle, job.prompt, self.block)
+                    slot = pick_slot(self._slots, idle, job.prompt, self.block, job.whole)
                     idle.remove(slot)
                     self._start(slot, job)
                     for follower in job.followers:
@@ -308,7 +306,7 @@ class Scheduler:
             slot.n_prompt_done, slot.replay = len(job.prompt), None
         else:  # replayed logits feed one sample: not a leader's followers, nor the device's sampler
             replay = not job.followers and not self.device_sampling
-            self.prefix_copies += take_prefix(self._slots, slot, job.prompt, self.block, self.ctx, replay=replay)
+            self.prefix_copies += take_prefix(self._slots, slot, job.prompt, self.block, self.ctx, replay, job.whole)
         keep = 0 if fork else slot.n_prompt_done
         self.ctx.seq_rm(slot.seq, keep, -1)
         del slot.cache[keep:]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from edge_run.engine.media import whole_spans
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -18,10 +20,26 @@ if TYPE_CHECKING:
     from edge_run.engine.text import TextStream
     from edge_run.engine.types import Chunk
 
-__all__ = ["COPY_GAIN", "Job", "Slot", "count_runs", "final_block", "next_block", "pick_slot", "plan_moves", "reusable"]
+__all__ = [
+    "COPY_GAIN",
+    "Job",
+    "Slot",
+    "Whole",
+    "count_runs",
+    "final_block",
+    "next_block",
+    "next_cut",
+    "pick_slot",
+    "plan_moves",
+    "reusable",
+]
 
 # Below this many tokens of extra prefix, re-evaluating them costs less than copying a slot's KV stream.
 COPY_GAIN = 16
+
+# Rows ``(start, end)`` of a prompt that one ``llama_decode`` must hold whole: an image whose rows attend to each
+# other (Gemma 3). A block boundary that falls inside one moves to its end.
+Whole = tuple[tuple[int, int], ...]
 
 
 @dataclass(eq=False)
@@ -43,6 +61,10 @@ class Job:
     followers: list[Job] = field(default_factory=list)
     media: list[MediaSpan] = field(default_factory=list)  # the prompt's images and audio
     cancelled: bool = False  # set by the event loop, read by the engine thread
+
+    @property
+    def whole(self) -> Whole:
+        return whole_spans(self.media)
 
     def close_samplers(self) -> None:
         """Free the sampler chains of this choice and its followers (a request that never got slots)."""
@@ -82,13 +104,21 @@ class Slot:
     def idle(self) -> bool:
         return self.job is None
 
+    @property
+    def whole(self) -> Whole:
+        return whole_spans(self.media)
+
+    def refresh_rows(self, block: int) -> int:
+        """The rows of the next whole block past ``exact``, where the stale tokens start."""
+        return next_cut(self.exact, block, self.whole) - self.exact
+
 
 def count_runs(busy: list[bool]) -> int:
     """The number of runs of consecutive ``True`` in ``busy``."""
     return sum(b and (i == 0 or not busy[i - 1]) for i, b in enumerate(busy))
 
 
-def pick_slot(slots: list[Slot], idle: list[Slot], prompt: list[int] | None, block: int) -> Slot:
+def pick_slot(slots: list[Slot], idle: list[Slot], prompt: list[int] | None, block: int, whole: Whole = ()) -> Slot:
     """The idle slot for a request: the longest cached prefix of ``prompt`` (``None`` for a choice that
     copies its leader's KV), then a slot next to the busy ones, then the least recently used."""
 
@@ -98,7 +128,7 @@ def pick_slot(slots: list[Slot], idle: list[Slot], prompt: list[int] | None, blo
 
     if prompt is None:
         return max(idle, key=lambda s: (-runs_with(s), -s.last_used))
-    return max(idle, key=lambda s: (reusable(s, prompt, block), -runs_with(s), -s.last_used))
+    return max(idle, key=lambda s: (reusable(s, prompt, block, whole), -runs_with(s), -s.last_used))
 
 
 def plan_moves(busy: list[bool]) -> list[tuple[int, int]]:
@@ -116,15 +146,35 @@ def plan_moves(busy: list[bool]) -> list[tuple[int, int]]:
     return list(zip(outside, holes, strict=True))
 
 
-def final_block(n: int, block: int) -> int:
+def _snap(pos: int, whole: Whole) -> int:
+    """``pos``, or the end of the whole span it falls inside."""
+    return next((end for start, end in whole if start < pos < end), pos)
+
+
+def next_cut(done: int, block: int, whole: Whole = ()) -> int:
+    """The first block boundary after ``done``: the next multiple of ``block``, moved past a whole span."""
+    return _snap((done // block + 1) * block, whole)
+
+
+def _cut_below(pos: int, block: int, whole: Whole) -> int:
+    """The last block boundary at or before ``pos``."""
+    m = pos // block * block
+    while m > 0 and _snap(m, whole) > pos:
+        m -= block
+    return _snap(m, whole) if m > 0 else 0
+
+
+def final_block(n: int, block: int, whole: Whole = ()) -> int:
     """Where the final block of an ``n``-token prompt starts: the prompt is cut at multiples of ``block``,
-    and the remainder joins the last block (``block`` to ``2 * block - 1`` tokens; a shorter prompt is one block)."""
-    return (max(1, n // block) - 1) * block
+    and the remainder joins the last block (``block`` to ``2 * block - 1`` tokens; a shorter prompt is one block).
+    A cut inside a whole span moves to its end, or before it where the span ends the prompt."""
+    start = _snap((max(1, n // block) - 1) * block, whole)
+    return start if start < n else _cut_below(start - 1, block, whole)
 
 
-def next_block(done: int, n: int, block: int) -> int:
+def next_block(done: int, n: int, block: int, whole: Whole = ()) -> int:
     """Where the block that starts at ``done`` of an ``n``-token prompt ends."""
-    return done + block if done < final_block(n, block) else n
+    return next_cut(done, block, whole) if done < final_block(n, block, whole) else n
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -135,11 +185,12 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-def reusable(slot: Slot, prompt: list[int], block: int) -> int:
+def reusable(slot: Slot, prompt: list[int], block: int, whole: Whole = ()) -> int:
     """How many leading tokens of ``prompt`` the slot's KV can give: whole blocks that it computed as blocks
     (``exact``), that ``prompt`` shares, and that come before ``prompt``'s final block, which a cold
-    request would compute as a block of another width."""
+    request would compute as a block of another width. ``whole`` is ``prompt``'s (the shared rows' spans are
+    the same in both)."""
     if slot.final_logits is not None and slot.cache == prompt:  # the same prompt again, as a cold one computed it
         return len(prompt)
-    shared = _common_prefix(slot.cache, prompt) // block * block
-    return min(shared, slot.exact, final_block(len(prompt), block))
+    shared = _cut_below(_common_prefix(slot.cache, prompt), block, whole)
+    return min(shared, slot.exact, final_block(len(prompt), block, whole))

@@ -1,8 +1,9 @@
-"""Images in chat, through llama.cpp's mtmd, on the real test model with a synthetic projector.
+"""Images in chat, through llama.cpp's mtmd, on the real test models with synthetic projectors.
 
 SmolVLM-256M is SmolLM2-135M with a SigLIP encoder and the idefics3 projector; ``bench/synth.py vision`` writes
 that projector with random weights, sized for SmolLM2's 576-wide embeddings, so the real test model serves
-images. Answers mean nothing, but they are the model's, and they change with the image.
+images. ``bench/synth.py vision-gemma3`` writes Gemma 3's (256 rows an image, which attend to each other), sized
+for the real Gemma 3 270M. Answers mean nothing, but they are the model's, and they change with the image.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import http.server
 import struct
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -26,9 +28,7 @@ from tests.support import MODEL_ID, Server, free_port, set_up, start_server, wai
 
 pytestmark = pytest.mark.integration
 
-VISION, AUDIO = "vis/smol", "aud/smol"
-
-
+VISION, AUDIO, GEMMA = "vis/smol", "aud/smol", "vis/gemma3"
 
 
 def data_url(image: bytes, mime: str = "image/png") -> str:
@@ -41,9 +41,7 @@ def ask(text: str, *urls: str) -> dict:
     ]}  # fmt: skip
 
 
-
-
-def _home(root: Path, model_path: Path, mmproj: Path, audio: Path | None = None) -> Path:
+def _home(root: Path, model_path: Path, mmproj: Path, audio: Path | None = None, gemma: Gemma | None = None) -> Path:
     home = root / "home"
     home.mkdir()
     out = set_up(home, "models", "add", str(model_path), "--id", VISION, "--mmproj", str(mmproj))
@@ -51,10 +49,11 @@ def _home(root: Path, model_path: Path, mmproj: Path, audio: Path | None = None)
     if audio is not None:
         out = set_up(home, "models", "add", str(model_path), "--id", AUDIO, "--mmproj", str(audio))
         assert "inputs: text, audio" in out
+    if gemma is not None:
+        out = set_up(home, "models", "add", str(gemma.model), "--id", GEMMA, "--mmproj", str(gemma.mmproj))
+        assert "inputs: text, image" in out
     set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
     return home
-
-
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +61,25 @@ def mmproj(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synth_projector("vision", tmp_path_factory.mktemp("synth-vision"))
 
 
+@dataclass(frozen=True)
+class Gemma:
+    model: Path  # the real Gemma 3 270M
+    mmproj: Path  # Gemma 3's projector, random weights, for its 640-wide embeddings
+
+
 @pytest.fixture(scope="module")
-def vision(tmp_path_factory: pytest.TempPathFactory, model_path: Path, mmproj: Path) -> Iterator[Server]:
-    """The vision model, an audio one (ultravox's projector) and the plain one (no projector) on one server."""
+def gemma(tmp_path_factory: pytest.TempPathFactory, second_model_path: Path) -> Gemma:
+    mmproj = synth_projector("vision-gemma3", tmp_path_factory.mktemp("synth-gemma3"), "--n-embd-text", "640")
+    return Gemma(second_model_path, mmproj)
+
+
+@pytest.fixture(scope="module")
+def vision(tmp_path_factory: pytest.TempPathFactory, model_path: Path, mmproj: Path, gemma: Gemma) -> Iterator[Server]:
+    """The vision model, an audio one (ultravox's projector), Gemma 3 with images and the plain one (no projector)
+    on one server."""
     audio = synth_projector("audio", tmp_path_factory.mktemp("synth-audio"))
-    home = _home(tmp_path_factory.mktemp("vision"), model_path, mmproj, audio)
-    server = start_server(home, "--model", VISION, "--ctx", "2048", "--slots", "2", "--max-loaded", "3")
+    home = _home(tmp_path_factory.mktemp("vision"), model_path, mmproj, audio, gemma)
+    server = start_server(home, "--model", VISION, "--ctx", "2048", "--slots", "2", "--max-loaded", "4")
     yield server
     server.stop()
 
@@ -94,6 +106,7 @@ def test_models_say_which_inputs_they_take(vision: Server):
     cards = {m.id: m.model_extra for m in _client(vision).models.list().data}
     assert cards[VISION]["inputs"] == ["text", "image"]
     assert cards[AUDIO]["inputs"] == ["text", "audio"]
+    assert cards[GEMMA]["inputs"] == ["text", "image"]
     assert cards[MODEL_ID]["inputs"] == ["text"]
 
 
@@ -110,30 +123,35 @@ def test_an_image_reaches_the_model_and_the_same_image_again_is_not_encoded_agai
     assert other[3] < other[2]  # and its rows are not taken for the first image's
 
 
-def test_a_conversation_about_an_image_answers_as_a_fresh_server_does(vision: Server, tmp_path, model_path, mmproj):
+def test_a_conversation_about_an_image_answers_as_a_fresh_server_does(vision: Server, tmp_path, model_path, mmproj,
+                                                                    gemma: Gemma):  # fmt: skip
     """The second turn reuses the first turn's image from the cache, and answers byte for byte as a server that
-    computes everything cold does: the block rule holds with media rows among the tokens."""
-    image = data_url(png(96, 64, seed=3))
-    turns = [ask("Describe it.", image)]
-    reply = _answer(vision, turns)
-    turns += [{"role": "assistant", "content": reply[0]}, ask("And the colours? Compare with this one.",
-                                                              data_url(png(64, 64, seed=4)))]  # fmt: skip
-    encoded = _model(vision, VISION)["media_encoded"]
-    # a person's next turn comes seconds later: by then the idle refresh has computed the first turn, image rows
-    # and all, as whole blocks (they are reused only so: see the README's same-answer section)
-    wait_for(lambda: _model(vision, VISION)["tokens_stale"] == 0, 30, "the first turn refreshed")
-    warm = _answer(vision, turns)
-    assert warm[3] > 0  # the first turn's image came from the cache...
-    encoded_warm = _model(vision, VISION)["media_encoded"] - encoded
-    cold_server = start_server(_home(tmp_path, model_path, mmproj), "--model", VISION, "--ctx", "2048", "--slots", "2")
+    computes everything cold does: the block rule holds with media rows among the tokens. Gemma 3's images (256
+    rows that attend to each other, decoded whole with causal attention off) straddle block boundaries: a block
+    that would end inside one ends after it, cold and cached alike."""
+    conversations = {}
+    for model, size in ((VISION, (96, 64)), (GEMMA, (64, 64))):
+        turns = [ask("Describe it.", data_url(png(*size, seed=3)))]
+        reply = _answer(vision, turns, model)
+        turns += [{"role": "assistant", "content": reply[0]}, ask("And the colours? Compare with this one.",
+                                                                  data_url(png(64, 64, seed=4)))]  # fmt: skip
+        encoded = _model(vision, model)["media_encoded"]
+        # a person's next turn comes seconds later: by then the idle refresh has computed the first turn, image
+        # rows and all, as whole blocks (they are reused only so: see the README's same-answer section)
+        wait_for(lambda m=model: _model(vision, m)["tokens_stale"] == 0, 30, "the first turn refreshed")
+        warm = _answer(vision, turns, model)
+        assert warm[3] > 0  # the first turn's image came from the cache...
+        conversations[model] = turns, warm, _model(vision, model)["media_encoded"] - encoded
+    cold_server = start_server(_home(tmp_path, model_path, mmproj, gemma=gemma), "--model", VISION, "--ctx", "2048",
+                               "--slots", "2")  # fmt: skip
     try:
-        cold = _answer(cold_server, turns)
-        encoded_cold = _model(cold_server, VISION)["media_encoded"]
+        for model, (turns, warm, encoded_warm) in conversations.items():
+            cold = _answer(cold_server, turns, model)
+            assert cold[3] == 0
+            assert warm[:3] == cold[:3], model
+            assert 0 < encoded_warm < _model(cold_server, model)["media_encoded"]  # ...and was not encoded again
     finally:
         cold_server.stop()
-    assert cold[3] == 0
-    assert warm[:3] == cold[:3]
-    assert 0 < encoded_warm < encoded_cold  # ...and was not encoded again: only the new image was
 
 
 def test_an_image_streams(vision: Server):

@@ -4,6 +4,7 @@ before the final one are reused, so a cached prompt is computed by the same llam
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 
 import pytest
 
@@ -12,10 +13,10 @@ from edge_run.engine.slots import Slot, final_block, next_block, reusable
 from edge_run.engine.threads import CoreShare
 
 
-def blocks(n: int, size: int) -> list[tuple[int, int]]:
+def blocks(n: int, size: int, whole: tuple[tuple[int, int], ...] = ()) -> list[tuple[int, int]]:
     cut, at = [], 0
     while at < n:
-        end = next_block(at, n, size)
+        end = next_block(at, n, size, whole)
         cut.append((at, end))
         at = end
     return cut
@@ -76,3 +77,40 @@ def test_the_idle_refresh_waits_a_moment_after_the_latest_answer() -> None:
     assert scheduler.refresh_in() == 0.0 and scheduler.has_work()
     slot.stale = slot.stale[:63]  # less than a block: nothing to refresh
     assert scheduler.refresh_in() is None and not scheduler.has_work()
+
+
+def images(n: int, rows: int, gap: int, first: int) -> tuple[tuple[int, int], ...]:
+    """Whole spans of ``rows`` (an image whose rows attend to each other) every ``rows + gap`` from ``first``."""
+    return tuple((a, a + rows) for a in range(first, n - rows, rows + gap))
+
+
+@pytest.mark.parametrize(("rows", "gap"), [(16, 5), (100, 30), (256, 11), (300, 1)])
+def test_no_block_boundary_falls_inside_an_image_whose_rows_attend_to_each_other(rows: int, gap: int) -> None:
+    """A cut inside a whole span moves to its end (or, where the span ends the prompt, before it); the cold cut of
+    a longer prompt holds the shorter one's reusable blocks, and reuse never stops inside a span."""
+    for first in (0, 1, 40, 63, 64, 90):
+        for n in range(1, 900, 7):
+            whole = images(n, rows, gap, first)
+            cut = blocks(n, 64, whole)
+            assert cut[0][0] == 0 and cut[-1][1] == n and all(a[1] == b[0] for a, b in pairwise(cut))
+            assert not any(s < b < e for _, b in cut for s, e in whole), (n, whole, cut)
+            reuse = final_block(n, 64, whole)
+            for longer in (n + 1, n + 64, n + 300):
+                more = images(longer, rows, gap, first)
+                if tuple(sp for sp in more if sp[0] < n) != whole:  # an image cut off by the shorter one's end
+                    continue
+                assert set(blocks(reuse, 64, whole)) <= set(blocks(longer, 64, more)), (n, longer)
+                prompt, slot = list(range(longer)), Slot(seq=0, cache=list(range(n)), exact=reuse)
+                got = reusable(slot, prompt, 64, more)
+                assert got <= reuse and not any(s < got < e for s, e in more)
+
+
+def test_a_whole_span_moves_the_cut_to_its_end() -> None:
+    whole = ((50, 150),)  # the cut at 64 and at 128 fall inside
+    assert blocks(300, 64, whole) == [(0, 150), (150, 192), (192, 300)]
+    assert blocks(200, 64, whole) == [(0, 150), (150, 200)]
+    assert blocks(150, 64, whole) == [(0, 150)]  # the span ends the prompt: the final block starts before it
+    assert blocks(170, 64, ((100, 170),)) == [(0, 64), (64, 170)]
+    slot = Slot(seq=0, cache=list(range(300)), exact=192)
+    assert reusable(slot, list(range(120)) + [-5] * 200, 64, whole) == 0  # they part inside the span
+    assert reusable(slot, list(range(280)) + [-5] * 200, 64, whole) == 192

@@ -114,9 +114,16 @@ class Context:
     def ptr(self) -> L.llama_context_p:
         return self._ptr
 
-    def decode(self, batch: Batch | EmbdBatch) -> None:
+    def decode(self, batch: Batch | EmbdBatch, *, causal: bool = True) -> None:
+        """One ``llama_decode``; ``causal=False`` lets the batch's rows attend to each other (a Gemma 3 image)."""
         batch._b.n_tokens = batch.n
-        rc = L.llama_decode(self._ptr, batch._b)
+        if not causal:
+            L.llama_set_causal_attn(self._ptr, False)
+        try:
+            rc = L.llama_decode(self._ptr, batch._b)
+        finally:
+            if not causal:
+                L.llama_set_causal_attn(self._ptr, True)
         if rc != 0:
             raise EngineFailure(f"llama_decode returned {rc}")
 

@@ -40,7 +40,7 @@ _KINDS = {M.MTMD_INPUT_CHUNK_TYPE_IMAGE: "image", M.MTMD_INPUT_CHUNK_TYPE_AUDIO:
 class Projector:
     """An ``mmproj`` file loaded beside its text model."""
 
-    def __init__(self, path: Path, model: Model, *, threads: int, gpu: bool) -> None:
+    def __init__(self, path: Path, model: Model, *, threads: int, gpu: bool, batch: int) -> None:
         if not os.environ.get("EDGE_RUN_LLAMA_LOG"):  # mtmd prints each prompt's text: only its errors, to our log
             M.mtmd_log_set(quiet_log, ctypes.c_void_p(0))
             M.mtmd_helper_log_set(quiet_log, ctypes.c_void_p(0))
@@ -63,6 +63,7 @@ class Projector:
         ) else None
         n_embd_inp = getattr(L, "llama_model_n_embd_inp", L.llama_model_n_embd)
         self.n_embd = int(n_embd_inp(model.ptr))
+        self._batch = batch  # a chunk whose rows attend to each other is decoded in one batch
         self._lock = threading.Lock()  # one encode at a time: they share the context's output buffer
         self.encoded = 0  # media chunks encoded (a cached one is not encoded again)
         # the latest chunks' embeddings, by content: an image sent again whose rows must be computed again (past
@@ -126,16 +127,17 @@ class Projector:
                 # text model than its own (the tests' synthetic one) gives them; they cannot be decoded
                 ids += [t for t in tokens[: n.value] if t != L.LLAMA_TOKEN_NULL]
                 continue
-            if M.mtmd_decode_use_non_causal(self._ptr, chunk):  # Gemma 3: an image's rows attend to each other
-                raise InvalidRequest("this model's images need non-causal attention (Gemma 3...), not supported yet")
             n_rows = M.mtmd_input_chunk_get_n_tokens(chunk)
+            whole = bool(M.mtmd_decode_use_non_causal(self._ptr, chunk))  # Gemma 3: an image's rows see each other
+            if whole and n_rows > self._batch:
+                raise InvalidRequest(f"an image of {n_rows} rows needs --batch {n_rows} or more (it is {self._batch})")
             if M.mtmd_input_chunk_get_n_pos(chunk) != n_rows:
                 raise InvalidRequest("this model places media rows on positions of their own, not supported yet")
             own = M.mtmd_input_chunk_copy(chunk)
             content = M.mtmd_input_chunk_get_id(own) or b""
             slices[content] = slices.get(content, -1) + 1
             key = int.from_bytes(hashlib.blake2b(b"%s/%d" % (content, slices[content]), digest_size=8).digest())
-            span = MediaSpan(len(ids), n_rows, _KINDS[kind], self._encoder(own, n_rows, key))
+            span = MediaSpan(len(ids), n_rows, _KINDS[kind], self._encoder(own, n_rows, key), whole=whole)
             weakref.finalize(span, M.mtmd_input_chunk_free, own)
             ids += media_ids(key, n_rows)
             spans.append(span)
