@@ -125,7 +125,7 @@ class Engine:
             threads=opts.threads,
             adapt_threads=not offloaded,  # offloaded whole, the CPU threads barely work
             cores=opts.cores,
-            embd_batch=EmbdBatch(opts.batch, self._projector.n_embd) if self._projector is not None else None,
+            embd_batch=EmbdBatch(opts.batch, p.n_embd, mrope=p.mrope) if (p := self._projector) is not None else None,
         )
         self._worker = Worker(scheduler, loop)
         self._worker.start()
@@ -197,8 +197,6 @@ class Engine:
         for m in media:
             if projector is None or m.kind not in projector.inputs:
                 raise InvalidRequest(f"model `{self.model_id}` takes no {m.kind} input", param=m.param)
-            if projector.refusal is not None:
-                raise InvalidRequest(f"model `{self.model_id}` cannot take media: {projector.refusal}", param=m.param)
         assert projector is not None  # media is not empty
 
         def work() -> tuple[str, list[int], list[MediaSpan]]:

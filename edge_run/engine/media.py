@@ -17,7 +17,17 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-__all__ = ["MEDIA_MARKER", "MediaInput", "MediaSpan", "media_ids", "rows_at", "runs", "unencoded", "whole_spans"]
+__all__ = [
+    "MEDIA_MARKER",
+    "MediaInput",
+    "MediaSpan",
+    "media_ids",
+    "position",
+    "rows_at",
+    "runs",
+    "unencoded",
+    "whole_spans",
+]
 
 # Where a media input goes in the rendered prompt: llama.cpp's mtmd_default_marker(), which mtmd_tokenize cuts at
 MEDIA_MARKER = "<__media__>"
@@ -41,8 +51,15 @@ class MediaSpan:
     n: int
     kind: str
     encode: Callable[[], np.ndarray]  # (n, n_embd) float32; runs on the engine thread
-    whole: bool = False  # its rows attend to each other (Gemma 3): one llama_decode, causal attention off
+    whole: bool = False  # one llama_decode (rows that see each other: Gemma 3's, or M-RoPE's on one position)
+    causal: bool = True  # False: causal attention off while it decodes (Gemma 3)
+    n_pos: int = -1  # the positions it takes: fewer than its rows where M-RoPE lays an image out on a grid
+    layout: Callable[[int], np.ndarray] | None = None  # M-RoPE: its rows' (4, n) positions from its first one
     _embd: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.n_pos < 0:
+            self.n_pos = self.n
 
     def embeddings(self) -> np.ndarray:
         """The chunk's rows, encoded on first use."""
@@ -70,18 +87,19 @@ def whole_spans(spans: list[MediaSpan]) -> tuple[tuple[int, int], ...]:
     return tuple((s.start, s.start + s.n) for s in spans if s.whole)
 
 
-def rows_at(spans: list[MediaSpan], pos: int, n: int) -> np.ndarray:
-    """The embeddings of prompt rows ``pos`` to ``pos + n``, all of them media rows of ``spans``."""
-    import numpy as np
+def position(spans: list[MediaSpan], i: int) -> int:
+    """The KV position of prompt row ``i`` (not inside a span): ``i`` less the rows that spans before it save."""
+    return i - sum(s.n - s.n_pos for s in spans if s.start + s.n <= i)
 
-    parts = []
-    for span in spans:
-        a, b = max(pos, span.start), min(pos + n, span.start + span.n)
-        if a < b:
-            parts.append(span.embeddings()[a - span.start : b - span.start])
-    rows = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.empty((0, 0), np.float32)
-    assert len(rows) == n, f"media rows {pos}..{pos + n} are not all in the prompt's media"
-    return rows
+
+def rows_at(spans: list[MediaSpan], start: int, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The embeddings of prompt rows ``start`` to ``start + n``, all of them one span's media rows, and, with M-RoPE,
+    their positions (4, n)."""
+    span = next(s for s in spans if s.start <= start < s.start + s.n)
+    a, b = start - span.start, start - span.start + n
+    assert b <= span.n, f"media rows {start}..{start + n} are not all in one chunk"
+    positions = span.layout(position(spans, span.start))[:, a:b] if span.layout is not None else None
+    return span.embeddings()[a:b], positions
 
 
 def runs(tokens: list[int]) -> list[tuple[int, int, bool]]:

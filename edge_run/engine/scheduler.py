@@ -177,10 +177,13 @@ class Scheduler:
         start = len(slot.cache)
         batch: Batch | EmbdBatch = self._batch
         for a, b, media in runs(tokens):
-            batch = self._embd if media and self._embd is not None else self._batch  # media: a projector's
-            rows = rows_at(slot.media, start + a, b - a) if media else tokens[a:b]
-            batch.fill(rows, start + a, slot.seq, last_logits=final and b == len(tokens))  # type: ignore[arg-type]
-            causal = (start + a, start + b) not in slot.whole  # a whole span is a run: the block rule keeps it whole
+            last, pos = final and b == len(tokens), slot.pos(start + a)
+            if media and self._embd is not None:  # a projector's rows, with M-RoPE's positions
+                rows, at = rows_at(slot.media, start + a, b - a)
+                (batch := self._embd).fill(rows, pos, slot.seq, last_logits=last, sections=at)
+            else:
+                (batch := self._batch).fill(tokens[a:b], pos, slot.seq, last_logits=last)
+            causal = all(s.causal for s in slot.media if s.start == start + a)  # Gemma 3: a whole span is a run
             self._decode(batch, per=self.block, causal=causal)  # a final block counts as whole blocks
         slot.cache += tokens
         if not final and slot.exact == start:
@@ -202,7 +205,7 @@ class Scheduler:
                 self.ctx.seq_cp(slot.seq, spare.seq)
                 spare.cache, spare.exact, spare.last_used = slot.cache[: slot.exact], slot.exact, slot.last_used
                 spare.stale, spare.media, slot.stale, slot = slot.stale, slot.media, [], spare
-            self.ctx.seq_rm(slot.seq, slot.exact, -1)
+            self.ctx.seq_rm(slot.seq, slot.pos(slot.exact), -1)
             del slot.cache[slot.exact :]
             slot.final_logits = None
         rows = slot.refresh_rows(self.block)
@@ -219,9 +222,9 @@ class Scheduler:
         drafts = step_drafts(rows[0].drafter, rows[0].draft_k, rows[0].generated, fit) if len(rows) == 1 else []
         for slot in rows:
             assert slot.next_token is not None
-            slot.logit_index = batch.add(slot.next_token, len(slot.cache), slot.seq, True)
+            slot.logit_index = batch.add(slot.next_token, slot.pos(len(slot.cache)), slot.seq, True)
         for i, token in enumerate(drafts):
-            batch.add(token, len(rows[0].cache) + 1 + i, rows[0].seq, True)
+            batch.add(token, rows[0].pos(len(rows[0].cache)) + 1 + i, rows[0].seq, True)
         self._decode(batch)
         for slot in rows:
             self._accept(slot, drafts, out)
@@ -246,7 +249,7 @@ class Scheduler:
         self.drafts_rejected += real - kept
         slot.draft_k = next_k(slot.draft_k, real, kept, self.max_drafts)
         if slot.job is not None:
-            self.ctx.seq_rm(slot.seq, len(slot.cache), -1)  # the rejected drafts
+            self.ctx.seq_rm(slot.seq, slot.pos(len(slot.cache)), -1)  # the rejected drafts
 
     def _decode(self, batch: Batch | EmbdBatch, *, per: int = 0, causal: bool = True) -> None:
         """One ``llama_decode`` on the governor's threads or fewer (the core share), a lone row with a split KV on
@@ -264,8 +267,7 @@ class Scheduler:
             self.governor.observe(threads, per or batch.n, seconds * per / batch.n if per else seconds)
 
     def _use_threads(self, wanted: int) -> int:
-        """Set the context to ``wanted`` threads, or fewer: this model's free share of the cores (held until
-        :meth:`CoreShare.release`)."""
+        """Set the context to ``wanted`` threads, or fewer: this model's free share of the cores (till ``release``)."""
         threads = self.cores.acquire(self.member, wanted)
         if threads != self.threads_now:
             self.ctx.set_threads(threads)
@@ -307,11 +309,11 @@ class Scheduler:
         else:  # replayed logits feed one sample: not a leader's followers, nor the device's sampler
             replay = not job.followers and not self.device_sampling
             self.prefix_copies += take_prefix(self._slots, slot, job.prompt, self.block, self.ctx, replay, job.whole)
-        keep = 0 if fork else slot.n_prompt_done
-        self.ctx.seq_rm(slot.seq, keep, -1)
+        keep, slot.media = 0 if fork else slot.n_prompt_done, job.media  # the cache's media up to keep, too
+        self.ctx.seq_rm(slot.seq, slot.pos(keep), -1)
         del slot.cache[keep:]
         slot.exact = min(slot.exact, keep)
-        slot.stale, slot.final_logits, slot.media = [], slot.replay, job.media
+        slot.stale, slot.final_logits = [], slot.replay
         slot.job = job
         # the device samples unless the host needs the logits: log-probabilities, forked choices, a grammar
         if self.device_sampling and not fork and job.top_logprobs is None and not job.followers:
@@ -376,7 +378,7 @@ class Scheduler:
             other.stale = []
         slot.stale = slot.cache[slot.exact :]
         del slot.cache[keep:]  # the prompt's final block stays for the same prompt, until the refresh
-        self.ctx.seq_rm(slot.seq, keep, -1)
+        self.ctx.seq_rm(slot.seq, slot.pos(keep), -1)
 
     def fail_slots(self, out: list[tuple[Job, Chunk]], err: EdgeRunError) -> None:
         """End every request in a slot with ``err`` (unless ``out`` ends it already) and clear its slot's cache. Never

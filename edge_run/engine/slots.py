@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from edge_run.engine.media import whole_spans
+from edge_run.engine.media import position, whole_spans
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -107,6 +107,10 @@ class Slot:
     @property
     def whole(self) -> Whole:
         return whole_spans(self.media)
+
+    def pos(self, i: int) -> int:
+        """The KV position of ``cache`` row ``i``: media rows may take fewer positions than rows (M-RoPE)."""
+        return position(self.media, i)
 
     def refresh_rows(self, block: int) -> int:
         """The rows of the next whole block past ``exact``, where the stale tokens start."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import http.server
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,12 +25,14 @@ import ollama
 import openai
 import pytest
 
+from tests.conftest import SYNTH
+from tests.mtmd_oracle import first_token
 from tests.payloads import png, synth_projector, wav
 from tests.support import MODEL_ID, Server, free_port, set_up, start_server, wait_for
 
 pytestmark = pytest.mark.integration
 
-VISION, AUDIO, GEMMA = "vis/smol", "aud/smol", "vis/gemma3"
+VISION, AUDIO, GEMMA, QWEN = "vis/smol", "aud/smol", "vis/gemma3", "vis/qwen2vl"
 
 
 def data_url(image: bytes, mime: str = "image/png") -> str:
@@ -41,7 +45,14 @@ def ask(text: str, *urls: str) -> dict:
     ]}  # fmt: skip
 
 
-def _home(root: Path, model_path: Path, mmproj: Path, audio: Path | None = None, gemma: Gemma | None = None) -> Path:
+def _home(
+    root: Path,
+    model_path: Path,
+    mmproj: Path,
+    audio: Path | None = None,
+    gemma: Pair | None = None,
+    qwen: Pair | None = None,
+) -> Path:
     home = root / "home"
     home.mkdir()
     out = set_up(home, "models", "add", str(model_path), "--id", VISION, "--mmproj", str(mmproj))
@@ -51,6 +62,9 @@ def _home(root: Path, model_path: Path, mmproj: Path, audio: Path | None = None,
         assert "inputs: text, audio" in out
     if gemma is not None:
         out = set_up(home, "models", "add", str(gemma.model), "--id", GEMMA, "--mmproj", str(gemma.mmproj))
+        assert "inputs: text, image" in out
+    if qwen is not None:
+        out = set_up(home, "models", "add", str(qwen.model), "--id", QWEN, "--mmproj", str(qwen.mmproj))
         assert "inputs: text, image" in out
     set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
     return home
@@ -62,24 +76,39 @@ def mmproj(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @dataclass(frozen=True)
-class Gemma:
-    model: Path  # the real Gemma 3 270M
-    mmproj: Path  # Gemma 3's projector, random weights, for its 640-wide embeddings
+class Pair:
+    model: Path
+    mmproj: Path
 
 
 @pytest.fixture(scope="module")
-def gemma(tmp_path_factory: pytest.TempPathFactory, second_model_path: Path) -> Gemma:
+def gemma(tmp_path_factory: pytest.TempPathFactory, second_model_path: Path) -> Pair:
+    """The real Gemma 3 270M, with Gemma 3's projector (random weights) for its 640-wide embeddings."""
     mmproj = synth_projector("vision-gemma3", tmp_path_factory.mktemp("synth-gemma3"), "--n-embd-text", "640")
-    return Gemma(second_model_path, mmproj)
+    return Pair(second_model_path, mmproj)
 
 
 @pytest.fixture(scope="module")
-def vision(tmp_path_factory: pytest.TempPathFactory, model_path: Path, mmproj: Path, gemma: Gemma) -> Iterator[Server]:
-    """The vision model, an audio one (ultravox's projector), Gemma 3 with images and the plain one (no projector)
-    on one server."""
+def qwen(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Pair:
+    """A tiny Qwen2-VL (M-RoPE: an image's rows on a grid of positions) and its projector, random weights, with
+    SmolLM2's tokenizer and template."""
+    out = tmp_path_factory.mktemp("synth-qwen2vl")
+    done = subprocess.run([sys.executable, str(SYNTH), "qwen2vl", "--out", str(out), "--tokenizer", str(model_path)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    model, mmproj = done.stdout.split()
+    return Pair(Path(model), Path(mmproj))
+
+
+@pytest.fixture(scope="module")
+def vision(
+    tmp_path_factory: pytest.TempPathFactory, model_path: Path, mmproj: Path, gemma: Pair, qwen: Pair
+) -> Iterator[Server]:
+    """The vision model, an audio one (ultravox's projector), Gemma 3 and Qwen2-VL with images and the plain one (no
+    projector) on one server."""
     audio = synth_projector("audio", tmp_path_factory.mktemp("synth-audio"))
-    home = _home(tmp_path_factory.mktemp("vision"), model_path, mmproj, audio, gemma)
-    server = start_server(home, "--model", VISION, "--ctx", "2048", "--slots", "2", "--max-loaded", "4")
+    home = _home(tmp_path_factory.mktemp("vision"), model_path, mmproj, audio, gemma, qwen)
+    server = start_server(home, "--model", VISION, "--ctx", "2048", "--slots", "2", "--max-loaded", "5")
     yield server
     server.stop()
 
@@ -106,7 +135,7 @@ def test_models_say_which_inputs_they_take(vision: Server):
     cards = {m.id: m.model_extra for m in _client(vision).models.list().data}
     assert cards[VISION]["inputs"] == ["text", "image"]
     assert cards[AUDIO]["inputs"] == ["text", "audio"]
-    assert cards[GEMMA]["inputs"] == ["text", "image"]
+    assert cards[GEMMA]["inputs"] == cards[QWEN]["inputs"] == ["text", "image"]
     assert cards[MODEL_ID]["inputs"] == ["text"]
 
 
@@ -124,13 +153,14 @@ def test_an_image_reaches_the_model_and_the_same_image_again_is_not_encoded_agai
 
 
 def test_a_conversation_about_an_image_answers_as_a_fresh_server_does(vision: Server, tmp_path, model_path, mmproj,
-                                                                    gemma: Gemma):  # fmt: skip
+                                                                    gemma: Pair, qwen: Pair):  # fmt: skip
     """The second turn reuses the first turn's image from the cache, and answers byte for byte as a server that
     computes everything cold does: the block rule holds with media rows among the tokens. Gemma 3's images (256
     rows that attend to each other, decoded whole with causal attention off) straddle block boundaries: a block
-    that would end inside one ends after it, cold and cached alike."""
+    that would end inside one ends after it, cold and cached alike; so does Qwen2-VL's, whose rows share positions
+    (M-RoPE), and the text after it takes the positions after the image's, not after its rows."""
     conversations = {}
-    for model, size in ((VISION, (96, 64)), (GEMMA, (64, 64))):
+    for model, size in ((VISION, (96, 64)), (GEMMA, (64, 64)), (QWEN, (160, 96))):
         turns = [ask("Describe it.", data_url(png(*size, seed=3)))]
         reply = _answer(vision, turns, model)
         turns += [{"role": "assistant", "content": reply[0]}, ask("And the colours? Compare with this one.",
@@ -142,8 +172,8 @@ def test_a_conversation_about_an_image_answers_as_a_fresh_server_does(vision: Se
         warm = _answer(vision, turns, model)
         assert warm[3] > 0  # the first turn's image came from the cache...
         conversations[model] = turns, warm, _model(vision, model)["media_encoded"] - encoded
-    cold_server = start_server(_home(tmp_path, model_path, mmproj, gemma=gemma), "--model", VISION, "--ctx", "2048",
-                               "--slots", "2")  # fmt: skip
+    cold_server = start_server(_home(tmp_path, model_path, mmproj, gemma=gemma, qwen=qwen), "--model", VISION,
+                               "--ctx", "2048", "--slots", "2", "--max-loaded", "3")  # fmt: skip
     try:
         for model, (turns, warm, encoded_warm) in conversations.items():
             cold = _answer(cold_server, turns, model)
@@ -152,6 +182,31 @@ def test_a_conversation_about_an_image_answers_as_a_fresh_server_does(vision: Se
             assert 0 < encoded_warm < _model(cold_server, model)["media_encoded"]  # ...and was not encoded again
     finally:
         cold_server.stop()
+
+
+SMOLLM_SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+
+
+@pytest.mark.parametrize("model", [GEMMA, QWEN])
+def test_images_are_decoded_as_llama_cpps_own_mtmd_decodes_them(vision: Server, tmp_path: Path, model: str, request):
+    """The oracle is llama.cpp's mtmd helper (``mtmd_helper_eval_chunks``) on the same files and prompt: Gemma 3's
+    image rows attend to each other, Qwen2-VL's lie on M-RoPE's grid, 24 rows on 8 positions. The first token's
+    five best log-probabilities agree to 1e-5 (causal image rows, or rows on consecutive positions, move them by
+    0.3 and 0.01)."""
+    pair: Pair = request.getfixturevalue("gemma" if model == GEMMA else "qwen")
+    image = tmp_path / "image.png"
+    image.write_bytes(png(96, 64, seed=1))
+    system = SMOLLM_SYSTEM if model == QWEN else ""  # Gemma 3 270M has no template: edge-run's ChatML fallback
+    prompt = system + "<|im_start|>user\nDescribe it.\n<__media__><|im_end|>\n<|im_start|>assistant\n"
+    n_oracle, oracle = first_token(pair.model, pair.mmproj, prompt, image)
+    r = _client(vision).chat.completions.create(
+        model=model, messages=[ask("Describe it.", data_url(image.read_bytes()))], max_tokens=1, temperature=0,
+        logprobs=True, top_logprobs=5
+    )  # fmt: skip
+    assert r.usage.prompt_tokens == n_oracle  # the same prompt, image rows included
+    ours = [(t.token, t.logprob) for t in r.choices[0].logprobs.content[0].top_logprobs]
+    assert [t for t, _ in ours] == [t for t, _ in oracle]
+    assert max(abs(a - b) for (_, a), (_, b) in zip(ours, oracle, strict=True)) < 1e-5, (ours, oracle)
 
 
 def test_an_image_streams(vision: Server):
@@ -300,7 +355,8 @@ class _Files(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_image_urls_are_fetched_only_with_allow_image_urls(vision: Server, tmp_path, model_path, mmproj):
+def test_image_urls_are_fetched_only_with_allow_image_urls(vision: Server, tmp_path, model_path, mmproj, gemma: Pair):
+    """Also: a batch too small for an image whose rows must be decoded together is a 400 that says what to set."""
     image = png(64, 64, seed=8)
     _Files.files = {"/cat.png": ("image/png", image), "/notes.txt": ("text/plain", b"hello")}
     web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
@@ -309,7 +365,8 @@ def test_image_urls_are_fetched_only_with_allow_image_urls(vision: Server, tmp_p
     inline = _answer(vision, [ask("What is in this picture?", data_url(image))])
     status, error = _status(vision, VISION, _image(base + "/cat.png"))
     assert status == 400 and "--allow-image-urls" in error["message"], error  # off by default
-    fetching = start_server(_home(tmp_path, model_path, mmproj), "--model", VISION, "--allow-image-urls")
+    home = _home(tmp_path, model_path, mmproj, gemma=gemma)
+    fetching = start_server(home, "--model", VISION, "--allow-image-urls", env={"EDGE_RUN_BATCH": "128"})
     try:
         assert _answer(fetching, [ask("What is in this picture?", base + "/cat.png")])[:3] == inline[:3]
         for url, words in (
@@ -319,6 +376,8 @@ def test_image_urls_are_fetched_only_with_allow_image_urls(vision: Server, tmp_p
         ):
             status, error = _status(fetching, VISION, _image(url))
             assert status == 400 and words in error["message"], (url, error)
+        status, error = _status(fetching, GEMMA, _image(data_url(image)))
+        assert status == 400 and "an image of 256 rows needs `batch = 256` or more (it is 128)" in error["message"]
     finally:
         fetching.stop()
         web.shutdown()

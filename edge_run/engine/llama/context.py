@@ -5,6 +5,7 @@ Everything here runs on the engine thread.
 
 from __future__ import annotations
 
+import ctypes
 from typing import TYPE_CHECKING, Any
 
 import llama_cpp as L
@@ -65,20 +66,38 @@ class Batch(_Rows):
 
 
 class EmbdBatch(_Rows):
-    """A reusable ``llama_batch`` of embeddings: an image's or audio's rows, decoded as a prompt's tokens are."""
+    """A reusable ``llama_batch`` of embeddings: an image's or audio's rows, decoded as a prompt's tokens are.
 
-    def __init__(self, capacity: int, n_embd: int) -> None:
+    A model with M-RoPE reads 4 positions a row (section-major: ``pos[j * n + i]``), from a buffer of its own."""
+
+    def __init__(self, capacity: int, n_embd: int, *, mrope: bool = False) -> None:
         super().__init__(capacity, n_embd)
         self.n_embd = n_embd
         self._embd = np.ctypeslib.as_array(self._b.embd, shape=(capacity, n_embd))
+        self._own_pos: int | None = None  # the address llama_batch_init allocated (a field's ctypes object follows it)
+        if mrope:
+            self._pos4 = np.zeros(4 * capacity, np.int32)
+            self._own_pos = ctypes.cast(self._b.pos, ctypes.c_void_p).value
+            self._b.pos = self._pos4.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
 
-    def fill(self, rows: np.ndarray, pos: int, seq: int, *, last_logits: bool) -> None:
-        """``rows`` (n x n_embd) at positions ``pos`` to ``pos + n`` of ``seq``; the last one's logits if asked."""
+    def fill(
+        self, rows: np.ndarray, pos: int, seq: int, *, last_logits: bool, sections: np.ndarray | None = None
+    ) -> None:
+        """``rows`` (n x n_embd) at positions ``pos`` to ``pos + n`` of ``seq`` (or, with M-RoPE, ``sections``: 4 x n
+        positions); the last one's logits if asked."""
         n = len(rows)
         self._embd[:n] = rows
         for i in range(n):
             self._place(i, pos + i, seq, last_logits and i == n - 1)
+        if self._own_pos is not None:
+            assert sections is not None, "a model with M-RoPE takes 4 positions a media row"
+            self._pos4[: 4 * n] = sections.reshape(-1)
         self.n = n
+
+    def close(self) -> None:
+        if self._b is not None and self._own_pos is not None:
+            self._b.pos = ctypes.cast(self._own_pos, ctypes.POINTER(ctypes.c_int32))  # llama_batch_free frees it
+        super().close()
 
 
 class Context:
@@ -100,7 +119,10 @@ class Context:
         self._mem = L.llama_get_memory(self._ptr)
         self.n_ctx_seq = n_ctx_seq
         self.n_vocab = model.n_vocab
-        self._swa = L.llama_model_n_swa(model.ptr) > 0
+        # sliding-window layers reuse cells out of order, and M-RoPE puts an image's rows on fewer positions: either
+        # way a row's position does not say how many cells its sequence holds
+        mrope = L.llama_model_rope_type(model.ptr) in (L.LLAMA_ROPE_TYPE_MROPE, L.LLAMA_ROPE_TYPE_IMROPE)
+        self._swa = L.llama_model_n_swa(model.ptr) > 0 or mrope
 
     def splits_lone_row(self, pos: int) -> bool:
         """Whether a sequence's lone row at ``pos`` may have its KV split between threads, which makes its logits

@@ -56,11 +56,8 @@ class Projector:
         self.inputs = ("text",) + ("image",) * M.mtmd_support_vision(self._ptr) + ("audio",) * M.mtmd_support_audio(
             self._ptr
         )
-        # M-RoPE (Qwen2-VL, Qwen2.5-VL...) places media rows on 2-D positions the scheduler does not compute yet:
-        # the model still chats, and a request with media is refused saying why
-        self.refusal = "its projector places images on M-RoPE positions (Qwen2-VL...), not supported yet" if (
-            M.mtmd_decode_use_mrope(self._ptr)
-        ) else None
+        # M-RoPE (Qwen2-VL, Qwen2.5-VL...): an image's rows lie on a grid of positions, 4 a row
+        self.mrope = bool(M.mtmd_decode_use_mrope(self._ptr))
         n_embd_inp = getattr(L, "llama_model_n_embd_inp", L.llama_model_n_embd)
         self.n_embd = int(n_embd_inp(model.ptr))
         self._batch = batch  # a chunk whose rows attend to each other is decoded in one batch
@@ -128,20 +125,37 @@ class Projector:
                 ids += [t for t in tokens[: n.value] if t != L.LLAMA_TOKEN_NULL]
                 continue
             n_rows = M.mtmd_input_chunk_get_n_tokens(chunk)
-            whole = bool(M.mtmd_decode_use_non_causal(self._ptr, chunk))  # Gemma 3: an image's rows see each other
-            if whole and n_rows > self._batch:
-                raise InvalidRequest(f"an image of {n_rows} rows needs --batch {n_rows} or more (it is {self._batch})")
-            if M.mtmd_input_chunk_get_n_pos(chunk) != n_rows:
-                raise InvalidRequest("this model places media rows on positions of their own, not supported yet")
+            # Gemma 3's rows see each other; M-RoPE's share one position, where the 2-D mask orders them
+            non_causal = bool(M.mtmd_decode_use_non_causal(self._ptr, chunk))
+            if (non_causal or self.mrope) and n_rows > self._batch:
+                need = f"`batch = {n_rows}` or more (it is {self._batch})"
+                raise InvalidRequest(f"an image of {n_rows} rows needs {need}")
             own = M.mtmd_input_chunk_copy(chunk)
             content = M.mtmd_input_chunk_get_id(own) or b""
             slices[content] = slices.get(content, -1) + 1
             key = int.from_bytes(hashlib.blake2b(b"%s/%d" % (content, slices[content]), digest_size=8).digest())
-            span = MediaSpan(len(ids), n_rows, _KINDS[kind], self._encoder(own, n_rows, key), whole=whole)
+            span = MediaSpan(
+                len(ids), n_rows, _KINDS[kind], self._encoder(own, n_rows, key), whole=non_causal or self.mrope,
+                causal=not non_causal, n_pos=M.mtmd_input_chunk_get_n_pos(chunk), layout=self._layout(own, n_rows)
+            )  # fmt: skip
             weakref.finalize(span, M.mtmd_input_chunk_free, own)
             ids += media_ids(key, n_rows)
             spans.append(span)
         return ids, spans
+
+    def _layout(self, chunk: M.mtmd_input_chunk_p, n_rows: int) -> Callable[[int], np.ndarray] | None:
+        """M-RoPE: the chunk's rows' positions (4, n) from ``pos0`` (t, y, x, z: llama.cpp's section order)."""
+        if not self.mrope:
+            return None
+        image = M.mtmd_input_chunk_get_tokens_image(chunk)
+
+        def layout(pos0: int) -> np.ndarray:
+            if not image:  # audio: one position a row, in every section
+                return np.tile(np.arange(pos0, pos0 + n_rows, dtype=np.int32), (4, 1))
+            rows = [M.mtmd_image_tokens_get_decoder_pos(image, pos0, i) for i in range(n_rows)]
+            return np.array([[r.t, r.y, r.x, r.z] for r in rows], np.int32).T.copy()
+
+        return layout
 
     def _encoder(self, chunk: M.mtmd_input_chunk_p, n_rows: int, key: int) -> Callable[[], np.ndarray]:
         def encode() -> np.ndarray:
