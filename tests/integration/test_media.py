@@ -274,6 +274,15 @@ def test_responses_and_messages_take_the_image_as_chat_does(vision: Server):
         model=VISION, input=[{"role": "user", "content": content}], max_output_tokens=12, temperature=0
     )
     assert r.output_text == chat
+    file = {"type": "input_file", "filename": "photo.png", "file_data": url}  # an image file, as input_image is
+    r = _client(vision).responses.create(
+        model=VISION, input=[{"role": "user", "content": [content[0], file]}], max_output_tokens=12, temperature=0
+    )
+    assert r.output_text == chat
+    pdf = {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0xLjQK"}
+    with pytest.raises(openai.BadRequestError) as err:
+        _client(vision).responses.create(model=VISION, input=[{"role": "user", "content": [content[0], pdf]}])
+    assert "`application/pdf` are not supported" in err.value.body["message"], err.value.body
     source = {"type": "base64", "media_type": "image/png", "data": base64.b64encode(image).decode()}
     blocks = [{"type": "text", "text": "What is in this picture?"}, {"type": "image", "source": source}]
     message = anthropic.Anthropic(base_url=vision.url, api_key=vision.key).messages.create(

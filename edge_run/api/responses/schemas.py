@@ -76,7 +76,12 @@ class InputImage(Struct, tag="input_image", tag_field="type"):
 
 
 class InputFile(Struct, tag="input_file", tag_field="type"):
+    """A file inline (``file_data``, a ``data:`` URL) or by URL; an image file is taken as ``input_image`` is."""
+
     filename: str | None = None
+    file_data: str | None = None
+    file_url: str | None = None
+    file_id: str | None = None
 
 
 ContentPart = InputText | OutputText | Refusal | ReasoningText | InputImage | InputFile

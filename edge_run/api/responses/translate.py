@@ -16,6 +16,7 @@ from edge_run.api.responses.schemas import (
     FunctionCallItem,
     FunctionTool,
     IncompleteDetails,
+    InputFile,
     InputImage,
     InputItem,
     InputText,
@@ -68,20 +69,28 @@ def _text(content: str | list[ContentPart] | None, param: str) -> str:
 
 
 def _content(content: str | list[ContentPart] | None, param: str) -> tuple[str, tuple[MediaInput, ...]]:
-    """A message's text, an ``input_image`` a ``MEDIA_MARKER`` where it stands, and its images."""
+    """A message's text, an ``input_image`` (or an image ``input_file``) a ``MEDIA_MARKER`` where it stands, and its
+    images."""
     if not isinstance(content, list):
         return content or "", ()
     texts: list[str | None] = []
     media: list[MediaInput] = []
     for j, p in enumerate(content):
-        if isinstance(p, InputImage) and p.image_url is not None:
-            media.append(image_input(p.image_url, f"{param}[{j}]"))
+        if (url := _image_url(p)) is not None:
+            media.append(image_input(url, f"{param}[{j}]"))
             texts.append(MEDIA_MARKER)
         elif isinstance(p, InputText | OutputText | Refusal):
             texts.append(p.refusal if isinstance(p, Refusal) else p.text)
         else:
             texts.append(None)  # a file, or an image by file id: refused
     return join_text(texts, param), tuple(media)
+
+
+def _image_url(part: ContentPart) -> str | None:
+    """An ``input_image``'s URL, or an ``input_file``'s data (a file of another type than an image is refused)."""
+    if isinstance(part, InputImage):
+        return part.image_url
+    return part.file_data or part.file_url if isinstance(part, InputFile) else None
 
 
 def _thought(item: InputItem) -> str:
