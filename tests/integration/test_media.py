@@ -378,6 +378,12 @@ def test_image_urls_are_fetched_only_with_allow_image_urls(vision: Server, tmp_p
     fetching = start_server(home, "--model", VISION, "--allow-image-urls", env={"EDGE_RUN_BATCH": "128"})
     try:
         assert _answer(fetching, [ask("What is in this picture?", base + "/cat.png")])[:3] == inline[:3]
+        blocks = [{"type": "text", "text": "What is in this picture?"},
+                  {"type": "image", "source": {"type": "url", "url": base + "/cat.png"}}]  # fmt: skip
+        message = anthropic.Anthropic(base_url=fetching.url, api_key=fetching.key).messages.create(
+            model=VISION, max_tokens=12, extra_body={"temperature": 0}, messages=[{"role": "user", "content": blocks}]
+        )
+        assert message.content[0].text == inline[0]  # Anthropic's url source, fetched as OpenAI's image URL
         for url, words in (
             (base + "/missing.png", "answered 404"),
             (base + "/notes.txt", "`text/plain`, not an image"),

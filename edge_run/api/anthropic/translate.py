@@ -92,7 +92,8 @@ def _turns(m: InputMessage, i: int) -> list[Turn]:
 
 
 def _image(block: ImageBlock, at: str) -> MediaInput:
-    """An ``image`` block: ``source`` base64 (``media_type`` and ``data``); url sources are not fetched."""
+    """An ``image`` block: ``source`` base64 (``media_type`` and ``data``), or a ``url`` (fetched only with
+    ``--allow-image-urls``, as OpenAI's image URLs)."""
     source = block.source or {}
     kind, data, mime = source.get("type"), source.get("data"), source.get("media_type")
     if kind == "url":
