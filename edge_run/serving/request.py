@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from edge_run.engine.media import MEDIA_MARKER
 from edge_run.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ __all__ = [
     "Turn",
     "arguments",
     "function_spec",
+    "join_parts",
     "join_text",
     "json_object",
     "new_id",
@@ -125,4 +127,14 @@ def join_text(parts: list[str | None], param: str) -> str:
     for j, part in enumerate(parts):
         if part is None:
             raise unsupported_input(f"{param}[{j}]")
-    return "\n".join(p for p in parts if p is not None)
+    return join_parts([p for p in parts if p is not None])
+
+
+def join_parts(parts: list[str]) -> str:
+    """A message's parts as llama-server joins them: a newline between text parts, none beside a media marker."""
+    out, after_media = "", False
+    for part in parts:
+        media = part == MEDIA_MARKER
+        out += ("\n" if out and not media and not after_media else "") + part
+        after_media = media
+    return out

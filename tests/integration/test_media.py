@@ -197,7 +197,8 @@ def test_images_are_decoded_as_llama_cpps_own_mtmd_decodes_them(vision: Server, 
     image = tmp_path / "image.png"
     image.write_bytes(png(96, 64, seed=1))
     system = SMOLLM_SYSTEM if model == QWEN else ""  # Gemma 3 270M has no template: edge-run's ChatML fallback
-    prompt = system + "<|im_start|>user\nDescribe it.\n<__media__><|im_end|>\n<|im_start|>assistant\n"
+    # llama-server's join: a newline between text parts, none beside a media marker
+    prompt = system + "<|im_start|>user\nDescribe it.<__media__><|im_end|>\n<|im_start|>assistant\n"
     n_oracle, oracle = first_token(pair.model, pair.mmproj, prompt, image)
     r = _client(vision).chat.completions.create(
         model=model, messages=[ask("Describe it.", data_url(image.read_bytes()))], max_tokens=1, temperature=0,

@@ -38,6 +38,7 @@ from edge_run.serving.request import (
     JsonOutput,
     Turn,
     function_spec,
+    join_parts,
     join_text,
     new_id,
     unsupported_input,
@@ -87,7 +88,7 @@ def _turns(m: InputMessage, i: int) -> list[Turn]:
             raise unsupported_input(at)
     if texts or calls or thoughts or not results:
         thought = "\n".join(thoughts) or None
-        results.append(Turn(m.role, "\n".join(texts), reasoning=thought, calls=tuple(calls), media=tuple(media)))
+        results.append(Turn(m.role, join_parts(texts), reasoning=thought, calls=tuple(calls), media=tuple(media)))
     return results
 
 

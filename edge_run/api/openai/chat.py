@@ -43,6 +43,7 @@ from edge_run.serving.request import (
     Turn,
     arguments,
     function_spec,
+    join_parts,
     new_id,
 )
 
@@ -71,7 +72,7 @@ def _parts(parts: list[TextPart | ImagePart | AudioPart], param: str) -> tuple[s
         media.append(image_input(part.image_url.url, at) if isinstance(part, ImagePart)
                      else audio_input(part.input_audio.data, part.input_audio.format, at))  # fmt: skip
         texts.append(MEDIA_MARKER)
-    return "\n".join(texts), tuple(media)
+    return join_parts(texts), tuple(media)
 
 
 def _turn(m: Message, i: int) -> Turn:
