@@ -25,6 +25,7 @@ from schemathesis.checks import not_a_server_error
 from edge_run.api.app import create_app
 from edge_run.models.registry import ModelRegistry
 from edge_run.server import app_services
+from tests.payloads import synth_projector
 from tests.support import MODEL_ID, Server, set_up, start_server
 
 pytestmark = pytest.mark.integration
@@ -48,9 +49,11 @@ def fuzz_server(
     tmp_path_factory: pytest.TempPathFactory, model_path: Path, retrieval_models: dict[str, Path]
 ) -> Iterator[Server]:
     """A small context (128 tokens): a valid request finishes fast, a long prompt or ``max_tokens`` is a fast 400.
-    Beside the chat model, an embedder and a reranker, for the bodies aimed at them."""
+    The chat model takes images (a synthetic projector), so generated image parts meet a vision model's checks, not
+    the refusal of a text-only one; beside it, an embedder and a reranker, for the bodies aimed at them."""
     home = tmp_path_factory.mktemp("fuzz-home")
-    set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
+    mmproj = synth_projector("vision", tmp_path_factory.mktemp("fuzz-vision"))
+    set_up(home, "models", "add", str(model_path), "--id", MODEL_ID, "--mmproj", str(mmproj))
     set_up(home, "models", "add", str(retrieval_models["embed-cls"]), "--id", EMBEDDER)
     set_up(home, "models", "add", str(retrieval_models["rerank"]), "--id", RERANKER)
     # a pull reaches no Hub: this port refuses at once (nothing listens on the discard port)
