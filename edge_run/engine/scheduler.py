@@ -121,9 +121,8 @@ class Scheduler:
 
     def close(self) -> None:
         """Free the batches, once the engine thread has ended."""
-        for batch in (self._batch, self._embd):
-            if batch is not None:
-                batch.close()
+        for batch in [b for b in (self._batch, self._embd) if b is not None]:
+            batch.close()
 
     def step(self, out: list[tuple[Job, Chunk]]) -> None:
         for slot in self._slots:
@@ -212,6 +211,7 @@ class Scheduler:
         self._decode_block(slot, slot.stale[:rows], final=False)
         del slot.stale[:rows]
         self.tokens_refreshed += rows
+
     def _decode_rows(self, rows: list[Slot], out: list[tuple[Job, Chunk]]) -> None:
         """Decode each slot's sampled token (a lone slot's with its drafts); keep the drafts its sampler agrees with.
         Beside others no slot drafts (each would decode as many rows: on 4 streams one stream's 8 drafts cost 32
