@@ -1,6 +1,6 @@
 """Images beside a stream (issue 26): how long a chat stream stalls while another request's image is encoded.
 
-    python bench/media_stall.py [--rounds 3] [--quick] [--threads 2]
+    python bench/media_stall.py [--rounds 3] [--quick] [--threads 2] [--kind vision|vision-gemma3] [--size S]
 
 edge-run serves the chat test model (SmolLM2-135M) with a random-weight projector of SmolVLM-256M's own size
 (``bench/synth.py vision --size smolvlm-256m``: SigLIP base at 512, longest edge 2048), as ``vis/smol`` with
@@ -11,6 +11,8 @@ stream's largest gap between two chunks, its 90th-percentile gap and its total t
 first token, and the image request alone for reference; medians of ``--rounds``. It also counts the projector's
 encode calls per image (``media_encoded`` in ``/health``) and times one tile's encode in a process of its own.
 Every image is new (a fresh seed), so nothing comes from edge-run's caches; between scenarios the bench sleeps 1 s.
+``--kind vision-gemma3`` serves a Gemma 3 projector instead (``--size`` gemma3-4b by default: Gemma 3 4B's SigLIP
+at 896, patch 14); mtmd resizes every image to 896x896, one chunk and one encode call of the whole tower.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ from synth import DEFAULT_TOKENIZER  # noqa: E402
 
 from bench import wait_healthy  # noqa: E402
 
-MODEL_ID, SIZE = "vis/smol", "smolvlm-256m"
+MODEL_ID = "vis/smol"
+SIZE = {"vision": "smolvlm-256m", "vision-gemma3": "gemma3-4b"}  # each --kind's default --size
 TOKENS, AFTER = 128, 8
 IMAGES = ((512, 512), (1024, 768))
 SEEDS = itertools.count(100)
@@ -181,7 +184,8 @@ def measure(server: Server, eog: list[int], rounds: int) -> dict[str, list[dict[
 
 def encode_part(mmproj: Path, threads: int) -> None:
     """In a process of its own: encode one 256x64 image (4 tiles and the overview) after another as a warm-up,
-    through mtmd on ``threads`` threads; print a JSON line with the milliseconds per encode call."""
+    through mtmd on ``threads`` threads; print a JSON line with the milliseconds per encode call (a Gemma 3
+    projector: one 896x896 image each)."""
     import ctypes
 
     import llama_cpp
@@ -212,16 +216,21 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="1 round")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", type=Path, default=DEFAULT_TOKENIZER, help="the text model (n_embd 576)")
+    ap.add_argument("--kind", choices=list(SIZE), default="vision", help="the projector (bench/synth.py KIND)")
+    ap.add_argument("--size", help="its size (synth_media.SIZES): smolvlm-256m for vision, gemma3-4b for vision-gemma3")
     ap.add_argument("--part", help=argparse.SUPPRESS)
     ap.add_argument("--mmproj", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.part == "encode":
         encode_part(args.mmproj, args.threads)
         return
+    args.size = args.size or SIZE[args.kind]
+    if args.size not in synth_media.SIZES[args.kind]:
+        ap.error(f"--size: {args.kind} has {', '.join(synth_media.SIZES[args.kind])}")
     rounds = 1 if args.quick else args.rounds
     tmp = Path(tempfile.mkdtemp(prefix="media-stall-"))
     try:
-        mmproj = synth_media.write_media("vision", tmp, size=SIZE)
+        mmproj = synth_media.write_media(args.kind, tmp, size=args.size)
         part = [sys.executable, __file__, "--part", "encode", "--mmproj", str(mmproj), "--threads", str(args.threads)]
         enc = json.loads(subprocess.run(part, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         eog = eog_tokens(args.model)
@@ -239,7 +248,7 @@ def report(args: argparse.Namespace, server: Server, enc: dict, runs: dict[str, 
     def med(name: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[name])
 
-    print(f"{cpu_model()}\n{args.model.name} + synthetic {SIZE} projector (F16, random weights) as {MODEL_ID}, "
+    print(f"{cpu_model()}\n{args.model.name} + synthetic {args.size} projector (F16, random weights) as {MODEL_ID}, "
           f"{server.flags}; medians of {rounds} round{'s' * (rounds > 1)}")  # fmt: skip
     print(f"{'':28} {'chunks':>6} {'p90 gap ms':>10} {'largest gap ms':>14} {'gaps > 1 s':>10} {'total s':>7} "
           f"{'image TTFT s':>12}")  # fmt: skip
@@ -255,8 +264,9 @@ def report(args: argparse.Namespace, server: Server, enc: dict, runs: dict[str, 
         print(f"{'image ' + f'{w}x{h}' + ' alone':28} {'-':>6} {'-':>10} {'-':>14} {'-':>10} {'-':>7} "
               f"{med(name, 'ttft'):>12.2f}"
               f"   prompt {med(name, 'prompt_tokens'):.0f} tokens, {med(name, 'calls'):.0f} encode calls")  # fmt: skip
-    print(f"one encode call (one 512x512 tile, {enc['rows_per_call']} rows) in-process on {args.threads} threads: "
-          f"{enc['ms_per_call']:.0f} ms")  # fmt: skip
+    side = synth_media.SIZES[args.kind][args.size].image
+    print(f"one encode call (one {side}x{side} tile, {enc['rows_per_call']} rows) in-process "
+          f"on {args.threads} threads: {enc['ms_per_call']:.0f} ms")  # fmt: skip
     for name in runs:
         key = "ttft" if name.startswith("image") else "gap"
         print(f"  {name} {key} by round: {' '.join(f'{r[key]:.2f}' for r in runs[name])} s")

@@ -251,20 +251,22 @@ def main_media(argv: list[str]) -> int:
     """``KIND --out DIR``: a tiny multimodal projector (see synth_media.py); prints the path it wrote."""
     import json
 
-    from synth_media import KINDS, N_EMBD_TEXT, VISION_SIZES, check, write_media
+    from synth_media import KINDS, N_EMBD_TEXT, SIZES, check, write_media
 
     p = argparse.ArgumentParser(prog="synth.py", description=main_media.__doc__)
     p.add_argument("kind", choices=KINDS)
     p.add_argument("--out", type=Path, required=True, help="a folder: the file is DIR/synth-KIND-mmproj.gguf")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-embd-text", type=int, default=N_EMBD_TEXT, help="the text model's embedding size")
-    p.add_argument("--size", choices=list(VISION_SIZES), default="tiny", help="vision: smolvlm-256m is the real tower")
+    sizes = list(dict.fromkeys(s for kind in SIZES.values() for s in kind))
+    p.add_argument("--size", choices=sizes, default="tiny",
+                   help="a real tower's size: smolvlm-256m (vision), gemma3-4b (vision-gemma3)")  # fmt: skip
     p.add_argument("--check", action="store_true", help="load it with llama_cpp's mtmd, encode, print a JSON line")
     p.add_argument("--text-model", type=Path, default=DEFAULT_TOKENIZER, help="--check: the text model to pair")
     args = p.parse_args(argv)
     start = time.perf_counter()
-    if args.size != "tiny" and args.kind != "vision":
-        p.error("--size: vision only")
+    if args.size not in SIZES[args.kind]:
+        p.error(f"--size: {args.kind} has {', '.join(SIZES[args.kind])}")
     out = write_media(args.kind, args.out, args.seed, args.n_embd_text, args.size)
     print(f"{out}: {out.stat().st_size / 1e6:.2f} MB in {time.perf_counter() - start:.2f} s", file=sys.stderr)
     print(out, flush=True)

@@ -1,7 +1,8 @@
 """Tiny random-weight multimodal projectors ("mmproj" GGUFs, as llama.cpp's tools/mtmd/clip.cpp loads them).
 
-    python bench/synth.py vision|vision-gemma3|audio --out DIR [--seed N] [--size tiny|smolvlm-256m] [--check]
-        [--text-model GGUF]
+    python bench/synth.py vision|vision-gemma3|audio --out DIR [--seed N] [--size S] [--check] [--text-model GGUF]
+
+``--size`` (``SIZES``): ``tiny`` for every kind; ``smolvlm-256m`` for vision, ``gemma3-4b`` for vision-gemma3.
 
 For tests that cannot download a real vision or audio model; they pair with a text model of ``n_embd_text``
 (576: SmolLM2-135M, the test model, which is SmolVLM-256M's text model). The metadata and tensors are what
@@ -21,7 +22,9 @@ convert_hf_to_gguf.py writes (conversion/smolvlm.py, conversion/gemma.py, conver
   (no tiles), so every image is one chunk of 256 tokens, as in real Gemma 3, between the text markers
   ``<start_of_image>`` and ``<end_of_image>`` (plain text to SmolLM2's tokenizer). Gemma 3 attends to an image's
   tokens both ways: ``mtmd_decode_use_non_causal`` is true, so whoever decodes the chunk needs n_batch and n_ubatch
-  of 256 at least (the image in one ubatch).
+  of 256 at least (the image in one ubatch). ``--size gemma3-4b`` writes Gemma 3 4B's own tower instead, for speed:
+  image 896, patch 14 (64x64 patches), hidden 1152, 27 layers, 16 heads, FFN 4304, pooled by 4 to 16x16 = 256
+  tokens, 0.85 GB: one encode of 4,096 rows through 27 layers per image.
 - ``audio``: projector ``ultravox``: a Whisper encoder on 128 mel bins (conv1d k3 s1, conv1d k3 s2, GELU), hidden 64,
   2 layers, 4 heads, 1500 positions (30 s), then the Ultravox projector: frames stacked by 15 (not 8, see A_STACK),
   RMS norm, SwiGLU MLP (960 -> 2x256), RMS norm, 256 -> ``n_embd_text``. mtmd cuts audio into 30 s windows (the
@@ -69,9 +72,16 @@ VISION_SIZES = {
     # preprocessor_config.json's size.longest_edge 2048 and max_image_size 512: 16 tiles of 64 tokens + an overview
     "smolvlm-256m": VisionSize(512, 16, 768, 12, 12, 3072, 4, 2048),
 }
-# vision-gemma3: the tiny tower on image 128, patch 4, pooled by 2 (scale: clip.cpp's n_merge): (128/4/2)^2 = 256
-# tokens an image. mtmd's fixed-size preprocessing resizes every image to image x image; longest_edge is not written.
-GEMMA3_SIZE = VisionSize(128, 4, 64, 2, 4, 256, 2, 128)
+# vision-gemma3: mtmd's fixed-size preprocessing resizes every image to image x image; longest_edge is not written.
+GEMMA3_SIZES = {
+    # the tiny tower on image 128, patch 4, pooled by 2 (scale: clip.cpp's n_merge): (128/4/2)^2 = 256 tokens an image
+    "tiny": VisionSize(128, 4, 64, 2, 4, 256, 2, 128),
+    # google/gemma-3-4b-it config.json: vision_config (SigLIP so400m at 896, patch 14) and mm_tokens_per_image 256,
+    # so the pool is 64/16 = 4 (Gemma 3's own n_merge, which the converter does not write)
+    "gemma3-4b": VisionSize(896, 14, 1152, 27, 16, 4304, 4, 896),
+}
+GEMMA3_SIZE = GEMMA3_SIZES["tiny"]
+SIZES = {"vision": VISION_SIZES, "vision-gemma3": GEMMA3_SIZES, "audio": {"tiny": None}}  # each kind's --size choices
 
 # audio (ultravox): ultravox-v0_5 is whisper-large-v3-turbo (128 mels, hidden 1280, 32 layers, 20 heads), stack 8.
 # Stack 8 aborts this clip.cpp: it counts 3000/8/2 = 187 tokens a window, its graph makes ceil(1500/8) = 188, and
@@ -158,17 +168,18 @@ def write_vision(out: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT, size:
     synth.write_out(w)
 
 
-def write_vision_gemma3(out: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT) -> None:
+def write_vision_gemma3(out: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT, size: str = "tiny") -> None:
     """clip.cpp's PROJECTOR_TYPE_GEMMA3 (models/siglip.cpp): SigLIP ViT, avg pool by n_merge, RMS norm
     ``mm.soft_emb_norm``, ``mm.input_projection``; the keys in conversion/gemma.py's Gemma3VisionModel order."""
-    v = GEMMA3_SIZE
+    v = GEMMA3_SIZES[size]
     gguf, r, h = synth._gguf(), _Rand(seed), v.hidden
-    w = _header(gguf, out, "synthetic tiny Gemma 3 mmproj (gemma3, random weights)")
+    w = _header(gguf, out, f"synthetic {size} Gemma 3 mmproj (gemma3, random weights)")
     _siglip_hparams(w, v, n_embd_text)
     w.add_clip_projector_type(gguf.VisionProjectorType.GEMMA3)
     w.add_vision_attention_layernorm_eps(1e-6)
     w.add_vision_use_gelu(True)
-    w.add_vision_projector_scale_factor(v.scale)  # the converter writes it when it is not Gemma 3's 4
+    if v.scale != 4:  # the converter writes it only when it is not Gemma 3's 4 (clip.cpp's default n_merge)
+        w.add_vision_projector_scale_factor(v.scale)
 
     _siglip_tensors(w, r, v)
     # Gemma3RMSNorm scales by (1 + w); the converter adds the 1, so a zero-initialised norm is all ones here
@@ -207,19 +218,17 @@ def write_audio(out: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT) -> Non
 
 
 def write_media(kind: str, out_dir: Path, seed: int = 0, n_embd_text: int = N_EMBD_TEXT, size: str = "tiny") -> Path:
-    """Write ``out_dir/synth-{kind}-mmproj.gguf`` (vision of another ``size``: ``synth-vision-{size}-mmproj.gguf``)."""
+    """Write ``out_dir/synth-{kind}-mmproj.gguf`` (another ``size``: ``synth-{kind}-{size}-mmproj.gguf``)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}: one of {', '.join(KINDS)}")
-    if size != "tiny" and kind != "vision":
-        raise ValueError(f"{kind}: only the tiny size")
-    if size not in VISION_SIZES:
-        raise ValueError(f"unknown size {size!r}: one of {', '.join(VISION_SIZES)}")
+    if size not in SIZES[kind]:
+        raise ValueError(f"{kind}: unknown size {size!r}: one of {', '.join(SIZES[kind])}")
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / (f"synth-{kind}-mmproj.gguf" if size == "tiny" else f"synth-{kind}-{size}-mmproj.gguf")
     if kind == "vision":
         write_vision(out, seed, n_embd_text, size)
     elif kind == "vision-gemma3":
-        write_vision_gemma3(out, seed, n_embd_text)
+        write_vision_gemma3(out, seed, n_embd_text, size)
     else:
         write_audio(out, seed, n_embd_text)
     return out
