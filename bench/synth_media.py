@@ -36,11 +36,13 @@ keeps them. ``check`` loads a projector with llama-cpp-python's mtmd bindings an
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import struct
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -317,16 +319,15 @@ def _run(llama_cpp, m, ctx, vocab, n_embd: int, bitmap, prompt: str) -> dict:
         m.mtmd_bitmap_free(bitmap)
 
 
-def check(mmproj: Path, text_model: Path = synth.DEFAULT_TOKENIZER, n_threads: int = 2) -> dict:
-    """Load ``mmproj`` with llama-cpp-python's mtmd bindings next to ``text_model`` and encode test media: one 64x64
-    PNG (vision) or one second of a sine wave (audio). Also encodes the same input again (must be bitwise identical)
-    and a different one (must differ), and a 300x200 image for the tiling."""
+@contextlib.contextmanager
+def loaded(text_model: Path, mmproj: Path, n_threads: int) -> Iterator[tuple[object, object, float]]:
+    """``text_model`` and ``mmproj`` loaded with llama-cpp-python's mtmd bindings: the model, the mtmd context and
+    the milliseconds the context took to load; both freed after."""
     import llama_cpp
     from llama_cpp import mtmd_cpp as m
 
     llama_cpp.llama_backend_init()
-    mparams = llama_cpp.llama_model_default_params()
-    model = llama_cpp.llama_model_load_from_file(str(text_model).encode(), mparams)
+    model = llama_cpp.llama_model_load_from_file(str(text_model).encode(), llama_cpp.llama_model_default_params())
     if not model:
         raise RuntimeError(f"cannot load {text_model}")
     ctx = None
@@ -337,7 +338,21 @@ def check(mmproj: Path, text_model: Path = synth.DEFAULT_TOKENIZER, n_threads: i
         ctx = m.mtmd_init_from_file(str(mmproj).encode(), model, params)
         if not ctx:
             raise RuntimeError(f"mtmd_init_from_file failed for {mmproj}")
-        init_ms = (time.perf_counter() - start) * 1000
+        yield model, ctx, (time.perf_counter() - start) * 1000
+    finally:
+        if ctx:
+            m.mtmd_free(ctx)
+        llama_cpp.llama_model_free(model)
+
+
+def check(mmproj: Path, text_model: Path = synth.DEFAULT_TOKENIZER, n_threads: int = 2) -> dict:
+    """Load ``mmproj`` with llama-cpp-python's mtmd bindings next to ``text_model`` and encode test media: one 64x64
+    PNG (vision) or one second of a sine wave (audio). Also encodes the same input again (must be bitwise identical)
+    and a different one (must differ), and a 300x200 image for the tiling."""
+    import llama_cpp
+    from llama_cpp import mtmd_cpp as m
+
+    with loaded(text_model, mmproj, n_threads) as (model, ctx, init_ms):
         vocab, n_embd = llama_cpp.llama_model_get_vocab(model), llama_cpp.llama_model_n_embd_inp(model)
         vision, audio = bool(m.mtmd_support_vision(ctx)), bool(m.mtmd_support_audio(ctx))
         prompt = f"<|im_start|>user\n{m.mtmd_default_marker().decode()}What is this?<|im_end|>\n"
@@ -371,7 +386,3 @@ def check(mmproj: Path, text_model: Path = synth.DEFAULT_TOKENIZER, n_threads: i
         else:
             out["sample_rate"] = sample_rate
         return out
-    finally:
-        if ctx:
-            m.mtmd_free(ctx)
-        llama_cpp.llama_model_free(model)

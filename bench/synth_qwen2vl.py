@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import synth
-from synth_media import _blocks, _header, _piece, _Rand, sample_images
+from synth_media import _blocks, _header, _piece, _Rand, loaded, sample_images
 
 KIND = "qwen2vl"
 
@@ -249,19 +249,7 @@ def check(text_model: Path, mmproj: Path, n_threads: int = 2, n_gen: int = 8) ->
     import llama_cpp
     from llama_cpp import mtmd_cpp as m
 
-    llama_cpp.llama_backend_init()
-    model = llama_cpp.llama_model_load_from_file(str(text_model).encode(), llama_cpp.llama_model_default_params())
-    if not model:
-        raise RuntimeError(f"cannot load {text_model}")
-    mctx = None
-    try:
-        params = m.mtmd_context_params_default()
-        params.n_threads, params.print_timings = n_threads, False
-        start = time.perf_counter()
-        mctx = m.mtmd_init_from_file(str(mmproj).encode(), model, params)
-        if not mctx:
-            raise RuntimeError(f"mtmd_init_from_file failed for {mmproj}")
-        init_ms = (time.perf_counter() - start) * 1000
+    with loaded(text_model, mmproj, n_threads) as (model, mctx, init_ms):
         prompt = f"{m.mtmd_default_marker().decode()}Describe."
         images = {f"{w}x{h}": sample_images((w, h))[0] for w, h in ((64, 64), (120, 80))}
         return {
@@ -273,10 +261,6 @@ def check(text_model: Path, mmproj: Path, n_threads: int = 2, n_gen: int = 8) ->
             "prompt": prompt,
             "images": {k: _one(llama_cpp, m, model, mctx, v, prompt, n_gen, n_threads) for k, v in images.items()},
         }
-    finally:
-        if mctx:
-            m.mtmd_free(mctx)
-        llama_cpp.llama_model_free(model)
 
 
 def main(argv: list[str]) -> int:
