@@ -9,7 +9,8 @@ answer has exactly 128). Scenario B: the same stream, and once 8 chunks have arr
 chat request with one new random-pixel PNG (512x512, then 1024x768) and ``max_tokens`` 1. The bench prints the
 stream's largest gap between two chunks, its 90th-percentile gap and its total time, the image request's time to
 first token, and the image request alone for reference; medians of ``--rounds``. It also counts the projector's
-encode calls per image (``media_encoded`` in ``/health``) and times one tile's encode in a process of its own.
+encode calls per image (``media_encoded`` in ``/health``), how many ran beside the engine thread while the stream
+generated (``media_encoded_beside``), and times one tile's encode in a process of its own.
 Every image is new (a fresh seed), so nothing comes from edge-run's caches; between scenarios the bench sleeps 1 s.
 ``--kind vision-gemma3`` serves a Gemma 3 projector instead (``--size`` gemma3-4b by default: Gemma 3 4B's SigLIP
 at 896, patch 14); mtmd resizes every image to 896x896, one chunk and one encode call of the whole tower.
@@ -73,9 +74,11 @@ class Server:
         stop_process(self.proc)
         shutil.rmtree(self.home, ignore_errors=True)
 
-    def encoded(self) -> int:
+    def encoded(self) -> tuple[int, int]:
+        """The projector's encode calls so far, and how many of them ran beside the engine thread."""
         models = httpx.get(self.url + "/health", timeout=10).json()["models"]
-        return next(m["media_encoded"] for m in models if m["id"] == MODEL_ID)
+        card = next(m for m in models if m["id"] == MODEL_ID)
+        return card["media_encoded"], card.get("media_encoded_beside", 0)
 
 
 def start(model: Path, mmproj: Path, threads: int) -> Server:
@@ -169,13 +172,17 @@ def measure(server: Server, eog: list[int], rounds: int) -> dict[str, list[dict[
         out["alone"].append(stream_stats(asyncio.run(stream(url, f"{r}-a", eog))))
         time.sleep(1)
         for w, h in IMAGES:
+            before = server.encoded()
             run = asyncio.run(beside(url, f"{r}-{w}", eog, random_png(w, h)))
-            out.setdefault(f"beside {w}x{h}", []).append({**stream_stats(run["times"]), "ttft": run["ttft"]})
+            calls, aside = (a - b for a, b in zip(server.encoded(), before, strict=True))
+            out.setdefault(f"beside {w}x{h}", []).append(
+                {**stream_stats(run["times"]), "ttft": run["ttft"], "calls": calls, "aside": aside}
+            )
             time.sleep(1)
         for w, h in IMAGES:
             png, before = random_png(w, h), server.encoded()
             img = asyncio.run(image(url, png, eog))
-            out.setdefault(f"image {w}x{h}", []).append({**img, "calls": server.encoded() - before})
+            out.setdefault(f"image {w}x{h}", []).append({**img, "calls": server.encoded()[0] - before[0]})
             time.sleep(1)
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1].get('gap', v[-1].get('ttft', 0)):.2f}"
                                              for k, v in out.items()), file=sys.stderr, flush=True)  # fmt: skip
@@ -257,8 +264,9 @@ def report(args: argparse.Namespace, server: Server, enc: dict, runs: dict[str, 
     ]:
         ttft = f"{med(name, 'ttft'):.2f}" if "ttft" in runs[name][0] else "-"
         p90, gap = med(name, "p90") * 1000, med(name, "gap") * 1000
+        calls = f"   {med(name, 'aside'):.0f} of {med(name, 'calls'):.0f} encode calls beside" if ttft != "-" else ""
         print(f"{label:28} {med(name, 'chunks'):>6.0f} {p90:>10.1f} {gap:>14.0f} "
-              f"{med(name, 'stalls'):>10.0f} {med(name, 'total'):>7.2f} {ttft:>12}")  # fmt: skip
+              f"{med(name, 'stalls'):>10.0f} {med(name, 'total'):>7.2f} {ttft:>12}{calls}")  # fmt: skip
     for w, h in IMAGES:
         name = f"image {w}x{h}"
         print(f"{'image ' + f'{w}x{h}' + ' alone':28} {'-':>6} {'-':>10} {'-':>14} {'-':>10} {'-':>7} "

@@ -126,6 +126,7 @@ class Engine:
             adapt_threads=not offloaded,  # offloaded whole, the CPU threads barely work
             cores=opts.cores,
             embd_batch=EmbdBatch(opts.batch, p.n_embd, mrope=p.mrope) if (p := self._projector) is not None else None,
+            encode_beside=p.beside if p is not None else False,
         )
         self._worker = Worker(scheduler, loop)
         self._worker.start()
@@ -328,6 +329,7 @@ class Engine:
             **{name: getattr(s, name) if s else 0 for name in _COUNTERS},
             "inputs": list(self.inputs),
             "media_encoded": self._projector.encoded if self._projector is not None else 0,
+            "media_encoded_beside": s.encoder.encoded_beside if s else 0,
             "ctx_per_slot": self.options.ctx,
             "device_sampling": s.device_sampling if s else False,
             "threads": self.options.threads,

@@ -50,21 +50,22 @@ class MediaSpan:
     start: int
     n: int
     kind: str
-    encode: Callable[[], np.ndarray]  # (n, n_embd) float32; runs on the engine thread
+    encode: Callable[[int], np.ndarray]  # (n, n_embd) float32, on that many threads (0: the projector's own count)
     whole: bool = False  # one llama_decode (rows that see each other: Gemma 3's, or M-RoPE's on one position)
     causal: bool = True  # False: causal attention off while it decodes (Gemma 3)
     n_pos: int = -1  # the positions it takes: fewer than its rows where M-RoPE lays an image out on a grid
     layout: Callable[[int], np.ndarray] | None = None  # M-RoPE: its rows' (4, n) positions from its first one
     _embd: np.ndarray | None = field(default=None, repr=False)
+    error: Exception | None = field(default=None, repr=False)  # its encode failed (beside the engine thread)
 
     def __post_init__(self) -> None:
         if self.n_pos < 0:
             self.n_pos = self.n
 
-    def embeddings(self) -> np.ndarray:
-        """The chunk's rows, encoded on first use."""
+    def embeddings(self, threads: int = 0) -> np.ndarray:
+        """The chunk's rows, encoded on first use (on ``threads`` threads)."""
         if self._embd is None:
-            self._embd = self.encode()
+            self._embd = self.encode(threads)
         return self._embd
 
     @property

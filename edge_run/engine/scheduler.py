@@ -34,6 +34,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from edge_run.engine.drafts import Drafter, next_k, step_drafts
+from edge_run.engine.encoding import Encoder
 from edge_run.engine.gather import gather
 from edge_run.engine.media import rows_at, runs, unencoded
 from edge_run.engine.output import token_chunk
@@ -82,6 +83,7 @@ class Scheduler:
         adapt_threads: bool = True,
         cores: CoreShare | None = None,
         embd_batch: EmbdBatch | None = None,
+        encode_beside: bool = False,
     ) -> None:
         self.model = model
         self.block = block
@@ -94,6 +96,7 @@ class Scheduler:
         self.threads_now = threads  # what the context was last set to (the governor may be trying another)
         self.cores = cores or CoreShare(threads)  # shared with the other loaded models
         self.member = self.cores.join()
+        self.encoder = Encoder(self.cores, self.member, beside=encode_beside)  # images and audio (a projector)
         self.ctx = ctx
         self._slots = [Slot(seq=i) for i in range(slots)]
         self._batch = batch
@@ -120,9 +123,9 @@ class Scheduler:
         return None if slot is None else max(0.0, slot.last_used + REFRESH_AFTER - time.monotonic())
 
     def close(self) -> None:
-        """Free the batches, once the engine thread has ended."""
-        for batch in [b for b in (self._batch, self._embd) if b is not None]:
-            batch.close()
+        """Free the batches, once the engine thread has ended (and an encode beside it)."""
+        for closing in [b for b in (self.encoder, self._batch, self._embd) if b is not None]:
+            closing.close()
 
     def step(self, out: list[tuple[Job, Chunk]]) -> None:
         for slot in self._slots:
@@ -137,6 +140,8 @@ class Scheduler:
                 budget -= self._prefill(slot, budget, out)
         if rows := [s for s in self._slots if s.next_token is not None]:  # in sequence order: see gather
             self._decode_rows(rows, out)
+        elif budget == self._batch.capacity and self.encoder.under_way:  # nothing to do but wait for an encode
+            self.encoder.wait()
         elif not self.busy and not self.waiting and self.refresh_in() == 0.0:
             self._refresh()
 
@@ -154,9 +159,9 @@ class Scheduler:
             end = next_block(start, n, self.block, job.whole)
             if used and used + end - start > budget:
                 break
-            if (span := unencoded(slot.media, start, end)) is not None:
-                span.embeddings()  # a media chunk a step while others generate: they wait for a chunk, not a file
-                if any(s.next_token is not None for s in self._slots):
+            if (span := unencoded(slot.media, start, end)) is not None:  # beside the engine while others generate
+                others = any(s.next_token is not None for s in self._slots)
+                if not self.encoder.ready(span, self.governor.threads, others):
                     break
                 continue
             slot.logit_index = self._decode_block(slot, job.prompt[start:end], final=end == n)
@@ -256,7 +261,10 @@ class Scheduler:
         ``lone_row_threads``; the governor learns from the others, as ``batch.n / per`` steps of ``per`` rows."""
         lone = self.lone_row_threads if batch.n == 1 and self.ctx.splits_lone_row(batch.position(0)) else None
         wanted = lone or self.governor.for_step(per or batch.n)
-        threads = self._use_threads(wanted)
+        threads = self.cores.acquire(self.member, wanted)  # or fewer: this model's free share of the cores
+        if threads != self.threads_now:
+            self.ctx.set_threads(threads)
+            self.threads_now = threads
         start = time.perf_counter()
         try:
             self.ctx.decode(batch, causal=causal)
@@ -265,14 +273,6 @@ class Scheduler:
         if lone is None and threads == wanted:  # a step cut short by the core share says nothing about the machine
             seconds = time.perf_counter() - start
             self.governor.observe(threads, per or batch.n, seconds * per / batch.n if per else seconds)
-
-    def _use_threads(self, wanted: int) -> int:
-        """Set the context to ``wanted`` threads, or fewer: this model's free share of the cores (till ``release``)."""
-        threads = self.cores.acquire(self.member, wanted)
-        if threads != self.threads_now:
-            self.ctx.set_threads(threads)
-            self.threads_now = threads
-        return threads
 
     def _admit(self, out: list[tuple[Job, Chunk]]) -> bool:
         """Give waiting requests idle slots, in order; whether any request got one."""

@@ -210,6 +210,40 @@ def test_images_are_decoded_as_llama_cpps_own_mtmd_decodes_them(vision: Server, 
     assert max(abs(a - b) for (_, a), (_, b) in zip(ours, oracle, strict=True)) < 1e-5, (ours, oracle)
 
 
+def test_an_image_encodes_beside_a_generating_stream_and_neither_answer_changes(vision: Server, tmp_path, model_path,
+                                                                                mmproj):  # fmt: skip
+    """While a slot generates, another request's image encodes on a thread of its own, on one of the 2 cores, and the
+    stream goes on meanwhile (``bench/media_stall.py`` measures its stall). Both answers are byte for byte a fresh
+    server's, where each runs alone and the image encodes on the engine thread with both cores: mtmd's embeddings do
+    not depend on the thread count, nor the decode on where the embeddings were computed."""
+    story = [{"role": "user", "content": "Write a long story about a dragon who learns to sail."}]
+    look = [ask("Describe it.", data_url(png(96, 64, seed=21)))]
+    beside = _model(vision, VISION)["media_encoded_beside"]
+    stream = _client(vision).chat.completions.create(model=VISION, messages=story, max_tokens=96, temperature=0,
+                                                     logprobs=True, stream=True)  # fmt: skip
+    pieces: list[tuple[str, float]] = []
+    finish, image = None, {}
+    looking = threading.Thread(target=lambda: image.update(answer=_answer(vision, look)))
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].logprobs:
+            pieces += [(t.token, t.logprob) for t in chunk.choices[0].logprobs.content]
+        finish = chunk.choices[0].finish_reason if chunk.choices else finish
+        if len(pieces) == 4:  # the stream is generating: the image's encode goes beside it
+            looking.start()
+    looking.join()
+    assert finish == "length"  # it generated all along
+    assert _model(vision, VISION)["media_encoded_beside"] > beside
+    fresh = start_server(_home(tmp_path, model_path, mmproj), "--model", VISION, "--ctx", "2048", "--slots", "2")
+    try:
+        assert _answer(fresh, look)[:3] == image["answer"][:3]
+        assert _model(fresh, VISION)["media_encoded_beside"] == 0  # there, alone, it encoded on the engine thread
+        r = _client(fresh).chat.completions.create(model=VISION, messages=story, max_tokens=96, temperature=0,
+                                                   logprobs=True)  # fmt: skip
+        assert [(t.token, t.logprob) for t in r.choices[0].logprobs.content] == pieces
+    finally:
+        fresh.stop()
+
+
 def test_an_image_streams(vision: Server):
     messages = [ask("What is in this picture?", data_url(png(64, 64, seed=1)))]
     whole = _answer(vision, messages)[0]

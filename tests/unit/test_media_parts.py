@@ -26,8 +26,8 @@ def test_each_chunk_is_a_run_and_later_rows_sit_after_the_positions_a_grid_image
         return np.array([[pos0] * 6, [pos0 + i // 3 for i in range(6)], [pos0 + i % 3 for i in range(6)], [0] * 6])
 
     spans = [
-        MediaSpan(2, 6, "image", lambda: np.ones((6, 4), np.float32), whole=True, n_pos=3, layout=grid),
-        MediaSpan(8, 4, "image", lambda: np.zeros((4, 4), np.float32)),
+        MediaSpan(2, 6, "image", lambda threads: np.ones((6, 4), np.float32), whole=True, n_pos=3, layout=grid),
+        MediaSpan(8, 4, "image", lambda threads: np.zeros((4, 4), np.float32)),
     ]
     assert [position(spans, i) for i in (0, 2, 8, 12)] == [0, 2, 5, 9]  # the grid takes 3 positions for 6 rows
     rows, at = rows_at(spans, 2, 6)

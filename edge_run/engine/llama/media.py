@@ -1,14 +1,15 @@
 """A model's multimodal projector (``mmproj``) through llama.cpp's mtmd: images and audio in, embeddings out.
 
 :meth:`Projector.tokenize` runs off the engine thread (decoding and resizing an image is the slow part of it, as
-in llama-server's HTTP threads); :meth:`MediaSpan.embeddings` encodes a chunk on the engine thread, once, when a
-prompt block first needs its rows.
+in llama-server's HTTP threads); :meth:`MediaSpan.embeddings` encodes a chunk once, when a prompt block first needs
+its rows: on the engine thread, or beside it while other slots generate (:mod:`edge_run.engine.encoding`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import threading
 import weakref
@@ -32,6 +33,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Projector"]
 
+log = logging.getLogger(__name__)
+
+# mtmd takes its thread count once, at init (``mtmd_context_params.n_threads``), and reads it from its context at every
+# encode: ``int n_threads`` at this offset of ``struct mtmd_context`` in llama-cpp-python 0.3.36's mtmd.cpp, between
+# ``bool print_timings`` and ``std::string media_marker`` (checked at load, by those neighbours' values)
+_N_THREADS_AT = 172
+
 MAX_AUDIO_SECONDS = 600  # an audio input lasts ten minutes at most (20 windows of 30 s)
 RECENT_BYTES = 64 << 20  # embeddings kept for chunks sent again
 _KINDS = {M.MTMD_INPUT_CHUNK_TYPE_IMAGE: "image", M.MTMD_INPUT_CHUNK_TYPE_AUDIO: "audio"}
@@ -53,6 +61,9 @@ class Projector:
         self._ptr = M.mtmd_init_from_file(str(path).encode(), model.ptr, params)
         if not self._ptr:
             raise EngineFailure(f"could not load the projector {path.name} for this model")
+        self._threads = _threads_field(self._ptr, threads)
+        # an encode may run beside the engine thread, on a share of the cores: on the CPU, where the count can be set
+        self.beside = self._threads is not None and not gpu
         self.inputs = ("text",) + ("image",) * M.mtmd_support_vision(self._ptr) + ("audio",) * M.mtmd_support_audio(
             self._ptr
         )
@@ -157,12 +168,14 @@ class Projector:
 
         return layout
 
-    def _encoder(self, chunk: M.mtmd_input_chunk_p, n_rows: int, key: int) -> Callable[[], np.ndarray]:
-        def encode() -> np.ndarray:
+    def _encoder(self, chunk: M.mtmd_input_chunk_p, n_rows: int, key: int) -> Callable[[int], np.ndarray]:
+        def encode(threads: int) -> np.ndarray:
             with self._lock:
                 if (rows := self._recent.get(key)) is not None:
                     self._recent.move_to_end(key)
                     return rows
+                if threads and self._threads is not None:  # its embeddings do not depend on it (test_media)
+                    self._threads.value = threads
                 if M.mtmd_encode_chunk(self._ptr, chunk) != 0:
                     raise EngineFailure("encoding an image or audio input failed")
                 out = M.mtmd_get_output_embd(self._ptr)
@@ -179,3 +192,21 @@ class Projector:
         if self._ptr:
             M.mtmd_free(self._ptr)
             self._ptr = None
+
+
+def _threads_field(ptr: M.mtmd_context_p, threads: int) -> ctypes.c_int | None:
+    """The context's thread count, to set before an encode; None unless the struct's layout is the one expected."""
+    at = ptr if isinstance(ptr, int) else ctypes.cast(ptr, ctypes.c_void_p).value or 0  # c_void_p: an int
+    marker = MEDIA_MARKER.encode()
+    field = ctypes.c_int.from_address(at + _N_THREADS_AT)
+    expected = (
+        field.value == threads
+        and ctypes.c_uint8.from_address(at + _N_THREADS_AT - 4).value == 0  # print_timings, False
+        # media_marker, a short std::string (libstdc++): its data pointer, its length, its characters in place
+        and ctypes.c_void_p.from_address(at + _N_THREADS_AT + 4).value == at + _N_THREADS_AT + 20
+        and ctypes.c_size_t.from_address(at + _N_THREADS_AT + 12).value == len(marker)
+        and ctypes.string_at(at + _N_THREADS_AT + 20, len(marker)) == marker
+    )
+    if not expected:
+        log.warning("this llama.cpp's mtmd context is not laid out as expected: images encode on the engine thread")
+    return field if expected else None
