@@ -11,8 +11,9 @@ llama-server: ``-np 1``, ``--no-repack``, its prompt cache on (``cache_prompt``,
 threads.
 
 Each round sends one new random-pixel PNG to each server in turn (the order flips every round): turn 1 asks about
-it (greedy, ``--tokens`` answer tokens, streamed); turn 2, sent as soon as turn 1 ends (no waiting for either
-server's background work), is that conversation with the server's own answer and one more question. The bench
+it (greedy, end of generation banned, ``--tokens`` answer tokens, streamed); turn 2, sent as soon as turn 1 ends
+(no waiting for either server's background work), is that conversation with the server's own answer and one more
+question. The bench
 prints each server's time to first token on both turns (medians of ``--rounds``) and the issue's targets: turn 1
 llama-server ÷ edge-run ≥ 1.0, and edge-run's turn 2 at most 20% of its turn 1.
 """
@@ -39,6 +40,7 @@ import synth_media  # noqa: E402
 from media_oracle import CTX, LLAMA_SERVER, LOOKED_UP, EdgeRun, with_markers  # noqa: E402
 from media_stall import random_png  # noqa: E402
 from peers import cpu_model, start_llama_server, stop_process  # noqa: E402
+from retrieval_stall import eog_tokens  # noqa: E402
 from sse_client import sse_events  # noqa: E402
 from synth import DEFAULT_TOKENIZER  # noqa: E402
 
@@ -52,10 +54,12 @@ def question(png: bytes) -> dict[str, Any]:
                                          {"type": "image_url", "image_url": {"url": url}}]}  # fmt: skip
 
 
-async def turn(url: str, model: str, messages: list[dict[str, Any]], tokens: int) -> tuple[float, str, int]:
-    """One streamed greedy request: its time to first token, its text and its prompt tokens."""
+async def turn(
+    url: str, model: str, messages: list[dict[str, Any]], tokens: int, eog: list[int]
+) -> tuple[float, str, int]:
+    """One streamed greedy request, end of generation banned: its time to first token, its text, its prompt tokens."""
     body = {"model": model, "messages": messages, "max_tokens": tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}  # fmt: skip
+            "stream_options": {"include_usage": True}, "logit_bias": {str(t): -100 for t in eog}}  # fmt: skip
     start, first, text, prompt = time.perf_counter(), 0.0, [], 0
     async for data in sse_events(url + "/v1/chat/completions", {}, body):
         if data == b"[DONE]":
@@ -67,15 +71,17 @@ async def turn(url: str, model: str, messages: list[dict[str, Any]], tokens: int
                 text.append(piece)
         if chunk.get("usage"):
             prompt = chunk["usage"]["prompt_tokens"]
+    if not first:
+        raise RuntimeError(f"{url} answered no content")
     return first - start, "".join(text), prompt
 
 
-def conversation(url: str, model: str, png: bytes, tokens: int) -> dict[str, float]:
+def conversation(url: str, model: str, png: bytes, tokens: int, eog: list[int]) -> dict[str, float]:
     """Turn 1 about ``png``, then turn 2 at once."""
     turns = [question(png)]
-    ttft1, answer, prompt1 = asyncio.run(turn(url, model, turns, tokens))
+    ttft1, answer, prompt1 = asyncio.run(turn(url, model, turns, tokens, eog))
     turns += [{"role": "assistant", "content": answer}, {"role": "user", "content": TURN_2}]
-    ttft2, _, prompt2 = asyncio.run(turn(url, model, turns, tokens))
+    ttft2, _, prompt2 = asyncio.run(turn(url, model, turns, tokens, eog))
     return {"ttft1": ttft1, "ttft2": ttft2, "prompt1": prompt1, "prompt2": prompt2}
 
 
@@ -99,18 +105,19 @@ def main() -> None:
             model = work / "smollm2-markers.gguf"
             with_markers(DEFAULT_TOKENIZER, LOOKED_UP["idefics3"], model)
         mmproj = synth_media.write_media(args.kind, work / "proj", size=args.size)
+        eog = eog_tokens(model)
         edge = EdgeRun(model, mmproj, args.kind, args.threads)
         servers.append(("edge-run", edge.url, edge.id, edge.stop))
         peer = start_llama_server(args.llama_server, model, threads=args.threads, slots=1, ctx=CTX, alias="peer",
                                   extra=["--mmproj", str(mmproj), "--no-repack"])  # fmt: skip
         servers.append(("llama-server", peer.url.removesuffix("/v1"), "peer", lambda: stop_process(peer.proc)))
         for _, url, model_id, _ in servers:  # every graph built once
-            conversation(url, model_id, random_png(256, 64), 2)
+            conversation(url, model_id, random_png(256, 64), 2, eog)
         runs: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in servers}
         for r in range(args.rounds):
             png = random_png(width, height)
             for name, url, model_id, _ in servers if r % 2 == 0 else servers[::-1]:
-                runs[name].append(conversation(url, model_id, png, args.tokens))
+                runs[name].append(conversation(url, model_id, png, args.tokens, eog))
                 time.sleep(1)
             print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]['ttft1']:.2f}/{v[-1]['ttft2']:.2f} s"
                                                  for n, v in runs.items()), file=sys.stderr, flush=True)  # fmt: skip
