@@ -13,9 +13,8 @@ threads.
 Each round sends one new random-pixel PNG to each server in turn (the order flips every round): turn 1 asks about
 it (greedy, end of generation banned, ``--tokens`` answer tokens, streamed); turn 2, sent as soon as turn 1 ends
 (no waiting for either server's background work), is that conversation with the server's own answer and one more
-question. The bench
-prints each server's time to first token on both turns (medians of ``--rounds``) and the issue's targets: turn 1
-llama-server ÷ edge-run ≥ 1.0, and edge-run's turn 2 at most 20% of its turn 1.
+question. The bench prints each server's time to first token on both turns (medians of ``--rounds``) and the
+issue's targets: turn 1 llama-server ÷ edge-run ≥ 1.0, and edge-run's turn 2 at most 20% of its turn 1.
 """
 
 from __future__ import annotations
