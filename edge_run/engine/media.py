@@ -51,7 +51,7 @@ class MediaSpan:
     n: int
     kind: str
     encode: Callable[[int], np.ndarray]  # (n, n_embd) float32, on that many threads (0: the projector's own count)
-    whole: bool = False  # one llama_decode (rows that see each other: Gemma 3's, or M-RoPE's on one position)
+    whole: bool = False  # one llama_decode (every chunk that fits a batch; Gemma 3's and M-RoPE's must)
     causal: bool = True  # False: causal attention off while it decodes (Gemma 3)
     n_pos: int = -1  # the positions it takes: fewer than its rows where M-RoPE lays an image out on a grid
     layout: Callable[[int], np.ndarray] | None = None  # M-RoPE: its rows' (4, n) positions from its first one
