@@ -4,6 +4,7 @@
     python bench/synth.py embed-cls|embed-last|rerank --out DIR [--seed N]   (synth_retrieval.py; prints the path)
     python bench/synth.py vision|vision-gemma3|audio --out DIR [--seed N] [--size S] [--check]   (synth_media.py)
     python bench/synth.py qwen2vl --out DIR [--seed N] [--check]   (synth_qwen2vl.py: text model + mmproj; 2 paths)
+    python bench/synth.py vlm --out DIR [--seed N] [--check]   (a tiny llama text model + SmolVLM's projector; 2 paths)
 
 Writes a ``llama``-architecture GGUF shaped like Llama 3.2 1B or Llama 3.1 8B (or a tiny one for tests), with
 SmolLM2's tokenizer (tokens, merges, token types, special ids, chat template) read from the test model on disk.
@@ -36,7 +37,7 @@ DEFAULT_TOKENIZER = Path(os.environ.get("EDGE_RUN_TEST_CACHE", Path.home() / ".c
 WEIGHT_STD = 0.02
 RETRIEVAL_KINDS = ("embed-cls", "embed-last", "rerank")  # synth_retrieval.KINDS, without importing it for --help
 MEDIA_KINDS = ("vision", "vision-gemma3", "audio")  # synth_media.KINDS: multimodal projectors (mmproj)
-PAIR_KINDS = ("qwen2vl",)  # synth_qwen2vl.KIND: a text model and its mmproj
+PAIR_KINDS = ("qwen2vl", "vlm")  # a text model and its mmproj (synth_qwen2vl.KIND, main_vlm)
 
 
 @dataclass(frozen=True)
@@ -275,12 +276,38 @@ def main_media(argv: list[str]) -> int:
     return 0
 
 
+def main_vlm(argv: list[str]) -> int:
+    """``vlm --out DIR``: a tiny vision language model of random weights, the ``tiny`` llama text model (SmolLM2's
+    tokenizer) and an idefics3 (SmolVLM) projector for its width; prints both paths, the text model first."""
+    import json
+
+    from synth_media import check, write_media
+
+    p = argparse.ArgumentParser(prog="synth.py", description=main_vlm.__doc__)
+    p.add_argument("kind", choices=["vlm"])
+    p.add_argument("--out", type=Path, required=True, help="a folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER, help="a GGUF to copy tokenizer.* from")
+    p.add_argument("--check", action="store_true", help="load both with llama_cpp's mtmd, encode, print a JSON line")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = args.out / "synth-vlm-text.gguf"
+    write("tiny", "q8_0", model, args.tokenizer, args.seed)
+    mmproj = write_media("vision", args.out, args.seed, SHAPES["tiny"].hidden)
+    print(f"{model}\n{mmproj}", flush=True)
+    if args.check:
+        print(json.dumps(check(mmproj, model)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in RETRIEVAL_KINDS:
         return main_retrieval(argv)
     if argv and argv[0] in MEDIA_KINDS:
         return main_media(argv)
+    if argv and argv[0] == "vlm":
+        return main_vlm(argv)
     if argv and argv[0] in PAIR_KINDS:
         from synth_qwen2vl import main as main_pair
 

@@ -88,3 +88,19 @@ def test_a_tiny_synthetic_model_has_the_llama_layout_and_generates_exactly_n_tok
     logprobs = [lp for c in chunks for lp in (c.logprobs or [])]
     assert len(logprobs) == N_TOKENS
     assert all(math.isfinite(lp.logprob) and all(math.isfinite(v) for _, v in lp.top) for lp in logprobs)
+
+
+def test_vlm_writes_a_text_model_and_its_projector_that_mtmd_loads_and_encodes(tmp_path: Path, model_path: Path):
+    """``synth.py vlm``: the tiny llama text model and a SmolVLM projector for its 256-wide embeddings; llama.cpp's
+    mtmd loads the pair, and encodes an image the same twice and another one differently."""
+    import json
+    import subprocess
+
+    args = [sys.executable, synth.__file__, "vlm", "--out", str(tmp_path), "--tokenizer", str(model_path), "--check"]
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    model, mmproj, report = done.stdout.strip().splitlines()[-3:]
+    assert Path(model).is_file() and Path(mmproj).is_file()
+    checked = json.loads(report)
+    assert checked["caps"]["vision"] and checked["embd_shape"][1] == synth.SHAPES["tiny"].hidden
+    assert checked["same_input_identical"] and checked["different_input_differs"] and checked["finite"]
