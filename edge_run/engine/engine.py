@@ -126,7 +126,7 @@ class Engine:
             adapt_threads=not offloaded,  # offloaded whole, the CPU threads barely work
             cores=opts.cores,
             embd_batch=EmbdBatch(opts.batch, p.n_embd, mrope=p.mrope) if (p := self._projector) is not None else None,
-            encode_beside=p.beside if p is not None else False,
+            encode_beside=self._projector is not None and self._projector.beside,
         )
         self._worker = Worker(scheduler, loop)
         self._worker.start()

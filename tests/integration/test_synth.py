@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -93,9 +95,6 @@ def test_a_tiny_synthetic_model_has_the_llama_layout_and_generates_exactly_n_tok
 def test_vlm_writes_a_text_model_and_its_projector_that_mtmd_loads_and_encodes(tmp_path: Path, model_path: Path):
     """``synth.py vlm``: the tiny llama text model and a SmolVLM projector for its 256-wide embeddings; llama.cpp's
     mtmd loads the pair, and encodes an image the same twice and another one differently."""
-    import json
-    import subprocess
-
     args = [sys.executable, synth.__file__, "vlm", "--out", str(tmp_path), "--tokenizer", str(model_path), "--check"]
     done = subprocess.run(args, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
