@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from edge_run.engine.budget import Budget
-from edge_run.engine.embedding import Pooler, serial
+from edge_run.engine.embedding import Pooler
 from edge_run.engine.generation import Generation
 from edge_run.engine.placement import Placement, gpu_devices
 from edge_run.engine.scheduler import PREFILL_BLOCK, Scheduler
@@ -98,7 +98,7 @@ class Engine:
         model = Model(self.path, gpu_layers=placement.layers, repack=opts.kind != "chat")
         self.model = model
         if opts.kind != "chat":  # an embedder or a reranker: no slots, no scheduler
-            self._pooler = Pooler(model, opts, serial(), opts.cores or CoreShare(opts.threads))
+            self._pooler = Pooler(model, opts, None, opts.cores or CoreShare(opts.threads))
             return
         template = opts.chat_template or model.chat_template()
         self.template = ChatTemplate(template, bos_token=model.bos_text, eos_token=model.eos_text)

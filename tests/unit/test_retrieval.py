@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +159,33 @@ def test_an_embedder_takes_its_threads_from_the_cores_the_models_share():
     pooler._decode([[1, 2]])
     assert embedder.threads == [1, 2]
     assert cores._active == set() and cores._held == {}
+
+
+def test_a_model_without_an_engine_thread_decodes_every_request_on_one_thread_of_its_own():
+    """llama.cpp's OpenMP build keeps a worker team per calling thread: decodes that hop between the event loop's
+    pool threads leave teams spinning against each other. Overlapping requests still run one at a time."""
+    options = EngineOptions(ctx=64, threads=1, gpu_layers=0, slots=1, max_queue=1, batch=8, kind="embedding")
+    pooler = Pooler(FakeVocabModel(), options, None, CoreShare(1))  # type: ignore[arg-type]
+    seen: list[tuple[int, str]] = []
+    running = [0]
+
+    def decode(batch: list[list[int]]) -> list[np.ndarray]:
+        running[0] += 1
+        seen.append((running[0], threading.current_thread().name))
+        time.sleep(0.01)
+        running[0] -= 1
+        return [np.ones(2) for _ in batch]
+
+    pooler._decode = decode  # type: ignore[method-assign]
+
+    async def burst() -> None:
+        await asyncio.gather(*(asyncio.to_thread(time.sleep, 0.001) for _ in range(4)))  # the pool has threads
+        await asyncio.gather(*(pooler.embed(["a b"] * 3, truncate=False) for _ in range(6)))
+
+    asyncio.run(burst())
+    pooler.close()
+    assert len(seen) == 6 and {n for n, _ in seen} == {1}
+    assert {name for _, name in seen} == {seen[0][1]} and seen[0][1].startswith("edge-run-embed")
 
 
 class FakeRetrieval:
