@@ -7,6 +7,7 @@ outlives the checkout: ``$EDGE_RUN_TEST_CACHE`` or ``~/.cache/edge-run-tests``.
 
 from __future__ import annotations
 
+import compileall
 import os
 import subprocess
 import sys
@@ -21,6 +22,13 @@ from edge_run.models.fetch import fetch
 from tests.support import MODEL_ID, Server, cache_dir, set_up, start_server
 
 SYNTH = Path(__file__).resolve().parents[1] / "bench" / "synth.py"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compile edge_run's modules once, before the ~60 servers and the CLI processes the suite starts. Where
+    ``PYTHONDONTWRITEBYTECODE`` is set (as on this project's machines) nothing else writes them, so each server
+    would compile every module it imports again: 0.8 against 0.6 s of imports per server start."""
+    compileall.compile_dir(Path(__file__).resolve().parents[1] / "edge_run", quiet=1)
 
 
 @pytest.fixture(scope="session")
