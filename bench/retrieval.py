@@ -14,6 +14,8 @@
 - **Peers.** llama-server with its defaults and with tuned ``-np``/``-b``/``-ub`` (``--peer-flags`` replaces
   the tuned sets). The best setting per scenario, by median, is the baseline; every setting's numbers print.
 - ``--check``: cosine distance between the two servers' vectors and the largest rerank score difference.
+- ``--latency N``: each server's median time for one request (one client), N requests sent to the servers in
+  turn, so that none gets its next request right after its own answer.
 - The ``stall`` scenario (``retrieval_stall.py``): edge-run's chat model streaming while an embedding burst
   runs on the same model.
 """
@@ -164,6 +166,28 @@ async def throughput(server: Server, sc: Scenario, total: int, encoding: str) ->
             await h.aclose()
 
 
+async def latencies(servers: list[Server], sc: Scenario, n: int, encoding: str) -> dict[str, float]:
+    """Median time of one request of ``sc.batch`` documents per server: ``n`` requests each, sent to the
+    servers in turn (one client), so that a server never gets the next request right after its own answer."""
+    times: dict[str, list[float]] = {s.name: [] for s in servers}
+    https = {s.name: httpx.AsyncClient(timeout=600) for s in servers}
+    try:
+        for i in range(n):
+            docs = [DOCS[(i * sc.batch + j) % len(DOCS)] for j in range(sc.batch)]
+            for s in servers:
+                path, body = request_body(s, sc.kind, docs, encoding)
+                begin = time.perf_counter()
+                r = await https[s.name].post(s.url + path, content=msgspec.json.encode(body),
+                                             headers={"Content-Type": "application/json"})  # fmt: skip
+                r.raise_for_status()
+                msgspec.json.decode(r.content)
+                times[s.name].append(time.perf_counter() - begin)
+        return {name: statistics.median(t) for name, t in times.items()}
+    finally:
+        for h in https.values():
+            await h.aclose()
+
+
 @dataclass
 class Results:
     """docs/s per (scenario label, server name), one entry per round."""
@@ -193,6 +217,12 @@ def measure_kind(args: argparse.Namespace, kind: str, path: Path, scenarios: lis
                 for s in order:
                     res.add(sc.label, s.name, asyncio.run(throughput(s, sc, args.docs, args.encoding)))
             print(f"  {kind}: round {r + 1}/{args.rounds} done", file=sys.stderr)
+        if args.latency:
+            for sc in scenarios:
+                if sc.clients == 1:
+                    ms = asyncio.run(latencies(servers, sc, args.latency, args.encoding))
+                    print(f"latency {sc.label}, median of {args.latency} sent in turn: "
+                          + ", ".join(f"{name} {t * 1000:.1f} ms" for name, t in ms.items()))  # fmt: skip
         if args.check:
             check(kind, servers[0], servers[1:])
     finally:
@@ -270,6 +300,13 @@ def main() -> None:
     ap.add_argument("--peer-flags", action="append", help="a llama-server setting, repeatable ('': its defaults; "
                     "flags that start with - as --peer-flags=--no-repack)")  # fmt: skip
     ap.add_argument("--check", action="store_true", help="compare vectors and scores with llama-server's")
+    ap.add_argument(
+        "--latency",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also each server's median time for one request, N requests sent to the servers in turn",
+    )
     ap.add_argument("--quick", action="store_true", help="1 round, 400 documents, 1 client (unless given)")
     ap.add_argument("--chat-model", type=Path, default=CHAT_MODEL, help="stall: the chat model")
     args = ap.parse_args()

@@ -1,6 +1,6 @@
 """Embeddings and rerank scores as the event loop sees them: inputs tokenized, checked, packed and pooled.
 
-Inputs are packed into batches, each one ``llama_decode`` of many sequences (:func:`pack`). Each batch is
+Inputs are packed into batches, each one ``llama_decode`` of many sequences (:func:`take`). Each batch is
 its own call on the thread that owns the model: on a chat model's engine thread, generation steps run
 between two batches, so an embedding burst stalls the generating slots for one batch at a time.
 """
