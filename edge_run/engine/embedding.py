@@ -70,10 +70,10 @@ class Pooler:
         self._busy = busy
         self._small = small or options.batch
         self._options = options
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="edge-run-embed") if run is None else None
+        self._own = run is None  # no engine thread: nothing else marks the member active or idle
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="edge-run-embed") if self._own else None
         self._run = run or self._on_own_thread
         self._cores = cores
-        self._own = member is None  # then nothing else marks the member active or idle
         self._member = cores.join() if member is None else member
         self._embedder: Embedder | None = None
         chat = options.kind == "chat"
