@@ -138,6 +138,19 @@ def request_body(server: Server, kind: str, docs: list[str], encoding: str) -> t
     return "/v1/embeddings", {"model": server.model, "input": docs, "encoding_format": encoding}
 
 
+async def ask(http: httpx.AsyncClient, server: Server, kind: str, docs: list[str], encoding: str) -> None:
+    """One request for ``docs``; raises unless it is answered with one result per document."""
+    path, body = request_body(server, kind, docs, encoding)
+    r = await http.post(server.url + path, content=msgspec.json.encode(body),
+                        headers={"Content-Type": "application/json"})  # fmt: skip
+    if r.status_code != 200:
+        raise RuntimeError(f"{server.name}: {r.status_code} {r.text[:300]}")
+    reply = msgspec.json.decode(r.content)
+    n = len(reply["results"] if kind == "rerank" else reply["data"])
+    if n != len(docs):
+        raise RuntimeError(f"{server.name}: {n} answers for {len(docs)} documents")
+
+
 async def throughput(server: Server, sc: Scenario, total: int, encoding: str) -> float:
     """Documents/s: ``total`` documents in requests of ``sc.batch``, sent back to back by ``sc.clients`` clients."""
     starts = list(range(0, total, sc.batch))
@@ -146,15 +159,7 @@ async def throughput(server: Server, sc: Scenario, total: int, encoding: str) ->
     async def client(http: httpx.AsyncClient) -> None:
         for start in queue:  # the clients share one iterator: each takes the next request
             docs = [DOCS[(start + j) % len(DOCS)] for j in range(min(sc.batch, total - start))]
-            path, body = request_body(server, sc.kind, docs, encoding)
-            r = await http.post(server.url + path, content=msgspec.json.encode(body),
-                                headers={"Content-Type": "application/json"})  # fmt: skip
-            if r.status_code != 200:
-                raise RuntimeError(f"{server.name}: {r.status_code} {r.text[:300]}")
-            reply = msgspec.json.decode(r.content)
-            n = len(reply["results"] if sc.kind == "rerank" else reply["data"])
-            if n != len(docs):
-                raise RuntimeError(f"{server.name}: {n} answers for {len(docs)} documents")
+            await ask(http, server, sc.kind, docs, encoding)
 
     https = [httpx.AsyncClient(timeout=600) for _ in range(sc.clients)]
     try:
@@ -175,12 +180,8 @@ async def latencies(servers: list[Server], sc: Scenario, n: int, encoding: str) 
         for i in range(n):
             docs = [DOCS[(i * sc.batch + j) % len(DOCS)] for j in range(sc.batch)]
             for s in servers:
-                path, body = request_body(s, sc.kind, docs, encoding)
                 begin = time.perf_counter()
-                r = await https[s.name].post(s.url + path, content=msgspec.json.encode(body),
-                                             headers={"Content-Type": "application/json"})  # fmt: skip
-                r.raise_for_status()
-                msgspec.json.decode(r.content)
+                await ask(https[s.name], s, sc.kind, docs, encoding)
                 times[s.name].append(time.perf_counter() - begin)
         return {name: statistics.median(t) for name, t in times.items()}
     finally:

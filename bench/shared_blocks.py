@@ -25,12 +25,12 @@ import numpy as np
 
 from edge_run.engine.llama.context import Batch, Context
 from edge_run.engine.llama.model import Model
+from edge_run.engine.scheduler import PREFILL_BLOCK as BLOCK  # history blocks are the engine's width
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import cpu_model
 
 CACHE = Path.home() / ".cache" / "edge-run-tests"
-BLOCK = 64  # the engine's block: history blocks are this wide
 
 
 def decode(model: Model, prompts: list[list[int]], history: list[int], rows: list[int], threads: int, *,
