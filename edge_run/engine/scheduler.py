@@ -9,8 +9,8 @@ arithmetic by how many rows of a sequence a ``llama_decode`` holds (flash attent
 rows, and splits a lone row's KV between threads), enough to flip a greedy choice. So the guarantee
 rests on the order of computation: every KV position is computed by the same ``llama_decode`` calls.
 
-- A prompt is cut into blocks at multiples of ``block``, the remainder in the final block
-  (:func:`~edge_run.engine.slots.next_block`; never inside an image whose rows attend to each other,
+- A prompt is cut into blocks at multiples of ``block`` (below it, of an eighth of it), the remainder in the
+  final block (:func:`~edge_run.engine.slots.next_block`; never inside an image whose rows attend to each other,
   :data:`~edge_run.engine.slots.Whole`), each block a ``llama_decode`` of its own. Only whole
   blocks before a request's final block are reused (a slot's ``exact``): a longer prompt computes
   exactly those blocks the same way. The same prompt again reuses all of it, with the logits of its
@@ -39,7 +39,7 @@ from edge_run.engine.gather import gather
 from edge_run.engine.media import rows_at, runs, unencoded
 from edge_run.engine.output import token_chunk
 from edge_run.engine.prefix import take_prefix
-from edge_run.engine.slots import Slot, next_block, pick_slot
+from edge_run.engine.slots import Slot, cut_below, next_block, pick_slot
 from edge_run.engine.text import TextStream
 from edge_run.engine.threads import CoreShare, ThreadGovernor
 from edge_run.engine.types import Chunk
@@ -111,7 +111,8 @@ class Scheduler:
     @property
     def tokens_stale(self) -> int:
         """Tokens of finished answers still to compute again as whole blocks (background work of an idle engine)."""
-        return sum(len(slot.stale) // self.block * self.block for slot in self._slots if slot.idle)
+        ends = ((s, cut_below(s.exact + len(s.stale), self.block, s.whole)) for s in self._slots if s.idle and s.stale)
+        return sum(max(0, end - s.exact) for s, end in ends)
 
     def has_work(self) -> bool:
         """Whether a step would do anything: requests waiting or generating, or a finished answer to refresh now."""
@@ -332,8 +333,7 @@ class Scheduler:
             if slot.job is None:
                 continue
             self.ctx.seq_cp(leader.seq, slot.seq)
-            slot.cache, slot.exact = list(leader.cache), leader.exact
-            slot.cached = leader.cached
+            slot.cache, slot.exact, slot.cached = list(leader.cache), leader.exact, leader.cached
             slot.logit_index = leader.logit_index
             self._sample(slot, out)
             slot.logit_index = -1  # sampled: the step loop must not sample it again from the same logits

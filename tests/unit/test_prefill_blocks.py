@@ -1,5 +1,6 @@
-"""Prompt blocks: cut at multiples of the block size, the remainder in the final block; only whole blocks
-before the final one are reused, so a cached prompt is computed by the same llama_decode calls as a cold one."""
+"""Prompt blocks: cut at multiples of the block size (below it, of an eighth of it), the remainder in the final
+block; only whole blocks before the final one are reused, so a cached prompt is computed by the same llama_decode
+calls as a cold one."""
 
 from __future__ import annotations
 
@@ -22,16 +23,24 @@ def blocks(n: int, size: int, whole: tuple[tuple[int, int], ...] = ()) -> list[t
     return cut
 
 
+def eighths(end: int) -> list[tuple[int, int]]:
+    """The first blocks, of 8 rows (an eighth of 64), up to ``end``."""
+    return [(a, a + 8) for a in range(0, end, 8)]
+
+
 @pytest.mark.parametrize(
     ("n", "cut"),
     [
         (1, [(0, 1)]),
-        (63, [(0, 63)]),  # shorter than a block: one block
-        (64, [(0, 64)]),
-        (127, [(0, 127)]),  # the remainder joins the last block
-        (128, [(0, 64), (64, 128)]),
-        (191, [(0, 64), (64, 191)]),
-        (200, [(0, 64), (64, 128), (128, 200)]),
+        (15, [(0, 15)]),  # shorter than two first blocks: one block
+        (16, [(0, 8), (8, 16)]),
+        (44, [*eighths(32), (32, 44)]),  # the remainder joins the last block
+        (63, [*eighths(48), (48, 63)]),
+        (64, eighths(64)),
+        (127, [*eighths(56), (56, 127)]),
+        (128, [*eighths(64), (64, 128)]),
+        (191, [*eighths(64), (64, 191)]),
+        (200, [*eighths(64), (64, 128), (128, 200)]),
     ],
 )
 def test_a_prompt_is_cut_at_multiples_of_the_block_and_the_final_block_takes_the_rest(n, cut) -> None:
@@ -42,8 +51,8 @@ def test_every_block_but_the_final_one_is_a_whole_block_at_an_aligned_start() ->
     for n in range(1, 700):
         cut = blocks(n, 64)
         assert cut[-1][0] == final_block(n, 64) and cut[-1][1] == n
-        assert all(a % 64 == 0 and b - a == 64 for a, b in cut[:-1])
-        assert n < 64 or 64 <= cut[-1][1] - cut[-1][0] <= 127
+        assert all(a % (b - a) == 0 and b - a == (64 if a >= 64 else 8) for a, b in cut[:-1])
+        assert n < 128 or 64 <= cut[-1][1] - cut[-1][0] <= 127
 
 
 def test_a_longer_prompt_computes_the_shorter_ones_reusable_blocks_the_same_way() -> None:
@@ -75,7 +84,7 @@ def test_the_idle_refresh_waits_a_moment_after_the_latest_answer() -> None:
     assert 60 < scheduler.refresh_in() <= 60 + REFRESH_AFTER and not scheduler.has_work()
     slot.last_used = time.monotonic() - REFRESH_AFTER
     assert scheduler.refresh_in() == 0.0 and scheduler.has_work()
-    slot.stale = slot.stale[:63]  # less than a block: nothing to refresh
+    slot.stale = slot.stale[:7]  # less than a block (the first is 8 rows): nothing to refresh
     assert scheduler.refresh_in() is None and not scheduler.has_work()
 
 
@@ -106,11 +115,11 @@ def test_no_block_boundary_falls_inside_an_image_whose_rows_attend_to_each_other
 
 
 def test_a_whole_span_moves_the_cut_to_its_end() -> None:
-    whole = ((50, 150),)  # the cut at 64 and at 128 fall inside
-    assert blocks(300, 64, whole) == [(0, 150), (150, 192), (192, 300)]
-    assert blocks(200, 64, whole) == [(0, 150), (150, 200)]
-    assert blocks(150, 64, whole) == [(0, 150)]  # the span ends the prompt: the final block starts before it
-    assert blocks(170, 64, ((100, 170),)) == [(0, 64), (64, 170)]
+    whole = ((50, 150),)  # the cuts at 56, 64 and 128 fall inside
+    assert blocks(300, 64, whole) == [*eighths(48), (48, 150), (150, 192), (192, 300)]
+    assert blocks(200, 64, whole) == [*eighths(48), (48, 150), (150, 200)]
+    assert blocks(150, 64, whole) == [*eighths(48), (48, 150)]  # the span ends the prompt: before it
+    assert blocks(170, 64, ((100, 170),)) == [*eighths(64), (64, 170)]
     slot = Slot(seq=0, cache=list(range(300)), exact=192)
-    assert reusable(slot, list(range(120)) + [-5] * 200, 64, whole) == 0  # they part inside the span
+    assert reusable(slot, list(range(120)) + [-5] * 200, 64, whole) == 48  # they part inside the span
     assert reusable(slot, list(range(280)) + [-5] * 200, 64, whole) == 192
