@@ -269,3 +269,15 @@ def test_answers_do_not_depend_on_the_requests_running_beside_them(make_server, 
     for n in (1, 3):
         assert asyncio.run(_neighbours_then(server, body, others[:n])) == alone, n
         wait_for(lambda: server.health()["models"][0]["slots_busy"] == 0, 60, "the neighbours' slots freed")
+
+
+def test_a_short_request_reuses_the_template_it_shares_and_answers_as_cold(server: Server, cold) -> None:
+    """Below 64 tokens prompts are cut every 8: a short request reuses the start it shares with the one before (the
+    template and its default system prompt), and its answer is the cold one's."""
+    ask = [turn([{"role": "user", "content": q}]) for q in ("What is a lake?", "What is a pond?")]
+    answer(client(server), ask[0])
+    got, cached, _ = answer(client(server), ask[1])
+    assert cached >= 16 and cached % 8 == 0
+    answer(client(cold[0]), {"messages": [{"role": "system", "content": "Be brief."}, *ELSEWHERE], "max_tokens": 1})
+    expected, cold_cached, _ = answer(client(cold[0]), ask[1])
+    assert (got, cold_cached) == (expected, 0)
