@@ -45,6 +45,8 @@ from edge_run.engine.threads import CoreShare, ThreadGovernor
 from edge_run.engine.types import Chunk
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from edge_run.engine.llama.context import Batch, Context, EmbdBatch
     from edge_run.engine.llama.model import Model
     from edge_run.engine.slots import Job
@@ -128,17 +130,19 @@ class Scheduler:
         for closing in [b for b in (self.encoder, self._batch, self._embd) if b is not None]:
             closing.close()
 
-    def step(self, out: list[tuple[Job, Chunk]]) -> None:
+    def step(self, out: list[tuple[Job, Chunk]], now: Callable[[list[tuple[Job, Chunk]]], None] | None = None) -> None:
         for slot in self._slots:
             if slot.job is not None and slot.job.cancelled:
                 self._release(slot)
         if not self._admit(out):  # requests often come in bursts: gather once the burst has a slot each
             self.slot_moves += gather(self._slots, self.ctx)  # the busy slots' sequence ids made consecutive
         budget = self._batch.capacity  # prompt rows per step, past the first block
-        for slot in self._slots:
+        for slot in sorted(self._slots, key=lambda s: s.rows_left):  # the shortest first: the least time to first token
             slot.logit_index = -1
             if slot.job is not None and slot.next_token is None:
                 budget -= self._prefill(slot, budget, out)
+                if out and now is not None:  # first tokens go now, not after the other slots' prompts
+                    now(out)
         if rows := [s for s in self._slots if s.next_token is not None]:  # in sequence order: see gather
             self._decode_rows(rows, out)
         elif budget == self._batch.capacity and self.encoder.under_way:  # nothing to do but wait for an encode
@@ -151,8 +155,7 @@ class Scheduler:
         last row gives the first token. Returns the rows used."""
         job = slot.job
         assert job is not None
-        n = len(job.prompt)
-        used = 0
+        n, used = len(job.prompt), 0
         if slot.replay is not None:  # the same prompt again: its last row's logits are kept
             self._sample(slot, out)
         while slot.n_prompt_done < n:
@@ -197,8 +200,8 @@ class Scheduler:
 
     def _stale(self) -> Slot | None:
         """The most recently used idle slot that has a whole block to compute again, if any."""
-        slots = [s for s in self._slots if s.idle and len(s.stale) >= s.refresh_rows(self.block)]
-        return max(slots, key=lambda s: s.last_used) if slots else None
+        slots = (s for s in self._slots if s.idle and len(s.stale) >= s.refresh_rows(self.block))
+        return max(slots, key=lambda s: s.last_used, default=None)
 
     def _refresh(self) -> None:
         """Compute the next block of an idle slot's finished answer, so that its next turn reuses it."""
@@ -237,8 +240,7 @@ class Scheduler:
 
     def _accept(self, slot: Slot, drafts: list[int], out: list[tuple[Job, Chunk]]) -> None:
         """Sample the slot's rows in order while each sample equals the token decoded after it."""
-        real = len(drafts)
-        first, accepted, rejected, kept = slot.logit_index, slot.accepted, slot.rejected, 0
+        real, first, accepted, rejected, kept = len(drafts), slot.logit_index, slot.accepted, slot.rejected, 0
         assert slot.next_token is not None
         slot.cache.append(slot.next_token)
         slot.next_token = None
@@ -329,9 +331,7 @@ class Scheduler:
 
     def _fork(self, leader: Slot, out: list[tuple[Job, Chunk]]) -> None:
         """Give each waiting follower the leader's prompt KV and a sample from the same logits."""
-        for slot in leader.followers:
-            if slot.job is None:
-                continue
+        for slot in [s for s in leader.followers if s.job is not None]:
             self.ctx.seq_cp(leader.seq, slot.seq)
             slot.cache, slot.exact, slot.cached = list(leader.cache), leader.exact, leader.cached
             slot.logit_index = leader.logit_index

@@ -109,6 +109,11 @@ class Slot:
     def whole(self) -> Whole:
         return whole_spans(self.media)
 
+    @property
+    def rows_left(self) -> int:
+        """Prompt rows still to compute: none for a prompt that replays its kept logits."""
+        return 0 if self.job is None or self.replay is not None else len(self.job.prompt) - self.n_prompt_done
+
     def pos(self, i: int) -> int:
         """The KV position of ``cache`` row ``i``: media rows may take fewer positions than rows (M-RoPE)."""
         return position(self.media, i)

@@ -80,6 +80,11 @@ class Worker:
         scheduler, cores, member = self.scheduler, self.scheduler.cores, self.scheduler.member
         handover = Handover(lambda out: self._loop.call_soon_threadsafe(_dispatch, out), HANDOVER_INTERVAL)
         failed_in_a_row = 0
+
+        def now(out: list[tuple[Job, Chunk]]) -> None:  # a first token, not held for the step's other prompts
+            handover.add(out[:], time.monotonic(), idle=False)
+            out.clear()
+
         while True:
             with self._cond:
                 while not self._stopping and not self._calls and not scheduler.has_work():
@@ -98,7 +103,7 @@ class Worker:
                 self._loop.call_soon_threadsafe(_settle, future, result, error)
             out: list[tuple[Job, Chunk]] = []
             try:
-                scheduler.step(out)
+                scheduler.step(out, now)
                 handover.add(out, time.monotonic(), idle=scheduler.busy == 0)
                 failed_in_a_row = 0
             except Exception:  # keep serving: fail only the requests in flight
