@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from edge_run.engine import Engine, EngineOptions, SamplerSpec
 from tests.payloads import NO_EOS
 from tests.support import MODEL_ID, Server, set_up, start_server, stream_in_slot_order, wait_for
 
@@ -233,3 +235,34 @@ def test_a_stream_moved_to_close_a_gap_keeps_its_answer_and_the_gap_keeps_its_ca
     )
     first_turn = sdk.chat.completions.create(model=MODEL_ID, messages=b, max_tokens=1).usage.prompt_tokens
     assert follow.usage.prompt_tokens_details.cached_tokens >= (first_turn // 64 - 1) * 64 > 0
+
+
+def test_a_short_prompt_gets_its_first_token_while_a_long_one_beside_it_is_computed(model_path: Path) -> None:
+    """Prompts admitted in one step are computed shortest first, and each first token is handed to the event loop
+    as it comes: the short request's first token arrives before the long prompt beside it has been computed (which
+    takes seconds here). Either rule alone would hold it until the long prompt is done."""
+
+    async def go() -> None:
+        options = EngineOptions(ctx=2048, threads=2, gpu_layers=0, slots=2, max_queue=4, batch=512)
+        engine = Engine("t", model_path, options)
+        await engine.load()
+        try:
+            text = "Summarize: " + "the mill by the river " * 120
+            long = await engine.prompt_tokens([{"role": "user", "content": text}])
+            short = await engine.prompt_tokens([{"role": "user", "content": "Hi."}])
+            gate = threading.Event()
+            held = asyncio.ensure_future(engine._ready()[2].call(gate.wait))  # the engine thread waits: both queue
+            gens = [await engine.generate(p, SamplerSpec(temperature=0), max_tokens=2, stops=()) for p in (long, short)]
+            gate.set()
+            await held
+            batches = gens[1].batches()
+            first = (await anext(batches))[0]
+            evaluated = engine.status()["prompt_tokens_evaluated"]  # as the short answer's first token arrived
+            assert first.completion_tokens == 1 and len(long) > 512 and evaluated == len(short)  # nothing of long yet
+            assert [first, *[c async for b in batches for c in b]][-1].finish_reason == "length"
+            assert [chunk.finish_reason async for chunk in gens[0]][-1] == "length"
+            assert engine.status()["prompt_tokens_evaluated"] >= len(long)
+        finally:
+            await engine.close()
+
+    asyncio.run(asyncio.wait_for(go(), 120))
