@@ -1,8 +1,8 @@
 """The step policy: slots, continuous batching, prompt-prefix reuse, drafts, cancellation.
 
-Each step (run by the engine thread, :mod:`edge_run.engine.worker`) evaluates prompt blocks of newly
-admitted requests, then decodes one batch holding the next token of every generating slot with its
-drafts, and samples.
+Each step (run by the engine thread, :mod:`edge_run.engine.worker`) evaluates prompt blocks of admitted
+requests, the shortest first, each first token handed over at once; then it decodes one batch holding
+the next token of every generating slot with its drafts, and samples.
 
 **The same request gives the same answer, cached or not.** llama.cpp's CPU kernels take other
 arithmetic by how many rows of a sequence a ``llama_decode`` holds (flash attention tiles from 64
