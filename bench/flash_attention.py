@@ -105,32 +105,32 @@ def rows(model: Model, tokens: list[int], threads: int) -> list[tuple[str, float
     """Flash attention off: the largest logit difference of each way of decoding a row against it alone."""
     ctx = context(model, False, n_seq=2, n_ctx_seq=4096, n_batch=512, threads=threads)
     batch = Batch(512)
-    prefill(ctx, batch, tokens[:2000], 0)
-    prefill(ctx, batch, tokens[:300], 1)
+    cached = (2000, 300)  # each sequence's tokens before the compared rows
+    for seq, n in enumerate(cached):
+        prefill(ctx, batch, tokens[:n], seq)
 
     def decode(rows: list[tuple[int, int]], n: int) -> list[np.ndarray]:
         """``rows`` (sequence, rows from its end) on ``n`` threads; each row's logits, then dropped."""
         ctx.set_threads(n)
         batch.clear()
         for seq, count in rows:
-            at = 2000 if seq == 0 else 300
             for i in range(count):
-                batch.add(tokens[at + i], at + i, seq, True)
+                batch.add(tokens[cached[seq] + i], cached[seq] + i, seq, True)
         ctx.decode(batch)
         out = [ctx.logits(i).copy() for i in range(batch.n)]
-        ctx.seq_rm(0, 2000, -1)
-        ctx.seq_rm(1, 300, -1)
+        for seq, n in enumerate(cached):
+            ctx.seq_rm(seq, n, -1)
         return out
 
     def alone(count: int) -> list[np.ndarray]:
         out = []
         for i in range(count):  # each row alone on one thread, after the ones before it
             batch.clear()
-            batch.add(tokens[2000 + i], 2000 + i, 0, True)
+            batch.add(tokens[cached[0] + i], cached[0] + i, 0, True)
             ctx.set_threads(1)
             ctx.decode(batch)
             out.append(ctx.logits(0).copy())
-        ctx.seq_rm(0, 2000, -1)
+        ctx.seq_rm(0, cached[0], -1)
         return out
 
     ref = alone(16)
