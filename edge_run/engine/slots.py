@@ -170,7 +170,8 @@ def _step(pos: int, block: int) -> int:
 
 def _grid(pos: int, block: int) -> int:
     """The last block boundary at or before ``pos``, whole spans aside."""
-    return pos // _step(pos, block) * _step(pos, block)
+    step = _step(pos, block)
+    return pos // step * step
 
 
 def next_cut(done: int, block: int, whole: Whole = ()) -> int:
