@@ -66,6 +66,7 @@ class GgufLayout:
     has_chat_template: bool = False
     chat_template: str = ""  # ``tokenizer.chat_template``: its Jinja source (Ollama's /api/show shows it)
     pooling: int | None = None  # ``{arch}.pooling_type``: written for embedding and reranker models
+    tensor_types: frozenset[int] = frozenset()  # the ggml types of its tensors (which CPU kernels it takes)
 
     @property
     def kind(self) -> str:
@@ -247,6 +248,7 @@ def _read(r: _Reader) -> GgufLayout:
         meta[key] = r.value(r.count(_U32))
     tensors: list[tuple[str, int]] = []
     n_params = 0
+    types: set[int] = set()
     last = (-1, 0, 0)  # (offset, type, elements) of the tensor that lies last in the file
     for _ in range(n_tensors):
         name = r.string()
@@ -255,6 +257,7 @@ def _read(r: _Reader) -> GgufLayout:
             elements *= r.count()
         n_params += elements
         kind = r.count(_U32)
+        types.add(kind)
         offset = r.count()
         tensors.append((name, offset))
         last = max(last, (offset, kind, elements))
@@ -272,10 +275,10 @@ def _read(r: _Reader) -> GgufLayout:
     by_offset = sorted(tensors, key=lambda t: t[1])
     ends = [t[1] for t in by_offset[1:]] + [file_size - data_start]
     sizes = {name: end - offset for (name, offset), end in zip(by_offset, ends, strict=True)}
-    return _layout(meta, sizes, n_params)
+    return _layout(meta, sizes, n_params, frozenset(types))
 
 
-def _layout(meta: dict[str, object], sizes: dict[str, int], n_params: int) -> GgufLayout:
+def _layout(meta: dict[str, object], sizes: dict[str, int], n_params: int, types: frozenset[int]) -> GgufLayout:
     """The layout from the metadata and each tensor's bytes."""
     arch = str(meta["general.architecture"])
 
@@ -317,4 +320,5 @@ def _layout(meta: dict[str, object], sizes: dict[str, int], n_params: int) -> Gg
         has_chat_template="tokenizer.chat_template" in meta,
         chat_template=str(meta.get("tokenizer.chat_template", "")),
         pooling=int(meta[f"{arch}.pooling_type"]) if f"{arch}.pooling_type" in meta else None,  # type: ignore[call-overload]
+        tensor_types=types,
     )

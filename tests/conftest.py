@@ -77,6 +77,17 @@ def retrieval_models(tmp_path_factory: pytest.TempPathFactory, model_path: Path)
     return paths
 
 
+@pytest.fixture(scope="session")
+def k_quant_model_path(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Path:
+    """``bench/synth.py --shape tiny --type q4_k_m``: a 2-layer Llama in Q4_K_M with SmolLM2's tokenizer and random
+    weights, whose matrix products take ggml-cpu's tiled K-quant kernel from 8 rows (``Model.row_limit``)."""
+    out = tmp_path_factory.mktemp("synth-k-quant") / "tiny-q4_k_m.gguf"
+    args = ["--shape", "tiny", "--type", "q4_k_m", "--out", str(out), "--tokenizer", str(model_path)]
+    done = subprocess.run([sys.executable, str(SYNTH), *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On the GPU check (``EDGE_RUN_TEST_EXPECT_GPU=1``), skip what only the CPU guarantees: the same greedy
     answer whatever the cache holds or runs beside it. CUDA's kernels change with the batch's width."""

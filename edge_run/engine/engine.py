@@ -120,6 +120,7 @@ class Engine:
             # offloaded whole, blocks of half a batch, and no drafts (see the scheduler's docstring)
             block=(opts.batch + 1) // 2 if offloaded else min(PREFILL_BLOCK, (opts.batch + 1) // 2),
             max_drafts=0 if offloaded else opts.draft_max,
+            row_limit=None if offloaded else model.row_limit,
             lone_row_threads=None if offloaded else 1,
             device_sampling=offloaded if opts.device_sampling is None else opts.device_sampling,
             threads=opts.threads,

@@ -39,7 +39,7 @@ from edge_run.engine.gather import gather
 from edge_run.engine.media import rows_at, runs, unencoded
 from edge_run.engine.output import token_chunk
 from edge_run.engine.prefix import take_prefix
-from edge_run.engine.slots import Slot, cut_below, next_block, pick_slot
+from edge_run.engine.slots import Slot, calls, cut_below, next_block, pick_slot
 from edge_run.engine.text import TextStream
 from edge_run.engine.threads import CoreShare, ThreadGovernor
 from edge_run.engine.types import Chunk
@@ -79,6 +79,7 @@ class Scheduler:
         slots: int,
         block: int = PREFILL_BLOCK,
         max_drafts: int = 8,
+        row_limit: int | None = None,
         lone_row_threads: int | None = 1,
         device_sampling: bool = False,
         threads: int = 1,
@@ -87,9 +88,8 @@ class Scheduler:
         embd_batch: EmbdBatch | None = None,
         encode_beside: bool = False,
     ) -> None:
-        self.model = model
-        self.block = block
-        self.max_drafts = max_drafts
+        self.model, self.block = model, block
+        self.max_drafts, self.row_limit = max_drafts, row_limit  # rows in a call of generated rows (None: any)
         # a sequence's lone row splits the KV between threads (flash attention at 512 cells and more): on one
         # thread it computes what a row among others does (:meth:`Context.splits_lone_row`); None on a GPU
         self.lone_row_threads = lone_row_threads
@@ -99,10 +99,8 @@ class Scheduler:
         self.cores = cores or CoreShare(threads)  # shared with the other loaded models
         self.member = self.cores.join()
         self.encoder = Encoder(self.cores, self.member, beside=encode_beside)  # images and audio (a projector)
-        self.ctx = ctx
-        self._slots = [Slot(seq=i) for i in range(slots)]
-        self._batch = batch
-        self._embd = embd_batch  # media rows (a model with a projector)
+        self.ctx, self._slots = ctx, [Slot(seq=i) for i in range(slots)]
+        self._batch, self._embd = batch, embd_batch  # embd_batch: media rows (a model with a projector)
         self.lock = threading.RLock()
         self.waiting: deque[Job] = deque()
         # counters read by /health, plain ints written by the engine thread only (refreshed: answers computed again
@@ -224,19 +222,21 @@ class Scheduler:
     def _decode_rows(self, rows: list[Slot], out: list[tuple[Job, Chunk]]) -> None:
         """Decode each slot's sampled token (a lone slot's with its drafts); keep the drafts its sampler agrees with.
         Beside others no slot drafts (each would decode as many rows: on 4 streams one stream's 8 drafts cost 32
-        rows), so the batch is one micro-batch of one row per sequence; a lone row past 256 cells, on one thread."""
-        batch = self._batch
-        batch.clear()
-        fit = min(batch.capacity - 1, self.ctx.n_ctx_seq - len(rows[0].cache) - 1)  # in the batch and the context
+        rows), so a call is one micro-batch of one row per sequence, in calls of equal size within ``row_limit``
+        (:attr:`Model.row_limit`); a lone row past 256 cells, on one thread."""
+        batch, limit = self._batch, self.row_limit or self._batch.capacity
+        fit = min(limit, self.ctx.n_ctx_seq - len(rows[0].cache)) - 1  # in a call and in the context
         drafts = step_drafts(rows[0].drafter, rows[0].draft_k, rows[0].generated, fit) if len(rows) == 1 else []
-        for slot in rows:
-            assert slot.next_token is not None
-            slot.logit_index = batch.add(slot.next_token, slot.pos(len(slot.cache)), slot.seq, True)
-        for i, token in enumerate(drafts):
-            batch.add(token, rows[0].pos(len(rows[0].cache)) + 1 + i, rows[0].seq, True)
-        self._decode(batch)
-        for slot in rows:
-            self._accept(slot, drafts, out)
+        for call in calls(rows, limit):
+            batch.clear()
+            for slot in call:
+                assert slot.next_token is not None
+                slot.logit_index = batch.add(slot.next_token, slot.pos(len(slot.cache)), slot.seq, True)
+            for i, token in enumerate(drafts):
+                batch.add(token, rows[0].pos(len(rows[0].cache)) + 1 + i, rows[0].seq, True)
+            self._decode(batch)
+            for slot in call:
+                self._accept(slot, drafts, out)
 
     def _accept(self, slot: Slot, drafts: list[int], out: list[tuple[Job, Chunk]]) -> None:
         """Sample the slot's rows in order while each sample equals the token decoded after it."""

@@ -25,6 +25,7 @@ __all__ = [
     "Job",
     "Slot",
     "Whole",
+    "calls",
     "count_runs",
     "cut_below",
     "final_block",
@@ -121,6 +122,12 @@ class Slot:
     def refresh_rows(self, block: int) -> int:
         """The rows of the next whole block past ``exact``, where the stale tokens start."""
         return next_cut(self.exact, block, self.whole) - self.exact
+
+
+def calls(rows: list[Slot], limit: int) -> list[list[Slot]]:
+    """``rows`` in order, in as few calls of equal size (to one row) as hold ``limit`` rows at most."""
+    n = -(-len(rows) // limit)
+    return [rows[len(rows) * i // n : len(rows) * (i + 1) // n] for i in range(n)]
 
 
 def count_runs(busy: list[bool]) -> int:

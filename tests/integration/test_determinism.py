@@ -24,7 +24,7 @@ import openai
 import pytest
 
 from tests.payloads import ASK, NO_EOS, WEATHER
-from tests.support import MODEL_ID, Server, run_cli, start_server, wait_for
+from tests.support import MODEL_ID, Server, run_cli, set_up, start_server, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.cpu_numerics]
 
@@ -281,3 +281,18 @@ def test_a_short_request_reuses_the_template_it_shares_and_answers_as_cold(serve
     answer(client(cold[0]), {"messages": [{"role": "system", "content": "Be brief."}, *ELSEWHERE], "max_tokens": 1})
     expected, cold_cached, _ = answer(client(cold[0]), ask[1])
     assert (got, cold_cached) == (expected, 0)
+
+
+def test_a_k_quant_answer_is_the_same_beside_seven_others(tmp_path: Path, k_quant_model_path: Path) -> None:
+    """K-quant weights take ggml-cpu's tiled kernel from 8 rows of a call, with other arithmetic (``Model.row_limit``):
+    8 slots generating decode in two calls of 4, and an answer among 7 others is the one it gets alone. Without the
+    limit the logprobs moved (by ~1e-7 on this tiny synthetic Q4_K_M model; 2-vCPU AMD EPYC, AVX2)."""
+    set_up(tmp_path, "models", "add", str(k_quant_model_path), "--id", MODEL_ID)
+    server = start_server(tmp_path, "--model", MODEL_ID, "--slots", "8", "--ctx", "512")
+    try:
+        ask = {"messages": [{"role": "user", "content": "Name a river."}], "max_tokens": 40, "temperature": 0}
+        body = {**ask, "logprobs": True, "top_logprobs": 0, "logit_bias": NO_EOS}
+        others = [([{"role": "user", "content": f"Count to {n}."}], 400) for n in range(7)]
+        assert asyncio.run(_neighbours_then(server, body, others)) == asyncio.run(_neighbours_then(server, body, []))
+    finally:
+        server.stop()

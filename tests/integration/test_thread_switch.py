@@ -94,3 +94,44 @@ def test_a_lone_row_within_256_cells_computes_the_same_on_two_threads(model_path
 def model_logits(ctx: Context, model: Model, index: int) -> np.ndarray:
     ptr = llama_cpp.llama_get_logits_ith(ctx.ptr, index)
     return np.ctypeslib.as_array(ptr, shape=(model.n_vocab,)).copy()
+
+
+def test_k_quant_rows_compute_alike_in_calls_within_the_models_row_limit(k_quant_model_path: Path, model_path: Path):
+    """ggml-cpu's tiled kernel takes K-quant matrix products from 8 rows of a call, with other arithmetic: a row
+    computes alike alone, beside 6 other sequences' rows or with 6 drafts (7 rows), but not in a call of 8. The
+    scheduler therefore decodes generated rows in calls of ``Model.row_limit`` (7) at most. If the 8-row call ever
+    computes alike too, ggml has moved its threshold: move ``TILED_FROM`` with it."""
+    smol = Model(model_path, gpu_layers=0)
+    assert smol.row_limit is None  # SmolLM2: Q4_1 and Q8_0, which never take the tiled kernel
+    smol.close()
+    model = Model(k_quant_model_path, gpu_layers=0)
+    assert model.row_limit == 7
+    ctx = Context(model, n_seq=8, n_ctx_seq=256, n_batch=64, threads=2)
+    batch = Batch(64)
+    tokens = model.tokenize("The river runs past the old mill and under the stone bridge. " * 12)[:80]
+
+    def first_row(seqs: int, drafts: int = 0) -> np.ndarray:
+        """Decode the row at 64 of ``seqs`` sequences and ``drafts`` rows after the first one's; its logits."""
+        batch.clear()
+        for seq in range(seqs):
+            batch.add(tokens[64], 64, seq, True)
+        for i in range(drafts):
+            batch.add(tokens[65 + i], 65 + i, 0, True)
+        ctx.decode(batch)
+        for seq in range(seqs):
+            ctx.seq_rm(seq, 64, -1)
+        return model_logits(ctx, model, 0)
+
+    try:
+        for seq in range(8):
+            batch.fill(tokens[:64], 0, seq, last_logits=False)
+            ctx.decode(batch)
+        alone = first_row(1)
+        assert np.array_equal(alone, first_row(7))
+        assert np.array_equal(alone, first_row(1, drafts=6))
+        assert not np.array_equal(alone, first_row(8))
+        assert not np.array_equal(alone, first_row(1, drafts=7))
+    finally:
+        batch.close()
+        ctx.close()
+        model.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_run.engine.slots import count_runs, plan_moves
+from edge_run.engine.slots import calls, count_runs, plan_moves
 
 
 def busy(pattern: str) -> list[bool]:
@@ -39,3 +39,12 @@ def test_moves_gather_busy_slots_into_one_run_with_the_fewest_moves(pattern: str
         after[src], after[dst] = False, True
     assert count_runs(after) <= 1
     assert sum(after) == sum(busy(pattern))
+
+
+@pytest.mark.parametrize(
+    ("rows", "sizes"), [(1, [1]), (7, [7]), (8, [4, 4]), (9, [4, 5]), (14, [7, 7]), (15, [5, 5, 5]), (16, [5, 5, 6])]
+)
+def test_generated_rows_go_in_the_fewest_equal_calls_within_the_row_limit(rows: int, sizes: list[int]) -> None:
+    """A K-quant model on the CPU takes 7 rows a call (``Model.row_limit``); the calls keep the sequence order."""
+    got = calls(list(range(rows)), 7)
+    assert [len(c) for c in got] == sizes and [r for c in got for r in c] == list(range(rows))

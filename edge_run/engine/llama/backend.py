@@ -23,14 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def init_backend() -> None:
-    """llama.cpp's process-wide init; repeating it is harmless.
-
-    K-quant weights take a tiled kernel from 8 rows and the row-by-row one below: without the tiled
-    kernel, a token gets the same arithmetic alone, in a prompt chunk or beside other requests (and
-    decoding keeps its speed; only prompts run slower). ggml reads the variable once, at the first
-    matrix product.
-    """
-    os.environ.setdefault("GGML_CPU_TILED_MM", "0")
+    """llama.cpp's process-wide init; repeating it is harmless."""
     if not os.environ.get("EDGE_RUN_LLAMA_LOG"):
         L.llama_log_set(quiet_log, ctypes.c_void_p(0))
     L.llama_backend_init()

@@ -13,11 +13,19 @@ import llama_cpp as L
 
 from edge_run.engine.llama.backend import gpu_offload_supported, init_backend
 from edge_run.errors import EngineFailure
+from edge_run.gguf import read_layout
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 __all__ = ["Model"]
+
+# ggml-cpu (x86) computes a matrix product of these weight types with its tiled kernel from 8 rows of a call,
+# and row by row below (``tiled/tiled.cpp``: ``ggml_tiled_supported``, ``ggml_tiled_min_batch``): other
+# arithmetic, so a generated row computes alike alone and beside others only in calls of 7 rows at most.
+# Q2_K to Q6_K, IQ2_XXS, IQ2_XS, IQ3_XXS, IQ1_S, IQ3_S, IQ2_S, IQ4_XS, IQ1_M.
+TILED_TYPES = frozenset({10, 11, 12, 13, 14, 16, 17, 18, 19, 21, 22, 23, 29})
+TILED_FROM = 8
 
 # Markers of thinking and tool-call formats. Some vocabularies hold them as control tokens, which render
 # as nothing; the serving layer parses them out of the text, so these are shown (llama.cpp's "preserved tokens").
@@ -51,6 +59,8 @@ class Model:
         self.gpu_layers = min(gpu_layers, self.n_layer + 1) if gpu_offload_supported() else 0
         self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
         self.n_ctx_train = L.llama_model_n_ctx_train(self._ptr)
+        # the most rows a call of generated rows may hold on the CPU (None: any number; see TILED_TYPES)
+        self.row_limit = TILED_FROM - 1 if read_layout(path).tensor_types & TILED_TYPES else None
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         self.bos_text = self._special_text(L.llama_vocab_bos(self.vocab))
