@@ -3,8 +3,9 @@
 ``first_token`` tokenizes a prompt and an image with mtmd, decodes them with ``mtmd_helper_eval_chunks`` (which
 lays out each projector's positions and attention as llama.cpp means them: Gemma 3's rows unmasked, M-RoPE's
 grid) and returns the first token's top log-probabilities. No edge-run code runs there. It runs in a process of
-its own, with the weights' arithmetic edge-run uses (no repacked weights, no tiled K-quant kernel: ggml reads
-``GGML_CPU_TILED_MM`` once a process).
+its own, with no repacked weights (as edge-run loads them) and without ggml-cpu's tiled K-quant kernel, whose
+arithmetic depends on a call's rows (ggml reads ``GGML_CPU_TILED_MM`` once a process): a server it is compared with
+must run without it too, since the oracle cuts a prompt otherwise.
 """
 
 from __future__ import annotations
