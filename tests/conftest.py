@@ -53,7 +53,7 @@ def retrieval_models(tmp_path_factory: pytest.TempPathFactory, model_path: Path)
         kind: subprocess.Popen(
             [
                 sys.executable,
-                str(Path(__file__).resolve().parents[1] / "bench" / "synth.py"),
+                str(SYNTH),
                 kind,
                 "--out",
                 str(out),
