@@ -130,7 +130,9 @@ class HubFixture:
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         host, port = self._server.server_address[:2]
         self.url = f"http://{host!s}:{port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="hub-fixture", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="hub-fixture", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -417,7 +417,7 @@ def test_image_urls_are_fetched_only_with_allow_image_urls(vision: Server, tmp_p
     image = png(64, 64, seed=8)
     _Files.files = {"/cat.png": ("image/png", image), "/notes.txt": ("text/plain", b"hello")}
     web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    threading.Thread(target=web.serve_forever, daemon=True).start()
+    threading.Thread(target=web.serve_forever, args=(0.05,), daemon=True).start()
     base = f"http://127.0.0.1:{web.server_address[1]}"
     inline = _answer(vision, [ask("What is in this picture?", data_url(image))])
     status, error = _status(vision, VISION, _image(base + "/cat.png"))

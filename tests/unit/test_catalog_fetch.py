@@ -114,7 +114,7 @@ class _Index:
         self.html = f"http://{self.root}/simple"
         self.json = f"http://{self.root}/json/"
         self.private = f"http://{USER}:{PASSWORD.replace(':', '%3A')}@{self.root}/private/simple/"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     def add(self, project: str, members: dict[str, bytes], *, listed_sha256: str | None = None) -> None:
         filename, data = _build_wheel(project, "0.1.0", members)

@@ -33,7 +33,7 @@ class _NotEdgeRun(http.server.BaseHTTPRequestHandler):
 def other_program() -> Iterator[int]:
     """The port of an HTTP server that is not edge-run."""
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotEdgeRun)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield httpd.server_address[1]

@@ -24,7 +24,7 @@ def _str(s: str) -> bytes:
 
 
 def write_gguf(path: Path, meta: dict[str, object], tensors: list[tuple[str, int]], align: int = 32) -> None:
-    """A minimal GGUF v3: metadata, tensor infos (1-D, F32) and zeroed data of the given byte sizes."""
+    """A minimal GGUF v3: metadata, tensor infos (1-D, F32) and zeroed data of the given byte sizes (sparse)."""
     kv = b""
     for key, value in meta.items():
         kv += _str(key)
@@ -42,7 +42,9 @@ def write_gguf(path: Path, meta: dict[str, object], tensors: list[tuple[str, int
         offset += -(-size // align) * align
     head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(meta)) + kv + infos
     head += b"\0" * (-len(head) % align)
-    path.write_bytes(head + b"\0" * offset)
+    with path.open("wb") as f:  # the zeroed data as a hole: the layout reader never reads it
+        f.write(head)
+        f.truncate(len(head) + offset)
 
 
 def tiny_model(path: Path, *, layers: int = 3, layer_bytes: int = 4 * MIB, tied: bool = True) -> Path:
