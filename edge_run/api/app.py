@@ -27,7 +27,7 @@ from edge_run.api.ollama import models as ollama_models
 from edge_run.api.ollama import routes as ollama_routes
 from edge_run.api.openai.audio import transcriptions
 from edge_run.api.openai.routes import chat_completions, embeddings, get_model, list_models, text_completions, usage
-from edge_run.api.rerank.routes import ollama_rerank, rerank
+from edge_run.api.rerank.routes import ollama_rerank, rerank, rerank_unversioned
 from edge_run.api.responses.routes import create_response, delete_response, get_response
 from edge_run.api.web.routes import web_routes
 
@@ -109,7 +109,7 @@ def create_app(
 
     key_guard = require_key(services.keys)
     v1 = Router(path="/v1", guards=[key_guard, require_json], route_handlers=list(_V1_ROUTES))
-    both = Router(path="/", guards=[key_guard, require_json], route_handlers=[rerank])  # /v1/rerank and /rerank
+    both = Router(path="/", guards=[key_guard, require_json], route_handlers=[rerank, rerank_unversioned])
     forms = Router(path="/v1", guards=[key_guard], route_handlers=[transcriptions])  # OpenAI's multipart form
     metrics = Router(path="/", guards=[] if metrics_public else [key_guard], route_handlers=[metrics_route])
     ollama_guard = require_key(services.keys, optional=ollama_no_key)

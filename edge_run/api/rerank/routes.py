@@ -17,11 +17,18 @@ from edge_run.serving.retrieval import ranked
 if TYPE_CHECKING:
     from edge_run.engine import Engine
 
-__all__ = ["ollama_rerank", "rerank"]
+__all__ = ["ollama_rerank", "rerank", "rerank_unversioned"]
 
 
-@post(["/v1/rerank", "/rerank"], status_code=200, summary="Rerank documents by relevance to a query (Jina/Cohere)")
+# One handler per path: a handler's list of paths is a set to Litestar, so the OpenAPI schema's order of them
+# would change with the interpreter's hash seed.
+@post("/v1/rerank", status_code=200, summary="Rerank documents by relevance to a query (Jina/Cohere)")
 async def rerank(data: JSONBody[RerankRequest], access: NamedDependency[ModelAccess]) -> RerankResponse:
+    return await ranked_documents(data, access)
+
+
+@post("/rerank", status_code=200, summary="Rerank documents by relevance to a query (Jina/Cohere; `/v1/rerank`)")
+async def rerank_unversioned(data: JSONBody[RerankRequest], access: NamedDependency[ModelAccess]) -> RerankResponse:
     return await ranked_documents(data, access)
 
 
