@@ -17,11 +17,26 @@ from typing import Any
 
 import pytest
 
+from edge_run.config import physical_cores
 from edge_run.models.catalog import load_catalog
 from edge_run.models.fetch import fetch
 from tests.support import MODEL_ID, Server, cache_dir, set_up, start_server
 
 SYNTH = Path(__file__).resolve().parents[1] / "bench" / "synth.py"
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (the default, ``pyproject.toml``): a worker per physical core, as llama.cpp counts them."""
+    return physical_cores()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each worker's servers get an equal share of the cores (``EDGE_RUN_THREADS``), so that two workers'
+    servers never spin more threads than there are cores: llama.cpp collapses when they do. A test that is
+    about threads still passes ``--threads``; an ``EDGE_RUN_THREADS`` set by hand is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        os.environ.setdefault("EDGE_RUN_THREADS", str(max(1, physical_cores() // workers)))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -89,8 +104,15 @@ def k_quant_model_path(tmp_path_factory: pytest.TempPathFactory, model_path: Pat
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On the GPU check (``EDGE_RUN_TEST_EXPECT_GPU=1``), skip what only the CPU guarantees: the same greedy
+    """Each of schemathesis' items (one per operation, ``test_fuzz.py``) gets its own node id: on pytest 9 they all
+    share their function's, and pytest-xdist, which sends tests to its workers by node id, ran one in 34.
+
+    On the GPU check (``EDGE_RUN_TEST_EXPECT_GPU=1``), skip what only the CPU guarantees: the same greedy
     answer whatever the cache holds or runs beside it. CUDA's kernels change with the batch's width."""
+    for item in items:
+        if item.parent is not None and not item.nodeid.endswith("::" + item.name):
+            item._id = item.parent.id.child(item.name)
+    assert len({item.nodeid for item in items}) == len(items), "two tests share a node id"
     if os.environ.get("EDGE_RUN_TEST_EXPECT_GPU") != "1":
         return
     skip = pytest.mark.skip(reason="the same-answer guarantee is the CPU's (README: GPU builds)")
