@@ -8,7 +8,9 @@ outlives the checkout: ``$EDGE_RUN_TEST_CACHE`` or ``~/.cache/edge-run-tests``.
 from __future__ import annotations
 
 import compileall
+import functools
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +23,11 @@ from edge_run.config import physical_cores
 from edge_run.models.catalog import load_catalog
 from edge_run.models.fetch import fetch
 from tests.support import MODEL_ID, Server, cache_dir, set_up, start_server
+
+try:
+    import fcntl
+except ImportError:  # Windows: the tests run without the lock (_cores)
+    fcntl = None  # type: ignore[assignment]
 
 SYNTH = Path(__file__).resolve().parents[1] / "bench" / "synth.py"
 
@@ -40,6 +47,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    _share_tls_contexts()
+    _compile_edge_run()
+
+
+def _share_tls_contexts() -> None:
+    """Every httpx client (each SDK client, each ``Server.health()`` of a polling loop: over a thousand per run)
+    builds an SSL context and loads the whole CA bundle into it, 25 ms of CPU, though the tests speak plain HTTP
+    to loopback. Contexts built with the same arguments are one shared context in the test processes."""
+    ssl.create_default_context = functools.cache(ssl.create_default_context)
+
+
+def _compile_edge_run() -> None:
     """Compile edge_run's modules once, before the ~60 servers and the CLI processes the suite starts. Where
     ``PYTHONDONTWRITEBYTECODE`` is set (as on this project's machines) nothing else writes them, so each server
     would compile every module it imports again: 0.8 against 0.6 s of imports per server start."""
@@ -119,6 +138,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("cpu_numerics"):
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _cores(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Under pytest-xdist, a test marked ``all_cores`` (llama.cpp on every core: what the tests about threads
+    check) runs alone: the other workers' tests wait for it, and it waits for theirs. Two processes that each spin
+    threads on every core collapse: 15 s against 5 s for ``test_thread_switch.py``'s first test.
+
+    A readers-writer lock on two files shared by the workers (flock): an ``all_cores`` test holds the turnstile
+    while it waits, so that the others cannot keep the machine from it one test after another."""
+    if "PYTEST_XDIST_WORKER" not in os.environ or fcntl is None:
+        yield
+        return
+    folder = tmp_path_factory.getbasetemp().parent  # the run's folder, above each worker's own
+    alone = request.node.get_closest_marker("all_cores") is not None
+    with (folder / "cores.turnstile").open("a") as turnstile, (folder / "cores.lock").open("a") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        if not alone:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+        yield
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ __all__ = [
     "isolated_python",
     "run_cli",
     "set_up",
+    "share_of_cores",
     "start_server",
     "stream_in_slot_order",
     "usage_by",
@@ -58,6 +59,14 @@ def isolated_python(name: str, *requirements: str) -> Path:
         subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(constraints), *requirements], check=True)
         ready.write_text(" ".join(requirements))
     return python
+
+
+def share_of_cores() -> int:
+    """The threads a test's own engine may take: its pytest-xdist worker's share of the cores (``EDGE_RUN_THREADS``,
+    set by ``tests/conftest.py``), or all of them in a run on one process."""
+    from edge_run.config import physical_cores
+
+    return int(os.environ.get("EDGE_RUN_THREADS") or physical_cores())
 
 
 def free_port() -> int:

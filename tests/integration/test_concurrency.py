@@ -13,7 +13,7 @@ import pytest
 
 from edge_run.engine import Engine, EngineOptions, SamplerSpec
 from tests.payloads import NO_EOS
-from tests.support import MODEL_ID, Server, set_up, start_server, stream_in_slot_order, wait_for
+from tests.support import MODEL_ID, Server, set_up, share_of_cores, start_server, stream_in_slot_order, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -243,7 +243,7 @@ def test_a_short_prompt_gets_its_first_token_while_a_long_one_beside_it_is_compu
     takes seconds here). Either rule alone would hold it until the long prompt is done."""
 
     async def go() -> None:
-        options = EngineOptions(ctx=2048, threads=2, gpu_layers=0, slots=2, max_queue=4, batch=512)
+        options = EngineOptions(ctx=2048, threads=share_of_cores(), gpu_layers=0, slots=2, max_queue=4, batch=512)
         engine = Engine("t", model_path, options)
         await engine.load()
         try:

@@ -90,6 +90,7 @@ def cold(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator
     server.stop()
 
 
+@pytest.mark.all_cores
 def test_a_conversation_is_answered_the_same_warm_and_cold(make_server, cold) -> None:
     """Warm: each turn reuses the last one's blocks, on two threads, drafting; cold: one thread, no drafts."""
     warm = make_server("--threads", "2", "--slots", "2", "--ctx", "2048")
@@ -121,6 +122,7 @@ def test_a_cached_prefix_that_ends_inside_the_final_block_gives_the_cold_answer(
     assert cached > 0 and cached % 64 == 0
 
 
+@pytest.mark.all_cores
 def test_the_conversation_is_answered_the_same_while_the_machine_gets_busy(make_server, cold) -> None:
     """A CPU-bound process runs beside the server: the governor gives up a thread (other requests until it
     has, so that the conversation starts on one thread), then the process stops at the third turn and the

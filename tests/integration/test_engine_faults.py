@@ -12,6 +12,7 @@ from edge_run.engine import Engine, EngineOptions, SamplerSpec
 from edge_run.engine.llama import context as llama_context
 from edge_run.engine.llama import model as llama_model
 from edge_run.errors import EngineFailure
+from tests.support import share_of_cores
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +44,7 @@ def test_a_failed_step_fails_its_requests_and_the_engine_serves_on(
     monkeypatch.setattr(llama_context.Context, "seq_rm", seq_rm)
 
     async def go() -> None:
-        options = EngineOptions(ctx=512, threads=2, gpu_layers=0, slots=2, max_queue=4, batch=64)
+        options = EngineOptions(ctx=512, threads=share_of_cores(), gpu_layers=0, slots=2, max_queue=4, batch=64)
         engine = Engine("t", model_path, options)
         await engine.load()
         try:
@@ -78,7 +79,7 @@ def test_a_failed_step_leaves_the_waiting_requests_to_run(model_path: Path, monk
     monkeypatch.setattr(llama_context.Context, "decode", decode)
 
     async def go() -> None:
-        options = EngineOptions(ctx=512, threads=2, gpu_layers=0, slots=1, max_queue=4, batch=64)
+        options = EngineOptions(ctx=512, threads=share_of_cores(), gpu_layers=0, slots=1, max_queue=4, batch=64)
         engine = Engine("t", model_path, options)
         await engine.load()
         try:

@@ -14,6 +14,7 @@ from edge_run.engine import SamplerSpec, json_grammar
 from edge_run.engine.llama.context import Batch, Context
 from edge_run.engine.llama.model import Model
 from edge_run.engine.llama.sampler import Sampler
+from tests.support import share_of_cores
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +68,7 @@ class MaskedSampler:
 @pytest.fixture(scope="module")
 def llama(model_path: Path):
     model = Model(model_path, gpu_layers=0)
-    ctx = Context(model, n_seq=1, n_ctx_seq=1024, n_batch=512, threads=2)
+    ctx = Context(model, n_seq=1, n_ctx_seq=1024, n_batch=512, threads=share_of_cores())
     batch = Batch(512)
     yield model, ctx, batch
     batch.close()

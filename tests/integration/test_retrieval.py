@@ -18,11 +18,11 @@ import numpy as np
 import openai
 import pytest
 
-from tests.support import MODEL_ID, set_up, start_server
+from tests.support import MODEL_ID, set_up, share_of_cores, start_server
 
 pytestmark = pytest.mark.integration
 
-THREADS = 2
+THREADS = share_of_cores()  # the server and the oracles alike
 TEXTS = [
     "the cat sat on the mat",
     "a quick brown fox jumps over the lazy dog",

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge_run.engine import Engine, EngineOptions, SamplerSpec
+from tests.support import share_of_cores
 
 gguf = pytest.importorskip("gguf")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -71,7 +72,11 @@ def test_a_tiny_synthetic_model_has_the_llama_layout_and_generates_exactly_n_tok
         assert reader.fields[key].contents() == source[key]
 
     async def go() -> list:
-        engine = Engine("synth", path, EngineOptions(ctx=256, threads=2, gpu_layers=0, slots=1, max_queue=1, batch=64))
+        engine = Engine(
+            "synth",
+            path,
+            EngineOptions(ctx=256, threads=share_of_cores(), gpu_layers=0, slots=1, max_queue=1, batch=64),
+        )
         await engine.load()
         try:
             assert engine.model is not None

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import share_of_cores
+
 gguf = pytest.importorskip("gguf")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -103,7 +105,7 @@ def test_llama_cpp_pools_finite_outputs_that_differ_between_texts(retrieval_mode
 
     model = Llama(
         model_path=str(retrieval_models[kind]), embedding=True, pooling_type=POOLING[kind], n_ctx=512, n_batch=512,
-        n_ubatch=512, n_seq_max=8, n_threads=2, verbose=False,
+        n_ubatch=512, n_seq_max=8, n_threads=share_of_cores(), verbose=False,
     )  # fmt: skip
     first, second = model.embed(["hello world", "the cat sat on the mat"])
     if kind == "rerank":  # RANK: one score per sequence, the first float

@@ -20,7 +20,7 @@ import pytest
 from edge_run.engine.llama.context import Batch, Context
 from edge_run.engine.llama.model import Model
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.all_cores]  # rows on one thread and on two
 
 KV = 640  # past 512 cells: where a lone row's KV is split between threads
 
