@@ -32,6 +32,7 @@ except ImportError:  # Windows: the tests run without the lock (_cores)
 SYNTH = Path(__file__).resolve().parents[1] / "bench" / "synth.py"
 
 
+@pytest.hookimpl(optionalhook=True)  # the GPU check runs pytest without pytest-xdist
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto`` (the default, ``pyproject.toml``): a worker per physical core, as llama.cpp counts them."""
     return physical_cores()
