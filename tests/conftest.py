@@ -54,7 +54,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def _share_tls_contexts() -> None:
     """Every httpx client (each SDK client, each ``Server.health()`` of a polling loop) builds an SSL context and
-    loads the whole CA bundle into it, 25 ms of CPU, though the tests speak plain HTTP to loopback. Contexts built with the same arguments are one shared context in the test processes."""
+    loads the whole CA bundle into it, 25 ms of CPU, though the tests speak plain HTTP to loopback. Contexts built
+    with the same arguments are one shared context in the test processes."""
     ssl.create_default_context = functools.cache(ssl.create_default_context)
 
 
