@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,9 +11,8 @@ import httpx
 import openai
 import pytest
 
-from edge_run.config import physical_cores
 from tests.hf_fixture import HubFixture
-from tests.support import Server, run_cli, set_up, start_server, wait_for
+from tests.support import Server, run_cli, set_up, share_of_cores, start_server, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -175,8 +173,7 @@ def test_two_models_at_once_share_the_cores(tmp_path: Path, model_path: Path, se
         assert asyncio.run(both()) == ["length", "length"]
         assert any(both_busy), "the two answers never ran at the same time"
         health = server.health()
-        # the cores it shares: the machine's, or the test worker's share of them (tests/conftest.py)
-        assert health["cores"] == int(os.environ.get("EDGE_RUN_THREADS", physical_cores()))
+        assert health["cores"] == share_of_cores()  # the machine's cores, or the test worker's share of them
         assert 1 <= health["threads_peak"] <= health["cores"]
     finally:
         server.stop()
