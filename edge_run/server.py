@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from edge_run.api.http.access_log import AccessLog
     from edge_run.keys import KeyStore
     from edge_run.paths import Paths
+    from edge_run.serving.media import ImageFetcher
 
 __all__ = [
     "BUDGET_SHARE",
@@ -230,8 +231,6 @@ def app_services(
     are the model files Ollama's pull, copy and delete change.
     """
     # the HTTP layer loads only to serve: `models` commands use this module's helpers too
-    import httpx
-
     from edge_run.api.deps import Services
     from edge_run.api.http.health import Preload
     from edge_run.api.http.metrics import Metrics
@@ -240,7 +239,6 @@ def app_services(
     from edge_run.keys.limits import Limiter
     from edge_run.keys.usage import UsageLog
     from edge_run.models.changes import ModelChanges
-    from edge_run.serving.media import ImageFetcher
 
     usage = UsageLog(keys) if keys is not None else None
     login_codes = LoginCodes()
@@ -260,8 +258,16 @@ def app_services(
         library=library,
         files=files,
         changes=ModelChanges(files, registry) if files is not None else None,
-        images=ImageFetcher(httpx.AsyncClient(timeout=10, follow_redirects=True, max_redirects=3)) if images else None,
+        images=_image_fetcher() if images else None,
     )
+
+
+def _image_fetcher() -> ImageFetcher:
+    import httpx  # only a server that fetches image URLs loads it (0.1 s of every start otherwise)
+
+    from edge_run.serving.media import ImageFetcher
+
+    return ImageFetcher(httpx.AsyncClient(timeout=10, follow_redirects=True, max_redirects=3))
 
 
 def build_server(settings: Settings, paths: Paths, keys: KeyStore | None, *, login_code: str | None = None) -> Server:

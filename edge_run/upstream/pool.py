@@ -18,15 +18,16 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from edge_run.errors import UpstreamUnavailable
 
 __all__ = ["Replica", "UpstreamPool"]
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # httpx is imported where a pool first loads: most servers have none (0.1 s of every start)
+    import httpx
 
 HEALTH_EVERY = 10.0
 HEALTH_TIMEOUT = 5.0
@@ -77,6 +78,8 @@ class UpstreamPool:
         return sum(r.outstanding for r in self.replicas)
 
     async def load(self) -> None:
+        import httpx
+
         if self.client is None:
             self.client = httpx.AsyncClient(timeout=httpx.Timeout(600, connect=5))
         await self.check()
@@ -97,6 +100,7 @@ class UpstreamPool:
 
     async def check(self) -> None:
         """Ask every replica's ``/models``; a replica that answers 200 is healthy."""
+        import httpx
 
         async def one(replica: Replica) -> None:
             assert self.client is not None
@@ -154,6 +158,8 @@ class UpstreamPool:
         The response is streamed (its body not read yet); the caller must ``aclose`` it and then call
         :meth:`done`. Raises ``UpstreamUnavailable`` when no replica answers.
         """
+        import httpx
+
         assert self.client is not None, "the pool is not loaded"
         tried: set[int] = set()
         timed_out = False
