@@ -81,8 +81,8 @@ def second_model_path() -> Path:
 
 @pytest.fixture(scope="session")
 def retrieval_models(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> dict[str, Path]:
-    """``bench/synth.py embed-cls|embed-last|rerank``: tiny retrieval models in real layouts, built at once
-    (embed-last spends its ~4 s reading SmolLM2's 49k-token tokenizer), by kind."""
+    """``bench/synth.py embed-cls|embed-last|rerank``: tiny retrieval models in real layouts, built at once, by
+    kind."""
     out = tmp_path_factory.mktemp("synth-retrieval")
     procs = {
         kind: subprocess.Popen(

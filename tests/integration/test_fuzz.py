@@ -70,8 +70,10 @@ def fuzz_server(
 
 @pytest.fixture(scope="module")
 def session() -> Iterator[requests.Session]:
-    """One connection for all the cases, as a client keeps one, instead of a new one per case."""
+    """One connection for all the cases, as a client keeps one, instead of a new one per case. It reads no proxy
+    settings from the environment (loopback needs none): requests would scan it on every case."""
     with requests.Session() as s:
+        s.trust_env = False
         yield s
 
 
