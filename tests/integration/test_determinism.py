@@ -209,31 +209,28 @@ def test_tool_calls_and_seeded_answers_are_the_same_cold_cached_streamed_and_cop
     assert cached > 0 and got == cold_answer
 
 
-def test_a_follow_up_turn_reuses_the_answer_once_the_engine_has_refreshed_it(make_server, cold) -> None:
-    """An answer is decoded row by row; the idle engine computes it again as blocks for the next turn."""
+def test_after_the_refresh_the_same_prompt_is_reused_whole_and_the_next_turn_reuses_the_answer(make_server, cold):
+    """An answer is decoded row by row; the idle engine computes it again as blocks, in another idle slot, for the
+    next turn. The slot that holds the prompt's final block, with its last row's logits, keeps them for the same
+    prompt: asked again, nothing is computed."""
     server = make_server("--slots", "2", "--ctx", "2048")
     c = client(server)
-    (first, _), (second, expected) = cold[1][1], cold[1][2]
-    answer(c, first)
-    wait_for(lambda: server.health()["models"][0]["tokens_stale"] == 0, 30, "the answer refreshed")
-    got, cached, _ = answer(c, second)
-    assert got == expected
-    prompt = c.chat.completions.create(model=MODEL_ID, **{**first, "max_tokens": 1}).usage.prompt_tokens
-    assert cached > (prompt // 64 - 1) * 64  # more than the first turn's blocks: some of its answer too
+    (first, expected), (second, expected_next) = cold[1][1], cold[1][2]
 
+    def refreshed() -> None:
+        wait_for(lambda: server.health()["models"][0]["tokens_stale"] == 0, 30, "the answer refreshed")
 
-def test_the_same_prompt_after_the_refresh_is_still_reused_whole(make_server, cold) -> None:
-    """The refresh computes a finished answer again as blocks in another idle slot: the slot that holds the
-    prompt's final block, with its last row's logits, keeps them for the same prompt."""
-    server = make_server("--slots", "2", "--ctx", "2048")
-    c = client(server)
-    body, expected = cold[1][1]
-    assert answer(c, body)[0] == expected
-    wait_for(lambda: server.health()["models"][0]["tokens_stale"] == 0, 30, "the answer refreshed")
+    assert answer(c, first)[0] == expected
+    refreshed()
     evaluated = server.health()["models"][0]["prompt_tokens_evaluated"]
-    got, cached, _ = answer(c, body)
-    assert got == expected and cached == c.chat.completions.create(model=MODEL_ID, **body).usage.prompt_tokens
+    got, cached, _ = answer(c, first)
+    prompt = c.chat.completions.create(model=MODEL_ID, **{**first, "max_tokens": 1}).usage.prompt_tokens
+    assert got == expected and cached == prompt
     assert server.health()["models"][0]["prompt_tokens_evaluated"] == evaluated  # nothing computed again
+    refreshed()
+    got, cached, _ = answer(c, second)
+    assert got == expected_next
+    assert cached > (prompt // 64 - 1) * 64  # more than the first turn's blocks: some of its answer too
 
 
 async def _neighbours_then(server: Server, body: dict, neighbours: list[tuple[list[dict], int]]) -> str:
