@@ -141,26 +141,63 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(autouse=True)
-def _cores(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Under pytest-xdist, a test marked ``all_cores`` (llama.cpp on every core: what the tests about threads
-    check) runs alone: the other workers' tests wait for it, and it waits for theirs. Two processes that each spin
-    threads on every core collapse: 15 s against 5 s for ``test_thread_switch.py``'s first test.
+_NEXT = pytest.StashKey["pytest.Item | None"]()
 
-    A readers-writer lock on two files shared by the workers (flock): an ``all_cores`` test holds the turnstile
-    while it waits, so that the others cannot keep the machine from it one test after another."""
+
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    item.stash[_NEXT] = nextitem  # for _cores: an all_cores test followed by another keeps the machine
+
+
+def _all_cores(item: pytest.Item | None) -> bool:
+    return item is not None and item.get_closest_marker("all_cores") is not None
+
+
+class _CoresLock:
+    """A readers-writer lock on two files shared by the workers (flock): an ``all_cores`` test holds the turnstile
+    while it waits, so that the others cannot keep the machine from it one test after another. An ``all_cores``
+    test followed by another on its worker keeps the lock for it: each hand-over waits for the test running on
+    the other worker to end, one core idle meanwhile."""
+
+    def __init__(self, folder: Path) -> None:
+        self.turnstile = (folder / "cores.turnstile").open("a")
+        self.lock = (folder / "cores.lock").open("a")
+        self.kept = False  # held alone since an all_cores test before this one
+
+    def enter(self, alone: bool) -> None:
+        if self.kept and alone:
+            return
+        self.leave(keep=False)
+        fcntl.flock(self.turnstile, fcntl.LOCK_EX)
+        if not alone:
+            fcntl.flock(self.turnstile, fcntl.LOCK_UN)
+        fcntl.flock(self.lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        fcntl.flock(self.turnstile, fcntl.LOCK_UN)
+
+    def leave(self, keep: bool) -> None:
+        self.kept = keep
+        if not keep:
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def _cores_lock(tmp_path_factory: pytest.TempPathFactory) -> _CoresLock | None:
     if "PYTEST_XDIST_WORKER" not in os.environ or fcntl is None:
+        return None
+    return _CoresLock(tmp_path_factory.getbasetemp().parent)  # the run's folder, above each worker's own
+
+
+@pytest.fixture(autouse=True)
+def _cores(request: pytest.FixtureRequest, _cores_lock: _CoresLock | None) -> Iterator[None]:
+    """Under pytest-xdist, a test marked ``all_cores`` (llama.cpp on every core: what the tests about threads
+    check) runs alone: the other workers' tests wait for it, and it waits for theirs (:class:`_CoresLock`). Two
+    processes that each spin threads on every core collapse: 15 s against 5 s for ``test_thread_switch.py``'s
+    first test."""
+    if _cores_lock is None:
         yield
         return
-    folder = tmp_path_factory.getbasetemp().parent  # the run's folder, above each worker's own
-    alone = request.node.get_closest_marker("all_cores") is not None
-    with (folder / "cores.turnstile").open("a") as turnstile, (folder / "cores.lock").open("a") as lock:
-        fcntl.flock(turnstile, fcntl.LOCK_EX)
-        if not alone:
-            fcntl.flock(turnstile, fcntl.LOCK_UN)
-        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
-        fcntl.flock(turnstile, fcntl.LOCK_UN)
-        yield
+    _cores_lock.enter(_all_cores(request.node))
+    yield
+    _cores_lock.leave(keep=_all_cores(request.node) and _all_cores(request.node.stash.get(_NEXT, None)))
 
 
 @pytest.fixture
