@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletion
 
 from tests.payloads import ASK, NO_EOS, WEATHER
 from tests.support import MODEL_ID, Server, run_cli, set_up, start_server, wait_for
@@ -55,7 +56,11 @@ def _logprobs(content: list) -> list[tuple]:
 
 def answer(c: openai.OpenAI, body: dict) -> tuple[str, int, str]:
     """The answer as a comparable string, the prompt tokens taken from the cache, and the reply's text."""
-    r = c.chat.completions.create(model=MODEL_ID, **body)
+    return comparable(c.chat.completions.create(model=MODEL_ID, **body))
+
+
+def comparable(r: ChatCompletion) -> tuple[str, int, str]:
+    """:func:`answer`'s, of a response."""
     choice = r.choices[0]
     calls = [(t.function.name, t.function.arguments) for t in choice.message.tool_calls or []]
     logprobs = _logprobs(choice.logprobs.content) if choice.logprobs else None
@@ -90,44 +95,50 @@ def cold(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator
     server.stop()
 
 
+def _on_two_threads(tmp_path_factory: pytest.TempPathFactory, model_path: Path, name: str) -> Iterator[Server]:
+    """A server of its own for an ``all_cores`` test, on two threads: a module fixture, so that it starts before
+    the test takes the machine (``tests/conftest.py``), while the other worker's tests still run."""
+    home = tmp_path_factory.mktemp(name)
+    set_up(home, "models", "add", str(model_path), "--id", MODEL_ID)
+    server = start_server(home, "--model", MODEL_ID, "--threads", "2", "--slots", "2", "--ctx", "2048")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
+    yield from _on_two_threads(tmp_path_factory, model_path, "warm")
+
+
+@pytest.fixture(scope="module")
+def beside_busy(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[Server]:
+    yield from _on_two_threads(tmp_path_factory, model_path, "beside-busy")
+
+
 @pytest.mark.all_cores
-def test_a_conversation_is_answered_the_same_warm_and_cold(make_server, cold) -> None:
+def test_a_conversation_is_answered_the_same_warm_and_cold(warm: Server, cold) -> None:
     """Warm: each turn reuses the last one's blocks, on two threads, drafting; cold: one thread, no drafts."""
-    warm = make_server("--threads", "2", "--slots", "2", "--ctx", "2048")
     c = client(warm)
     for i, (body, expected) in enumerate(cold[1]):
-        got, cached, _ = answer(c, body)
+        figures = warm.health()["models"][0]
+        r = c.chat.completions.create(model=MODEL_ID, **body)
+        got, cached, _ = comparable(r)
         assert (i, got) == (i, expected)
         assert i == 0 or cached >= 128  # the conversation so far, in whole blocks, but its latest ones
-    figures = warm.health()["models"][0]
-    assert figures["drafts_accepted"] > 0  # the repeated passage was drafted
-    # each answer reports its own drafts in usage, as OpenAI's predicted outputs do
-    body = {**cold[1][1][0], "max_tokens": 60}
-    r = c.chat.completions.create(model=MODEL_ID, **body)
+    # the last turn repeats the passage once more, and drafts it: each answer reports its own drafts in usage, as
+    # OpenAI's predicted outputs do
     after = warm.health()["models"][0]
     details = r.usage.completion_tokens_details
     assert details.accepted_prediction_tokens == after["drafts_accepted"] - figures["drafts_accepted"] > 0
     assert details.rejected_prediction_tokens == after["drafts_rejected"] - figures["drafts_rejected"]
 
 
-def test_a_cached_prefix_that_ends_inside_the_final_block_gives_the_cold_answer(make_server, cold) -> None:
-    answers = cold[1]
-    warm = make_server("--slots", "2", "--ctx", "2048")
-    c = client(warm)
-    body = answers[2][0]
-    longer = {**body, "messages": [*body["messages"][:-1], {"role": "user", "content": QUESTIONS[2] + " Be brief."}]}
-    answer(c, longer)  # its KV runs into the final block of `body`, whose last message is a prefix of its own
-    got, cached, _ = answer(c, body)
-    assert got == answers[2][1]
-    assert cached > 0 and cached % 64 == 0
-
-
 @pytest.mark.all_cores
-def test_the_conversation_is_answered_the_same_while_the_machine_gets_busy(make_server, cold) -> None:
+def test_the_conversation_is_answered_the_same_while_the_machine_gets_busy(beside_busy: Server, cold) -> None:
     """A CPU-bound process runs beside the server: the governor gives up a thread (other requests until it
     has, so that the conversation starts on one thread), then the process stops at the third turn and the
     governor tries and takes both threads back, between and within answers. The answers are the quiet server's."""
-    server = make_server("--threads", "2", "--slots", "2", "--ctx", "2048")
+    server = beside_busy
     c = client(server)
     other = {"messages": [{"role": "user", "content": "Tell me about a long walk along a river. " * 12}]}
 
@@ -146,6 +157,18 @@ def test_the_conversation_is_answered_the_same_while_the_machine_gets_busy(make_
     finally:
         busy.kill()
         busy.wait()
+
+
+def test_a_cached_prefix_that_ends_inside_the_final_block_gives_the_cold_answer(make_server, cold) -> None:
+    answers = cold[1]
+    warm = make_server("--slots", "2", "--ctx", "2048")
+    c = client(warm)
+    body = answers[2][0]
+    longer = {**body, "messages": [*body["messages"][:-1], {"role": "user", "content": QUESTIONS[2] + " Be brief."}]}
+    answer(c, longer)  # its KV runs into the final block of `body`, whose last message is a prefix of its own
+    got, cached, _ = answer(c, body)
+    assert got == answers[2][1]
+    assert cached > 0 and cached % 64 == 0
 
 
 TOOL = {"messages": ASK, "tools": [WEATHER], "tool_choice": "required", "max_tokens": 80, "temperature": 0}
