@@ -6,10 +6,16 @@ the generated bodies name the served model, so they get past the model lookup in
 tokenizing and the context check; a 128-token context keeps any request that runs the model short, and a
 valid token limit is cut to a few tokens (``_cap_generation``): the fuzz is after the server's handling of a
 request, which the first tokens already run through, not after the model's prose.
+
+So the served chat model is ``bench/synth.py vlm``'s: a 2-layer, 256-wide llama of random weights with SmolLM2's
+tokenizer and chat template (the same tokens, templates, grammars and checks as the test model), and a projector
+for its width. Its steps take a fraction of SmolLM2's; every other module answers with SmolLM2 itself.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +31,7 @@ from schemathesis.checks import not_a_server_error
 from edge_run.api.app import create_app
 from edge_run.models.registry import ModelRegistry
 from edge_run.server import app_services
-from tests.payloads import synth_projector
+from tests.conftest import SYNTH
 from tests.support import MODEL_ID, Server, set_up, start_server
 
 pytestmark = pytest.mark.integration
@@ -49,11 +55,15 @@ def fuzz_server(
     tmp_path_factory: pytest.TempPathFactory, model_path: Path, retrieval_models: dict[str, Path]
 ) -> Iterator[Server]:
     """A small context (128 tokens): a valid request finishes fast, a long prompt or ``max_tokens`` is a fast 400.
-    The chat model takes images (a synthetic projector), so generated image parts meet a vision model's checks, not
-    the refusal of a text-only one; beside it, an embedder and a reranker, for the bodies aimed at them."""
+    The chat model takes images (its projector), so generated image parts meet a vision model's checks, not the
+    refusal of a text-only one; beside it, an embedder and a reranker, for the bodies aimed at them."""
     home = tmp_path_factory.mktemp("fuzz-home")
-    mmproj = synth_projector("vision", tmp_path_factory.mktemp("fuzz-vision"))
-    set_up(home, "models", "add", str(model_path), "--id", MODEL_ID, "--mmproj", str(mmproj))
+    out = tmp_path_factory.mktemp("fuzz-vlm")
+    args = ["vlm", "--out", str(out), "--tokenizer", str(model_path)]
+    done = subprocess.run([sys.executable, str(SYNTH), *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    chat_model, mmproj = done.stdout.split()
+    set_up(home, "models", "add", chat_model, "--id", MODEL_ID, "--mmproj", mmproj)
     set_up(home, "models", "add", str(retrieval_models["embed-cls"]), "--id", EMBEDDER)
     set_up(home, "models", "add", str(retrieval_models["rerank"]), "--id", RERANKER)
     # a pull reaches no Hub: this port refuses at once (nothing listens on the discard port)
