@@ -180,10 +180,14 @@ class _CoresLock:
 
 
 @pytest.fixture(scope="session")
-def _cores_lock(tmp_path_factory: pytest.TempPathFactory) -> _CoresLock | None:
+def _cores_lock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_CoresLock | None]:
     if "PYTEST_XDIST_WORKER" not in os.environ or fcntl is None:
-        return None
-    return _CoresLock(tmp_path_factory.getbasetemp().parent)  # the run's folder, above each worker's own
+        yield None
+        return
+    lock = _CoresLock(tmp_path_factory.getbasetemp().parent)  # the run's folder, above each worker's own
+    yield lock
+    lock.turnstile.close()  # closing the files lets go of their locks
+    lock.lock.close()
 
 
 @pytest.fixture(autouse=True)
