@@ -43,12 +43,12 @@ def test_a_row_computes_the_same_alone_on_one_thread_with_drafts_or_beside_other
         return model_logits(ctx, model, 0)
 
     try:
-        for seq in (0, 1):  # the prompt, as the scheduler computes it: blocks of 64
-            for start in range(0, KV, 64):
-                batch.clear()
-                for i, token in enumerate(tokens[start : start + 64]):
-                    batch.add(token, start + i, seq, False)
-                ctx.decode(batch)
+        for start in range(0, KV, 64):  # the prompt, as the scheduler computes it: blocks of 64
+            batch.clear()
+            for i, token in enumerate(tokens[start : start + 64]):
+                batch.add(token, start + i, 0, False)
+            ctx.decode(batch)
+        ctx.seq_cp(0, 1)  # the other sequence's KV stream holds the same, as a slot that copies a prefix does
         row = (tokens[KV], KV, 0)
         alone = decode([row], threads=1)
         assert np.array_equal(alone, decode([row, (tokens[KV + 1], KV + 1, 0)], threads=2))  # with a draft
