@@ -83,7 +83,19 @@ def wav(seconds: float, hertz: float, rate: int = 16_000) -> bytes:
 def synth_projector(kind: str, out: Path, *extra: str) -> Path:
     """``bench/synth.py vision|vision-gemma3|audio``: a tiny random-weight projector (for the test model unless
     ``extra`` says another size); its path."""
+    [path] = _synth(kind, out, *extra)
+    return path
+
+
+def synth_pair(kind: str, out: Path, tokenizer: Path) -> tuple[Path, Path]:
+    """``bench/synth.py qwen2vl|vlm``: a tiny random-weight text model with ``tokenizer``'s tokens and template, and
+    its projector; their paths."""
+    model, mmproj = _synth(kind, out, "--tokenizer", str(tokenizer))
+    return model, mmproj
+
+
+def _synth(kind: str, out: Path, *extra: str) -> list[Path]:
     synth = Path(__file__).resolve().parents[1] / "bench" / "synth.py"
     done = subprocess.run([sys.executable, str(synth), kind, "--out", str(out), *extra], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    return Path(done.stdout.strip())
+    return [Path(line) for line in done.stdout.split()]

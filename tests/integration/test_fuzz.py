@@ -14,8 +14,6 @@ for its width. Its steps take a fraction of SmolLM2's; every other module answer
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +29,7 @@ from schemathesis.checks import not_a_server_error
 from edge_run.api.app import create_app
 from edge_run.models.registry import ModelRegistry
 from edge_run.server import app_services
-from tests.conftest import SYNTH
+from tests.payloads import synth_pair
 from tests.support import MODEL_ID, Server, set_up, start_server
 
 pytestmark = pytest.mark.integration
@@ -58,12 +56,8 @@ def fuzz_server(
     The chat model takes images (its projector), so generated image parts meet a vision model's checks, not the
     refusal of a text-only one; beside it, an embedder and a reranker, for the bodies aimed at them."""
     home = tmp_path_factory.mktemp("fuzz-home")
-    out = tmp_path_factory.mktemp("fuzz-vlm")
-    args = ["vlm", "--out", str(out), "--tokenizer", str(model_path)]
-    done = subprocess.run([sys.executable, str(SYNTH), *args], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    chat_model, mmproj = done.stdout.split()
-    set_up(home, "models", "add", chat_model, "--id", MODEL_ID, "--mmproj", mmproj)
+    chat_model, mmproj = synth_pair("vlm", tmp_path_factory.mktemp("fuzz-vlm"), model_path)
+    set_up(home, "models", "add", str(chat_model), "--id", MODEL_ID, "--mmproj", str(mmproj))
     set_up(home, "models", "add", str(retrieval_models["embed-cls"]), "--id", EMBEDDER)
     set_up(home, "models", "add", str(retrieval_models["rerank"]), "--id", RERANKER)
     # a pull reaches no Hub: this port refuses at once (nothing listens on the discard port)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import http.server
 import struct
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,9 +23,8 @@ import ollama
 import openai
 import pytest
 
-from tests.conftest import SYNTH
 from tests.mtmd_oracle import first_token
-from tests.payloads import png, synth_projector, wav
+from tests.payloads import png, synth_pair, synth_projector, wav
 from tests.support import MODEL_ID, Server, free_port, set_up, start_server, wait_for
 
 pytestmark = pytest.mark.integration
@@ -92,12 +89,7 @@ def gemma(tmp_path_factory: pytest.TempPathFactory, second_model_path: Path) -> 
 def qwen(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Pair:
     """A tiny Qwen2-VL (M-RoPE: an image's rows on a grid of positions) and its projector, random weights, with
     SmolLM2's tokenizer and template."""
-    out = tmp_path_factory.mktemp("synth-qwen2vl")
-    done = subprocess.run([sys.executable, str(SYNTH), "qwen2vl", "--out", str(out), "--tokenizer", str(model_path)],
-                          capture_output=True, text=True)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    model, mmproj = done.stdout.split()
-    return Pair(Path(model), Path(mmproj))
+    return Pair(*synth_pair("qwen2vl", tmp_path_factory.mktemp("synth-qwen2vl"), model_path))
 
 
 @pytest.fixture(scope="module")
