@@ -2,23 +2,31 @@
 the last few tokens. Edits, quotes and code repeat long runs of their prompt; a step that decodes a
 sampled token with its drafts keeps every draft the sampler then agrees with.
 
+How many: all it may while the text's last 6 tokens came before it (a copy under way), so a copy resumes
+6 tokens after a change (a renamed name, a changed word); on a shorter match, as many as were kept the step
+before, none after a failure but one now and then (ordinary chat repeats a few tokens often, 6 seldom).
+
 Drafts are a function of the token history only, so a request drafts the same way every time it is sent.
 """
 
 from __future__ import annotations
 
-__all__ = ["RETRY_EVERY", "Drafter", "next_k", "step_drafts"]
+__all__ = ["COPY_RUN", "RETRY_EVERY", "Drafter", "next_k", "step_drafts"]
 
 # The n-grams looked up, longest first: a longer match predicts better, a shorter one matches more often.
 NGRAMS = (4, 2)
 # A request whose drafts failed drafts again once in this many tokens.
 RETRY_EVERY = 16
+# A run of this many tokens that came before is a copy under way: it drafts all it may, whatever failed before.
+COPY_RUN = 6
 
 
 class Drafter:
-    """An index of every n-gram of a token history to where it last continued."""
+    """An index of every n-gram of a token history to where it last continued; ``most``: the drafts a step may
+    take (``--draft-max``)."""
 
-    def __init__(self, history: list[int]) -> None:
+    def __init__(self, history: list[int], most: int) -> None:
+        self.most = most
         self.history: list[int] = []
         self._next: dict[tuple[int, ...], int] = {}
         for token in history:
@@ -33,19 +41,30 @@ class Drafter:
                 self._next[tuple(h[end - n : end])] = end
         h.append(token)
 
-    def draft(self, k: int) -> list[int]:
-        """Up to ``k`` tokens that followed the latest earlier occurrence of the history's end."""
+    def _match(self) -> tuple[int, int]:
+        """The longest n-gram of :data:`NGRAMS` that ends the history and came before it, and where it continued
+        then; ``(0, 0)`` for none."""
         h = self.history
-        if k <= 0:
-            return []
         for n in NGRAMS:
             if len(h) > n:
                 at = self._next.get(tuple(h[-n:]))
                 if at is not None:
-                    drafts = h[at : at + k]
-                    media = next((i for i, t in enumerate(drafts) if t < 0), None)  # an image's rows: never drafted
-                    return drafts if media is None else drafts[:media]
-        return []
+                    return n, at
+        return 0, 0
+
+    def copying(self) -> bool:
+        """Whether the history's last :data:`COPY_RUN` tokens came before it: a copy under way."""
+        h, at = self.history, self._match()[1]
+        return at >= COPY_RUN and h[at - COPY_RUN : at] == h[-COPY_RUN:]
+
+    def draft(self, k: int) -> list[int]:
+        """Up to ``k`` tokens that followed the latest earlier occurrence of the history's end."""
+        at = self._match()[1]
+        if not at or k <= 0:
+            return []
+        drafts = self.history[at : at + k]
+        media = next((i for i, t in enumerate(drafts) if t < 0), None)  # an image's rows: never drafted
+        return drafts if media is None else drafts[:media]
 
 
 def next_k(k: int, drafted: int, kept: int, most: int) -> int:
@@ -57,7 +76,8 @@ def next_k(k: int, drafted: int, kept: int, most: int) -> int:
 
 
 def step_drafts(drafter: Drafter | None, k: int, generated: int, fit: int) -> list[int]:
-    """A slot's drafts for this step: ``k`` (none after failures, but one now and then), ``fit`` at most."""
+    """A slot's drafts for this step, ``fit`` at most: all it may while it copies, else ``k`` (none after failures,
+    but one now and then)."""
     if drafter is None:
         return []
-    return drafter.draft(min(k or int(generated % RETRY_EVERY == 0), fit))
+    return drafter.draft(min(drafter.most if drafter.copying() else k or int(generated % RETRY_EVERY == 0), fit))

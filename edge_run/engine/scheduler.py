@@ -325,7 +325,7 @@ class Scheduler:
                 slot.device_sampler = True
         slot.text = TextStream(job.stops)
         slot.cached, slot.generated, slot.next_token = keep, 0, None
-        slot.drafter = Drafter(job.prompt) if self.max_drafts and not slot.device_sampler else None  # host rows
+        slot.drafter = None if slot.device_sampler or not self.max_drafts else Drafter(job.prompt, self.max_drafts)
         slot.draft_k, slot.accepted, slot.rejected = self.max_drafts, 0, 0
         self.busy += 1
 

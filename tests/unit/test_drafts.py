@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from edge_run.engine.drafts import Drafter, next_k
+from edge_run.engine.drafts import COPY_RUN, RETRY_EVERY, Drafter, next_k, step_drafts
 
 
 def test_drafts_continue_the_latest_earlier_occurrence_of_the_last_four_tokens() -> None:
-    d = Drafter([1, 2, 3, 4, 5, 6, 7, 9, 1, 2, 3, 4, 8, 8, 1, 2, 3])
+    d = Drafter([1, 2, 3, 4, 5, 6, 7, 9, 1, 2, 3, 4, 8, 8, 1, 2, 3], most=8)
     assert d.draft(3) == [4, 8, 8]  # no 4-gram match for [8, 1, 2, 3]; the 2-gram [2, 3] last continued with 4
     d.push(4)
     assert d.draft(3) == [8, 8, 1]  # [1, 2, 3, 4] last continued with 8 (not with 5: that one is older)
@@ -15,19 +15,19 @@ def test_drafts_continue_the_latest_earlier_occurrence_of_the_last_four_tokens()
 
 
 def test_a_two_token_match_drafts_when_no_four_token_one_does() -> None:
-    d = Drafter([5, 6, 7, 8, 0, 7])
+    d = Drafter([5, 6, 7, 8, 0, 7], most=8)
     d.push(8)
     assert d.draft(2) == [0, 7]  # [7, 8] continued with 0, 7
 
 
 def test_drafts_stop_at_the_end_of_the_history() -> None:
-    d = Drafter([3, 4, 3, 4, 3])
+    d = Drafter([3, 4, 3, 4, 3], most=8)
     assert d.draft(8) == [4, 3]  # [4, 3] last continued at index 3: only two tokens follow it so far
 
 
 def test_no_match_no_draft() -> None:
-    assert Drafter([1, 2, 3, 4]).draft(4) == []
-    assert Drafter([]).draft(4) == []
+    assert Drafter([1, 2, 3, 4], most=8).draft(4) == []
+    assert Drafter([], most=8).draft(4) == []
 
 
 def test_drafting_grows_while_drafts_are_kept_and_stops_when_none_are() -> None:
@@ -39,3 +39,19 @@ def test_drafting_grows_while_drafts_are_kept_and_stops_when_none_are() -> None:
     assert next_k(0, drafted=1, kept=1, most=8) == 2  # the retry of a request that had stopped drafting
     assert next_k(8, drafted=3, kept=3, most=8) == 8
     assert next_k(0, drafted=1, kept=1, most=0) == 0  # --draft-max 0
+
+
+def test_a_copy_under_way_drafts_all_it_may_even_after_failures() -> None:
+    """Six tokens that came before (``COPY_RUN``): as many as allowed (``most``, within ``fit``), whatever ``k``
+    the failures left; a shorter match drafts ``k``: none after a failure but at each ``RETRY_EVERY``-th token."""
+    assert COPY_RUN == 6
+    copying = Drafter([1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3, 4, 5, 6], most=8)
+    assert copying.copying()
+    assert step_drafts(copying, 0, 5, fit=16) == [7, 8, 9, 1, 2, 3, 4, 5]
+    assert step_drafts(copying, 0, 5, fit=3) == [7, 8, 9]
+    four = Drafter([1, 2, 3, 4, 5, 6, 7, 0, 3, 4, 5, 6], most=8)  # [3, 4, 5, 6] came before, [2, 3, 4, 5, 6] not
+    assert not four.copying()
+    assert step_drafts(four, 0, 5, fit=16) == []
+    assert step_drafts(four, 0, RETRY_EVERY, fit=16) == [7]
+    assert step_drafts(four, 2, 5, fit=16) == [7, 0]
+    assert step_drafts(None, 8, 5, fit=16) == []
