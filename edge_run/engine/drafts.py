@@ -41,25 +41,23 @@ class Drafter:
                 self._next[tuple(h[end - n : end])] = end
         h.append(token)
 
-    def _match(self) -> tuple[int, int]:
-        """The longest n-gram of :data:`NGRAMS` that ends the history and came before it, and where it continued
-        then; ``(0, 0)`` for none."""
+    def _at(self) -> int:
+        """Where the longest n-gram of :data:`NGRAMS` that ends the history continued the latest time before; 0 for
+        none."""
         h = self.history
         for n in NGRAMS:
-            if len(h) > n:
-                at = self._next.get(tuple(h[-n:]))
-                if at is not None:
-                    return n, at
-        return 0, 0
+            if len(h) > n and (at := self._next.get(tuple(h[-n:]))) is not None:
+                return at
+        return 0
 
     def copying(self) -> bool:
         """Whether the history's last :data:`COPY_RUN` tokens came before it: a copy under way."""
-        h, at = self.history, self._match()[1]
+        h, at = self.history, self._at()
         return at >= COPY_RUN and h[at - COPY_RUN : at] == h[-COPY_RUN:]
 
     def draft(self, k: int) -> list[int]:
         """Up to ``k`` tokens that followed the latest earlier occurrence of the history's end."""
-        at = self._match()[1]
+        at = self._at()
         if not at or k <= 0:
             return []
         drafts = self.history[at : at + k]
