@@ -13,6 +13,9 @@ the median of ``--rounds`` rounds, and each comparison is made in the same run:
 - **memory**: the server's RSS with both models loaded, against the registry's estimate (file + KV
   cache) and the memory budget.
 - **two models at once**: each model's decode speed while the other answers too, against alone.
+- **after the other's answer**: a request to one model half a second after the other answered (``4 *
+  --max-tokens`` tokens), when that one's idle refresh computes its answer again as blocks; against alone.
+  Alone means with no refresh left anywhere (``tokens_stale`` 0).
 """
 
 from __future__ import annotations
@@ -105,6 +108,12 @@ class Server:
 
         return asyncio.run(run())
 
+    def settle(self) -> None:
+        """Wait until no model has an answer left to refresh."""
+        deadline = time.monotonic() + 120
+        while any(m.get("tokens_stale") for m in self.health()["models"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
@@ -127,6 +136,7 @@ def main() -> None:
     stay: list[float] = []
     alone: dict[str, list[float]] = {m: [] for m in MODELS}
     together: dict[str, list[float]] = {m: [] for m in MODELS}
+    after: dict[str, list[float]] = {m: [] for m in MODELS}
     memory: list[tuple[int, int, int]] = []
     for r in range(args.rounds):
         server = Server("--max-loaded", "1", "--keep-alive", "-1")
@@ -147,7 +157,13 @@ def main() -> None:
         server = Server("--model", "acme/one", "--model", "acme/two", "--max-loaded", "2")
         try:
             for model in MODELS:
+                server.settle()
                 alone[model].append(server.stream(model, "Tell me a long story about a cat.", n)[1])
+            for model, other in zip(MODELS, reversed(MODELS), strict=True):
+                server.settle()
+                server.stream(other, f"Round {r}: tell me a long story about a dog.", 4 * n)
+                time.sleep(0.6)  # the other's refresh has begun
+                after[model].append(server.stream(model, "Tell me a long story about a cat.", n)[1])
             for model, rate in zip(MODELS, server.both("Tell me a long story about a cat.", n), strict=True):
                 together[model].append(rate)
             health = server.health()
@@ -170,11 +186,11 @@ def main() -> None:
     rss, estimate, budget = (statistics.median(x) for x in zip(*memory, strict=True))
     print(f"\nMemory with both loaded: RSS {rss / mib:.0f} MiB; estimate (files + KV cache) {estimate / mib:.0f} MiB; "
           f"budget {budget / mib:.0f} MiB.")  # fmt: skip
-    print("\n| Model | alone tok/s | beside the other tok/s | ratio |")
-    print("|---|---|---|---|")
+    print("\n| Model | alone tok/s | beside the other tok/s | ratio | after the other's answer tok/s | ratio |")
+    print("|---|---|---|---|---|---|")
     for m in MODELS:
-        a, t = median(alone[m]), median(together[m])
-        print(f"| {m} | {a:.1f} | {t:.1f} | {t / a:.2f} |")
+        a, t, f = median(alone[m]), median(together[m]), median(after[m])
+        print(f"| {m} | {a:.1f} | {t:.1f} | {t / a:.2f} | {f:.1f} | {f / a:.2f} |")
     total_alone = sum(median(alone[m]) for m in MODELS) / len(MODELS)
     total_both = sum(median(together[m]) for m in MODELS)
     print(f"\nTogether: {total_both:.1f} tok/s in all, against {total_alone:.1f} (mean of the two alone); "

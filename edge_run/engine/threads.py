@@ -131,14 +131,16 @@ class CoreShare:
     active models (the first registered get the remainder) and holds them until the step ends; a step that
     would find too few cores free waits for the running one to end. So two models answering at once on 2
     cores run one thread each, instead of 2 spinning threads each, which collapses llama.cpp (see the
-    module docstring).
+    module docstring). A model whose only work is idle work (the refresh of a finished answer) takes no share
+    while another answers requests: its steps wait until the others are idle.
     """
 
     def __init__(self, cores: int) -> None:
         self.cores = max(1, cores)
         self._cond = threading.Condition()
         self._members = 0
-        self._active: set[int] = set()  # members with work, by handle (handles grow in registration order)
+        # members with work, by handle (handles grow in registration order): True where it is idle work only
+        self._active: dict[int, bool] = {}
         self._held: dict[int, int] = {}  # member -> threads of its step under way
         self.peak = 0  # the most threads that steps ran at one moment (``/health``: ``threads_peak``)
 
@@ -148,19 +150,23 @@ class CoreShare:
             self._members += 1
             return self._members
 
-    def set_active(self, member: int, active: bool) -> None:
+    def set_active(self, member: int, active: bool, *, idle_work: bool = False) -> None:
         with self._cond:
             if active:
-                self._active.add(member)
+                self._active[member] = idle_work
             else:
-                self._active.discard(member)
+                self._active.pop(member, None)
             self._cond.notify_all()
 
     def acquire(self, member: int, wanted: int) -> int:
         """Threads for ``member``'s next step: ``wanted``, or fewer to stay within its share; waits for one free."""
         with self._cond:
             while True:
-                active = sorted(self._active | {member})
+                answering = {m for m, idle_work in self._active.items() if not idle_work}
+                if self._active.get(member) and answering - {member}:
+                    self._cond.wait()  # idle work waits for the other models' requests
+                    continue
+                active = sorted(answering | {member})
                 base, extra = divmod(self.cores, len(active))
                 share = max(1, base + (active.index(member) < extra))
                 free = self.cores - sum(n for m, n in self._held.items() if m != member)

@@ -52,13 +52,21 @@ class Worker:
     def submit(self, job: Job) -> None:
         with self._cond:
             self.scheduler.waiting.append(job)
+            self._answering()
             self._cond.notify()
+
+    def _answering(self) -> None:
+        """The engine has a request, a call or a stop to see to: a refresh step waiting for the other models' requests
+        runs now (one block), and the thread gets to them after it. Under the lock, as the thread's own changes, so
+        that it cannot go idle in between and keep this."""
+        self.scheduler.cores.set_active(self.scheduler.member, True)
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the engine thread between two steps (for work that needs llama.cpp compute)."""
         future: asyncio.Future[Any] = self._loop.create_future()
         with self._cond:
             self._calls.append((fn, future))
+            self._answering()
             self._cond.notify()
         return await future
 
@@ -69,6 +77,7 @@ class Worker:
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
+            self._answering()  # a refresh step waiting for cores ends, then the thread
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join()
@@ -92,9 +101,10 @@ class Worker:
                     self._cond.wait(scheduler.refresh_in())  # None: until a call or a request
                 if self._stopping:
                     break
-                cores.set_active(member, True)
                 calls = list(self._calls)
                 self._calls.clear()
+                refresh_only = not calls and not scheduler.waiting and scheduler.busy == 0
+                cores.set_active(member, True, idle_work=refresh_only)
             for fn, future in calls:
                 try:
                     result, error = fn(), None

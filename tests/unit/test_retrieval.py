@@ -158,7 +158,7 @@ def test_an_embedder_takes_its_threads_from_the_cores_the_models_share():
     cores.set_active(chat, False)
     pooler._decode([[1, 2]])
     assert embedder.threads == [1, 2]
-    assert cores._active == set() and cores._held == {}
+    assert cores._active == {} and cores._held == {}
 
 
 def test_a_model_without_an_engine_thread_decodes_every_request_on_one_thread_of_its_own():

@@ -214,3 +214,38 @@ def test_core_share_splits_the_cores_among_active_models_and_never_oversubscribe
     odd.set_active(x, True)
     odd.set_active(y, True)
     assert (odd.acquire(x, 8), odd.acquire(y, 8)) == (2, 1)  # the remainder goes to the first registered
+
+
+def test_idle_work_takes_no_cores_while_another_model_answers():
+    """A model refreshing a finished answer (idle work) waits while another answers requests; alone, or once it has
+    a request itself, it takes its share again. The model answering keeps all the cores meanwhile."""
+    import threading
+
+    from edge_run.engine import CoreShare
+
+    share = CoreShare(2)
+    idle, answering = share.join(), share.join()
+    share.set_active(idle, True, idle_work=True)
+    assert share.acquire(idle, 2) == 2  # alone: all the cores
+    share.release(idle)
+    share.set_active(answering, True)
+    assert share.acquire(answering, 2) == 2  # idle work is not counted in the split
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(share.acquire(idle, 2)))
+    waiter.start()
+    share.release(answering)  # between two steps of the request: the cores are free, and still not idle work's
+    waiter.join(0.1)
+    assert waiter.is_alive() and not got
+    share.set_active(answering, False)
+    waiter.join(2)
+    assert got == [2]  # the other model went idle
+    share.release(idle)
+    share.set_active(answering, True)
+    waiter = threading.Thread(target=lambda: got.append(share.acquire(idle, 2)))
+    waiter.start()
+    waiter.join(0.1)
+    assert waiter.is_alive()
+    share.set_active(idle, True)  # a request for the refreshing model (Worker.submit): it takes its share now
+    waiter.join(2)
+    assert got == [2, 1]
+
