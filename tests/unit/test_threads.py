@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import pytest
+
 from edge_run.engine.threads import PROBE_EVERY, PROBE_MAX, ThreadGovernor
 
 
@@ -249,3 +251,18 @@ def test_idle_work_takes_no_cores_while_another_model_answers():
     waiter.join(2)
     assert got == [2, 1]
 
+
+@pytest.mark.parametrize("user", [{}, {"OMP_WAIT_POLICY": "passive"}], ids=["ours", "the user's"])
+def test_libgomp_loads_with_the_adapters_spinning_unless_the_user_set_it(user: dict[str, str]):
+    """libgomp prints the settings it read at load (``OMP_DISPLAY_ENV``): the adapter's (1000 throttled spins, the
+    default 3 ms otherwise), set before llama.cpp loaded it; a user's own setting stays as it is."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(user, OMP_DISPLAY_ENV="verbose")
+    code = "import edge_run.engine.llama.backend"
+    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stderr
+    expected = ("ACTIVE", "300000") if not user else ("PASSIVE", "0")  # passive: no spinning, the user's choice
+    assert f"OMP_WAIT_POLICY = '{expected[0]}'" in shown and f"GOMP_SPINCOUNT = '{expected[1]}'" in shown, shown
