@@ -81,6 +81,7 @@ class Worker:
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join()
+        self.scheduler.cores.set_active(self.scheduler.member, False)  # also when the thread had already ended
         self.scheduler.close()
 
     # -- engine thread -----------------------------------------------------------------
