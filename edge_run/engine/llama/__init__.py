@@ -13,7 +13,7 @@ __all__: list[str] = []
 
 # libgomp's defaults, but for the "throttled" spin: 1000 instead of 100 (OMP_WAIT_POLICY=active, whose own 5-minute
 # spin GOMP_SPINCOUNT puts back to the default 3 ms).
-OPENMP_SPINNING = {"OMP_WAIT_POLICY": "active", "GOMP_SPINCOUNT": "300000"}
+_OPENMP_SPINNING = {"OMP_WAIT_POLICY": "active", "GOMP_SPINCOUNT": "300000"}
 
 
 def _openmp_spinning() -> None:
@@ -23,8 +23,8 @@ def _openmp_spinning() -> None:
     embedder. Every barrier then went through a futex: 2-thread steps of a 135M model took 1.7 times as long, and
     the thread governor fell back to one thread for good (2 cores; bench/README.md). libgomp reads its settings once,
     when llama.cpp loads; a user's own are kept."""
-    if not any(name in os.environ for name in OPENMP_SPINNING):
-        os.environ.update(OPENMP_SPINNING)
+    if not any(name in os.environ for name in _OPENMP_SPINNING):
+        os.environ.update(_OPENMP_SPINNING)
 
 
 _openmp_spinning()
