@@ -15,7 +15,7 @@ the median of ``--rounds`` rounds, and each comparison is made in the same run:
 - **two models at once**: each model's decode speed while the other answers too, against alone.
 - **after the other's answer**: a request to one model half a second after the other answered (``4 *
   --max-tokens`` tokens), when that one's idle refresh computes its answer again as blocks; against alone.
-  Alone means with no refresh left anywhere (``tokens_stale`` 0).
+  Alone means with no refresh left anywhere (``bench.settle``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import one_stream, wait_healthy
+from bench import one_stream, settle, wait_healthy
 from edge_run.models.catalog import load_catalog
 from edge_run.models.fetch import fetch
 
@@ -108,12 +108,6 @@ class Server:
 
         return asyncio.run(run())
 
-    def settle(self) -> None:
-        """Wait until no model has an answer left to refresh."""
-        deadline = time.monotonic() + 120
-        while any(m.get("tokens_stale") for m in self.health()["models"]) and time.monotonic() < deadline:
-            time.sleep(0.05)
-
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
@@ -157,10 +151,10 @@ def main() -> None:
         server = Server("--model", "acme/one", "--model", "acme/two", "--max-loaded", "2")
         try:
             for model in MODELS:
-                server.settle()
+                settle(server.url, pid=server.proc.pid)
                 alone[model].append(server.stream(model, "Tell me a long story about a cat.", n)[1])
             for model, other in zip(MODELS, reversed(MODELS), strict=True):
-                server.settle()
+                settle(server.url, pid=server.proc.pid)
                 server.stream(other, f"Round {r}: tell me a long story about a dog.", 4 * n)
                 time.sleep(0.6)  # the other's refresh has begun
                 after[model].append(server.stream(model, "Tell me a long story about a cat.", n)[1])
