@@ -61,6 +61,28 @@ def isolated_python(name: str, *requirements: str) -> Path:
     return python
 
 
+def oracle_llama(path: Path, **kwargs: Any) -> Any:
+    """llama-cpp-python's high-level ``Llama`` on ``path``, its weights loaded as edge-run loads a model that never
+    generates: in llama.cpp's extra CPU buffer types, but not AMX's, which crash (``amx_built``)."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as capi
+
+    from edge_run.engine.llama.backend import amx_built
+
+    default = capi.llama_model_default_params
+
+    def params() -> Any:
+        chosen = default()
+        chosen.use_extra_bufts = not amx_built()
+        return chosen
+
+    capi.llama_model_default_params = params  # what Llama calls; it has no option for it
+    try:
+        return llama_cpp.Llama(model_path=str(path), **kwargs)
+    finally:
+        capi.llama_model_default_params = default
+
+
 def share_of_cores() -> int:
     """The threads a test's own engine may take: its pytest-xdist worker's share of the cores (``EDGE_RUN_THREADS``,
     set by ``tests/conftest.py``), or all of them in a run on one process."""

@@ -133,3 +133,33 @@ def test_models_load_without_llama_cpp_s_extra_cpu_buffer_types(model_path: Path
     n_prompt, text = asyncio.run(go())
     assert seen == [False]
     assert n_prompt > 2 and text.strip()
+
+
+@pytest.mark.parametrize("amx", [False, True], ids=["no AMX", "AMX built in"])
+def test_an_embedder_repacks_its_weights_but_never_into_amx_buffers(
+    retrieval_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, amx: bool
+):
+    """A model that never generates takes llama.cpp's extra CPU buffer types (repacked weights), unless they
+    include AMX's: on an Intel Xeon with AMX, its kernels crashed the first ``llama_decode`` of two tokens or more,
+    so the embedding tests' server died. Only the load is checked here: decoding from AMX buffers would crash
+    this test on such a CPU (``test_retrieval.py`` embeds with the real setting)."""
+    seen: list[bool] = []
+    real_load = llama_model.L.llama_model_load_from_file
+
+    def load(path: bytes, params: object) -> object:
+        seen.append(bool(params.use_extra_bufts))  # type: ignore[attr-defined]
+        return real_load(path, params)
+
+    monkeypatch.setattr(llama_model.L, "llama_model_load_from_file", load)
+    monkeypatch.setattr(llama_model, "amx_built", lambda: amx)
+
+    async def go() -> None:
+        options = EngineOptions(
+            kind="embedding", ctx=512, threads=share_of_cores(), gpu_layers=0, slots=1, max_queue=4, batch=512
+        )
+        engine = Engine("e", retrieval_models["embed-last"], options)
+        await engine.load()
+        await engine.close()
+
+    asyncio.run(go())
+    assert seen == [not amx]

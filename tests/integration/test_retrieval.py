@@ -18,7 +18,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.support import MODEL_ID, set_up, share_of_cores, start_server
+from tests.support import MODEL_ID, oracle_llama, set_up, share_of_cores, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -60,8 +60,8 @@ def oracle(path: Path, pooling: str):
 
     kind = {"cls": llama_cpp.LLAMA_POOLING_TYPE_CLS, "last": llama_cpp.LLAMA_POOLING_TYPE_LAST}
     kind |= {"mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN, "rank": llama_cpp.LLAMA_POOLING_TYPE_RANK}
-    return llama_cpp.Llama(
-        model_path=str(path), embedding=True, pooling_type=kind[pooling], flash_attn=True, n_threads=THREADS,
+    return oracle_llama(
+        path, embedding=True, pooling_type=kind[pooling], flash_attn=True, n_threads=THREADS,
         n_ctx=512, n_batch=512, n_ubatch=512, n_seq_max=8, verbose=False,
     )  # fmt: skip
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import share_of_cores
+from tests.support import oracle_llama, share_of_cores
 
 gguf = pytest.importorskip("gguf")
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,10 +101,8 @@ def test_llama_cpp_tokenizes_english_to_words_between_cls_and_sep(retrieval_mode
 
 @pytest.mark.parametrize("kind", sr.KINDS)
 def test_llama_cpp_pools_finite_outputs_that_differ_between_texts(retrieval_models: dict[str, Path], kind: str):
-    from llama_cpp import Llama
-
-    model = Llama(
-        model_path=str(retrieval_models[kind]), embedding=True, pooling_type=POOLING[kind], n_ctx=512, n_batch=512,
+    model = oracle_llama(
+        retrieval_models[kind], embedding=True, pooling_type=POOLING[kind], n_ctx=512, n_batch=512,
         n_ubatch=512, n_seq_max=8, n_threads=share_of_cores(), verbose=False,
     )  # fmt: skip
     first, second = model.embed(["hello world", "the cat sat on the mat"])

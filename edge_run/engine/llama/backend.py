@@ -17,7 +17,7 @@ import llama_cpp as L
 from edge_run.engine.types import GpuDevice
 from edge_run.errors import EngineFailure
 
-__all__ = ["add_rpc_servers", "gpu_devices", "gpu_offload_supported", "init_backend", "quiet_log"]
+__all__ = ["add_rpc_servers", "amx_built", "gpu_devices", "gpu_offload_supported", "init_backend", "quiet_log"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,15 @@ def init_backend() -> None:
 def quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     if level == 4:  # GGML_LOG_LEVEL_ERROR
         log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+def amx_built() -> bool:
+    """Whether llama.cpp's extra CPU buffer types include AMX's: built in (a native build) where the CPU has AMX.
+
+    Its kernels crash: on a 2-vCPU Intel Xeon with AMX (a Firecracker VM), llama-cpp-python 0.3.36's
+    ``ggml_backend_amx_mul_mat`` faults at ``ldtilecfg`` in the first ``llama_decode`` of two or more tokens
+    (llama.cpp issue 20824 reports the same fault, still open)."""
+    return b"AMX_INT8 = 1" in L.llama_print_system_info()
 
 
 def gpu_offload_supported() -> bool:

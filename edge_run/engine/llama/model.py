@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import llama_cpp as L
 
-from edge_run.engine.llama.backend import gpu_offload_supported, init_backend
+from edge_run.engine.llama.backend import amx_built, gpu_offload_supported, init_backend
 from edge_run.errors import EngineFailure
 from edge_run.gguf import read_layout
 
@@ -47,8 +47,9 @@ class Model:
         params.n_gpu_layers = gpu_layers
         # repacked weights (Q4_0, Q4_K, IQ4_NL... on AVX2) take a 4-column kernel and a 1-column one,
         # so a token's logits would depend on the rows decoded beside it: only models that never generate
-        # (embedders, rerankers, whose vectors move by rounding with their batch anyway) take the faster kernels
-        params.use_extra_bufts = repack
+        # (embedders, rerankers, whose vectors move by rounding with their batch anyway) take the faster kernels,
+        # except where the extra buffer types would put them in AMX's, which crash (see amx_built)
+        params.use_extra_bufts = repack and not amx_built()
         self.path = path
         self._ptr = L.llama_model_load_from_file(str(path).encode(), params)
         if not self._ptr:
