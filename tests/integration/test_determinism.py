@@ -9,6 +9,9 @@ EPYC with AVX2, no AVX-512) the code before the block rule (commit 10eb48d, run 
 ``test_a_conversation_is_answered_the_same_warm_and_cold`` and
 ``test_the_conversation_is_answered_the_same_while_the_machine_gets_busy`` at the first turn: the text
 itself differed ("Rivers are also the" warm on 2 threads, "... also a" cold on 1) and so did the logprobs.
+On a 2-vCPU Intel Xeon with AVX-512 and AMX (the CPU of the issue's report; CI's machine on 2026-12-04), the
+same run of that code failed both tests again: the first at the first turn, with the same text but the 18th
+token's logprob -1.0748 warm against -0.8665 cold, the second at the third turn. HEAD passes both there.
 """
 
 from __future__ import annotations
