@@ -66,6 +66,7 @@ def ceiling(model: Path, threads: int, n_tokens: int) -> tuple[float, list[int]]
     L.llama_log_set(quiet, ctypes.c_void_p(0))
     L.llama_backend_init()
     mparams = L.llama_model_default_params()
+    mparams.use_extra_bufts = False  # as edge-run loads a chat model (and on an AMX CPU, llama.cpp's AMX buffers crash)
     m = L.llama_model_load_from_file(str(model).encode(), mparams)
     vocab = L.llama_model_get_vocab(m)
     eog = [t for t in range(L.llama_vocab_n_tokens(vocab)) if L.llama_vocab_is_eog(vocab, t)]
