@@ -7,11 +7,17 @@ How many: all it may while the text's last 6 tokens came before it (a copy under
 before, none after a failure but one now and then (ordinary chat repeats a few tokens often, 6 seldom).
 
 Drafts are a function of the token history only, so a request drafts the same way every time it is sent.
+
+A step with no draft past 256 KV cells would decode a lone row, on one thread (its KV is not split, so its
+logits do not depend on the thread count). Two rows take the governor's threads with no split: a filler draft
+keeps it company where that is faster (:class:`Company`). Either way the row's logits are the same.
 """
 
 from __future__ import annotations
 
-__all__ = ["COPY_RUN", "RETRY_EVERY", "Drafter", "next_k", "step_drafts"]
+import statistics
+
+__all__ = ["COPY_RUN", "RETRY_EVERY", "Company", "Drafter", "next_k", "step_drafts"]
 
 # The n-grams looked up, longest first: a longer match predicts better, a shorter one matches more often.
 NGRAMS = (4, 2)
@@ -19,6 +25,8 @@ NGRAMS = (4, 2)
 RETRY_EVERY = 16
 # A run of this many tokens that came before is a copy under way: it drafts all it may, whatever failed before.
 COPY_RUN = 6
+# Company tries the way it does not take once in this many steps, and keeps this many step times of each way.
+TRY_EVERY, KEPT = 16, 5
 
 
 class Drafter:
@@ -55,6 +63,10 @@ class Drafter:
         h, at = self.history, self._at()
         return at >= COPY_RUN and h[at - COPY_RUN : at] == h[-COPY_RUN:]
 
+    def filler(self) -> list[int]:
+        """One draft however weak, to keep a lone row company: the usual one, else the last token again."""
+        return self.draft(1) or self.history[-1:]
+
     def draft(self, k: int) -> list[int]:
         """Up to ``k`` tokens that followed the latest earlier occurrence of the history's end."""
         at = self._at()
@@ -79,3 +91,24 @@ def step_drafts(drafter: Drafter | None, k: int, generated: int, fit: int) -> li
     if drafter is None:
         return []
     return drafter.draft(min(drafter.most if drafter.copying() else k or int(generated % RETRY_EVERY == 0), fit))
+
+
+class Company:
+    """Whether a lone row goes with a filler draft on the governor's threads, or alone on one thread: the way whose
+    latest steps were faster (a filler costs a row: on a 2-core Intel Xeon 0.92x of alone for SmolLM2-135M's step,
+    0.67x for Gemma 3 270M's), the other tried now and then, since the machine's load changes both."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[bool, list[float]] = {True: [], False: []}
+        self._steps = 0
+
+    def wanted(self) -> bool:
+        """Whether this step takes a filler (untried ways first)."""
+        self._steps += 1
+        best = min((True, False), key=lambda way: statistics.median(self._seconds[way] or [0.0]))
+        return not best if self._steps % TRY_EVERY == 0 else best
+
+    def observe(self, filler: bool, seconds: float) -> None:
+        kept = self._seconds[filler]
+        kept.append(seconds)
+        del kept[:-KEPT]

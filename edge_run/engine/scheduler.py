@@ -16,11 +16,10 @@ rests on the order of computation: every KV position is computed by the same ``l
   exactly those blocks the same way. The same prompt again reuses all of it, with the logits of its
   last row, kept (:mod:`edge_run.engine.prefix`).
 - Generated tokens are decoded one row per slot, a slot generating alone with its drafts
-  (:mod:`edge_run.engine.drafts`); a lone row of a lone sequence past 256 KV cells (where flash
-  attention would split its KV between threads) runs on one thread, where it computes what a row
-  among others does. A row's logits depend neither on its place among its sequence's rows, nor on
-  the thread count, nor on the neighbours: drafting, the thread governor and other requests change
-  no answer.
+  (:mod:`edge_run.engine.drafts`); past 256 KV cells (where flash attention would split a lone row's KV
+  between threads) a lone row runs on one thread, or with a filler draft, computing what a row among others
+  does. A row's logits depend neither on its place among its sequence's rows, nor on the thread count, nor
+  on the neighbours: drafting, the thread governor and other requests change no answer.
 
 Offloaded whole to a GPU, blocks are half a batch and nothing is drafted: the guarantee is the CPU's.
 """
@@ -33,13 +32,13 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from edge_run.engine.drafts import Drafter, next_k, step_drafts
+from edge_run.engine.drafts import Company, Drafter, next_k, step_drafts
 from edge_run.engine.encoding import Encoder
 from edge_run.engine.gather import gather
 from edge_run.engine.media import rows_at, runs, unencoded
 from edge_run.engine.output import token_chunk
 from edge_run.engine.prefix import take_prefix
-from edge_run.engine.slots import Slot, calls, cut_below, next_block, pick_slot
+from edge_run.engine.slots import Slot, calls, most_stale, next_block, pick_slot, stale_tokens
 from edge_run.engine.text import TextStream
 from edge_run.engine.threads import CoreShare, ThreadGovernor
 from edge_run.engine.types import Chunk
@@ -90,11 +89,10 @@ class Scheduler:
     ) -> None:
         self.model, self.block = model, block
         self.max_drafts, self.row_limit = max_drafts, row_limit  # rows in a call of generated rows (None: any)
-        # a sequence's lone row splits the KV between threads (flash attention at 512 cells and more): on one
-        # thread it computes what a row among others does (:meth:`Context.splits_lone_row`); None on a GPU
-        self.lone_row_threads = lone_row_threads
-        self.device_sampling = device_sampling
-        self.governor = ThreadGovernor(threads, adapt=adapt_threads)
+        # a lone row's KV split between threads (:meth:`Context.splits_lone_row`): on one it computes what a row
+        # among others does; None on a GPU
+        self.lone_row_threads, self.device_sampling = lone_row_threads, device_sampling
+        self.governor, self.company = ThreadGovernor(threads, adapt=adapt_threads), Company()
         self.threads_now = threads  # what the context was last set to (the governor may be trying another)
         self.cores = cores or CoreShare(threads)  # shared with the other loaded models
         self.member = self.cores.join()
@@ -110,9 +108,7 @@ class Scheduler:
 
     @property
     def tokens_stale(self) -> int:
-        """Tokens of finished answers still to compute again as whole blocks (background work of an idle engine)."""
-        ends = ((s, cut_below(s.exact + len(s.stale), self.block, s.whole)) for s in self._slots if s.idle and s.stale)
-        return sum(max(0, end - s.exact) for s, end in ends)
+        return stale_tokens(self._slots, self.block)
 
     def has_work(self) -> bool:
         """Whether a step would do anything: requests waiting or generating, or a finished answer to refresh now."""
@@ -120,7 +116,7 @@ class Scheduler:
 
     def refresh_in(self) -> float | None:
         """Seconds until the idle refresh is due (0: now); None when no answer is left to refresh."""
-        slot = self._stale()
+        slot = most_stale(self._slots, self.block)
         return None if slot is None else max(0.0, slot.last_used + REFRESH_AFTER - time.monotonic())
 
     def close(self) -> None:
@@ -196,14 +192,9 @@ class Scheduler:
             slot.exact = len(slot.cache)
         return batch.n - 1
 
-    def _stale(self) -> Slot | None:
-        """The most recently used idle slot that has a whole block to compute again, if any."""
-        slots = (s for s in self._slots if s.idle and len(s.stale) >= s.refresh_rows(self.block))
-        return max(slots, key=lambda s: s.last_used, default=None)
-
     def _refresh(self) -> None:
         """Compute the next block of an idle slot's finished answer, so that its next turn reuses it."""
-        slot = self._stale()
+        slot = most_stale(self._slots, self.block)
         assert slot is not None  # step refreshes only when refresh_in() is 0
         if len(slot.cache) > slot.exact:  # a prompt's final block, kept for the same prompt: computed as blocks now,
             spare = min((s for s in self._slots if s.idle and s is not slot), key=lambda s: s.last_used, default=None)
@@ -220,23 +211,31 @@ class Scheduler:
         self.tokens_refreshed += rows
 
     def _decode_rows(self, rows: list[Slot], out: list[tuple[Job, Chunk]]) -> None:
-        """Decode each slot's sampled token (a lone slot's with its drafts); keep the drafts its sampler agrees with.
-        Beside others no slot drafts (each would decode as many rows: on 4 streams one stream's 8 drafts cost 32
-        rows), so a call is one micro-batch of one row per sequence, in calls of equal size within ``row_limit``
-        (:attr:`Model.row_limit`); a lone row past 256 cells, on one thread."""
+        """Decode each slot's sampled token (a lone slot's with its drafts, or a filler); keep the drafts its sampler
+        agrees with. Beside others no slot drafts (on 4 streams one stream's 8 drafts would cost 32 rows): a call
+        is one row per sequence, in calls of equal size within ``row_limit`` (:attr:`Model.row_limit`)."""
         batch, limit = self._batch, self.row_limit or self._batch.capacity
         fit = min(limit, self.ctx.n_ctx_seq - len(rows[0].cache)) - 1  # in a call and in the context
-        drafts = step_drafts(rows[0].drafter, rows[0].draft_k, rows[0].generated, fit) if len(rows) == 1 else []
+        lone = rows[0].drafter if len(rows) == 1 else None
+        drafts = step_drafts(lone, rows[0].draft_k, rows[0].generated, fit) if lone else []
+        at = rows[0].pos(len(rows[0].cache))  # a lone row on fewer threads than the governor's: a split KV
+        few = self.lone_row_threads is not None and self.lone_row_threads < self.governor.threads
+        alone = few and lone is not None and not drafts and fit > 0 and self.ctx.splits_lone_row(at)
+        filler = alone and self.company.wanted()  # a filler draft, for the governor's threads
+        drafts = lone.filler() if filler and lone else drafts
+        start = time.perf_counter()
         for call in calls(rows, limit):
             batch.clear()
             for slot in call:
                 assert slot.next_token is not None
                 slot.logit_index = batch.add(slot.next_token, slot.pos(len(slot.cache)), slot.seq, True)
             for i, token in enumerate(drafts):
-                batch.add(token, rows[0].pos(len(rows[0].cache)) + 1 + i, rows[0].seq, True)
+                batch.add(token, at + 1 + i, rows[0].seq, True)
             self._decode(batch)
             for slot in call:
                 self._accept(slot, drafts, out)
+        if alone:
+            self.company.observe(filler, time.perf_counter() - start)
 
     def _accept(self, slot: Slot, drafts: list[int], out: list[tuple[Job, Chunk]]) -> None:
         """Sample the slot's rows in order while each sample equals the token decoded after it."""

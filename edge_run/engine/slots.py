@@ -29,11 +29,13 @@ __all__ = [
     "count_runs",
     "cut_below",
     "final_block",
+    "most_stale",
     "next_block",
     "next_cut",
     "pick_slot",
     "plan_moves",
     "reusable",
+    "stale_tokens",
 ]
 
 # Below this many tokens of extra prefix, re-evaluating them costs less than copying a slot's KV stream.
@@ -226,3 +228,15 @@ def reusable(slot: Slot, prompt: list[int], block: int, whole: Whole = ()) -> in
         return len(prompt)
     shared = cut_below(_common_prefix(slot.cache, prompt), block, whole)
     return min(shared, slot.exact, final_block(len(prompt), block, whole))
+
+
+def most_stale(slots: list[Slot], block: int) -> Slot | None:
+    """The most recently used idle slot that has a whole block to compute again, if any."""
+    found = (s for s in slots if s.idle and len(s.stale) >= s.refresh_rows(block))
+    return max(found, key=lambda s: s.last_used, default=None)
+
+
+def stale_tokens(slots: list[Slot], block: int) -> int:
+    """Tokens of finished answers still to compute again as whole blocks (background work of an idle engine)."""
+    ends = ((s, cut_below(s.exact + len(s.stale), block, s.whole)) for s in slots if s.idle and s.stale)
+    return sum(max(0, end - s.exact) for s, end in ends)

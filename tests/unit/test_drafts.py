@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge_run.engine.drafts import COPY_RUN, RETRY_EVERY, Drafter, next_k, step_drafts
+from edge_run.engine.drafts import COPY_RUN, KEPT, RETRY_EVERY, TRY_EVERY, Company, Drafter, next_k, step_drafts
 
 
 def test_drafts_continue_the_latest_earlier_occurrence_of_the_last_four_tokens() -> None:
@@ -55,3 +55,33 @@ def test_a_copy_under_way_drafts_all_it_may_even_after_failures() -> None:
     assert step_drafts(four, 0, RETRY_EVERY, fit=16) == [7]
     assert step_drafts(four, 2, 5, fit=16) == [7, 0]
     assert step_drafts(None, 8, 5, fit=16) == []
+
+
+def test_a_filler_is_the_usual_draft_else_the_last_token_again() -> None:
+    d = Drafter([5, 6, 7, 8, 0, 7], most=8)
+    d.push(8)
+    assert d.filler() == [0]
+    assert Drafter([1, 2, 3], most=8).filler() == [3]
+    assert Drafter([], most=8).filler() == []
+
+
+def test_company_tries_both_ways_then_takes_the_faster_and_tries_the_other_now_and_then() -> None:
+    company, ways = Company(), []
+    for _ in range(3 * TRY_EVERY):
+        filler = company.wanted()
+        ways.append(filler)
+        company.observe(filler, 0.020 if filler else 0.030)  # the filler's steps are faster
+    assert ways[:2] == [True, False]  # each way untried at first
+    assert ways[2:] == [(i + 3) % TRY_EVERY != 0 for i in range(len(ways) - 2)]  # the other way once in TRY_EVERY
+    for _ in range(KEPT):  # the machine changes: alone is faster now
+        company.observe(True, 0.050)
+    assert company.wanted() is False
+
+
+def test_company_judges_by_the_median_of_its_latest_steps() -> None:
+    company = Company()
+    for seconds in (0.030, 0.030, 0.030):
+        company.observe(False, seconds)
+    for seconds in (0.020, 0.200, 0.020):  # one slow step (the governor trying one thread) is not the rule
+        company.observe(True, seconds)
+    assert company.wanted() is True

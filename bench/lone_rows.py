@@ -1,0 +1,63 @@
+"""Probe: what one generated row costs alone on one thread (edge-run's way past 256 cells), alone on two (split
+KV: answers would depend on the thread count), and with one filler row beside it on two threads (no split).
+
+    flock /tmp/edge-run-cpu.lock .venv/bin/python bench/lone_rows.py [--model FILE] [--kv 1000] [--steps 64]
+
+Prefills ``--kv`` tokens through the engine's llama adapter, then times ``--steps`` steps at the next position
+(each step's rows removed again) in each way, alternating, and prints the median step beside the lone row on
+one thread. A filler row costs what a draft that fails costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from edge_run.engine.llama.context import Batch, Context
+from edge_run.engine.llama.model import Model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import cpu_model
+
+WAYS = (("lone row, 1 thread", 1, 1), ("lone row, 2 threads", 1, 2), ("row + filler, 2 threads", 2, 2))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=Path.home() / ".cache/edge-run-tests/SmolLM2-135M-Instruct.Q4_1.gguf")
+    ap.add_argument("--kv", type=int, default=1000, help="tokens in the KV before the timed steps")
+    ap.add_argument("--steps", type=int, default=64)
+    args = ap.parse_args()
+    model = Model(args.model, gpu_layers=0)
+    rng = random.Random(3)
+    toks = [rng.randrange(100, 20000) for _ in range(args.kv + 2)]
+    ctx = Context(model, n_seq=1, n_ctx_seq=args.kv + 512, n_batch=512, threads=2)
+    batch = Batch(512)
+    for s in range(0, args.kv, 256):
+        batch.fill(toks[s : min(s + 256, args.kv)], s, 0, last_logits=True)
+        ctx.decode(batch)
+    times: dict[str, list[float]] = {name: [] for name, _, _ in WAYS}
+    for _ in range(args.steps):
+        for name, rows, threads in WAYS:
+            ctx.set_threads(threads)
+            batch.clear()
+            for i in range(rows):
+                batch.add(toks[args.kv + i], args.kv + i, 0, True)
+            start = time.perf_counter()
+            ctx.decode(batch)
+            times[name].append(time.perf_counter() - start)
+            ctx.seq_rm(0, args.kv, -1)
+    print(cpu_model())
+    print(f"{args.model.name}: one step at {args.kv} KV tokens, median of {args.steps}")
+    base = statistics.median(times[WAYS[0][0]])
+    for name, _, _ in WAYS:
+        ms = statistics.median(times[name]) * 1000
+        print(f"{name:26s} {ms:7.2f} ms  {base * 1000 / ms:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
