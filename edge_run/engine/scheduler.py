@@ -216,13 +216,13 @@ class Scheduler:
         is one row per sequence, in calls of equal size within ``row_limit`` (:attr:`Model.row_limit`)."""
         batch, limit = self._batch, self.row_limit or self._batch.capacity
         fit = min(limit, self.ctx.n_ctx_seq - len(rows[0].cache)) - 1  # in a call and in the context
-        lone = rows[0].drafter if len(rows) == 1 else None
-        drafts = step_drafts(lone, rows[0].draft_k, rows[0].generated, fit) if lone else []
+        drafter = rows[0].drafter if len(rows) == 1 else None  # only a slot generating alone drafts
+        drafts = step_drafts(drafter, rows[0].draft_k, rows[0].generated, fit) if drafter else []
         at = rows[0].pos(len(rows[0].cache))  # a lone row on fewer threads than the governor's: a split KV
         few = self.lone_row_threads is not None and self.lone_row_threads < self.governor.threads
-        alone = few and lone is not None and not drafts and fit > 0 and self.ctx.splits_lone_row(at)
+        alone = few and drafter is not None and not drafts and fit > 0 and self.ctx.splits_lone_row(at)
         filler = alone and self.company.wanted()  # a filler draft, for the governor's threads
-        drafts = lone.filler() if filler and lone else drafts
+        drafts = drafter.filler() if filler and drafter else drafts
         start = time.perf_counter()
         for call in calls(rows, limit):
             batch.clear()
