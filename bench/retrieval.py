@@ -98,13 +98,37 @@ def start_edge_run(model_id: str, path: Path, threads: int, *extra: str) -> Serv
 
 
 def start_peer(binary: Path, kind: str, path: Path, threads: int, tuned: str) -> Server:
-    port = _free_port()
-    flags = ["-m", str(path), "--alias", kind, "--host", "127.0.0.1", "--port", str(port), "-t", str(threads),
-             "--no-webui", *MODE[kind], *tuned.split()]  # fmt: skip
-    proc = subprocess.Popen([str(binary), *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, 120, proc)
-    return Server(f"llama-server {tuned or 'defaults'}", url, kind, proc, "llama-server " + " ".join(flags[4:]))
+    """llama-server serving ``path`` as ``kind`` with ``tuned``; where that load dies at its warm-up or first request
+    (on an AMX CPU, llama.cpp's AMX buffers crash a quantized model's first decode), with ``--no-repack`` added."""
+    for load in ([], ["--no-repack"]):
+        last = bool(load) or "--no-repack" in tuned
+        port = _free_port()
+        flags = ["-m", str(path), "--alias", kind, "--host", "127.0.0.1", "--port", str(port), "-t", str(threads),
+                 "--no-webui", *MODE[kind], *tuned.split(), *load]  # fmt: skip
+        proc = subprocess.Popen([str(binary), *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(url, 120, proc)
+        except RuntimeError:
+            if last:
+                raise
+            continue
+        if last or _serves(url, kind):
+            return Server(f"llama-server {tuned or 'defaults'}", url, kind, proc, "llama-server " + " ".join(flags[4:]))
+        stop_process(proc)
+    raise AssertionError("unreachable: the second load returns or raises")
+
+
+def _serves(url: str, kind: str) -> bool:
+    """Whether a llama-server answers a first request of two inputs (and is still running)."""
+    body: dict = {"model": kind, "input": ["the cat sat on the mat", "hello world"]}
+    if kind == "rerank":
+        body = {"model": kind, "query": "a cat", "documents": ["the cat sat on the mat", "hello world"]}
+    route = "rerank" if kind == "rerank" else "embeddings"
+    try:
+        return httpx.post(f"{url}/v1/{route}", json=body, timeout=60).is_success
+    except httpx.HTTPError:
+        return False
 
 
 def ensure_models(folder: Path | None) -> dict[str, Path]:
