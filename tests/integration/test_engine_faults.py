@@ -107,10 +107,8 @@ def test_a_failed_step_leaves_the_waiting_requests_to_run(model_path: Path, monk
     asyncio.run(go())
 
 
-def test_models_load_without_llama_cpp_s_extra_cpu_buffer_types(model_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """edge-run's own choice (README, "The same request gives the same answer"): weights are never repacked
-    or put in AMX buffers. Repacking changes a token's logits with its neighbours, and on Intel CPUs with AMX
-    the vendored llama.cpp's extra buffer types crash ``llama_decode`` on any prompt of two or more tokens."""
+def extra_buffer_types_seen(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Each model load's ``use_extra_bufts`` from now on, in order (the loads go on as before)."""
     seen: list[bool] = []
     real_load = llama_model.L.llama_model_load_from_file
 
@@ -119,6 +117,14 @@ def test_models_load_without_llama_cpp_s_extra_cpu_buffer_types(model_path: Path
         return real_load(path, params)
 
     monkeypatch.setattr(llama_model.L, "llama_model_load_from_file", load)
+    return seen
+
+
+def test_models_load_without_llama_cpp_s_extra_cpu_buffer_types(model_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """edge-run's own choice (README, "The same request gives the same answer"): a chat model's weights are never
+    repacked or put in AMX buffers. Repacking changes a token's logits with its neighbours, and on Intel CPUs with
+    AMX the vendored llama.cpp's extra buffer types crash ``llama_decode`` on any prompt of two or more tokens."""
+    seen = extra_buffer_types_seen(monkeypatch)
 
     async def go() -> tuple[int, str]:
         options = EngineOptions(ctx=512, threads=1, gpu_layers=0, slots=1, max_queue=1, batch=64)
@@ -143,14 +149,7 @@ def test_an_embedder_repacks_its_weights_but_never_into_amx_buffers(
     include AMX's: on an Intel Xeon with AMX, its kernels crashed the first ``llama_decode`` of two tokens or more,
     so the embedding tests' server died. Only the load is checked here: decoding from AMX buffers would crash
     this test on such a CPU (``test_retrieval.py`` embeds with the real setting)."""
-    seen: list[bool] = []
-    real_load = llama_model.L.llama_model_load_from_file
-
-    def load(path: bytes, params: object) -> object:
-        seen.append(bool(params.use_extra_bufts))  # type: ignore[attr-defined]
-        return real_load(path, params)
-
-    monkeypatch.setattr(llama_model.L, "llama_model_load_from_file", load)
+    seen = extra_buffer_types_seen(monkeypatch)
     monkeypatch.setattr(llama_model, "amx_built", lambda: amx)
 
     async def go() -> None:
