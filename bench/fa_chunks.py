@@ -45,6 +45,19 @@ def tiles(rows: int, heads: int, threads: int) -> int:
     return count
 
 
+def prefilled(model: Model, kv: int, seed: int) -> tuple[Context, Batch, list[int]]:
+    """A 2-thread context of one sequence, ``kv + 1024`` cells, holding ``kv`` random tokens; its batch of 512 rows; and
+    ``kv + 512`` tokens, the first ``kv`` of them those in the KV."""
+    rng = random.Random(seed)
+    toks = [rng.randrange(100, 20000) for _ in range(kv + 512)]
+    ctx = Context(model, n_seq=1, n_ctx_seq=kv + 1024, n_batch=512, threads=2)
+    batch = Batch(512)
+    for s in range(0, kv, 512):
+        batch.fill(toks[s : min(s + 512, kv)], s, 0, last_logits=False)
+        ctx.decode(batch)
+    return ctx, batch, toks
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=Path.home() / ".cache/edge-run-tests/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -53,13 +66,7 @@ def main() -> None:
     args = ap.parse_args()
     model = Model(args.model, gpu_layers=0)
     heads = int(model.meta(f"{model.meta('general.architecture')}.attention.head_count") or 0)
-    rng = random.Random(2)
-    toks = [rng.randrange(100, 20000) for _ in range(args.kv + 512)]
-    ctx = Context(model, n_seq=1, n_ctx_seq=args.kv + 1024, n_batch=512, threads=2)
-    batch = Batch(512)
-    for s in range(0, args.kv, 512):
-        batch.fill(toks[s : min(s + 512, args.kv)], s, 0, last_logits=False)
-        ctx.decode(batch)
+    ctx, batch, toks = prefilled(model, args.kv, seed=2)
     times: dict[tuple[int, int], list[float]] = {}
     for _ in range(args.rounds):
         for threads in (1, 2):

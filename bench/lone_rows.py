@@ -11,16 +11,15 @@ one thread. A filler row costs what a draft that fails costs.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from edge_run.engine.llama.context import Batch, Context
 from edge_run.engine.llama.model import Model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fa_chunks import prefilled
 from peers import cpu_model
 
 WAYS = (("lone row, 1 thread", 1, 1), ("lone row, 2 threads", 1, 2), ("row + filler, 2 threads", 2, 2))
@@ -33,13 +32,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=64)
     args = ap.parse_args()
     model = Model(args.model, gpu_layers=0)
-    rng = random.Random(3)
-    toks = [rng.randrange(100, 20000) for _ in range(args.kv + 2)]
-    ctx = Context(model, n_seq=1, n_ctx_seq=args.kv + 512, n_batch=512, threads=2)
-    batch = Batch(512)
-    for s in range(0, args.kv, 256):
-        batch.fill(toks[s : min(s + 256, args.kv)], s, 0, last_logits=True)
-        ctx.decode(batch)
+    ctx, batch, toks = prefilled(model, args.kv, seed=3)
     times: dict[str, list[float]] = {name: [] for name, _, _ in WAYS}
     for _ in range(args.steps):
         for name, rows, threads in WAYS:
