@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from tests.payloads import NO_EOS
 from tests.support import Server, run_cli, set_up, start_server, usage_by, wait_for
 
 pytestmark = pytest.mark.integration
@@ -119,8 +120,9 @@ def test_tpm_counts_streamed_tokens(server: Server):
     key = new_key(server, "streamer", "--tpm", "60")
     client = openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0, timeout=120)
     story = [{"role": "user", "content": "Tell me a very long story about a lighthouse keeper."}]
-    stream = client.chat.completions.create(
-        model="acme/one", messages=story, max_tokens=80, stream=True, stream_options={"include_usage": True}
+    stream = client.chat.completions.create(  # EOS banned: a sampled story may end before the limit (19 tokens once)
+        model="acme/one", messages=story, max_tokens=80, stream=True, stream_options={"include_usage": True},
+        logit_bias=NO_EOS,
     )
     used = None
     for chunk in stream:  # never cut off mid-answer: the limit refuses the next request
