@@ -11,10 +11,10 @@ rests on the order of computation: every KV position is computed by the same ``l
 
 - A prompt is cut into blocks at multiples of ``block`` (below it, of an eighth of it), the remainder in the
   final block (:func:`~edge_run.engine.slots.next_block`; never inside an image whose rows attend to each other,
-  :data:`~edge_run.engine.slots.Whole`), each block a ``llama_decode`` of its own. Only whole
-  blocks before a request's final block are reused (a slot's ``exact``): a longer prompt computes
-  exactly those blocks the same way. The same prompt again reuses all of it, with the logits of its
-  last row, kept (:mod:`edge_run.engine.prefix`).
+  :data:`~edge_run.engine.slots.Whole`), each block a ``llama_decode`` of its own, but blocks of 64 rows or more
+  share one (:func:`~edge_run.engine.slots.call_end`). Only whole blocks before a request's final block are reused
+  (a slot's ``exact``): a longer prompt computes exactly those blocks the same way. The same prompt again
+  reuses all of it, with the logits of its last row, kept (:mod:`edge_run.engine.prefix`).
 - Generated tokens are decoded one row per slot, a slot generating alone with its drafts
   (:mod:`edge_run.engine.drafts`); past 256 KV cells (where flash attention would split a lone row's KV
   between threads) a lone row runs on one thread, or with a filler draft, computing what a row among others
@@ -38,7 +38,7 @@ from edge_run.engine.gather import gather
 from edge_run.engine.media import rows_at, runs, unencoded
 from edge_run.engine.output import token_chunk
 from edge_run.engine.prefix import take_prefix
-from edge_run.engine.slots import Slot, calls, most_stale, next_block, pick_slot, stale_tokens
+from edge_run.engine.slots import Slot, call_end, calls, final_block, most_stale, pick_slot, stale_tokens
 from edge_run.engine.text import TextStream
 from edge_run.engine.threads import CoreShare, ThreadGovernor
 from edge_run.engine.types import Chunk
@@ -145,8 +145,8 @@ class Scheduler:
             self._refresh()
 
     def _prefill(self, slot: Slot, budget: int, out: list[tuple[Job, Chunk]]) -> int:
-        """Compute the slot's next prompt blocks within ``budget`` rows (one at least); the final block's
-        last row gives the first token. Returns the rows used."""
+        """Compute the slot's next prompt blocks within ``budget`` rows (one at least); the final block's last row
+        gives the first token. Returns the rows used."""
         job = slot.job
         assert job is not None
         n, used = len(job.prompt), 0
@@ -154,7 +154,7 @@ class Scheduler:
             self._sample(slot, out)
         while slot.n_prompt_done < n:
             start = slot.n_prompt_done
-            end = next_block(start, n, self.block, job.whole)
+            end = call_end(start, n, self.block, 0 if job.media else budget - used, job.whole)  # media: runs apart
             if used and used + end - start > budget:
                 break
             if (span := unencoded(slot.media, start, end)) is not None:  # beside the engine while others generate
@@ -162,7 +162,8 @@ class Scheduler:
                 if not self.encoder.ready(span, self.governor.threads, others):
                     break
                 continue
-            slot.logit_index = self._decode_block(slot, job.prompt[start:end], final=end == n)
+            kept = min(end, final_block(n, self.block, job.whole)) - start  # rows in whole blocks, reused
+            slot.logit_index = self._decode_block(slot, job.prompt[start:end], kept, final=end == n)
             slot.n_prompt_done = end
             used += end - start
             if end == n:
@@ -172,9 +173,9 @@ class Scheduler:
         self.prompt_tokens_evaluated += used
         return used
 
-    def _decode_block(self, slot: Slot, tokens: list[int], *, final: bool) -> int:
+    def _decode_block(self, slot: Slot, tokens: list[int], whole: int, *, final: bool) -> int:
         """Decode ``tokens`` after the slot's cache, in a ``llama_decode`` of their own (one per run of text and of
-        media rows); a block that is not its prompt's final one extends the reusable ``exact`` part. Returns the
+        media rows); their first ``whole`` rows, whole blocks, extend the reusable ``exact`` part. Returns the
         last row's index in the last batch decoded."""
         start = len(slot.cache)
         batch: Batch | EmbdBatch = self._batch
@@ -188,8 +189,8 @@ class Scheduler:
             causal = all(s.causal for s in slot.media if s.start == start + a)  # Gemma 3: a whole span is a run
             self._decode(batch, per=self.block, causal=causal)  # a final block counts as whole blocks
         slot.cache += tokens
-        if not final and slot.exact == start:
-            slot.exact = len(slot.cache)
+        if slot.exact == start:
+            slot.exact = start + whole
         return batch.n - 1
 
     def _refresh(self) -> None:
@@ -206,7 +207,7 @@ class Scheduler:
             del slot.cache[slot.exact :]
             slot.final_logits = None
         rows = slot.refresh_rows(self.block)
-        self._decode_block(slot, slot.stale[:rows], final=False)
+        self._decode_block(slot, slot.stale[:rows], rows, final=False)
         del slot.stale[:rows]
         self.tokens_refreshed += rows
 

@@ -25,6 +25,7 @@ __all__ = [
     "Job",
     "Slot",
     "Whole",
+    "call_end",
     "calls",
     "count_runs",
     "cut_below",
@@ -40,6 +41,10 @@ __all__ = [
 
 # Below this many tokens of extra prefix, re-evaluating them costs less than copying a slot's KV stream.
 COPY_GAIN = 16
+
+# Flash attention's Q tile on the CPU (ggml-cpu's GGML_FA_TILE_Q): a call of this many rows of a sequence or more takes
+# the tiled kernels, and computes each row alike whatever the call's width and start (``test_thread_switch.py``)
+TILE = 64
 
 # Rows ``(start, end)`` of a prompt that one ``llama_decode`` must hold whole: an image whose rows attend to each
 # other (Gemma 3). A block boundary that falls inside one moves to its end.
@@ -209,6 +214,19 @@ def final_block(n: int, block: int, whole: Whole = ()) -> int:
 def next_block(done: int, n: int, block: int, whole: Whole = ()) -> int:
     """Where the block that starts at ``done`` of an ``n``-token prompt ends."""
     return next_cut(done, block, whole) if done < final_block(n, block, whole) else n
+
+
+def call_end(done: int, n: int, block: int, room: int, whole: Whole = ()) -> int:
+    """Where the ``llama_decode`` that computes an ``n``-token prompt from ``done`` ends: its block, and the blocks
+    after it while each has ``TILE`` rows or more and the call ``room`` rows at most. Such blocks compute alike in
+    one call or in several, and a wide call runs faster: flash attention's tiles are whole (bench/README.md)."""
+    end = next_block(done, n, block, whole)
+    while end < n and end - done >= TILE:
+        after = next_block(end, n, block, whole)
+        if after - end < TILE or after - done > room:
+            break
+        end = after
+    return end
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

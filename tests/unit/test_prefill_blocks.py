@@ -10,7 +10,7 @@ from itertools import pairwise
 import pytest
 
 from edge_run.engine.scheduler import REFRESH_AFTER, Scheduler
-from edge_run.engine.slots import Slot, final_block, next_block, reusable
+from edge_run.engine.slots import Slot, call_end, final_block, next_block, reusable
 from edge_run.engine.threads import CoreShare
 
 
@@ -53,6 +53,36 @@ def test_every_block_but_the_final_one_is_a_whole_block_at_an_aligned_start() ->
         assert cut[-1][0] == final_block(n, 64) and cut[-1][1] == n
         assert all(a % (b - a) == 0 and b - a == (64 if a >= 64 else 8) for a, b in cut[:-1])
         assert n < 128 or 64 <= cut[-1][1] - cut[-1][0] <= 127
+
+
+@pytest.mark.parametrize(
+    ("done", "n", "room", "end"),
+    [
+        (0, 3000, 512, 8),  # the first blocks, of 8 rows, take calls of their own
+        (56, 127, 512, 127),  # a final block of 71 rows
+        (64, 3000, 512, 576),  # eight blocks of 64
+        (64, 3000, 100, 128),  # one block fills the room
+        (64, 3000, 0, 128),  # one block at least
+        (64, 200, 512, 200),  # the final block joins the call
+        (2944, 3000, 512, 3000),
+        (128, 650, 512, 576),  # the final block (576 to 650) would pass the room
+    ],
+)
+def test_blocks_of_64_rows_or_more_share_a_call_within_the_room(done: int, n: int, room: int, end: int) -> None:
+    assert call_end(done, n, 64, room) == end
+
+
+def test_a_call_of_several_blocks_ends_at_their_cuts() -> None:
+    for n in range(1, 700):
+        cuts = {b for _, b in blocks(n, 64)}
+        at = 0
+        while at < n:
+            at = call_end(at, n, 64, 300)
+            assert at in cuts
+
+
+def test_small_blocks_never_share_a_call() -> None:
+    assert [call_end(a, 400, 16, 512) - a for a in (0, 16, 32, 384)] == [2, 16, 16, 16]
 
 
 def test_a_longer_prompt_computes_the_shorter_ones_reusable_blocks_the_same_way() -> None:
