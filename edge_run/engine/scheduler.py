@@ -55,9 +55,7 @@ __all__ = ["PREFILL_BLOCK", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
-# Prompt blocks: 64 rows and more take flash attention's tiled kernel (a 3,000-token prompt in 63-token
-# chunks took 3.7 times as long), and a new turn computes one final block (64 to 127 tokens) again.
-PREFILL_BLOCK = 64
+PREFILL_BLOCK = 64  # slots.TILE: blocks of 64 rows share calls; a new turn computes a final block (64-127) again
 # The idle refresh starts this long after the latest answer ended: a request sent at once does not wait behind
 # one of its blocks (~250 ms for 64 rows on 2 cores), and a person's next turn, seconds later, finds it done.
 REFRESH_AFTER = 0.5
@@ -154,7 +152,9 @@ class Scheduler:
             self._sample(slot, out)
         while slot.n_prompt_done < n:
             start = slot.n_prompt_done
-            end = call_end(start, n, self.block, 0 if job.media else budget - used, job.whole)  # media: runs apart
+            # one block alone when it has media rows (runs apart) or when the governor tries other threads on it
+            trying = self.governor.for_step(self.block) != self.governor.threads
+            end = call_end(start, n, self.block, 0 if job.media or trying else budget - used, job.whole)
             if used and used + end - start > budget:
                 break
             if (span := unencoded(slot.media, start, end)) is not None:  # beside the engine while others generate
