@@ -38,7 +38,7 @@ from edge_run.engine.gather import gather
 from edge_run.engine.media import rows_at, runs, unencoded
 from edge_run.engine.output import token_chunk
 from edge_run.engine.prefix import take_prefix
-from edge_run.engine.slots import Slot, call_end, calls, final_block, most_stale, pick_slot, stale_tokens
+from edge_run.engine.slots import Slot, call_end, calls, final_block, free_cut, most_stale, pick_slot, stale_tokens
 from edge_run.engine.text import TextStream
 from edge_run.engine.threads import CoreShare, ThreadGovernor
 from edge_run.engine.types import Chunk
@@ -150,11 +150,11 @@ class Scheduler:
         n, used = len(job.prompt), 0
         if slot.replay is not None:  # the same prompt again: its last row's logits are kept
             self._sample(slot, out)
+        free = free_cut(job.prompt, self.block)
         while slot.n_prompt_done < n:
             start = slot.n_prompt_done
-            # one block alone when it has media rows (runs apart) or when the governor tries other threads on it
-            trying = self.governor.for_step(self.block) != self.governor.threads
-            end = call_end(start, n, self.block, 0 if job.media or trying else budget - used, job.whole)
+            trying = self.governor.for_step(self.block) != self.governor.threads  # a try, or media: one block
+            end = call_end(start, n, self.block, 0 if job.media or trying else budget - used, job.whole, free=free)
             if used and used + end - start > budget:
                 break
             if (span := unencoded(slot.media, start, end)) is not None:  # beside the engine while others generate
@@ -162,7 +162,7 @@ class Scheduler:
                 if not self.encoder.ready(span, self.governor.threads, others):
                     break
                 continue
-            kept = min(end, final_block(n, self.block, job.whole)) - start  # rows in whole blocks, reused
+            kept = (end if free else min(end, final_block(n, self.block, job.whole))) - start  # rows reused later
             slot.logit_index = self._decode_block(slot, job.prompt[start:end], kept, final=end == n)
             slot.n_prompt_done = end
             used += end - start

@@ -30,6 +30,7 @@ __all__ = [
     "count_runs",
     "cut_below",
     "final_block",
+    "free_cut",
     "most_stale",
     "next_block",
     "next_cut",
@@ -126,9 +127,22 @@ class Slot:
         """The KV position of ``cache`` row ``i``: media rows may take fewer positions than rows (M-RoPE)."""
         return position(self.media, i)
 
+    def _free(self, block: int) -> bool:
+        """Whether the stale tokens may be computed again in calls that start and end anywhere (:func:`free_cut`)."""
+        return not self.media and self.exact >= TILE and block >= TILE
+
     def refresh_rows(self, block: int) -> int:
-        """The rows of the next whole block past ``exact``, where the stale tokens start."""
-        return next_cut(self.exact, block, self.whole) - self.exact
+        """The rows of the next refresh call past ``exact``, where the stale tokens start: the next whole block, or
+        in a free cut ``TILE`` rows (all of them below ``2 * TILE``)."""
+        if not self._free(block):
+            return next_cut(self.exact, block, self.whole) - self.exact
+        return len(self.stale) if TILE <= len(self.stale) < 2 * TILE else TILE
+
+    def refreshable(self, block: int) -> int:
+        """The stale tokens that the refresh will compute: whole blocks, or in a free cut all once ``TILE`` or more."""
+        if not self._free(block):
+            return max(0, cut_below(self.exact + len(self.stale), block, self.whole) - self.exact)
+        return len(self.stale) if len(self.stale) >= TILE else 0
 
 
 def calls(rows: list[Slot], limit: int) -> list[list[Slot]]:
@@ -216,10 +230,25 @@ def next_block(done: int, n: int, block: int, whole: Whole = ()) -> int:
     return next_cut(done, block, whole) if done < final_block(n, block, whole) else n
 
 
-def call_end(done: int, n: int, block: int, room: int, whole: Whole = ()) -> int:
+def free_cut(prompt: list[int], block: int) -> bool:
+    """Whether a prompt's calls may start and end anywhere from ``TILE`` on (each of ``TILE`` rows or more): text
+    only, and its final block starts there, so all its rows below are whole blocks. Rows computed so compute
+    alike whatever the calls, so all of them are reused (:func:`reusable`)."""
+    return block >= TILE and final_block(len(prompt), block) >= TILE and min(prompt, default=0) >= 0
+
+
+def call_end(done: int, n: int, block: int, room: int, whole: Whole = (), *, free: bool = False) -> int:
     """Where the ``llama_decode`` that computes an ``n``-token prompt from ``done`` ends: its block, and the blocks
     after it while each has ``TILE`` rows or more and the call ``room`` rows at most. Such blocks compute alike in
-    one call or in several, and a wide call runs faster: flash attention's tiles are whole (bench/README.md)."""
+    one call or in several, and a wide call runs faster: flash attention's tiles are whole (bench/README.md).
+    A ``free`` cut (:func:`free_cut`) from ``TILE`` on takes ``room`` rows (``TILE`` at least) wherever they end,
+    but never leaves fewer than ``TILE`` rows for the next call."""
+    if free and done >= TILE:
+        rows = min(n - done, max(room, TILE))
+        short = TILE - (n - done - rows)  # the rows the next call lacks, if any
+        if 0 < short < TILE:
+            rows = rows - short if rows - short >= TILE else n - done
+        return done + rows
     end = next_block(done, n, block, whole)
     while end < n and end - done >= TILE:
         after = next_block(end, n, block, whole)
@@ -241,11 +270,15 @@ def reusable(slot: Slot, prompt: list[int], block: int, whole: Whole = ()) -> in
     """How many leading tokens of ``prompt`` the slot's KV can give: whole blocks that it computed as blocks
     (``exact``), that ``prompt`` shares, and that come before ``prompt``'s final block, which a cold
     request would compute as a block of another width. ``whole`` is ``prompt``'s (the shared rows' spans are
-    the same in both)."""
+    the same in both). A prompt of :func:`free_cut` takes every shared ``exact`` row of a slot without media, but
+    its last ``TILE``: a cold one computes those rows in calls of ``TILE`` rows or more too."""
     if slot.final_logits is not None and slot.cache == prompt:  # the same prompt again, as a cold one computed it
         return len(prompt)
-    shared = cut_below(_common_prefix(slot.cache, prompt), block, whole)
-    return min(shared, slot.exact, final_block(len(prompt), block, whole))
+    common = _common_prefix(slot.cache, prompt)
+    free = min(common, slot.exact, len(prompt) - TILE)
+    if free >= TILE and not slot.media and not whole and free_cut(prompt, block):
+        return free
+    return min(cut_below(common, block, whole), slot.exact, final_block(len(prompt), block, whole))
 
 
 def most_stale(slots: list[Slot], block: int) -> Slot | None:
@@ -255,6 +288,5 @@ def most_stale(slots: list[Slot], block: int) -> Slot | None:
 
 
 def stale_tokens(slots: list[Slot], block: int) -> int:
-    """Tokens of finished answers still to compute again as whole blocks (background work of an idle engine)."""
-    ends = ((s, cut_below(s.exact + len(s.stale), block, s.whole)) for s in slots if s.idle and s.stale)
-    return sum(max(0, end - s.exact) for s, end in ends)
+    """Tokens of finished answers still to compute again (background work of an idle engine)."""
+    return sum(s.refreshable(block) for s in slots if s.idle)

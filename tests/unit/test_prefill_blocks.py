@@ -10,7 +10,7 @@ from itertools import pairwise
 import pytest
 
 from edge_run.engine.scheduler import REFRESH_AFTER, Scheduler
-from edge_run.engine.slots import Slot, call_end, final_block, next_block, reusable
+from edge_run.engine.slots import Slot, call_end, final_block, free_cut, next_block, reusable
 from edge_run.engine.threads import CoreShare
 
 
@@ -92,15 +92,59 @@ def test_a_longer_prompt_computes_the_shorter_ones_reusable_blocks_the_same_way(
             assert set(blocks(reuse, 64)) <= set(blocks(long, 64)) if reuse else True
 
 
-def test_only_whole_shared_blocks_computed_as_blocks_before_the_final_one_are_reused() -> None:
-    prompt = list(range(300))
+def test_a_prompt_with_media_reuses_only_whole_shared_blocks_computed_as_blocks_before_its_final_one() -> None:
+    prompt = [*range(299), -1]  # an image's row at the end
     slot = Slot(seq=0, cache=list(range(290)), exact=256)
     assert reusable(slot, prompt, 64) == 192  # 300 tokens: the final block starts at 192
-    assert reusable(slot, prompt + [1] * 100, 64) == 256  # as far as the slot computed blocks
+    assert reusable(slot, [*prompt, *[1] * 100], 64) == 256  # as far as the slot computed blocks
     assert reusable(slot, [*range(130), -1, *range(131, 300)], 64) == 128  # they part inside the third block
     slot.exact = 64
     assert reusable(slot, prompt, 64) == 64
     assert reusable(Slot(seq=1), prompt, 64) == 0
+
+
+def test_a_text_prompt_of_two_blocks_or_more_reuses_every_shared_exact_row_but_its_last_64() -> None:
+    prompt = list(range(300))
+    slot = Slot(seq=0, cache=list(range(290)), exact=256)
+    assert reusable(slot, prompt, 64) == 236  # its last 64 rows are a call of their own, as in a cold prompt
+    assert reusable(slot, prompt + [1] * 100, 64) == 256  # as far as the slot computed whole rows
+    assert reusable(slot, [*range(130), -1, *range(131, 300)], 64) == 128  # with an image: whole blocks
+    assert reusable(slot, [*range(130), 7, *range(131, 300)], 64) == 130  # they part at 130
+    assert reusable(slot, list(range(100)), 64) == 56  # below 128 tokens: the final block starts at 56
+    slot.exact = 70
+    assert reusable(slot, prompt, 64) == 70
+    slot.exact = 40  # less than 64 rows: the whole blocks below 64 (of 8)
+    assert reusable(slot, prompt, 64) == 40
+    assert reusable(Slot(seq=1), prompt, 64) == 0
+    assert not free_cut(list(range(127)), 64) and free_cut(list(range(128)), 64) and not free_cut([-1] * 200, 64)
+    assert not free_cut(list(range(300)), 16)  # blocks narrower than flash attention's tile
+
+
+@pytest.mark.parametrize(
+    ("done", "n", "room", "end"),
+    [
+        (70, 3000, 512, 582),  # anywhere from 64 on
+        (70, 600, 512, 536),  # it leaves 64 rows for the next call
+        (70, 150, 512, 150),
+        (70, 180, 40, 180),  # 64 rows at least, and 110 cannot be two calls: one
+        (70, 200, 40, 134),  # 64 rows, which leave 66
+        (70, 200, 100, 136),  # 100 would leave 30: 66, which leave 64
+        (0, 3000, 512, 8),  # below 64: whole blocks of 8
+    ],
+)
+def test_a_free_cut_takes_the_room_but_never_leaves_fewer_than_64_rows(done: int, n: int, room: int, end: int):
+    assert call_end(done, n, 64, room, free=True) == end
+
+
+def test_a_free_slot_refreshes_its_answer_in_calls_of_64_rows_or_more() -> None:
+    slot = Slot(seq=0, cache=list(range(300)), exact=300, stale=list(range(63)))
+    assert slot.refreshable(64) == 0 and slot.refresh_rows(64) > len(slot.stale)  # less than 64: not worth it
+    slot.stale = list(range(100))
+    assert slot.refreshable(64) == 100 and slot.refresh_rows(64) == 100  # one call
+    slot.stale = list(range(200))
+    assert slot.refreshable(64) == 200 and slot.refresh_rows(64) == 64
+    slot.exact = 40  # below 64: whole blocks first (and counted as whole blocks until they reach 64)
+    assert slot.refresh_rows(64) == 8 and slot.refreshable(64) == 152
 
 
 def test_the_idle_refresh_waits_a_moment_after_the_latest_answer() -> None:
