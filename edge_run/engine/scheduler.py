@@ -7,14 +7,16 @@ the next token of every generating slot with its drafts, and samples.
 **The same request gives the same answer, cached or not.** llama.cpp's CPU kernels take other
 arithmetic by how many rows of a sequence a ``llama_decode`` holds (flash attention tiles from 64
 rows, and splits a lone row's KV between threads), enough to flip a greedy choice. So the guarantee
-rests on the order of computation: every KV position is computed by the same ``llama_decode`` calls.
+rests on the order of computation: every KV position is computed by the same kind of ``llama_decode`` call,
+a block of its own below 64 rows, or any call of 64 rows or more, which computes each row alike.
 
 - A prompt is cut into blocks at multiples of ``block`` (below it, of an eighth of it), the remainder in the
   final block (:func:`~edge_run.engine.slots.next_block`; never inside an image whose rows attend to each other,
   :data:`~edge_run.engine.slots.Whole`), each block a ``llama_decode`` of its own, but blocks of 64 rows or more
   share one (:func:`~edge_run.engine.slots.call_end`). Only whole blocks before a request's final block are reused
-  (a slot's ``exact``): a longer prompt computes exactly those blocks the same way. The same prompt again
-  reuses all of it, with the logits of its last row, kept (:mod:`edge_run.engine.prefix`).
+  (a slot's ``exact``): a longer prompt computes exactly those blocks the same way. A text prompt of two blocks
+  or more is cut freely from 64 on (:func:`~edge_run.engine.slots.free_cut`): it reuses every shared row but its
+  last 64. The same prompt again reuses all of it, with its last row's logits, kept (:mod:`edge_run.engine.prefix`).
 - Generated tokens are decoded one row per slot, a slot generating alone with its drafts
   (:mod:`edge_run.engine.drafts`); past 256 KV cells (where flash attention would split a lone row's KV
   between threads) a lone row runs on one thread, or with a filler draft, computing what a row among others
@@ -175,8 +177,7 @@ class Scheduler:
 
     def _decode_block(self, slot: Slot, tokens: list[int], whole: int, *, final: bool) -> int:
         """Decode ``tokens`` after the slot's cache, in a ``llama_decode`` of their own (one per run of text and of
-        media rows); their first ``whole`` rows, whole blocks, extend the reusable ``exact`` part. Returns the
-        last row's index in the last batch decoded."""
+        media rows); their first ``whole`` rows extend the reusable ``exact`` part. Returns the last row's index."""
         start = len(slot.cache)
         batch: Batch | EmbdBatch = self._batch
         for a, b, media in runs(tokens):
@@ -189,8 +190,7 @@ class Scheduler:
             causal = all(s.causal for s in slot.media if s.start == start + a)  # Gemma 3: a whole span is a run
             self._decode(batch, per=self.block, causal=causal)  # a final block counts as whole blocks
         slot.cache += tokens
-        if slot.exact == start:
-            slot.exact = start + whole
+        slot.exact = start + whole if slot.exact == start else slot.exact
         return batch.n - 1
 
     def _refresh(self) -> None:

@@ -152,7 +152,7 @@ def test_prompt_rows_compute_alike_in_any_call_of_64_rows_or_more(name: str, req
     tokens = model.tokenize("The river runs past the old mill and under the stone bridge. " * 60)[:700]
 
     def last_row(widths: list[int], threads: int) -> np.ndarray:
-        """The prompt's first 600 tokens in calls of ``widths`` rows, then a final call of 100; its last row's logits."""
+        """The first 600 tokens in calls of ``widths`` rows, then a final call of 100; its last row's logits."""
         ctx.seq_rm(0, 0, -1)
         ctx.set_threads(threads)
         start = 0
