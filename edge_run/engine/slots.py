@@ -3,6 +3,7 @@ slot, which prefix, which moves."""
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -43,9 +44,11 @@ __all__ = [
 # Below this many tokens of extra prefix, re-evaluating them costs less than copying a slot's KV stream.
 COPY_GAIN = 16
 
-# Flash attention's Q tile on the CPU (ggml-cpu's GGML_FA_TILE_Q): a call of this many rows of a sequence or more takes
-# the tiled kernels, and computes each row alike whatever the call's width and start (``test_thread_switch.py``)
-TILE = 64
+# Flash attention's Q tile on the CPU (ggml-cpu's GGML_FA_TILE_Q): on x86-64, a call of this many rows of a sequence
+# or more takes the tiled kernels and computes each row alike, whatever the call's width and start
+# (``test_thread_switch.py``). Not on ARM with i8mm: its matrix products take rows in pairs unless a call's row
+# count is odd (ggml-cpu.c, ``num_rows_per_vec_dot``). There every block is a call of its own, and no cut is free.
+TILE = 64 if platform.machine().lower() in {"x86_64", "amd64"} else 1 << 30
 
 # Rows ``(start, end)`` of a prompt that one ``llama_decode`` must hold whole: an image whose rows attend to each
 # other (Gemma 3). A block boundary that falls inside one moves to its end.

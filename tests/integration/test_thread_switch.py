@@ -19,6 +19,7 @@ import pytest
 
 from edge_run.engine.llama.context import Batch, Context
 from edge_run.engine.llama.model import Model
+from edge_run.engine.slots import TILE
 
 pytestmark = [pytest.mark.integration, pytest.mark.all_cores]  # rows on one thread and on two
 
@@ -140,6 +141,7 @@ def test_k_quant_rows_compute_alike_in_calls_within_the_models_row_limit(k_quant
         model.close()
 
 
+@pytest.mark.skipif(TILE != 64, reason="not x86-64: the engine does not rely on it here (slots.TILE)")
 @pytest.mark.parametrize("name", ["model_path", "k_quant_model_path"])
 def test_prompt_rows_compute_alike_in_any_call_of_64_rows_or_more(name: str, request: pytest.FixtureRequest) -> None:
     """Prompt blocks of 64 rows or more share one ``llama_decode`` (``slots.call_end``): flash attention's tiled
