@@ -147,29 +147,29 @@ def test_prompt_rows_compute_alike_in_any_call_of_64_rows_or_more(name: str, req
     """Prompt blocks of 64 rows or more share one ``llama_decode`` (``slots.call_end``): flash attention's tiled
     kernels, from 64 rows of a sequence, compute each row alike whatever the call's width and start, on 1 thread
     or 2. Cold and cached prompts then agree although a cached one starts its call elsewhere. Proven on a 2-vCPU
-    Xeon with AVX-512 and AMX (SmolLM2 Q4_1 and Gemma 3 270M Q4_K_M, 2,048 tokens in calls of 64 to 1,000 rows)."""
+    Xeon with AVX-512 and AMX (SmolLM2 Q4_1 and Gemma 3 270M Q4_K_M, 2,048 tokens in calls of 64 to 1,000 rows:
+    ``bench/call_widths.py``)."""
     model = Model(request.getfixturevalue(name), gpu_layers=0)
-    ctx = Context(model, n_seq=1, n_ctx_seq=1024, n_batch=512, threads=2)
-    batch = Batch(512)
-    tokens = model.tokenize("The river runs past the old mill and under the stone bridge. " * 60)[:700]
+    ctx = Context(model, n_seq=1, n_ctx_seq=256, n_batch=256, threads=2)
+    batch = Batch(256)
+    tokens = model.tokenize("The river runs past the old mill and under the stone bridge. " * 20)[:195]
 
     def last_row(widths: list[int], threads: int) -> np.ndarray:
-        """The first 600 tokens in calls of ``widths`` rows, then a final call of 100; its last row's logits."""
+        """The first 130 tokens in calls of ``widths`` rows, then a final call of 65; its last row's logits."""
         ctx.seq_rm(0, 0, -1)
         ctx.set_threads(threads)
         start = 0
-        for width in [*widths, 100]:
+        for width in [*widths, 65]:
             batch.fill(tokens[start : start + width], start, 0, last_logits=True)
             ctx.decode(batch)
             start += width
-        assert start == 700
-        return model_logits(ctx, model, 99)
+        assert start == 195
+        return model_logits(ctx, model, 64)
 
     try:
-        one_by_one = last_row([64] * 8 + [88], threads=2)
-        assert np.array_equal(one_by_one, last_row([512, 88], threads=2))
-        assert np.array_equal(one_by_one, last_row([192, 408], threads=2))
-        assert np.array_equal(one_by_one, last_row([64, 77, 459], threads=1))
+        two = last_row([65, 65], threads=2)
+        assert np.array_equal(two, last_row([130], threads=1))
+        assert np.array_equal(two, last_row([64, 66], threads=2))
     finally:
         batch.close()
         ctx.close()
