@@ -197,13 +197,13 @@ class Scheduler:
         """Compute the next block of an idle slot's finished answer, so that its next turn reuses it."""
         slot = most_stale(self._slots, self.block)
         assert slot is not None  # step refreshes only when refresh_in() is 0
-        if len(slot.cache) > slot.exact:  # a prompt's final block, kept for the same prompt: computed as blocks now,
+        if slot.final_logits is not None:  # a prompt kept with its last row's logits, for the same prompt again:
             spare = min((s for s in self._slots if s.idle and s is not slot), key=lambda s: s.last_used, default=None)
             if spare is not None:  # in the least recently used idle slot, if any: then both are kept
                 self.ctx.seq_cp(slot.seq, spare.seq)
                 spare.cache, spare.exact, spare.last_used = slot.cache[: slot.exact], slot.exact, slot.last_used
                 spare.stale, spare.media, slot.stale, slot = slot.stale, slot.media, [], spare
-            self.ctx.seq_rm(slot.seq, slot.pos(slot.exact), -1)
+            self.ctx.seq_rm(slot.seq, slot.pos(slot.exact), -1)  # its final block, if any: computed as blocks now
             del slot.cache[slot.exact :]
             slot.final_logits = None
         rows = slot.refresh_rows(self.block)

@@ -131,21 +131,19 @@ class Slot:
         return position(self.media, i)
 
     def _free(self, block: int) -> bool:
-        """Whether the stale tokens may be computed again in calls that start and end anywhere (:func:`free_cut`)."""
-        return not self.media and self.exact >= TILE and block >= TILE
+        """Whether the stale tokens may be computed again in calls that start anywhere (:func:`free_cut`)."""
+        return not self.media and self.exact >= 2 * TILE and block >= TILE
 
     def refresh_rows(self, block: int) -> int:
         """The rows of the next refresh call past ``exact``, where the stale tokens start: the next whole block, or
-        in a free cut ``TILE`` rows (all of them below ``2 * TILE``)."""
-        if not self._free(block):
-            return next_cut(self.exact, block, self.whole) - self.exact
-        return len(self.stale) if TILE <= len(self.stale) < 2 * TILE else TILE
+        in a free cut ``TILE`` (a request sent meanwhile waits one such call at most)."""
+        return TILE if self._free(block) else next_cut(self.exact, block, self.whole) - self.exact
 
     def refreshable(self, block: int) -> int:
-        """The stale tokens that the refresh will compute: whole blocks, or in a free cut all once ``TILE`` or more."""
-        if not self._free(block):
-            return max(0, cut_below(self.exact + len(self.stale), block, self.whole) - self.exact)
-        return len(self.stale) if len(self.stale) >= TILE else 0
+        """The stale tokens that the refresh will compute: whole blocks, or in a free cut calls of ``TILE``."""
+        if self._free(block):
+            return len(self.stale) // TILE * TILE
+        return max(0, cut_below(self.exact + len(self.stale), block, self.whole) - self.exact)
 
 
 def calls(rows: list[Slot], limit: int) -> list[list[Slot]]:

@@ -143,14 +143,13 @@ def test_a_free_cut_takes_the_room_but_never_leaves_fewer_than_64_rows(done: int
 
 
 @X86
-def test_a_free_slot_refreshes_its_answer_in_calls_of_64_rows_or_more() -> None:
-    slot = Slot(seq=0, cache=list(range(300)), exact=300, stale=list(range(63)))
-    assert slot.refreshable(64) == 0 and slot.refresh_rows(64) > len(slot.stale)  # less than 64: not worth it
-    slot.stale = list(range(100))
-    assert slot.refreshable(64) == 100 and slot.refresh_rows(64) == 100  # one call
-    slot.stale = list(range(200))
-    assert slot.refreshable(64) == 200 and slot.refresh_rows(64) == 64
-    slot.exact = 40  # below 64: whole blocks first (and counted as whole blocks until they reach 64)
+def test_a_free_slot_refreshes_its_answer_in_calls_of_64_rows() -> None:
+    """Never more than one call of 64 rows: a request sent meanwhile waits that long at most."""
+    slot = Slot(seq=0, cache=list(range(300)), exact=300, stale=list(range(150)))
+    assert slot.refreshable(64) == 128 and slot.refresh_rows(64) == 64  # the last 22 are left
+    slot.exact = 100  # below 128: whole blocks (100 is not a boundary: the next one is at 128)
+    assert slot.refresh_rows(64) == 28
+    slot.exact, slot.stale = 40, list(range(200))  # below 64: blocks of 8 first
     assert slot.refresh_rows(64) == 8 and slot.refreshable(64) == 152
 
 
