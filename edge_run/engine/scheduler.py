@@ -42,7 +42,7 @@ from edge_run.engine.output import token_chunk
 from edge_run.engine.prefix import take_prefix
 from edge_run.engine.slots import Slot, call_end, calls, final_block, free_cut, most_stale, pick_slot, stale_tokens
 from edge_run.engine.text import TextStream
-from edge_run.engine.threads import CoreShare, ThreadGovernor
+from edge_run.engine.threads import CoreShare, ThreadGovernor, kind
 from edge_run.engine.types import Chunk
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ class Scheduler:
         free = free_cut(job.prompt, self.block)
         while slot.n_prompt_done < n:
             start = slot.n_prompt_done
-            trying = self.governor.for_step(self.block) != self.governor.threads  # a try, or media: one block
+            trying = self.governor.for_step(kind(self.block, slot.pos(start))) != self.governor.threads  # or media
             end = call_end(start, n, self.block, 0 if job.media or trying else budget - used, job.whole, free=free)
             if used and used + end - start > budget:
                 break
@@ -263,19 +263,19 @@ class Scheduler:
         """One ``llama_decode`` on the governor's threads or fewer (the core share), a lone row with a split KV on
         ``lone_row_threads``; the governor learns from the others, as ``batch.n / per`` steps of ``per`` rows."""
         lone = self.lone_row_threads if batch.n == 1 and self.ctx.splits_lone_row(batch.position(0)) else None
-        wanted = lone or self.governor.for_step(per or batch.n)
+        step = kind(per or batch.n, batch.position(0))
+        wanted = lone or self.governor.for_step(step)
         threads = self.cores.acquire(self.member, wanted)  # or fewer: this model's free share of the cores
         if threads != self.threads_now:
             self.ctx.set_threads(threads)
-            self.threads_now = threads
-        start = time.perf_counter()
+        self.threads_now, start = threads, time.perf_counter()
         try:
             self.ctx.decode(batch, causal=causal)
         finally:
             self.cores.release(self.member)
         if lone is None and threads == wanted:  # a step cut short by the core share says nothing about the machine
             seconds = time.perf_counter() - start
-            self.governor.observe(threads, per or batch.n, seconds * per / batch.n if per else seconds)
+            self.governor.observe(threads, step, seconds * per / batch.n if per else seconds)
 
     def _admit(self, out: list[tuple[Job, Chunk]]) -> bool:
         """Give waiting requests idle slots, in order; whether any request got one."""

@@ -19,18 +19,21 @@ whichever is faster:
   of them, so a try of one thread on a quiet machine costs one step too. When all threads won but are
   given up again soon after, the wait keeps growing instead of starting over.
 
-A "kind" of step is its number of rows and its thread count: a step of 4 rows takes longer than one of
-a single row, whatever the machine does.
+A "kind" of step is its number of rows, how far its KV reaches (in spans of ``KV_SPAN`` cells) and its thread
+count: a step of 4 rows takes longer than one of a single row, and one at 8,000 cells longer than one at 700,
+whatever the machine does (a try of one thread on a 700-token prompt, judged against the steps of an 8,000-token
+one just before, won, and the prompt ran on one thread).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
-__all__ = ["CoreShare", "ThreadGovernor"]
+__all__ = ["CoreShare", "ThreadGovernor", "kind"]
 
+KV_SPAN = 1024  # a step's kind counts its KV in spans of this many cells
 PROBE_EVERY = 2.0  # seconds between tries of the other setting, at first
 PROBE_MAX = 8.0  # ... and at most, after tries that lost
 # A try wins when its step took under this share of the setting in use: clearly faster to give threads
@@ -48,17 +51,22 @@ DRIFT = 1.002  # how fast the best recent step time rises, per step
 SMOOTH = 0.2  # weight of the newest step in the usual time
 
 
+def kind(rows: int, pos: int) -> tuple[int, int]:
+    """The kind of a step of ``rows`` rows from KV position ``pos``."""
+    return rows, pos // KV_SPAN
+
+
 class ThreadGovernor:
     def __init__(self, threads: int, *, adapt: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         self.max = threads
         self.adapt = adapt and threads > 1
         self.threads = threads  # the setting in use
         self._clock = clock
-        self._usual: dict[tuple[int, int], float] = {}  # (threads, rows) -> smoothed step time
+        self._usual: dict[tuple[int, Hashable], float] = {}  # (threads, kind) -> smoothed step time
         self._wait = PROBE_EVERY
         self._next_probe = clock() + PROBE_EVERY
         self._probe_now = False
-        self._best: dict[tuple[int, int], float] = {}  # (threads, rows) -> the best recent step time
+        self._best: dict[tuple[int, Hashable], float] = {}  # (threads, kind) -> the best recent step time
         self._recent: list[bool] = []  # whether each of the latest steps was slow
         self._tried: list[float] = []  # the try's steps so far, as shares of the setting in use
         self._switched_at = float("-inf")
@@ -68,8 +76,8 @@ class ThreadGovernor:
     def alternative(self) -> int:
         return 1 if self.threads == self.max else self.max
 
-    def for_step(self, rows: int) -> int:
-        """The thread count for the next step, of ``rows`` rows: the setting in use, or on a try, the other one.
+    def for_step(self, rows: Hashable) -> int:
+        """The thread count for the next step, of kind ``rows``: the setting in use, or on a try, the other one.
         Only a kind of step that the setting in use has a time for is tried (else the try could never be judged,
         and went on for good: a server first asked seconds after it started ran on one thread from then on)."""
         if not self.adapt or (self.threads, rows) not in self._usual:
@@ -78,8 +86,8 @@ class ThreadGovernor:
             return self.alternative
         return self.threads
 
-    def observe(self, threads: int, rows: int, seconds: float) -> None:
-        """Record a step of ``rows`` rows that took ``seconds`` with ``threads`` threads."""
+    def observe(self, threads: int, rows: Hashable, seconds: float) -> None:
+        """Record a step of kind ``rows`` (:func:`kind`, or a row count) that took ``seconds`` with ``threads``."""
         if not self.adapt:
             return
         key = (self.threads, rows)
@@ -112,7 +120,7 @@ class ThreadGovernor:
                 self._probe_now = True
                 self._recent = []
 
-    def _switch(self, threads: int, rows: int, seconds: float) -> None:
+    def _switch(self, threads: int, rows: Hashable, seconds: float) -> None:
         now = self._clock()
         if threads < self.threads and now - self._switched_at < 2 * PROBE_MAX:
             self._wait = min(self._wait * 2, PROBE_MAX)  # all threads did not last: try them less often

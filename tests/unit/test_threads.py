@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import pytest
 
-from edge_run.engine.threads import PROBE_EVERY, PROBE_MAX, ThreadGovernor
+from edge_run.engine.threads import PROBE_EVERY, PROBE_MAX, ThreadGovernor, kind
 
 
 class Machine:
@@ -266,3 +266,19 @@ def test_libgomp_loads_with_the_adapters_spinning_unless_the_user_set_it(user: d
     shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stderr
     expected = ("ACTIVE", "300000") if not user else ("PASSIVE", "0")  # passive: no spinning, the user's choice
     assert f"OMP_WAIT_POLICY = '{expected[0]}'" in shown and f"GOMP_SPINCOUNT = '{expected[1]}'" in shown, shown
+
+
+def test_a_try_at_a_short_kv_is_not_judged_by_the_steps_at_a_long_one():
+    """Blocks at 8,000 KV cells take 3 times as long as at 700: a try of one thread on the next, short prompt
+    won against them, and the whole prompt ran on one thread. Each span of ``KV_SPAN`` cells is its own kind."""
+    m = Machine()
+    g = ThreadGovernor(2, clock=m.clock)
+    slow = {2: 0.030, 1: 0.048}  # a block at 8,000 cells
+    for _ in range(200):
+        threads = g.for_step(kind(64, 8000))
+        m.now += slow[threads]
+        g.observe(threads, kind(64, 8000), slow[threads])
+    m.now += PROBE_MAX  # a try is due
+    used = m.run(g, 50, rows=kind(64, 700))  # type: ignore[arg-type]  # a kind, as the scheduler passes it
+    assert g.threads == 2 and g.switches == 0 and used[0] == 2
+    assert kind(64, 700) != kind(64, 8000) and kind(64, 700) == kind(64, 1000)
