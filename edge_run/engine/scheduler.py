@@ -57,7 +57,7 @@ __all__ = ["PREFILL_BLOCK", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
-PREFILL_BLOCK = 64  # slots.TILE: blocks of 64 rows share calls; a new turn computes a final block (64-127) again
+PREFILL_BLOCK = 64  # slots.TILE: blocks of 64 rows share calls; a new turn computes its last 64 rows or more again
 # The idle refresh starts this long after the latest answer ended: a request sent at once does not wait behind
 # one of its blocks (~250 ms for 64 rows on 2 cores), and a person's next turn, seconds later, finds it done.
 REFRESH_AFTER = 0.5
@@ -175,9 +175,9 @@ class Scheduler:
         self.prompt_tokens_evaluated += used
         return used
 
-    def _decode_block(self, slot: Slot, tokens: list[int], whole: int, *, final: bool) -> int:
+    def _decode_block(self, slot: Slot, tokens: list[int], kept: int, *, final: bool) -> int:
         """Decode ``tokens`` after the slot's cache, in a ``llama_decode`` of their own (one per run of text and of
-        media rows); their first ``whole`` rows extend the reusable ``exact`` part. Returns the last row's index."""
+        media rows); their first ``kept`` rows extend the reusable ``exact`` part. Returns the last row's index."""
         start = len(slot.cache)
         batch: Batch | EmbdBatch = self._batch
         for a, b, media in runs(tokens):
@@ -190,7 +190,7 @@ class Scheduler:
             causal = all(s.causal for s in slot.media if s.start == start + a)  # Gemma 3: a whole span is a run
             self._decode(batch, per=self.block, causal=causal)  # a final block counts as whole blocks
         slot.cache += tokens
-        slot.exact = start + whole if slot.exact == start else slot.exact
+        slot.exact = start + kept if slot.exact == start else slot.exact
         return batch.n - 1
 
     def _refresh(self) -> None:
