@@ -212,8 +212,8 @@ class _GpuLayers(click.ParamType):
 @click.option(
     "--draft-max",
     type=click.IntRange(min=0),
-    help="Tokens drafted per step at most, looked up in the text so far (0: none; 6 at most for a K-quant model on "
-    "the CPU).  [default: 8]",
+    help="Tokens drafted per step at most, looked up in the text so far (0: none; on the CPU 62 at most, and 6 for a "
+    "K-quant model).  [default: 8]",
 )
 @click.option(
     "--reasoning-format",

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import statistics
 
+from edge_run.engine.slots import TILE
+
 __all__ = ["COPY_RUN", "RETRY_EVERY", "Company", "Drafter", "next_k", "step_drafts"]
 
 # The n-grams looked up, longest first: a longer match predicts better, a shorter one matches more often.
@@ -87,10 +89,13 @@ def next_k(k: int, drafted: int, kept: int, most: int) -> int:
 
 def step_drafts(drafter: Drafter | None, k: int, generated: int, fit: int) -> list[int]:
     """A slot's drafts for this step, ``fit`` at most: all it may while it copies, else ``k`` (none after failures,
-    but one now and then)."""
+    but one now and then). With its token, fewer than ``TILE`` rows, whatever ``--draft-max`` says: in a call of
+    ``TILE`` rows of a sequence or more, flash attention takes its tiled kernel, whose arithmetic differs from a
+    row's alone, so an answer would change with drafting on."""
     if drafter is None:
         return []
-    return drafter.draft(min(drafter.most if drafter.copying() else k or int(generated % RETRY_EVERY == 0), fit))
+    wanted = drafter.most if drafter.copying() else k or int(generated % RETRY_EVERY == 0)
+    return drafter.draft(min(wanted, fit, TILE - 2))
 
 
 class Company:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edge_run.engine.drafts import COPY_RUN, KEPT, RETRY_EVERY, TRY_EVERY, Company, Drafter, next_k, step_drafts
+from edge_run.engine.slots import TILE
 
 
 def test_drafts_continue_the_latest_earlier_occurrence_of_the_last_four_tokens() -> None:
@@ -55,6 +58,16 @@ def test_a_copy_under_way_drafts_all_it_may_even_after_failures() -> None:
     assert step_drafts(four, 0, RETRY_EVERY, fit=16) == [7]
     assert step_drafts(four, 2, 5, fit=16) == [7, 0]
     assert step_drafts(None, 8, 5, fit=16) == []
+
+
+@pytest.mark.skipif(TILE > 1024, reason="no flash-attention tile to stay under on this CPU (slots.TILE)")
+def test_a_step_stays_under_flash_attentions_tile_whatever_draft_max_says() -> None:
+    """``--draft-max 100`` on a long copy: 62 drafts and the token, 63 rows. At 64 flash attention takes its tiled
+    kernel, and the copy's answer would differ from the one without drafts."""
+    history = list(range(1000, 1200)) * 2
+    copying = Drafter(history[:-100], most=100)
+    assert copying.copying()
+    assert step_drafts(copying, 0, 5, fit=500) == history[100 : 100 + TILE - 2]
 
 
 def test_a_filler_is_the_usual_draft_else_the_last_token_again() -> None:
