@@ -12,7 +12,10 @@ whichever is faster:
   noise), one thread is tried at once;
 - otherwise the other setting is tried every ``PROBE_EVERY`` seconds, and a try that does not win
   doubles the wait, up to ``PROBE_MAX``: on a quiet machine that is one single-thread step in 8 s, and
-  a machine that has gone quiet gets all its threads back within 8 s;
+  a machine that has gone quiet gets all its threads back within 8 s. After a try of long steps that did not
+  win, the wait is at least ``1 / TRY_SHARE`` of those steps, so that tries cost at most that share of the time: a
+  try on a 64-row block of a long prompt costs about one block (0.6 s at 8,000 cells of KV), and one every 8 s cost
+  a cold 8,000-token prompt ~8% against llama-server, which never tries;
 - a try lasts ``TRY_STEPS`` steps and wins on their mean (a single step is noise, and on a busy
   machine one can be lucky); a step far slower than the setting in use ends the try at once, so a try
   of all threads on a busy machine costs one step, and so does a step of one thread no faster than all
@@ -36,6 +39,7 @@ __all__ = ["CoreShare", "ThreadGovernor", "kind"]
 KV_SPAN = 1024  # a step's kind counts its KV in spans of this many cells
 PROBE_EVERY = 2.0  # seconds between tries of the other setting, at first
 PROBE_MAX = 8.0  # ... and at most, after tries that lost
+TRY_SHARE = 0.02  # ... but at least the losing try's steps over this: tries cost 2% of the time at most
 # A try wins when its step took under this share of the setting in use: clearly faster to give threads
 # up, and merely faster to take them back (on a busy machine, all threads are many times slower)
 WIN_FEWER = 0.85
@@ -103,11 +107,13 @@ class ThreadGovernor:
             mean = sum(self._tried) / len(self._tried)
             if seconds <= limit and mean < (WIN_MORE if threads > self.threads else WIN_FEWER):
                 self._switch(threads, rows, seconds)
+                wait = self._wait
             else:
                 self._wait = min(self._wait * 2, PROBE_MAX)
+                wait = max(self._wait, ref / TRY_SHARE)  # a lost try of long steps: 2% of the time at most
             self._tried = []
             self._probe_now = False
-            self._next_probe = self._clock() + self._wait
+            self._next_probe = self._clock() + wait
             return
         usual = self._usual.get(key)
         self._usual[key] = seconds if usual is None else usual + SMOOTH * (seconds - usual)

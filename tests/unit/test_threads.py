@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import pytest
 
-from edge_run.engine.threads import PROBE_EVERY, PROBE_MAX, ThreadGovernor, kind
+from edge_run.engine.threads import PROBE_EVERY, PROBE_MAX, TRY_SHARE, ThreadGovernor, kind
 
 
 class Machine:
@@ -40,6 +40,16 @@ def test_a_quiet_machine_keeps_every_thread_and_tries_one_rarely():
     assert g.threads == 2 and g.switches == 0
     tries = used.count(1)
     assert 1 <= tries <= 50 / PROBE_MAX + 4  # the wait doubles up to PROBE_MAX
+
+
+def test_tries_on_long_steps_cost_a_small_share_of_the_time():
+    """A long prompt's 64-row blocks take 0.6 s each: a lost try of one thread every 8 s cost ~8% of the prompt."""
+    m = Machine()
+    m.QUIET = {2: 0.6, 1: 1.1}
+    g = ThreadGovernor(2, clock=m.clock)
+    used = m.run(g, 500, rows=64)  # 300 s of blocks
+    assert g.threads == 2
+    assert 1 <= used.count(1) <= 300 * TRY_SHARE / 0.6 + 2  # one step a try, a try per 30 s
 
 
 def test_on_a_quiet_machine_a_try_of_one_thread_costs_one_step():
