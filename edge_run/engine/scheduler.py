@@ -101,8 +101,7 @@ class Scheduler:
         self._batch, self._embd = batch, embd_batch  # embd_batch: media rows (a model with a projector)
         self.lock = threading.RLock()
         self.waiting: deque[Job] = deque()
-        # counters read by /health, plain ints written by the engine thread only (refreshed: answers computed again
-        # as blocks while idle, for the next turn)
+        # /health's counters, written by the engine thread only (refreshed: answers computed again while idle)
         self.busy = self.tokens_generated = self.prompt_tokens_evaluated = self.tokens_refreshed = 0
         self.drafts_accepted = self.drafts_rejected = self.prefix_copies = self.slot_moves = 0
 
@@ -206,6 +205,8 @@ class Scheduler:
             self.ctx.seq_rm(slot.seq, slot.pos(slot.exact), -1)  # its final block, if any: computed as blocks now
             del slot.cache[slot.exact :]
             slot.final_logits = None
+        if slot.back_up(self.block):  # a tail under 64 rows: its call takes rows of exact again, as they were
+            self.ctx.seq_rm(slot.seq, slot.pos(slot.exact), -1)
         rows = slot.refresh_rows(self.block)
         self._decode_block(slot, slot.stale[:rows], rows, final=False)
         del slot.stale[:rows]
@@ -316,8 +317,7 @@ class Scheduler:
         self.ctx.seq_rm(slot.seq, slot.pos(keep), -1)
         del slot.cache[keep:]
         slot.exact = min(slot.exact, keep)
-        slot.stale, slot.final_logits = [], slot.replay
-        slot.job = job
+        slot.stale, slot.final_logits, slot.job = [], slot.replay, job
         # the device samples unless the host needs the logits: log-probabilities, forked choices, a grammar
         if self.device_sampling and not fork and job.top_logprobs is None and not job.followers:
             if job.sampler.spec.offloadable:
@@ -371,8 +371,8 @@ class Scheduler:
         keep = len(slot.job.prompt) if slot.job is not None and slot.final_logits is not None else slot.exact
         slot.job = slot.text = slot.drafter = slot.next_token = slot.replay = None
         slot.last_used = time.monotonic()
-        # what was decoded as rows is never reused: drop it now, and prefill it again once idle; only
-        # the latest answer, so that a burst does not leave seconds of background work on a busy desktop
+        # what was decoded as rows is never reused: drop it now, and prefill it again once idle; only the latest
+        # answer, so that a burst does not leave seconds of background work on a busy desktop
         self.busy -= 1
         for other in self._slots:
             other.stale = []

@@ -134,16 +134,33 @@ class Slot:
         """Whether the stale tokens may be computed again in calls that start anywhere (:func:`free_cut`)."""
         return not self.media and self.exact >= 2 * TILE and block >= TILE
 
+    def _tail(self, block: int) -> bool:
+        """Whether the stale tokens are a free cut's tail of fewer than ``TILE`` whose call of ``TILE`` rows can start
+        before ``exact`` and after ``2 * TILE`` (:meth:`back_up`)."""
+        return self._free(block) and 0 < len(self.stale) < TILE and self.exact + len(self.stale) >= 3 * TILE
+
     def refresh_rows(self, block: int) -> int:
         """The rows of the next refresh call past ``exact``, where the stale tokens start: the next whole block, or
-        in a free cut ``TILE`` (a request sent meanwhile waits one such call at most)."""
-        return TILE if self._free(block) else next_cut(self.exact, block, self.whole) - self.exact
+        in a free cut ``TILE`` (a request sent meanwhile waits one such call at most), or its tail."""
+        if self._free(block):
+            return len(self.stale) if self._tail(block) else TILE
+        return next_cut(self.exact, block, self.whole) - self.exact
 
     def refreshable(self, block: int) -> int:
-        """The stale tokens that the refresh will compute: whole blocks, or in a free cut calls of ``TILE``."""
+        """The stale tokens that the refresh will compute: whole blocks, or in a free cut all of them."""
         if self._free(block):
-            return len(self.stale) // TILE * TILE
+            return len(self.stale) if len(self.stale) >= TILE or self._tail(block) else 0
         return max(0, cut_below(self.exact + len(self.stale), block, self.whole) - self.exact)
+
+    def back_up(self, block: int) -> bool:
+        """Move ``exact`` back before a :meth:`_tail`, so that its call has ``TILE`` rows: any call of ``TILE`` rows
+        computes the rows it takes again just as they are. The caller drops the KV from ``exact`` on."""
+        if not self._tail(block):
+            return False
+        self.exact -= TILE - len(self.stale)
+        self.stale[:0] = self.cache[self.exact :]
+        del self.cache[self.exact :]
+        return True
 
 
 def calls(rows: list[Slot], limit: int) -> list[list[Slot]]:
@@ -283,8 +300,8 @@ def reusable(slot: Slot, prompt: list[int], block: int, whole: Whole = ()) -> in
 
 
 def most_stale(slots: list[Slot], block: int) -> Slot | None:
-    """The most recently used idle slot that has a whole block to compute again, if any."""
-    found = (s for s in slots if s.idle and len(s.stale) >= s.refresh_rows(block))
+    """The most recently used idle slot that has a whole block (or in a free cut, any token) to compute again."""
+    found = (s for s in slots if s.idle and s.refreshable(block))
     return max(found, key=lambda s: s.last_used, default=None)
 
 

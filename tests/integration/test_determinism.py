@@ -238,8 +238,9 @@ def test_tool_calls_and_seeded_answers_are_the_same_cold_cached_streamed_and_cop
 
 def test_after_the_refresh_the_same_prompt_is_reused_whole_and_the_next_turn_reuses_the_answer(make_server, cold):
     """An answer is decoded row by row; the idle engine computes it again as blocks, in another idle slot, for the
-    next turn. The slot that holds the prompt's final block, with its last row's logits, keeps them for the same
-    prompt: asked again, nothing is computed."""
+    next turn, its last rows too (a 40-token answer takes a call of 64 rows from before it). The slot that holds the
+    prompt's final block, with its last row's logits, keeps them for the same prompt: asked again, nothing is
+    computed."""
     server = make_server("--slots", "2", "--ctx", "2048")
     c = client(server)
     (first, expected), (second, expected_next) = cold[1][1], cold[1][2]
@@ -250,10 +251,17 @@ def test_after_the_refresh_the_same_prompt_is_reused_whole_and_the_next_turn_reu
     assert answer(c, first)[0] == expected
     refreshed()
     evaluated = server.health()["models"][0]["prompt_tokens_evaluated"]
-    got, cached, _ = answer(c, first)
+    got, cached, text = answer(c, first)
     prompt = c.chat.completions.create(model=MODEL_ID, **{**first, "max_tokens": 1}).usage.prompt_tokens
     assert got == expected and cached == prompt
     assert server.health()["models"][0]["prompt_tokens_evaluated"] == evaluated  # nothing computed again
+    refreshed()
+    ask = f"Repeat this text exactly, twice: {PASSAGE} {PASSAGE}"  # over 64 tokens: the answer is not among the last 64
+    longer = [*first["messages"], {"role": "assistant", "content": text}, {"role": "user", "content": ask}]
+    got, cached, _ = answer(c, turn(longer) | {"max_tokens": 8})
+    assert cached > prompt  # the prompt and the answer's rows
+    answer(client(cold[0]), {"messages": ELSEWHERE, "max_tokens": 1})
+    assert got == answer(client(cold[0]), turn(longer) | {"max_tokens": 8})[0]  # as a fresh prompt is answered
     refreshed()
     got, cached, _ = answer(c, second)
     assert got == expected_next

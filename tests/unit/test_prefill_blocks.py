@@ -10,7 +10,7 @@ from itertools import pairwise
 import pytest
 
 from edge_run.engine.scheduler import REFRESH_AFTER, Scheduler
-from edge_run.engine.slots import TILE, Slot, call_end, final_block, free_cut, next_block, reusable
+from edge_run.engine.slots import TILE, Slot, call_end, final_block, free_cut, most_stale, next_block, reusable
 from edge_run.engine.threads import CoreShare
 
 # calls of 64 rows or more compute each row alike on x86-64 only (slots.TILE)
@@ -143,10 +143,19 @@ def test_a_free_cut_takes_the_room_but_never_leaves_fewer_than_64_rows(done: int
 
 
 @X86
-def test_a_free_slot_refreshes_its_answer_in_calls_of_64_rows() -> None:
-    """Never more than one call of 64 rows: a request sent meanwhile waits that long at most."""
-    slot = Slot(seq=0, cache=list(range(300)), exact=300, stale=list(range(150)))
-    assert slot.refreshable(64) == 128 and slot.refresh_rows(64) == 64  # the last 22 are left
+def test_a_free_slot_refreshes_its_answer_in_calls_of_64_rows_and_its_tail_in_one_that_starts_before_it() -> None:
+    """Never more than one call of 64 rows: a request sent meanwhile waits that long at most. A tail under 64 rows
+    takes a call of 64 rows all the same, from before ``exact``: the rows it computes again come out as they were."""
+    slot = Slot(seq=0, cache=list(range(300)), exact=300, stale=list(range(1000, 1150)))
+    assert slot.refreshable(64) == 150 and slot.refresh_rows(64) == 64 and not slot.back_up(64)
+    slot.cache += slot.stale[:128]  # two calls later
+    slot.exact, slot.stale = 428, slot.stale[128:]
+    assert slot.refreshable(64) == slot.refresh_rows(64) == 22 and most_stale([slot], 64) is slot
+    assert slot.back_up(64)
+    assert slot.exact == 386 and slot.cache == [*range(300), *range(1000, 1086)] and slot.stale == [*range(1086, 1150)]
+    assert slot.refresh_rows(64) == 64
+    short = Slot(seq=0, cache=list(range(130)), exact=130, stale=list(range(10)))  # its call would start before 128
+    assert short.refreshable(64) == 0 and not short.back_up(64) and most_stale([short], 64) is None
     slot.exact = 100  # below 128: whole blocks (100 is not a boundary: the next one is at 128)
     assert slot.refresh_rows(64) == 28
     slot.exact, slot.stale = 40, list(range(200))  # below 64: blocks of 8 first
