@@ -438,6 +438,7 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=12, help="conversation: turns")
     ap.add_argument("--turn-tokens", type=int, default=150, help="conversation: user tokens each turn adds")
     ap.add_argument("--answer-tokens", type=int, help="conversation and repeats: tokens per answer (100, 400)")
+    ap.add_argument("--pause", type=float, default=0.0, help="conversation: seconds from an answer to the next turn")
     ap.add_argument("--no-draft-flags", help="repeats: serve flags that turn drafting off, for a second edge-run")
     ap.add_argument("--part", choices=["ceiling", "engine"], help=argparse.SUPPRESS)
     args = ap.parse_args()

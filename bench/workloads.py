@@ -234,12 +234,14 @@ def long_prompts(targets: list[Target], args: Any, eog: list[int], settle: Settl
     ])  # fmt: skip
 
 
-async def chat(target: Target, salt: str, turns: int, words: int, answer: int, eog: list[int]) -> list[Reply]:
-    """One conversation of ``turns`` turns, each asked as soon as the previous answer has ended."""
+async def chat(target: Target, salt: str, args: Any, words: int, eog: list[int]) -> list[Reply]:
+    """One conversation of ``args.turns`` turns, each asked ``args.pause`` seconds after the previous answer ended."""
     rng = random.Random(salt)
     history = [{"role": "system", "content": f"Session {salt}. You continue the user's story, one part a turn."}]
-    replies = []
-    for turn in range(turns):
+    replies, answer = [], args.answer_tokens
+    for turn in range(args.turns):
+        if turn and args.pause:
+            await asyncio.sleep(args.pause)  # a person reads the answer and types
         history.append({"role": "user", "content": f"Part {turn + 1}. {sentences(rng, words)} Go on."})
         replies.append(await reply(target, body(target, history, answer, eog)))
         history.append({"role": "assistant", "content": replies[-1].text})
@@ -252,13 +254,12 @@ def conversation(targets: list[Target], args: Any, eog: list[int], settle: Settl
     runs: dict[str, list[list[Reply]]] = {}
     for r in range(args.rounds):
         for t in alternate(targets, r):
-            runs.setdefault(t[0], []).append(
-                asyncio.run(chat(t, f"{os.getpid()}-{r}", args.turns, words, args.answer_tokens, eog))
-            )
+            runs.setdefault(t[0], []).append(asyncio.run(chat(t, f"{os.getpid()}-{r}", args, words, eog)))
             settle(t[1])
     print(
         f"conversation: {args.turns} turns, ~{args.turn_tokens} user tokens and a {args.answer_tokens}-token answer "
-        f"each, asked back to back; time to first token (cached prompt tokens), median of {args.rounds} rounds\n"
+        f"each, asked {f'{args.pause:g} s after each answer' if args.pause else 'back to back'}; time to first token "
+        f"(cached prompt tokens), median of {args.rounds} rounds\n"
     )
     names = [t[0] for t in targets]
     print(f"{'turn':>4} {'prompt':>6}  " + "  ".join(f"{n[:24]:>24}" for n in names))
@@ -274,8 +275,9 @@ def conversation(targets: list[Target], args: Any, eog: list[int], settle: Settl
     complete = {n: all(x.tokens == args.answer_tokens for c in runs[n] for x in c) for n in names}
     print(f"{'complete':>11}  " + "  ".join(f"{complete[n]!s:>24}" for n in names))
     peer = peer_of(targets)
+    goal = None if args.pause else 1.0  # the target is back to back
     print_goals([
-        (f"sum of TTFT: {label} ÷ edge-run", ratios(sums, name, "edge-run"), 1.0 if name == peer else None)
+        (f"sum of TTFT: {label} ÷ edge-run", ratios(sums, name, "edge-run"), goal if name == peer else None)
         for label, name in versus(targets, peer)
     ])  # fmt: skip
 
