@@ -27,7 +27,8 @@ def take_prefix(
     if copied:
         ctx.seq_rm(slot.seq, 0, -1)
         ctx.seq_cp(donor.seq, slot.seq)
-        slot.cache, slot.exact, slot.final_logits = list(donor.cache), donor.exact, donor.final_logits
+        slot.cache, slot.exact, slot.wide = list(donor.cache), donor.exact, donor.wide
+        slot.final_logits = donor.final_logits
         own = shared
     slot.replay = slot.final_logits if own == n and replay else None
     slot.n_prompt_done = own if own < n or slot.replay is not None else min(slot.exact, final_block(n, block, whole))

@@ -1,8 +1,7 @@
 """The step policy: slots, continuous batching, prompt-prefix reuse, drafts, cancellation.
 
-Each step (run by the engine thread, :mod:`edge_run.engine.worker`) evaluates prompt blocks of admitted
-requests, the shortest first, each first token handed over at once; then it decodes one batch holding
-the next token of every generating slot with its drafts, and samples.
+Each step (run by the engine thread, :mod:`edge_run.engine.worker`) evaluates prompt blocks of admitted requests,
+the shortest first, each first token handed over at once; then it decodes every generating slot's next token.
 
 **The same request gives the same answer, cached or not.** llama.cpp's CPU kernels take other
 arithmetic by how many rows of a sequence a ``llama_decode`` holds (flash attention tiles from 64
@@ -15,8 +14,9 @@ a block of its own below 64 rows, or any call of 64 rows or more, which computes
   :data:`~edge_run.engine.slots.Whole`), each block a ``llama_decode`` of its own, but blocks of 64 rows or more
   share one (:func:`~edge_run.engine.slots.call_end`). Only whole blocks before a request's final block are reused
   (a slot's ``exact``): a longer prompt computes exactly those blocks the same way. A text prompt of two blocks
-  or more is cut freely from 64 on (:func:`~edge_run.engine.slots.free_cut`): it reuses every shared row but its
-  last 64. The same prompt again reuses all of it, with its last row's logits, kept (:mod:`edge_run.engine.prefix`).
+  or more is cut freely, from its first row, in calls of 64 rows or more (:func:`~edge_run.engine.slots.free_cut`): it
+  reuses every shared row of such a prompt (a ``wide`` slot) but its last 64, and none of a shorter one's. The same
+  prompt again reuses all of it, with its last row's logits, kept (:mod:`edge_run.engine.prefix`).
 - Generated tokens are decoded one row per slot, a slot generating alone with its drafts
   (:mod:`edge_run.engine.drafts`); past 256 KV cells (where flash attention would split a lone row's KV
   between threads) a lone row runs on one thread, or with a filler draft, computing what a row among others
@@ -201,7 +201,7 @@ class Scheduler:
             if spare is not None:  # in the least recently used idle slot, if any: then both are kept
                 self.ctx.seq_cp(slot.seq, spare.seq)
                 spare.cache, spare.exact, spare.last_used = slot.cache[: slot.exact], slot.exact, slot.last_used
-                spare.stale, spare.media, slot.stale, slot = slot.stale, slot.media, [], spare
+                spare.stale, spare.media, spare.wide, slot.stale, slot = slot.stale, slot.media, slot.wide, [], spare
             self.ctx.seq_rm(slot.seq, slot.pos(slot.exact), -1)  # its final block, if any: computed as blocks now
             del slot.cache[slot.exact :]
             slot.final_logits = None
@@ -317,7 +317,7 @@ class Scheduler:
         self.ctx.seq_rm(slot.seq, slot.pos(keep), -1)
         del slot.cache[keep:]
         slot.exact = min(slot.exact, keep)
-        slot.stale, slot.final_logits, slot.job = [], slot.replay, job
+        slot.stale, slot.final_logits, slot.job, slot.wide = [], slot.replay, job, free_cut(job.prompt, self.block)
         # the device samples unless the host needs the logits: log-probabilities, forked choices, a grammar
         if self.device_sampling and not fork and job.top_logprobs is None and not job.followers:
             if job.sampler.spec.offloadable:

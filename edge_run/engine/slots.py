@@ -92,6 +92,7 @@ class Slot:
     seq: int
     cache: list[int] = field(default_factory=list)  # tokens whose KV this slot's sequence holds
     exact: int = 0  # leading positions of ``cache`` computed as whole blocks: the only ones reused
+    wide: bool = False  # every row in calls of ``TILE`` rows or more (a :func:`free_cut` prompt's), none in blocks of 8
     stale: list[int] = field(default_factory=list)  # dropped at release, to compute again as blocks when idle
     job: Job | None = None
     text: TextStream | None = None
@@ -132,12 +133,12 @@ class Slot:
 
     def _free(self, block: int) -> bool:
         """Whether the stale tokens may be computed again in calls that start anywhere (:func:`free_cut`)."""
-        return not self.media and self.exact >= 2 * TILE and block >= TILE
+        return self.wide and block >= TILE
 
     def _tail(self, block: int) -> bool:
         """Whether the stale tokens are a free cut's tail of fewer than ``TILE`` whose call of ``TILE`` rows can start
-        before ``exact`` and after ``2 * TILE`` (:meth:`back_up`)."""
-        return self._free(block) and 0 < len(self.stale) < TILE and self.exact + len(self.stale) >= 3 * TILE
+        before ``exact`` (:meth:`back_up`)."""
+        return self._free(block) and 0 < len(self.stale) < TILE and self.exact + len(self.stale) >= TILE
 
     def refresh_rows(self, block: int) -> int:
         """The rows of the next refresh call past ``exact``, where the stale tokens start: the next whole block, or
@@ -210,7 +211,7 @@ def _snap(pos: int, whole: Whole) -> int:
 def _step(pos: int, block: int) -> int:
     """The blocks' width at ``pos``: ``block``, or below ``block`` an eighth of it. The short first blocks let a
     short prompt's shared start (the template, a system prompt) be reused; they cost a cold prompt of 40 tokens
-    ~20% of its prefill, one of 100 or more next to none."""
+    ~20% of its prefill, and a 1B model's ~1 s, so a longer text prompt takes none (:func:`free_cut`)."""
     return block if pos >= block else max(1, block // 8)
 
 
@@ -249,9 +250,9 @@ def next_block(done: int, n: int, block: int, whole: Whole = ()) -> int:
 
 
 def free_cut(prompt: list[int], block: int) -> bool:
-    """Whether a prompt's calls may start and end anywhere from ``TILE`` on (each of ``TILE`` rows or more): text
-    only, and its final block starts there, so all its rows below are whole blocks. Rows computed so compute
-    alike whatever the calls, so all of them are reused (:func:`reusable`)."""
+    """Whether a prompt's calls may start and end anywhere (each of ``TILE`` rows or more, the first 64 rows too):
+    text of two blocks or more (128 tokens). Rows computed so compute alike whatever the calls, so all of them are
+    reused (:func:`reusable`), but only by such prompts: a shorter one computes its first rows in blocks of 8."""
     return block >= TILE and final_block(len(prompt), block) >= TILE and min(prompt, default=0) >= 0
 
 
@@ -259,9 +260,9 @@ def call_end(done: int, n: int, block: int, room: int, whole: Whole = (), *, fre
     """Where the ``llama_decode`` that computes an ``n``-token prompt from ``done`` ends: its block, and the blocks
     after it while each has ``TILE`` rows or more and the call ``room`` rows at most. Such blocks compute alike in
     one call or in several, and a wide call runs faster: flash attention's tiles are whole (bench/README.md).
-    A ``free`` cut (:func:`free_cut`) from ``TILE`` on takes ``room`` rows (``TILE`` at least) wherever they end,
-    but never leaves fewer than ``TILE`` rows for the next call."""
-    if free and done >= TILE:
+    A ``free`` cut (:func:`free_cut`) takes ``room`` rows (``TILE`` at least) wherever they end, but never leaves
+    fewer than ``TILE`` rows for the next call: a cold prompt runs llama-server's calls."""
+    if free:
         rows = min(n - done, max(room, TILE))
         short = TILE - (n - done - rows)  # the rows the next call lacks, if any
         if 0 < short < TILE:
@@ -288,14 +289,15 @@ def reusable(slot: Slot, prompt: list[int], block: int, whole: Whole = ()) -> in
     """How many leading tokens of ``prompt`` the slot's KV can give: whole blocks that it computed as blocks
     (``exact``), that ``prompt`` shares, and that come before ``prompt``'s final block, which a cold
     request would compute as a block of another width. ``whole`` is ``prompt``'s (the shared rows' spans are
-    the same in both). A prompt of :func:`free_cut` takes every shared ``exact`` row of a slot without media, but
-    its last ``TILE``: a cold one computes those rows in calls of ``TILE`` rows or more too."""
+    the same in both). A prompt of :func:`free_cut` takes every shared ``exact`` row of a ``wide`` slot but its last
+    ``TILE``: a cold one computes those rows in calls of ``TILE`` rows or more too. Neither kind reuses the other's."""
     if slot.final_logits is not None and slot.cache == prompt:  # the same prompt again, as a cold one computed it
         return len(prompt)
     common = _common_prefix(slot.cache, prompt)
-    free = min(common, slot.exact, len(prompt) - TILE)
-    if free >= TILE and not slot.media and not whole and free_cut(prompt, block):
-        return free
+    if free_cut(prompt, block) != slot.wide:  # its first rows computed otherwise than a cold prompt's
+        return 0
+    if slot.wide:
+        return max(0, min(common, slot.exact, len(prompt) - TILE))
     return min(cut_below(common, block, whole), slot.exact, final_block(len(prompt), block, whole))
 
 

@@ -13,9 +13,9 @@ whichever is faster:
 - otherwise the other setting is tried every ``PROBE_EVERY`` seconds, and a try that does not win
   doubles the wait, up to ``PROBE_MAX``: on a quiet machine that is one single-thread step in 8 s, and
   a machine that has gone quiet gets all its threads back within 8 s. After a try of long steps that did not
-  win, the wait is at least ``1 / TRY_SHARE`` of those steps, so that tries cost at most that share of the time: a
-  try on a 64-row block of a long prompt costs about one block (0.6 s at 8,000 cells of KV), and one every 8 s cost
-  a cold 8,000-token prompt ~8% against llama-server, which never tries;
+  win, the wait is at least ``1 / TRY_SHARE`` of those steps, so that tries cost at most that share of the time
+  (a try on a 64-row block of a long prompt costs that block again, 0.4 to 0.8 s at 3,000 to 8,000 cells of KV;
+  llama-server never tries);
 - a try lasts ``TRY_STEPS`` steps and wins on their mean (a single step is noise, and on a busy
   machine one can be lucky); a step far slower than the setting in use ends the try at once, so a try
   of all threads on a busy machine costs one step, and so does a step of one thread no faster than all

@@ -317,6 +317,22 @@ def test_a_short_request_reuses_the_template_it_shares_and_answers_as_cold(serve
     assert (got, cold_cached) == (expected, 0)
 
 
+def test_a_long_prompt_and_a_short_one_that_share_their_start_reuse_none_of_each_others_rows(make_server, cold):
+    """From 128 tokens a prompt computes its first 64 rows in a call of 64 or more (a cold prompt runs as llama-server
+    does); a shorter one in blocks of 8. So neither reuses the other's rows, and each answers as cold."""
+    warm = make_server("--slots", "1", "--ctx", "2048")
+    short = turn([{"role": "user", "content": "What is a lake?"}])
+    long = turn([{"role": "user", "content": f"What is a lake? {PASSAGE} {PASSAGE} {PASSAGE}"}])
+    got = {}
+    for body in (long, short, long):
+        got_now, cached, _ = answer(client(warm), body)
+        got.setdefault(id(body), got_now)
+        assert cached == 0 and got_now == got[id(body)]
+    for body in (short, long):
+        answer(client(cold[0]), {"messages": ELSEWHERE, "max_tokens": 1})
+        assert answer(client(cold[0]), body)[0] == got[id(body)]
+
+
 def test_a_k_quant_answer_is_the_same_beside_seven_others(tmp_path: Path, k_quant_model_path: Path) -> None:
     """K-quant weights take ggml-cpu's tiled kernel from 8 rows of a call, with other arithmetic (``Model.row_limit``):
     8 slots generating decode in two calls of 4, and an answer among 7 others is the one it gets alone. Without the

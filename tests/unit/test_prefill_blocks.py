@@ -109,17 +109,19 @@ def test_a_prompt_with_media_reuses_only_whole_shared_blocks_computed_as_blocks_
 
 @X86
 def test_a_text_prompt_of_two_blocks_or_more_reuses_every_shared_exact_row_but_its_last_64() -> None:
+    """Such a prompt computes every row in calls of 64 rows or more (``wide``), its first 64 too: it reuses only a wide
+    slot's rows, and a shorter or media prompt, whose first rows are blocks of 8, reuses none of them."""
     prompt = list(range(300))
-    slot = Slot(seq=0, cache=list(range(290)), exact=256)
+    slot = Slot(seq=0, cache=list(range(290)), exact=256, wide=True)
     assert reusable(slot, prompt, 64) == 236  # its last 64 rows are a call of their own, as in a cold prompt
     assert reusable(slot, prompt + [1] * 100, 64) == 256  # as far as the slot computed whole rows
-    assert reusable(slot, [*range(130), -1, *range(131, 300)], 64) == 128  # with an image: whole blocks
     assert reusable(slot, [*range(130), 7, *range(131, 300)], 64) == 130  # they part at 130
-    assert reusable(slot, list(range(100)), 64) == 56  # below 128 tokens: the final block starts at 56
-    slot.exact = 70
-    assert reusable(slot, prompt, 64) == 70
-    slot.exact = 40  # less than 64 rows: the whole blocks below 64 (of 8)
+    assert reusable(slot, [*range(130), -1, *range(131, 300)], 64) == 0  # with an image: blocks, of 8 below 64
+    assert reusable(slot, list(range(100)), 64) == 0  # below 128 tokens: blocks of 8 below 64
+    slot.exact = 40  # any rows of a wide slot, even fewer than 64
     assert reusable(slot, prompt, 64) == 40
+    narrow = Slot(seq=0, cache=list(range(290)), exact=64)  # a short prompt's blocks of 8
+    assert reusable(narrow, prompt, 64) == 0 and reusable(narrow, list(range(100)), 64) == 56
     assert reusable(Slot(seq=1), prompt, 64) == 0
     assert not free_cut(list(range(127)), 64) and free_cut(list(range(128)), 64) and not free_cut([-1] * 200, 64)
     assert not free_cut(list(range(300)), 16)  # blocks narrower than flash attention's tile
@@ -135,7 +137,8 @@ def test_a_text_prompt_of_two_blocks_or_more_reuses_every_shared_exact_row_but_i
         (70, 180, 40, 180),  # 64 rows at least, and 110 cannot be two calls: one
         (70, 200, 40, 134),  # 64 rows, which leave 66
         (70, 200, 100, 136),  # 100 would leave 30: 66, which leave 64
-        (0, 3000, 512, 8),  # below 64: whole blocks of 8
+        (0, 3000, 512, 512),  # from the start: a cold prompt runs llama-server's calls
+        (0, 150, 100, 86),  # 100 would leave 50: 86, which leave 64
     ],
 )
 def test_a_free_cut_takes_the_room_but_never_leaves_fewer_than_64_rows(done: int, n: int, room: int, end: int):
@@ -146,7 +149,7 @@ def test_a_free_cut_takes_the_room_but_never_leaves_fewer_than_64_rows(done: int
 def test_a_free_slot_refreshes_its_answer_in_calls_of_64_rows_and_its_tail_in_one_that_starts_before_it() -> None:
     """Never more than one call of 64 rows: a request sent meanwhile waits that long at most. A tail under 64 rows
     takes a call of 64 rows all the same, from before ``exact``: the rows it computes again come out as they were."""
-    slot = Slot(seq=0, cache=list(range(300)), exact=300, stale=list(range(1000, 1150)))
+    slot = Slot(seq=0, cache=list(range(300)), exact=300, stale=list(range(1000, 1150)), wide=True)
     assert slot.refreshable(64) == 150 and slot.refresh_rows(64) == 64 and not slot.back_up(64)
     slot.cache += slot.stale[:128]  # two calls later
     slot.exact, slot.stale = 428, slot.stale[128:]
@@ -154,9 +157,9 @@ def test_a_free_slot_refreshes_its_answer_in_calls_of_64_rows_and_its_tail_in_on
     assert slot.back_up(64)
     assert slot.exact == 386 and slot.cache == [*range(300), *range(1000, 1086)] and slot.stale == [*range(1086, 1150)]
     assert slot.refresh_rows(64) == 64
-    short = Slot(seq=0, cache=list(range(130)), exact=130, stale=list(range(10)))  # its call would start before 128
+    short = Slot(seq=0, cache=list(range(30)), exact=30, stale=list(range(10)), wide=True)  # no call of 64 rows fits
     assert short.refreshable(64) == 0 and not short.back_up(64) and most_stale([short], 64) is None
-    slot.exact = 100  # below 128: whole blocks (100 is not a boundary: the next one is at 128)
+    slot.wide, slot.exact = False, 100  # not wide: whole blocks (100 is not a boundary: the next one is at 128)
     assert slot.refresh_rows(64) == 28
     slot.exact, slot.stale = 40, list(range(200))  # below 64: blocks of 8 first
     assert slot.refresh_rows(64) == 8 and slot.refreshable(64) == 152
