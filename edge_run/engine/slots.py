@@ -137,8 +137,9 @@ class Slot:
 
     def _tail(self, block: int) -> bool:
         """Whether the stale tokens are a free cut's tail of fewer than ``TILE`` whose call of ``TILE`` rows can start
-        before ``exact`` (:meth:`back_up`)."""
-        return self._free(block) and 0 < len(self.stale) < TILE and self.exact + len(self.stale) >= TILE
+        before ``exact`` (:meth:`back_up`), and half of it new at least: a call for a few tokens (an answer of one)
+        would cost a request sent meanwhile more than it saves the next turn."""
+        return self._free(block) and TILE // 2 <= len(self.stale) < TILE and self.exact + len(self.stale) >= TILE
 
     def refresh_rows(self, block: int) -> int:
         """The rows of the next refresh call past ``exact``, where the stale tokens start: the next whole block, or
@@ -148,9 +149,11 @@ class Slot:
         return next_cut(self.exact, block, self.whole) - self.exact
 
     def refreshable(self, block: int) -> int:
-        """The stale tokens that the refresh will compute: whole blocks, or in a free cut all of them."""
+        """The stale tokens the refresh will compute: whole blocks, or in a free cut calls of ``TILE`` and a tail."""
         if self._free(block):
-            return len(self.stale) if len(self.stale) >= TILE or self._tail(block) else 0
+            n = len(self.stale)
+            whole = n // TILE * TILE  # and a tail as :meth:`_tail` takes one
+            return n if n - whole >= TILE // 2 and self.exact + n >= TILE else whole
         return max(0, cut_below(self.exact + len(self.stale), block, self.whole) - self.exact)
 
     def back_up(self, block: int) -> bool:

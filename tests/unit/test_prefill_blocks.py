@@ -149,16 +149,19 @@ def test_a_free_cut_takes_the_room_but_never_leaves_fewer_than_64_rows(done: int
 def test_a_free_slot_refreshes_its_answer_in_calls_of_64_rows_and_its_tail_in_one_that_starts_before_it() -> None:
     """Never more than one call of 64 rows: a request sent meanwhile waits that long at most. A tail under 64 rows
     takes a call of 64 rows all the same, from before ``exact``: the rows it computes again come out as they were."""
-    slot = Slot(seq=0, cache=list(range(300)), exact=300, stale=list(range(1000, 1150)), wide=True)
-    assert slot.refreshable(64) == 150 and slot.refresh_rows(64) == 64 and not slot.back_up(64)
+    slot = Slot(seq=0, cache=list(range(300)), exact=300, stale=list(range(1000, 1170)), wide=True)
+    assert slot.refreshable(64) == 170 and slot.refresh_rows(64) == 64 and not slot.back_up(64)
+    assert Slot(seq=0, cache=list(range(300)), exact=300, stale=list(range(150)), wide=True).refreshable(64) == 128
     slot.cache += slot.stale[:128]  # two calls later
     slot.exact, slot.stale = 428, slot.stale[128:]
-    assert slot.refreshable(64) == slot.refresh_rows(64) == 22 and most_stale([slot], 64) is slot
+    assert slot.refreshable(64) == slot.refresh_rows(64) == 42 and most_stale([slot], 64) is slot
     assert slot.back_up(64)
-    assert slot.exact == 386 and slot.cache == [*range(300), *range(1000, 1086)] and slot.stale == [*range(1086, 1150)]
+    assert slot.exact == 406 and slot.cache == [*range(300), *range(1000, 1106)] and slot.stale == [*range(1106, 1170)]
     assert slot.refresh_rows(64) == 64
-    short = Slot(seq=0, cache=list(range(30)), exact=30, stale=list(range(10)), wide=True)  # no call of 64 rows fits
+    short = Slot(seq=0, cache=list(range(20)), exact=20, stale=list(range(40)), wide=True)  # no call of 64 rows fits
     assert short.refreshable(64) == 0 and not short.back_up(64) and most_stale([short], 64) is None
+    few = Slot(seq=0, cache=list(range(300)), exact=300, stale=list(range(31)), wide=True)  # under half a call new
+    assert few.refreshable(64) == 0 and not few.back_up(64) and most_stale([few], 64) is None
     slot.wide, slot.exact = False, 100  # not wide: whole blocks (100 is not a boundary: the next one is at 128)
     assert slot.refresh_rows(64) == 28
     slot.exact, slot.stale = 40, list(range(200))  # below 64: blocks of 8 first
