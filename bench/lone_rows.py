@@ -2,10 +2,13 @@
 KV: answers would depend on the thread count), and with one filler row beside it on two threads (no split).
 
     flock /tmp/edge-run-cpu.lock .venv/bin/python bench/lone_rows.py [--model FILE] [--kv 1000] [--steps 64]
+        [--rows 1 2 5 9 17 63 64]
 
 Prefills ``--kv`` tokens through the engine's llama adapter, then times ``--steps`` steps at the next position
 (each step's rows removed again) in each way, alternating, and prints the median step beside the lone row on
-one thread. A filler row costs what a draft that fails costs.
+one thread. A filler row costs what a draft that fails costs. ``--rows`` adds steps of that many rows of the
+sequence on 2 threads (a token and its drafts): below 64 rows flash attention walks the KV row by row, from 64
+it takes its tiled kernel.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=Path.home() / ".cache/edge-run-tests/SmolLM2-135M-Instruct.Q4_1.gguf")
     ap.add_argument("--kv", type=int, default=1000, help="tokens in the KV before the timed steps")
     ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--rows", type=int, nargs="*", default=[], help="also steps of this many rows on 2 threads")
     args = ap.parse_args()
+    ways = [*WAYS, *((f"{n} rows, 2 threads", n, 2) for n in args.rows)]
     model = Model(args.model, gpu_layers=0)
     ctx, batch, toks = prefilled(model, args.kv, seed=3)
-    times: dict[str, list[float]] = {name: [] for name, _, _ in WAYS}
+    times: dict[str, list[float]] = {name: [] for name, _, _ in ways}
     for _ in range(args.steps):
-        for name, rows, threads in WAYS:
+        for name, rows, threads in ways:
             ctx.set_threads(threads)
             batch.clear()
             for i in range(rows):
@@ -47,9 +52,9 @@ def main() -> None:
     print(cpu_model())
     print(f"{args.model.name}: one step at {args.kv} KV tokens, median of {args.steps}")
     base = statistics.median(times[WAYS[0][0]])
-    for name, _, _ in WAYS:
+    for name, rows, _ in ways:
         ms = statistics.median(times[name]) * 1000
-        print(f"{name:26s} {ms:7.2f} ms  {base * 1000 / ms:5.2f}x")
+        print(f"{name:26s} {ms:7.2f} ms  {base * 1000 / ms:5.2f}x  {ms / rows:6.2f} ms a row")
 
 
 if __name__ == "__main__":
