@@ -151,7 +151,7 @@ class Scheduler:
         n, used = len(job.prompt), 0
         if slot.replay is not None:  # the same prompt again: its last row's logits are kept
             self._sample(slot, out)
-        free = free_cut(job.prompt, self.block)
+        free = slot.wide  # free_cut(job.prompt), set by _start
         while slot.n_prompt_done < n:
             start = slot.n_prompt_done
             trying = self.governor.for_step(kind(self.block, slot.pos(start))) != self.governor.threads  # or media
