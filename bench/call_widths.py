@@ -2,7 +2,7 @@
 
     flock /tmp/edge-run-cpu.lock .venv/bin/python bench/call_widths.py [--model FILE] [--tokens 2048]
 
-The engine cuts a text prompt of 128 tokens or more freely from 64 on (``slots.free_cut``): a cold prompt and a
+The engine cuts a text prompt of 64 tokens or more freely (``slots.cut_of``, ``WIDE``): a cold prompt and a
 cached one compute the same rows in calls of other widths and starts. That rests on ggml-cpu computing each row of
 a call of 64 rows or more alike (flash attention's tiled kernel walks the KV per row; the matrix products take
 a row at a time on x86-64). This prefills ``--tokens`` random tokens in calls of several plans, then a final call

@@ -219,12 +219,13 @@ def long_prompts(targets: list[Target], args: Any, eog: list[int], settle: Settl
                 runs.setdefault((t[0], size), []).append(asyncio.run(reply(t, body(t, messages, 1, eog))))
             settle(t[1])
     print(f"long-prompts: cold time to first token, every prompt new, one slot, median of {args.rounds} rounds\n")
-    print(f"{'prompt':>7}  {'server':40} {'tokens':>6} {'TTFT ms':>8} {'prompt tok/s':>12}")
+    print(f"{'prompt':>7}  {'server':40} {'tokens':>6} {'cached':>6} {'TTFT ms':>8} {'prompt tok/s':>12}")
     for size in args.sizes:
         for name, *_ in targets:
             replies = runs[(name, size)]
             ttft, n = median(x.ttft for x in replies), median(x.prompt_tokens for x in replies)
-            print(f"{f'~{size}':>7}  {name[:40]:40} {fmt(n):>6} {ttft * 1000:>8.0f} {fmt(n / ttft):>12}")
+            cached = fmt(median(x.cached or 0 for x in replies))  # the start of the template, at most
+            print(f"{f'~{size}':>7}  {name[:40]:40} {fmt(n):>6} {cached:>6} {ttft * 1000:>8.0f} {fmt(n / ttft):>12}")
     peer = peer_of(targets)
     ttfts = {k: [x.ttft for x in v] for k, v in runs.items()}
     print_goals([

@@ -35,7 +35,7 @@ def gather(slots: list[Slot], ctx: Context) -> int:
             if keep.last_used < hole.last_used:
                 spare.remove(keep)
                 ctx.seq_cp(hole.seq, keep.seq)
-                keep.cache, keep.exact, keep.wide = list(hole.cache), hole.exact, hole.wide
+                keep.cache, keep.exact, keep.cut = list(hole.cache), hole.exact, hole.cut
                 keep.stale, keep.final_logits, keep.media = hole.stale, hole.final_logits, hole.media
                 keep.last_used = hole.last_used
         if mover.cache:
@@ -50,7 +50,7 @@ def gather(slots: list[Slot], ctx: Context) -> int:
         if mover.device_sampler and mover.job is not None:
             mover.job.sampler.fresh_copy()  # llama.cpp sets a chain up for one sequence only
             ctx.set_sampler(mover.seq, mover.job.sampler.ptr)
-        hole.cache, hole.exact, hole.last_used, hole.wide = list(mover.cache), mover.exact, 0.0, mover.wide
+        hole.cache, hole.exact, hole.last_used, hole.cut = list(mover.cache), mover.exact, 0.0, mover.cut
         hole.stale, hole.final_logits, hole.media = [], mover.final_logits, mover.media
     slots.sort(key=lambda s: s.seq)
     return len(moves)

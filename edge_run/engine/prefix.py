@@ -1,24 +1,26 @@
 """Where a request's KV comes from: the whole blocks its slot holds, another slot's (copied when that saves
-enough), or, for the same prompt again, all of it with its last row's logits kept (``Slot.replay``)."""
+enough), or, for the same prompt again, all of it with its last row's logits kept (``Slot.replay``); and where the
+idle refresh computes an answer whose prompt is kept so."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edge_run.engine.slots import COPY_GAIN, final_block, reusable
+from edge_run.engine.slots import COPY_GAIN, reusable, shared_rows
 
 if TYPE_CHECKING:
     from edge_run.engine.llama.context import Context
     from edge_run.engine.slots import Slot, Whole
 
-__all__ = ["take_prefix"]
+__all__ = ["set_aside", "take_prefix"]
 
 
 def take_prefix(
     slots: list[Slot], slot: Slot, prompt: list[int], block: int, ctx: Context, replay: bool, whole: Whole = ()
 ) -> bool:
-    """Give ``slot`` the longest usable prefix of ``prompt`` and set its ``n_prompt_done`` to its length: whole blocks
-    before the prompt's final block, or, where ``replay`` is allowed, the same prompt whole with ``slot.replay`` set.
+    """Give ``slot`` the longest usable prefix of ``prompt`` and set its ``n_prompt_done`` to its length: the rows a
+    cold prompt computes alike (:func:`shared_rows`), or, where ``replay`` is allowed, the same prompt whole with
+    ``slot.replay`` set.
     Another slot's (idle or busy) is copied when it holds ``COPY_GAIN`` tokens more; returns whether it was."""
     n = len(prompt)
     donor = max(slots, key=lambda s: reusable(s, prompt, block, whole))
@@ -27,9 +29,25 @@ def take_prefix(
     if copied:
         ctx.seq_rm(slot.seq, 0, -1)
         ctx.seq_cp(donor.seq, slot.seq)
-        slot.cache, slot.exact, slot.wide = list(donor.cache), donor.exact, donor.wide
+        slot.cache, slot.exact, slot.cut = list(donor.cache), donor.exact, donor.cut
         slot.final_logits = donor.final_logits
         own = shared
     slot.replay = slot.final_logits if own == n and replay else None
-    slot.n_prompt_done = own if own < n or slot.replay is not None else min(slot.exact, final_block(n, block, whole))
+    slot.n_prompt_done = own if own < n or slot.replay is not None else shared_rows(slot, prompt, block, whole)
     return copied
+
+
+def set_aside(slots: list[Slot], slot: Slot, ctx: Context) -> Slot:
+    """The slot in which the idle refresh computes ``slot``'s finished answer, whose prompt is kept whole with its last
+    row's logits for the same prompt again: the least recently used other idle slot, which takes a copy of the KV
+    and the answer (then both are kept), or else ``slot``. Either way the prompt's final block is dropped there: the
+    refresh computes it as the answer's next turn would."""
+    spare = min((s for s in slots if s.idle and s is not slot), key=lambda s: s.last_used, default=None)
+    if spare is not None:
+        ctx.seq_cp(slot.seq, spare.seq)
+        spare.cache, spare.exact, spare.last_used = slot.cache[: slot.exact], slot.exact, slot.last_used
+        spare.stale, spare.media, spare.cut, slot.stale, slot = slot.stale, slot.media, slot.cut, [], spare
+    ctx.seq_rm(slot.seq, slot.pos(slot.exact), -1)
+    del slot.cache[slot.exact :]
+    slot.final_logits = None
+    return slot

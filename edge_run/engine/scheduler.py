@@ -3,20 +3,19 @@
 Each step (run by the engine thread, :mod:`edge_run.engine.worker`) evaluates prompt blocks of admitted requests,
 the shortest first, each first token handed over at once; then it decodes every generating slot's next token.
 
-**The same request gives the same answer, cached or not.** llama.cpp's CPU kernels take other
-arithmetic by how many rows of a sequence a ``llama_decode`` holds (flash attention tiles from 64
-rows, and splits a lone row's KV between threads), enough to flip a greedy choice. So the guarantee
-rests on the order of computation: every KV position is computed by the same kind of ``llama_decode`` call,
-a block of its own below 64 rows, or any call of 64 rows or more, which computes each row alike.
+**The same request gives the same answer, cached or not.** llama.cpp's CPU kernels take other arithmetic by how
+many rows of a sequence a ``llama_decode`` holds (flash attention tiles from 64 rows, and splits a lone row's KV
+between threads), enough to flip a greedy choice. So the guarantee rests on the order of computation: every KV
+position is computed by the same kind of call, a block of its own below 64 rows (on x86-64 any call of 8 to 63),
+or any call of 64 rows or more, which computes each row alike.
 
-- A prompt is cut into blocks at multiples of ``block`` (below it, of an eighth of it), the remainder in the
-  final block (:func:`~edge_run.engine.slots.next_block`; never inside an image whose rows attend to each other,
-  :data:`~edge_run.engine.slots.Whole`), each block a ``llama_decode`` of its own, but blocks of 64 rows or more
-  share one (:func:`~edge_run.engine.slots.call_end`). Only whole blocks before a request's final block are reused
-  (a slot's ``exact``): a longer prompt computes exactly those blocks the same way. A text prompt of two blocks
-  or more is cut freely, from its first row, in calls of 64 rows or more (:func:`~edge_run.engine.slots.free_cut`): it
-  reuses every shared row of such a prompt (a ``wide`` slot) but its last 64, and none of a shorter one's. The same
-  prompt again reuses all of it, with its last row's logits, kept (:mod:`edge_run.engine.prefix`).
+- A prompt is cut into blocks at multiples of ``block`` (below it, of an eighth of it), the remainder in the final
+  block (:func:`~edge_run.engine.slots.next_block`; never inside an image whose rows attend to each other), each a
+  call of its own, but blocks of 64 rows or more share one (:func:`~edge_run.engine.slots.call_end`). Only whole
+  blocks before a request's final block are reused (a slot's ``exact``). On x86-64 a text prompt is cut freely
+  (:func:`~edge_run.engine.slots.cut_of`): from 64 tokens in calls of 64 rows or more, below in one call. Each reuses
+  any shared row of a prompt cut its way but its last 64, or 8. The same prompt again reuses all of it, with its
+  last row's logits, kept (:mod:`edge_run.engine.prefix`).
 - Generated tokens are decoded one row per slot, a slot generating alone with its drafts
   (:mod:`edge_run.engine.drafts`); past 256 KV cells (where flash attention would split a lone row's KV
   between threads) a lone row runs on one thread, or with a filler draft, computing what a row among others
@@ -39,8 +38,8 @@ from edge_run.engine.encoding import Encoder
 from edge_run.engine.gather import gather
 from edge_run.engine.media import rows_at, runs, unencoded
 from edge_run.engine.output import token_chunk
-from edge_run.engine.prefix import take_prefix
-from edge_run.engine.slots import Slot, call_end, calls, final_block, free_cut, most_stale, pick_slot, stale_tokens
+from edge_run.engine.prefix import set_aside, take_prefix
+from edge_run.engine.slots import Slot, call_end, calls, cut_of, kept_rows, most_stale, pick_slot, stale_tokens
 from edge_run.engine.text import TextStream
 from edge_run.engine.threads import CoreShare, ThreadGovernor, kind
 from edge_run.engine.types import Chunk
@@ -151,11 +150,10 @@ class Scheduler:
         n, used = len(job.prompt), 0
         if slot.replay is not None:  # the same prompt again: its last row's logits are kept
             self._sample(slot, out)
-        free = slot.wide  # free_cut(job.prompt), set by _start
         while slot.n_prompt_done < n:
             start = slot.n_prompt_done
             trying = self.governor.for_step(kind(self.block, slot.pos(start))) != self.governor.threads  # or media
-            end = call_end(start, n, self.block, 0 if job.media or trying else budget - used, job.whole, free=free)
+            end = call_end(start, n, self.block, 0 if job.media or trying else budget - used, job.whole, cut=slot.cut)
             if used and used + end - start > budget:
                 break
             if (span := unencoded(slot.media, start, end)) is not None:  # beside the engine while others generate
@@ -163,7 +161,7 @@ class Scheduler:
                 if not self.encoder.ready(span, self.governor.threads, others):
                     break
                 continue
-            kept = (end if free else min(end, final_block(n, self.block, job.whole))) - start  # rows reused later
+            kept = kept_rows(slot.cut, start, end, n, self.block, job.whole)  # rows reused later
             slot.logit_index = self._decode_block(slot, job.prompt[start:end], kept, final=end == n)
             slot.n_prompt_done = end
             used += end - start
@@ -196,15 +194,8 @@ class Scheduler:
         """Compute the next block of an idle slot's finished answer, so that its next turn reuses it."""
         slot = most_stale(self._slots, self.block)
         assert slot is not None  # step refreshes only when refresh_in() is 0
-        if slot.final_logits is not None:  # a prompt kept with its last row's logits, for the same prompt again:
-            spare = min((s for s in self._slots if s.idle and s is not slot), key=lambda s: s.last_used, default=None)
-            if spare is not None:  # in the least recently used idle slot, if any: then both are kept
-                self.ctx.seq_cp(slot.seq, spare.seq)
-                spare.cache, spare.exact, spare.last_used = slot.cache[: slot.exact], slot.exact, slot.last_used
-                spare.stale, spare.media, spare.wide, slot.stale, slot = slot.stale, slot.media, slot.wide, [], spare
-            self.ctx.seq_rm(slot.seq, slot.pos(slot.exact), -1)  # its final block, if any: computed as blocks now
-            del slot.cache[slot.exact :]
-            slot.final_logits = None
+        if slot.final_logits is not None:  # a prompt kept with its last row's logits, for the same prompt again
+            slot = set_aside(self._slots, slot, self.ctx)
         if slot.back_up(self.block):  # a tail under 64 rows: its call takes rows of exact again, as they were
             self.ctx.seq_rm(slot.seq, slot.pos(slot.exact), -1)
         rows = slot.refresh_rows(self.block)
@@ -317,7 +308,7 @@ class Scheduler:
         self.ctx.seq_rm(slot.seq, slot.pos(keep), -1)
         del slot.cache[keep:]
         slot.exact = min(slot.exact, keep)
-        slot.stale, slot.final_logits, slot.job, slot.wide = [], slot.replay, job, free_cut(job.prompt, self.block)
+        slot.stale, slot.final_logits, slot.job, slot.cut = [], slot.replay, job, cut_of(job.prompt, self.block)
         # the device samples unless the host needs the logits: log-probabilities, forked choices, a grammar
         if self.device_sampling and not fork and job.top_logprobs is None and not job.followers:
             if job.sampler.spec.offloadable:

@@ -22,7 +22,11 @@ if TYPE_CHECKING:
     from edge_run.engine.types import Chunk
 
 __all__ = [
+    "BLOCKS",
     "COPY_GAIN",
+    "LEAD",
+    "NARROW",
+    "WIDE",
     "Job",
     "Slot",
     "Whole",
@@ -30,14 +34,16 @@ __all__ = [
     "calls",
     "count_runs",
     "cut_below",
+    "cut_of",
     "final_block",
-    "free_cut",
+    "kept_rows",
     "most_stale",
     "next_block",
     "next_cut",
     "pick_slot",
     "plan_moves",
     "reusable",
+    "shared_rows",
     "stale_tokens",
 ]
 
@@ -49,6 +55,15 @@ COPY_GAIN = 16
 # (``test_thread_switch.py``). Not on ARM with i8mm: its matrix products take rows in pairs unless a call's row
 # count is odd (ggml-cpu.c, ``num_rows_per_vec_dot``). There every block is a call of its own, and no cut is free.
 TILE = 64 if platform.machine().lower() in {"x86_64", "amd64"} else 1 << 30
+
+# How a prompt's rows are cut into ``llama_decode`` calls; a prompt reuses only rows of a slot cut the same way.
+# ``WIDE`` (x86-64, text of ``TILE`` tokens or more): calls of ``TILE`` rows or more, which start anywhere.
+# ``NARROW`` (x86-64, shorter text): one call below ``TILE`` rows; such calls compute a row alike from ``LEAD`` rows on.
+# ``BLOCKS`` (media, other CPUs): blocks at fixed boundaries, each a call of its own below ``TILE`` rows.
+BLOCKS, NARROW, WIDE = "blocks", "narrow", "wide"
+# ggml-cpu (x86-64) takes K-quant products with its tiled kernel from 8 rows of a call (llama/model.py, ``TILED_FROM``):
+# below 64 rows a row computes alike in any call of 8 rows or more, of any weights (bench/README.md)
+LEAD = 8
 
 # Rows ``(start, end)`` of a prompt that one ``llama_decode`` must hold whole: an image whose rows attend to each
 # other (Gemma 3). A block boundary that falls inside one moves to its end.
@@ -92,7 +107,7 @@ class Slot:
     seq: int
     cache: list[int] = field(default_factory=list)  # tokens whose KV this slot's sequence holds
     exact: int = 0  # leading positions of ``cache`` computed as whole blocks: the only ones reused
-    wide: bool = False  # every row in calls of ``TILE`` rows or more (a :func:`free_cut` prompt's), none in blocks of 8
+    cut: str = BLOCKS  # how its rows were computed (:func:`cut_of`): only a prompt cut the same way reuses them
     stale: list[int] = field(default_factory=list)  # dropped at release, to compute again as blocks when idle
     job: Job | None = None
     text: TextStream | None = None
@@ -132,8 +147,8 @@ class Slot:
         return position(self.media, i)
 
     def _free(self, block: int) -> bool:
-        """Whether the stale tokens may be computed again in calls that start anywhere (:func:`free_cut`)."""
-        return self.wide and block >= TILE
+        """Whether the stale tokens may be computed again in calls that start anywhere (``WIDE``)."""
+        return self.cut == WIDE and block >= TILE
 
     def _tail(self, block: int) -> bool:
         """Whether the stale tokens are a free cut's tail of fewer than ``TILE`` whose call of ``TILE`` rows can start
@@ -149,7 +164,10 @@ class Slot:
         return next_cut(self.exact, block, self.whole) - self.exact
 
     def refreshable(self, block: int) -> int:
-        """The stale tokens the refresh will compute: whole blocks, or in a free cut calls of ``TILE`` and a tail."""
+        """The stale tokens the refresh will compute: whole blocks, or in a free cut calls of ``TILE`` and a tail; none
+        of a ``NARROW`` prompt's answer, which a longer turn, ``WIDE``, would not reuse."""
+        if self.cut == NARROW:
+            return 0
         if self._free(block):
             n = len(self.stale)
             whole = n // TILE * TILE  # and a tail as :meth:`_tail` takes one
@@ -214,7 +232,7 @@ def _snap(pos: int, whole: Whole) -> int:
 def _step(pos: int, block: int) -> int:
     """The blocks' width at ``pos``: ``block``, or below ``block`` an eighth of it. The short first blocks let a
     short prompt's shared start (the template, a system prompt) be reused; they cost a cold prompt of 40 tokens
-    ~20% of its prefill, and a 1B model's ~1 s, so a longer text prompt takes none (:func:`free_cut`)."""
+    ~20% of its prefill, and a 1B model's ~1 s, so on x86-64 a text prompt takes none (:func:`cut_of`)."""
     return block if pos >= block else max(1, block // 8)
 
 
@@ -252,20 +270,24 @@ def next_block(done: int, n: int, block: int, whole: Whole = ()) -> int:
     return next_cut(done, block, whole) if done < final_block(n, block, whole) else n
 
 
-def free_cut(prompt: list[int], block: int) -> bool:
-    """Whether a prompt's calls may start and end anywhere (each of ``TILE`` rows or more, the first 64 rows too):
-    text of two blocks or more (128 tokens). Rows computed so compute alike whatever the calls, so all of them are
-    reused (:func:`reusable`), but only by such prompts: a shorter one computes its first rows in blocks of 8."""
-    return block >= TILE and final_block(len(prompt), block) >= TILE and min(prompt, default=0) >= 0
+def cut_of(prompt: list[int], block: int) -> str:
+    """How ``prompt``'s rows are cut into calls: ``WIDE``, ``NARROW`` or ``BLOCKS`` (see there). Rows computed ``WIDE``
+    or ``NARROW`` compute alike in any such call, so all of them are reused (:func:`shared_rows`), but only by a prompt
+    cut the same way."""
+    if block < TILE or min(prompt, default=0) < 0:
+        return BLOCKS
+    return WIDE if len(prompt) >= TILE else NARROW
 
 
-def call_end(done: int, n: int, block: int, room: int, whole: Whole = (), *, free: bool = False) -> int:
+def call_end(done: int, n: int, block: int, room: int, whole: Whole = (), *, cut: str = BLOCKS) -> int:
     """Where the ``llama_decode`` that computes an ``n``-token prompt from ``done`` ends: its block, and the blocks
     after it while each has ``TILE`` rows or more and the call ``room`` rows at most. Such blocks compute alike in
     one call or in several, and a wide call runs faster: flash attention's tiles are whole (bench/README.md).
-    A ``free`` cut (:func:`free_cut`) takes ``room`` rows (``TILE`` at least) wherever they end, but never leaves
-    fewer than ``TILE`` rows for the next call: a cold prompt runs llama-server's calls."""
-    if free:
+    A ``WIDE`` cut takes ``room`` rows (``TILE`` at least) wherever they end, but never leaves fewer than ``TILE`` rows
+    for the next call: a cold prompt runs llama-server's calls. A ``NARROW`` one takes the rest of its prompt."""
+    if cut == NARROW:
+        return n
+    if cut == WIDE:
         rows = min(n - done, max(room, TILE))
         short = TILE - (n - done - rows)  # the rows the next call lacks, if any
         if 0 < short < TILE:
@@ -289,19 +311,34 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def reusable(slot: Slot, prompt: list[int], block: int, whole: Whole = ()) -> int:
-    """How many leading tokens of ``prompt`` the slot's KV can give: whole blocks that it computed as blocks
-    (``exact``), that ``prompt`` shares, and that come before ``prompt``'s final block, which a cold
-    request would compute as a block of another width. ``whole`` is ``prompt``'s (the shared rows' spans are
-    the same in both). A prompt of :func:`free_cut` takes every shared ``exact`` row of a ``wide`` slot but its last
-    ``TILE``: a cold one computes those rows in calls of ``TILE`` rows or more too. Neither kind reuses the other's."""
+    """How many leading tokens of ``prompt`` the slot's KV can give: the same prompt whole, with its last row's
+    logits kept, or else :func:`shared_rows`."""
     if slot.final_logits is not None and slot.cache == prompt:  # the same prompt again, as a cold one computed it
         return len(prompt)
-    common = _common_prefix(slot.cache, prompt)
-    if free_cut(prompt, block) != slot.wide:  # its first rows computed otherwise than a cold prompt's
+    return shared_rows(slot, prompt, block, whole)
+
+
+def shared_rows(slot: Slot, prompt: list[int], block: int, whole: Whole = ()) -> int:
+    """The leading rows of ``prompt`` that the slot computed as a cold ``prompt`` would (``exact``), cut the same way
+    (:func:`cut_of`), and that a cold one would not compute in its last call: ``BLOCKS`` reuse whole blocks before
+    ``prompt``'s final block, ``WIDE`` and ``NARROW`` any rows but the last ``TILE`` or ``LEAD``, which a call of their
+    own computes again. ``whole`` is ``prompt``'s (the shared rows' spans are the same in both)."""
+    cut = cut_of(prompt, block)
+    if cut != slot.cut:  # its rows computed otherwise than a cold prompt's
         return 0
-    if slot.wide:
-        return max(0, min(common, slot.exact, len(prompt) - TILE))
-    return min(cut_below(common, block, whole), slot.exact, final_block(len(prompt), block, whole))
+    common = _common_prefix(slot.cache, prompt)
+    if cut == BLOCKS:
+        return min(cut_below(common, block, whole), slot.exact, final_block(len(prompt), block, whole))
+    return max(0, min(common, slot.exact, len(prompt) - (TILE if cut == WIDE else LEAD)))
+
+
+def kept_rows(cut: str, start: int, end: int, n: int, block: int, whole: Whole = ()) -> int:
+    """The rows of a call from ``start`` to ``end`` of an ``n``-token prompt that later prompts may reuse: a ``BLOCKS``
+    call's whole blocks before the final one, a ``NARROW`` call's rows if it holds ``LEAD`` rows or more, all of
+    a ``WIDE`` one."""
+    if cut == BLOCKS:
+        return max(0, min(end, final_block(n, block, whole)) - start)
+    return end - start if cut == WIDE or end - start >= LEAD else 0
 
 
 def most_stale(slots: list[Slot], block: int) -> Slot | None:

@@ -9,8 +9,23 @@ from itertools import pairwise
 
 import pytest
 
+from edge_run.engine.llama.model import TILED_FROM
 from edge_run.engine.scheduler import REFRESH_AFTER, Scheduler
-from edge_run.engine.slots import TILE, Slot, call_end, final_block, free_cut, most_stale, next_block, reusable
+from edge_run.engine.slots import (
+    BLOCKS,
+    LEAD,
+    NARROW,
+    TILE,
+    WIDE,
+    Slot,
+    call_end,
+    cut_of,
+    final_block,
+    kept_rows,
+    most_stale,
+    next_block,
+    reusable,
+)
 from edge_run.engine.threads import CoreShare
 
 # calls of 64 rows or more compute each row alike on x86-64 only (slots.TILE)
@@ -108,23 +123,42 @@ def test_a_prompt_with_media_reuses_only_whole_shared_blocks_computed_as_blocks_
 
 
 @X86
-def test_a_text_prompt_of_two_blocks_or_more_reuses_every_shared_exact_row_but_its_last_64() -> None:
-    """Such a prompt computes every row in calls of 64 rows or more (``wide``), its first 64 too: it reuses only a wide
-    slot's rows, and a shorter or media prompt, whose first rows are blocks of 8, reuses none of them."""
+def test_a_text_prompt_of_64_tokens_or_more_reuses_every_shared_exact_row_of_its_kind_but_its_last_64() -> None:
+    """Such a prompt computes every row in calls of 64 rows or more (``WIDE``), its first 64 too: it reuses only a wide
+    slot's rows; a shorter prompt (one call) or a media prompt (blocks) reuses none of them."""
     prompt = list(range(300))
-    slot = Slot(seq=0, cache=list(range(290)), exact=256, wide=True)
+    slot = Slot(seq=0, cache=list(range(290)), exact=256, cut=WIDE)
     assert reusable(slot, prompt, 64) == 236  # its last 64 rows are a call of their own, as in a cold prompt
     assert reusable(slot, prompt + [1] * 100, 64) == 256  # as far as the slot computed whole rows
     assert reusable(slot, [*range(130), 7, *range(131, 300)], 64) == 130  # they part at 130
     assert reusable(slot, [*range(130), -1, *range(131, 300)], 64) == 0  # with an image: blocks, of 8 below 64
-    assert reusable(slot, list(range(100)), 64) == 0  # below 128 tokens: blocks of 8 below 64
+    assert reusable(slot, list(range(100)), 64) == 36 and reusable(slot, list(range(64)), 64) == 0
+    assert reusable(slot, list(range(63)), 64) == 0  # below 64 tokens: one call, below 64 rows
     slot.exact = 40  # any rows of a wide slot, even fewer than 64
     assert reusable(slot, prompt, 64) == 40
-    narrow = Slot(seq=0, cache=list(range(290)), exact=64)  # a short prompt's blocks of 8
-    assert reusable(narrow, prompt, 64) == 0 and reusable(narrow, list(range(100)), 64) == 56
+    blocky = Slot(seq=0, cache=list(range(290)), exact=64)  # a media prompt's blocks
+    assert reusable(blocky, prompt, 64) == 0 and reusable(blocky, [*range(99), -1], 64) == 56
     assert reusable(Slot(seq=1), prompt, 64) == 0
-    assert not free_cut(list(range(127)), 64) and free_cut(list(range(128)), 64) and not free_cut([-1] * 200, 64)
-    assert not free_cut(list(range(300)), 16)  # blocks narrower than flash attention's tile
+    assert [cut_of(list(range(n)), 64) for n in (1, 63, 64, 3000)] == [NARROW, NARROW, WIDE, WIDE]
+    assert cut_of([-1] * 200, 64) == cut_of([5, -1], 64) == BLOCKS
+    assert cut_of(list(range(300)), 16) == BLOCKS  # blocks narrower than flash attention's tile
+
+
+@X86
+def test_a_text_prompt_under_64_tokens_is_one_call_and_reuses_any_shared_row_of_its_kind_but_its_last_8() -> None:
+    """Below 64 rows a call of 8 rows or more computes each row alike (K-quants take ggml-cpu's tiled products from 8
+    rows, other arithmetic): a cached prompt computes its last 8 rows or more in one call, and a call of fewer rows
+    (a prompt under 8 tokens) leaves no row to reuse."""
+    slot = Slot(seq=0, cache=list(range(40)), exact=40, cut=NARROW)
+    assert reusable(slot, list(range(50)), 64) == 40
+    assert reusable(slot, list(range(45)), 64) == 45 - LEAD  # a call of 8 rows, not of 5
+    assert reusable(slot, [*range(20), 9, *range(21, 50)], 64) == 20
+    assert reusable(slot, list(range(7)), 64) == 0 and reusable(slot, list(range(70)), 64) == 0  # WIDE
+    assert call_end(20, 50, 64, 0, cut=NARROW) == 50  # the rest in one call, whatever the room
+    assert kept_rows(NARROW, 0, 7, 7, 64) == 0 and kept_rows(NARROW, 0, 8, 8, 64) == kept_rows(WIDE, 0, 8, 70, 64) == 8
+    assert kept_rows(BLOCKS, 0, 8, 30, 64) == 8 and kept_rows(BLOCKS, 16, 30, 30, 64) == 0  # the final block
+    assert Slot(seq=0, cache=list(range(40)), exact=40, stale=list(range(100)), cut=NARROW).refreshable(64) == 0
+    assert LEAD == TILED_FROM  # the tiled kernel's first row count (edge_run/engine/llama/model.py)
 
 
 @X86
@@ -142,27 +176,27 @@ def test_a_text_prompt_of_two_blocks_or_more_reuses_every_shared_exact_row_but_i
     ],
 )
 def test_a_free_cut_takes_the_room_but_never_leaves_fewer_than_64_rows(done: int, n: int, room: int, end: int):
-    assert call_end(done, n, 64, room, free=True) == end
+    assert call_end(done, n, 64, room, cut=WIDE) == end
 
 
 @X86
 def test_a_free_slot_refreshes_its_answer_in_calls_of_64_rows_and_its_tail_in_one_that_starts_before_it() -> None:
     """Never more than one call of 64 rows: a request sent meanwhile waits that long at most. A tail under 64 rows
     takes a call of 64 rows all the same, from before ``exact``: the rows it computes again come out as they were."""
-    slot = Slot(seq=0, cache=list(range(300)), exact=300, stale=list(range(1000, 1170)), wide=True)
+    slot = Slot(seq=0, cache=list(range(300)), exact=300, stale=list(range(1000, 1170)), cut=WIDE)
     assert slot.refreshable(64) == 170 and slot.refresh_rows(64) == 64 and not slot.back_up(64)
-    assert Slot(seq=0, cache=list(range(300)), exact=300, stale=list(range(150)), wide=True).refreshable(64) == 128
+    assert Slot(seq=0, cache=list(range(300)), exact=300, stale=list(range(150)), cut=WIDE).refreshable(64) == 128
     slot.cache += slot.stale[:128]  # two calls later
     slot.exact, slot.stale = 428, slot.stale[128:]
     assert slot.refreshable(64) == slot.refresh_rows(64) == 42 and most_stale([slot], 64) is slot
     assert slot.back_up(64)
     assert slot.exact == 406 and slot.cache == [*range(300), *range(1000, 1106)] and slot.stale == [*range(1106, 1170)]
     assert slot.refresh_rows(64) == 64
-    short = Slot(seq=0, cache=list(range(20)), exact=20, stale=list(range(40)), wide=True)  # no call of 64 rows fits
+    short = Slot(seq=0, cache=list(range(20)), exact=20, stale=list(range(40)), cut=WIDE)  # no call of 64 rows fits
     assert short.refreshable(64) == 0 and not short.back_up(64) and most_stale([short], 64) is None
-    few = Slot(seq=0, cache=list(range(300)), exact=300, stale=list(range(31)), wide=True)  # under half a call new
+    few = Slot(seq=0, cache=list(range(300)), exact=300, stale=list(range(31)), cut=WIDE)  # under half a call new
     assert few.refreshable(64) == 0 and not few.back_up(64) and most_stale([few], 64) is None
-    slot.wide, slot.exact = False, 100  # not wide: whole blocks (100 is not a boundary: the next one is at 128)
+    slot.cut, slot.exact = BLOCKS, 100  # not wide: whole blocks (100 is not a boundary: the next one is at 128)
     assert slot.refresh_rows(64) == 28
     slot.exact, slot.stale = 40, list(range(200))  # below 64: blocks of 8 first
     assert slot.refresh_rows(64) == 8 and slot.refreshable(64) == 152
@@ -204,7 +238,7 @@ def test_no_block_boundary_falls_inside_an_image_whose_rows_attend_to_each_other
                 if tuple(sp for sp in more if sp[0] < n) != whole:  # an image cut off by the shorter one's end
                     continue
                 assert set(blocks(reuse, 64, whole)) <= set(blocks(longer, 64, more)), (n, longer)
-                prompt, slot = list(range(longer)), Slot(seq=0, cache=list(range(n)), exact=reuse)
+                prompt, slot = [*range(longer - 1), -1], Slot(seq=0, cache=list(range(n)), exact=reuse)
                 got = reusable(slot, prompt, 64, more)
                 assert got <= reuse and not any(s < got < e for s, e in more)
 
