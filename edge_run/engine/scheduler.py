@@ -52,13 +52,15 @@ if TYPE_CHECKING:
     from edge_run.engine.slots import Job
     from edge_run.errors import EdgeRunError
 
+    Abort = Callable[[], bool] | None  # asked during a call: whether to stop it (Context.decode)
+
 __all__ = ["PREFILL_BLOCK", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
 PREFILL_BLOCK = 64  # slots.TILE: blocks of 64 rows share calls; a new turn computes its last 64 rows or more again
-# The idle refresh starts this long after the latest answer ended: a request sent at once does not wait behind
-# one of its blocks (~250 ms for 64 rows on 2 cores), and a person's next turn, seconds later, finds it done.
+# The idle refresh starts this long after the latest answer ended (a request stops its call under way, which a burst's
+# requests sent at once would start in vain), so that a person's next turn, seconds later, finds it done.
 REFRESH_AFTER = 0.5
 
 
@@ -172,9 +174,10 @@ class Scheduler:
         self.prompt_tokens_evaluated += used
         return used
 
-    def _decode_block(self, slot: Slot, tokens: list[int], kept: int, *, final: bool) -> int:
+    def _decode_block(self, slot: Slot, tokens: list[int], kept: int, *, final: bool, abort: Abort = None) -> int:
         """Decode ``tokens`` after the slot's cache, in a ``llama_decode`` of their own (one per run of text and of
-        media rows); their first ``kept`` rows extend the reusable ``exact`` part. Returns the last row's index."""
+        media rows); their first ``kept`` rows extend the reusable ``exact`` part. Returns the last row's index, or
+        -1 where ``abort`` stopped a call: then none of them is kept."""
         start = len(slot.cache)
         batch: Batch | EmbdBatch = self._batch
         for a, b, media in runs(tokens):
@@ -185,7 +188,9 @@ class Scheduler:
             else:
                 (batch := self._batch).fill(tokens[a:b], pos, slot.seq, last_logits=last)
             causal = all(s.causal for s in slot.media if s.start == start + a)  # Gemma 3: a whole span is a run
-            self._decode(batch, per=self.block, causal=causal)  # a final block counts as whole blocks
+            if not self._decode(batch, per=self.block, causal=causal, abort=abort):  # a final block: whole blocks
+                self.ctx.seq_rm(slot.seq, slot.pos(start), -1)
+                return -1
         slot.cache += tokens
         slot.exact = start + kept if slot.exact == start else slot.exact
         return batch.n - 1
@@ -199,9 +204,9 @@ class Scheduler:
         if slot.back_up(self.block):  # a tail under 64 rows: its call takes rows of exact again, as they were
             self.ctx.seq_rm(slot.seq, slot.pos(slot.exact), -1)
         rows = slot.refresh_rows(self.block)
-        self._decode_block(slot, slot.stale[:rows], rows, final=False)
-        del slot.stale[:rows]
-        self.tokens_refreshed += rows
+        if self._decode_block(slot, slot.stale[:rows], rows, final=False, abort=self.cores.answering) >= 0:
+            del slot.stale[:rows]  # else a request came, which the call stopped for
+            self.tokens_refreshed += rows
 
     def _decode_rows(self, rows: list[Slot], out: list[tuple[Job, Chunk]]) -> None:
         """Decode each slot's sampled token (a lone slot's with its drafts, or a filler); keep the drafts its sampler
@@ -251,9 +256,10 @@ class Scheduler:
         if slot.job is not None:
             self.ctx.seq_rm(slot.seq, slot.pos(len(slot.cache)), -1)  # the rejected drafts
 
-    def _decode(self, batch: Batch | EmbdBatch, *, per: int = 0, causal: bool = True) -> None:
+    def _decode(self, batch: Batch | EmbdBatch, *, per: int = 0, causal: bool = True, abort: Abort = None) -> bool:
         """One ``llama_decode`` on the governor's threads or fewer (the core share), a lone row with a split KV on
-        ``lone_row_threads``; the governor learns from the others, as ``batch.n / per`` steps of ``per`` rows."""
+        ``lone_row_threads``; the governor learns from the others, as ``batch.n / per`` steps of ``per`` rows.
+        False where ``abort`` stopped it."""
         lone = self.lone_row_threads if batch.n == 1 and self.ctx.splits_lone_row(batch.position(0)) else None
         step = kind(per or batch.n, batch.position(0))
         wanted = lone or self.governor.for_step(step)
@@ -262,12 +268,13 @@ class Scheduler:
             self.ctx.set_threads(threads)
         self.threads_now, start = threads, time.perf_counter()
         try:
-            self.ctx.decode(batch, causal=causal)
+            done = self.ctx.decode(batch, causal=causal, abort=abort)
         finally:
             self.cores.release(self.member)
-        if lone is None and threads == wanted:  # a step cut short by the core share says nothing about the machine
+        if done and lone is None and threads == wanted:  # a step cut short by the core share says nothing
             seconds = time.perf_counter() - start
             self.governor.observe(threads, step, seconds * per / batch.n if per else seconds)
+        return done
 
     def _admit(self, out: list[tuple[Job, Chunk]]) -> bool:
         """Give waiting requests idle slots, in order; whether any request got one."""

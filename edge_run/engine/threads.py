@@ -172,6 +172,11 @@ class CoreShare:
                 self._active.pop(member, None)
             self._cond.notify_all()
 
+    def answering(self) -> bool:
+        """Whether any member has a request, a call or a stop to see to: idle work stops for it (read unlocked, from
+        llama.cpp's compute thread)."""
+        return not all(self._active.values())
+
     def acquire(self, member: int, wanted: int) -> int:
         """Threads for ``member``'s next step: ``wanted``, or fewer to stay within its share; waits for one free."""
         with self._cond:

@@ -4,6 +4,7 @@ cause goes to the log), and the engine keeps serving: also when failing those re
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -30,10 +31,10 @@ def test_a_failed_step_fails_its_requests_and_the_engine_serves_on(
     real_decode, real_seq_rm = llama_context.Context.decode, llama_context.Context.seq_rm
     broken = {"on": False}
 
-    def decode(self: llama_context.Context, batch: llama_context.Batch, *, causal: bool = True) -> None:
+    def decode(self: llama_context.Context, batch: llama_context.Batch, *, causal: bool = True, abort=None) -> bool:
         if broken["on"]:
             raise EngineFailure("llama_decode returned -3")  # what Context.decode raises
-        real_decode(self, batch, causal=causal)
+        return real_decode(self, batch, causal=causal, abort=abort)
 
     def seq_rm(self: llama_context.Context, seq: int, p0: int, p1: int = -1) -> None:
         if broken["on"] and also_when_clearing:
@@ -70,11 +71,11 @@ def test_a_failed_step_leaves_the_waiting_requests_to_run(model_path: Path, monk
     real_decode = llama_context.Context.decode
     fail_next = {"n": 0}
 
-    def decode(self: llama_context.Context, batch: llama_context.Batch, *, causal: bool = True) -> None:
+    def decode(self: llama_context.Context, batch: llama_context.Batch, *, causal: bool = True, abort=None) -> bool:
         if fail_next["n"]:
             fail_next["n"] -= 1
             raise EngineFailure("llama_decode returned -3")
-        real_decode(self, batch, causal=causal)
+        return real_decode(self, batch, causal=causal, abort=abort)
 
     monkeypatch.setattr(llama_context.Context, "decode", decode)
 
@@ -162,3 +163,31 @@ def test_an_embedder_repacks_its_weights_but_never_into_amx_buffers(
 
     asyncio.run(go())
     assert seen == [not amx]
+
+
+def test_a_call_that_its_abort_stops_keeps_none_of_its_rows(model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``Context.decode``'s ``abort`` (the idle refresh's call, when a request comes): llama.cpp stops after the graph
+    node it asks at, drops the rows the call wrote, and the same rows computed again give the logits they would have
+    given. Its stop is not logged as an error."""
+    model = llama_model.Model(model_path, gpu_layers=0)
+    ctx = llama_context.Context(model, n_seq=1, n_ctx_seq=512, n_batch=512, threads=share_of_cores())
+    batch = llama_context.Batch(512)
+    tokens = model.tokenize("The river runs past the old mill and under the stone bridge. " * 12)[:130]
+    try:
+        batch.fill(tokens[:64], 0, 0, last_logits=False)
+        assert ctx.decode(batch)
+        asked = []
+        batch.fill(tokens[64:128], 64, 0, last_logits=True)
+        with caplog.at_level(logging.ERROR):
+            assert not ctx.decode(batch, abort=lambda: not asked.append(1))  # stop at once
+        assert not caplog.records
+        assert len(asked) == 1 and llama_context.L.llama_memory_seq_pos_max(ctx._mem, 0) == 63
+        assert ctx.decode(batch, abort=lambda: False)
+        stopped_first = ctx.logits(63).copy()
+        ctx.seq_rm(0, 64, -1)
+        assert ctx.decode(batch)
+        assert (stopped_first == ctx.logits(63)).all()
+    finally:
+        batch.close()
+        ctx.close()
+        model.close()

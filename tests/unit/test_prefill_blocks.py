@@ -9,6 +9,7 @@ from itertools import pairwise
 
 import pytest
 
+from edge_run.engine.llama.context import Batch
 from edge_run.engine.llama.model import TILED_FROM
 from edge_run.engine.scheduler import REFRESH_AFTER, Scheduler
 from edge_run.engine.slots import (
@@ -215,6 +216,51 @@ def test_the_idle_refresh_waits_a_moment_after_the_latest_answer() -> None:
     assert scheduler.refresh_in() == 0.0 and scheduler.has_work()
     slot.stale = slot.stale[:7]  # less than a block (the first is 8 rows): nothing to refresh
     assert scheduler.refresh_in() is None and not scheduler.has_work()
+
+
+class _Computes:
+    """A llama context that computes nothing: it drops rows as asked, and a call asks ``abort`` once ``arrive`` (a
+    request coming during the call) has run."""
+
+    n_ctx_seq = 4096
+
+    def __init__(self, arrive) -> None:
+        self.arrive, self.dropped_from = arrive, []
+
+    def splits_lone_row(self, pos: int) -> bool:
+        return False
+
+    def set_threads(self, threads: int) -> None:
+        pass
+
+    def seq_rm(self, seq: int, p0: int, p1: int = -1) -> None:
+        self.dropped_from.append((seq, p0))
+
+    def decode(self, batch, *, causal: bool = True, abort=None) -> bool:
+        arrive, self.arrive = self.arrive, lambda: None
+        arrive()
+        return abort is None or not abort()
+
+
+def test_a_request_stops_the_idle_refresh_call_under_way_and_nothing_of_it_is_kept() -> None:
+    """The refresh's call stops once a request comes (llama.cpp drops the rows it wrote, and so does the slot): the
+    request never waits behind a call of 64 rows. The next refresh step computes the same rows again."""
+    cores = CoreShare(1)
+    ctx, batch = _Computes(lambda: cores.set_active(scheduler.member, True)), Batch(512)  # as Worker.submit does
+    scheduler = Scheduler(None, ctx, batch, slots=2, cores=cores)  # type: ignore[arg-type]  # no model: no samples
+    try:
+        slot = scheduler._slots[0]
+        slot.cache, slot.exact, slot.cut, slot.stale = list(range(300)), 300, WIDE, list(range(1000, 1100))
+        slot.last_used = time.monotonic() - REFRESH_AFTER
+        cores.set_active(scheduler.member, True, idle_work=True)  # the worker's refresh step
+        scheduler.step([])
+        assert ctx.dropped_from == [(0, 300)] and scheduler.tokens_refreshed == 0
+        assert (slot.cache, slot.exact, slot.stale) == (list(range(300)), 300, list(range(1000, 1100)))
+        cores.set_active(scheduler.member, True, idle_work=True)  # the request seen to, the worker's next refresh step
+        scheduler.step([])
+        assert scheduler.tokens_refreshed == 64 and slot.exact == 364 and slot.stale == list(range(1064, 1100))
+    finally:
+        batch.close()
 
 
 def images(n: int, rows: int, gap: int, first: int) -> tuple[tuple[int, int], ...]:

@@ -29,9 +29,14 @@ def init_backend() -> None:
     L.llama_backend_init()
 
 
+# A call that an abort callback stopped (``Context.decode``'s ``abort``): asked for, so not an error to log.
+# GGML_STATUS_ABORTED is 1, and llama_decode returns 2 for it.
+_ABORTED = (b"failed with error 1", b"compute status: 1", b"failed to decode, ret = 2")
+
+
 @L.llama_log_callback
 def quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    if level == 4:  # GGML_LOG_LEVEL_ERROR
+    if level == 4 and not text.rstrip().endswith(_ABORTED):  # GGML_LOG_LEVEL_ERROR
         log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 
 
