@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edge_run.engine.slots import COPY_GAIN, reusable, shared_rows
+from edge_run.engine.slots import COPY_GAIN, most_stale, reusable, shared_rows
 
 if TYPE_CHECKING:
-    from edge_run.engine.llama.context import Context
-    from edge_run.engine.slots import Slot, Whole
+    from collections import deque
 
-__all__ = ["set_aside", "take_prefix"]
+    from edge_run.engine.llama.context import Context
+    from edge_run.engine.slots import Job, Slot, Whole
+
+__all__ = ["goes_on", "refresh_slot", "set_aside", "take_prefix"]
 
 
 def take_prefix(
@@ -51,3 +53,23 @@ def set_aside(slots: list[Slot], slot: Slot, ctx: Context) -> Slot:
     del slot.cache[slot.exact :]
     slot.final_logits = None
     return slot
+
+
+def refresh_slot(slots: list[Slot], block: int, ctx: Context) -> Slot:
+    """The slot of the idle refresh's next call, ready for it: the most recently used idle slot with rows to compute
+    again (:func:`most_stale`), or the one that :func:`set_aside` gives it, and a tail under 64 rows backed up so that
+    its call takes rows of ``exact`` again, as they were (``Slot.back_up``)."""
+    slot = most_stale(slots, block)
+    assert slot is not None  # the refresh runs only when one is due
+    if slot.final_logits is not None:  # a prompt kept with its last row's logits, for the same prompt again
+        slot = set_aside(slots, slot, ctx)
+    if slot.back_up(block):
+        ctx.seq_rm(slot.seq, slot.pos(slot.exact), -1)
+    return slot
+
+
+def goes_on(waiting: deque[Job], at: int, tokens: list[int]) -> bool:
+    """Whether the first waiting request's prompt holds ``tokens`` at ``at``: the next turn of the answer that the
+    idle refresh computes, which will reuse those rows (a request that comes during the call waits for it)."""
+    job = waiting[0] if waiting else None  # read from llama.cpp's compute thread: the event loop appends meanwhile
+    return job is not None and job.prompt[at : at + len(tokens)] == tokens

@@ -38,7 +38,7 @@ from edge_run.engine.encoding import Encoder
 from edge_run.engine.gather import gather
 from edge_run.engine.media import rows_at, runs, unencoded
 from edge_run.engine.output import token_chunk
-from edge_run.engine.prefix import set_aside, take_prefix
+from edge_run.engine.prefix import goes_on, refresh_slot, take_prefix
 from edge_run.engine.slots import Slot, call_end, calls, cut_of, kept_rows, most_stale, pick_slot, stale_tokens
 from edge_run.engine.text import TextStream
 from edge_run.engine.threads import CoreShare, ThreadGovernor, kind
@@ -196,16 +196,18 @@ class Scheduler:
         return batch.n - 1
 
     def _refresh(self) -> None:
-        """Compute the next block of an idle slot's finished answer, so that its next turn reuses it."""
-        slot = most_stale(self._slots, self.block)
-        assert slot is not None  # step refreshes only when refresh_in() is 0
-        if slot.final_logits is not None:  # a prompt kept with its last row's logits, for the same prompt again
-            slot = set_aside(self._slots, slot, self.ctx)
-        if slot.back_up(self.block):  # a tail under 64 rows: its call takes rows of exact again, as they were
-            self.ctx.seq_rm(slot.seq, slot.pos(slot.exact), -1)
+        """Compute the next block of an idle slot's finished answer, so that its next turn reuses it. A request that
+        comes meanwhile stops the call, but for that answer's next turn, which reuses its rows (:func:`goes_on`)."""
+        slot = refresh_slot(self._slots, self.block, self.ctx)
         rows = slot.refresh_rows(self.block)
-        if self._decode_block(slot, slot.stale[:rows], rows, final=False, abort=self.cores.answering) >= 0:
-            del slot.stale[:rows]  # else a request came, which the call stopped for
+        at, tokens = len(slot.cache), slot.stale[:rows]
+
+        def stop() -> bool:  # asked during the call
+            mine = not self.cores.answering(but=self.member) and goes_on(self.waiting, at, tokens)
+            return self.cores.answering() and not mine
+
+        if self._decode_block(slot, tokens, rows, final=False, abort=stop) >= 0:
+            del slot.stale[:rows]  # else a request came that the call stopped for
             self.tokens_refreshed += rows
 
     def _decode_rows(self, rows: list[Slot], out: list[tuple[Job, Chunk]]) -> None:

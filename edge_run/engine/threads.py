@@ -172,10 +172,10 @@ class CoreShare:
                 self._active.pop(member, None)
             self._cond.notify_all()
 
-    def answering(self) -> bool:
-        """Whether any member has a request, a call or a stop to see to: idle work stops for it (read unlocked, from
-        llama.cpp's compute thread)."""
-        return not all(self._active.values())
+    def answering(self, *, but: int = 0) -> bool:
+        """Whether any member (``but`` one) has a request, a call or a stop to see to: idle work stops for it (read
+        unlocked, from llama.cpp's compute thread)."""
+        return any(not idle_work for m, idle_work in list(self._active.items()) if m != but)
 
     def acquire(self, member: int, wanted: int) -> int:
         """Threads for ``member``'s next step: ``wanted``, or fewer to stay within its share; waits for one free."""

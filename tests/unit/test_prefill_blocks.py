@@ -18,6 +18,7 @@ from edge_run.engine.slots import (
     NARROW,
     TILE,
     WIDE,
+    Job,
     Slot,
     call_end,
     cut_of,
@@ -219,8 +220,8 @@ def test_the_idle_refresh_waits_a_moment_after_the_latest_answer() -> None:
 
 
 class _Computes:
-    """A llama context that computes nothing: it drops rows as asked, and a call asks ``abort`` once ``arrive`` (a
-    request coming during the call) has run."""
+    """A llama context that computes nothing: it drops rows as asked, and a call asks ``abort`` once ``arrive`` (what
+    comes during the call) has run."""
 
     n_ctx_seq = 4096
 
@@ -237,28 +238,40 @@ class _Computes:
         self.dropped_from.append((seq, p0))
 
     def decode(self, batch, *, causal: bool = True, abort=None) -> bool:
-        arrive, self.arrive = self.arrive, lambda: None
-        arrive()
+        self.arrive()
         return abort is None or not abort()
 
 
-def test_a_request_stops_the_idle_refresh_call_under_way_and_nothing_of_it_is_kept() -> None:
-    """The refresh's call stops once a request comes (llama.cpp drops the rows it wrote, and so does the slot): the
-    request never waits behind a call of 64 rows. The next refresh step computes the same rows again."""
+def test_a_request_stops_the_idle_refresh_call_under_way_but_the_next_turn_waits_for_it() -> None:
+    """The refresh's call stops once a request comes (llama.cpp drops the rows it wrote, and so does the slot): a
+    request never waits behind a call of 64 rows. But the answer's next turn, which will reuse those rows, lets the
+    call end; the next refresh step computes stopped rows again."""
     cores = CoreShare(1)
-    ctx, batch = _Computes(lambda: cores.set_active(scheduler.member, True)), Batch(512)  # as Worker.submit does
+    arrivals = []
+    ctx, batch = _Computes(lambda: arrivals.pop(0)()), Batch(512)
     scheduler = Scheduler(None, ctx, batch, slots=2, cores=cores)  # type: ignore[arg-type]  # no model: no samples
+    member = scheduler.member
     try:
         slot = scheduler._slots[0]
-        slot.cache, slot.exact, slot.cut, slot.stale = list(range(300)), 300, WIDE, list(range(1000, 1100))
+        slot.cache, slot.exact, slot.cut, slot.stale = list(range(300)), 300, WIDE, list(range(1000, 1200))
         slot.last_used = time.monotonic() - REFRESH_AFTER
-        cores.set_active(scheduler.member, True, idle_work=True)  # the worker's refresh step
+        turn = Job(prompt=[*range(300), *range(1000, 1200), 7], sampler=None, max_tokens=1, stops=(), deliver=print)  # type: ignore[arg-type]
+
+        def next_turn() -> None:  # as Worker.submit does
+            scheduler.waiting.append(turn)
+            cores.set_active(member, True)
+
+        for arrive in (next_turn, lambda: cores.set_active(member, True), lambda: cores.set_active(cores.join(), True)):
+            arrivals.append(arrive)
+            cores.set_active(member, True, idle_work=True)  # the worker's refresh step
+            scheduler.step([])
+            scheduler.waiting.clear()  # seen to
+            cores._active = {}  # every member idle again
+        assert ctx.dropped_from == [(0, 364), (0, 364)] and scheduler.tokens_refreshed == 64
+        assert (len(slot.cache), slot.exact, slot.stale) == (364, 364, list(range(1064, 1200)))
+        arrivals.append(lambda: None)  # nothing comes
         scheduler.step([])
-        assert ctx.dropped_from == [(0, 300)] and scheduler.tokens_refreshed == 0
-        assert (slot.cache, slot.exact, slot.stale) == (list(range(300)), 300, list(range(1000, 1100)))
-        cores.set_active(scheduler.member, True, idle_work=True)  # the request seen to, the worker's next refresh step
-        scheduler.step([])
-        assert scheduler.tokens_refreshed == 64 and slot.exact == 364 and slot.stale == list(range(1064, 1100))
+        assert scheduler.tokens_refreshed == 128 and slot.exact == 428 and slot.stale == list(range(1128, 1200))
     finally:
         batch.close()
 
