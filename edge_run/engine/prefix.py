@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edge_run.engine.slots import COPY_GAIN, most_stale, reusable, shared_rows
+from edge_run.engine.slots import COPY_GAIN, NARROW, most_stale, reusable, shared_rows
 
 if TYPE_CHECKING:
     from collections import deque
@@ -57,12 +57,16 @@ def set_aside(slots: list[Slot], slot: Slot, ctx: Context) -> Slot:
 
 def refresh_slot(slots: list[Slot], block: int, ctx: Context) -> Slot:
     """The slot of the idle refresh's next call, ready for it: the most recently used idle slot with rows to compute
-    again (:func:`most_stale`), or the one that :func:`set_aside` gives it, and a tail under 64 rows backed up so that
-    its call takes rows of ``exact`` again, as they were (``Slot.back_up``)."""
+    again (:func:`most_stale`), or the one that :func:`set_aside` gives it; a ``NARROW`` prompt's rows made stale too
+    (``Slot.widen``), and a tail under 64 rows backed up so that its call takes rows of ``exact`` again, as they were
+    (``Slot.back_up``)."""
     slot = most_stale(slots, block)
     assert slot is not None  # the refresh runs only when one is due
     if slot.final_logits is not None:  # a prompt kept with its last row's logits, for the same prompt again
         slot = set_aside(slots, slot, ctx)
+    if slot.cut == NARROW:  # its next turn, of 64 tokens or more, reuses only rows computed as WIDE
+        ctx.seq_rm(slot.seq, 0, -1)
+        slot.widen()
     if slot.back_up(block):
         ctx.seq_rm(slot.seq, slot.pos(slot.exact), -1)
     return slot

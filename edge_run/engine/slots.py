@@ -164,15 +164,20 @@ class Slot:
         return next_cut(self.exact, block, self.whole) - self.exact
 
     def refreshable(self, block: int) -> int:
-        """The stale tokens the refresh will compute: whole blocks, or in a free cut calls of ``TILE`` and a tail; none
-        of a ``NARROW`` prompt's answer, which a longer turn, ``WIDE``, would not reuse."""
+        """The stale tokens the refresh will compute: whole blocks, or in a free cut calls of ``TILE`` and a tail; of a
+        ``NARROW`` prompt, its rows too, as :meth:`widen` makes them stale."""
         if self.cut == NARROW:
-            return 0
+            return _free_rows(0, self.exact + len(self.stale))
         if self._free(block):
-            n = len(self.stale)
-            whole = n // TILE * TILE  # and a tail as :meth:`_tail` takes one
-            return n if n - whole >= TILE // 2 and self.exact + n >= TILE else whole
+            return _free_rows(self.exact, len(self.stale))
         return max(0, cut_below(self.exact + len(self.stale), block, self.whole) - self.exact)
+
+    def widen(self) -> None:
+        """Make a ``NARROW`` prompt's rows stale, its answer's after them, for the refresh to compute again as a
+        ``WIDE`` prompt would: its next turn, of ``TILE`` tokens or more, reuses only such rows. The caller drops the
+        KV, and the cache holds ``exact`` rows at most (no final block kept)."""
+        self.stale[:0] = self.cache[: self.exact]
+        self.cache, self.exact, self.cut = [], 0, WIDE
 
     def back_up(self, block: int) -> bool:
         """Move ``exact`` back before a :meth:`_tail`, so that its call has ``TILE`` rows: any call of ``TILE`` rows
@@ -183,6 +188,13 @@ class Slot:
         self.stale[:0] = self.cache[self.exact :]
         del self.cache[self.exact :]
         return True
+
+
+def _free_rows(exact: int, n: int) -> int:
+    """Of ``n`` stale tokens after ``exact``, those a free cut's refresh computes: calls of ``TILE``, and a tail as
+    :meth:`Slot._tail` takes one."""
+    whole = n // TILE * TILE
+    return n if n - whole >= TILE // 2 and exact + n >= TILE else whole
 
 
 def calls(rows: list[Slot], limit: int) -> list[list[Slot]]:

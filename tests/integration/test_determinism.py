@@ -351,6 +351,24 @@ def test_a_k_quant_answer_is_the_same_beside_seven_others(tmp_path: Path, k_quan
         server.stop()
 
 
+def test_a_short_first_turn_is_computed_again_as_a_long_prompt_and_the_next_turn_reuses_it(make_server, cold):
+    """A prompt under 64 tokens is one call; its next turn, of 64 tokens or more, computes its rows in calls of 64 or
+    more. So the idle refresh computes the short prompt's rows again with its answer's, as the next turn would, and
+    the next turn reuses them, answering as a fresh server does."""
+    server = make_server("--slots", "1", "--ctx", "2048")
+    c = client(server)
+    first = turn([{"role": "user", "content": "What is a river?"}])
+    _, _, text = answer(c, first)
+    wait_for(lambda: server.health()["models"][0]["tokens_stale"] == 0, 30, "the first turn refreshed")
+    ask = f"Repeat this text exactly: {PASSAGE}"
+    second = turn([*first["messages"], {"role": "assistant", "content": text}, {"role": "user", "content": ask}])
+    got, cached, _ = answer(c, second)
+    prompt = c.chat.completions.create(model=MODEL_ID, **{**second, "max_tokens": 1}).usage.prompt_tokens
+    assert prompt >= 128 and cached > 16  # the first turn's rows (then its last 64 rows at least again)
+    answer(client(cold[0]), {"messages": ELSEWHERE, "max_tokens": 1})
+    assert answer(client(cold[0]), second)[:2] == (got, 0)
+
+
 def test_a_k_quant_short_prompt_computes_its_last_8_rows_again_and_answers_as_cold(
     tmp_path: Path, k_quant_model_path: Path
 ) -> None:

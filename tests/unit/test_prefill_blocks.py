@@ -159,8 +159,20 @@ def test_a_text_prompt_under_64_tokens_is_one_call_and_reuses_any_shared_row_of_
     assert call_end(20, 50, 64, 0, cut=NARROW) == 50  # the rest in one call, whatever the room
     assert kept_rows(NARROW, 0, 7, 7, 64) == 0 and kept_rows(NARROW, 0, 8, 8, 64) == kept_rows(WIDE, 0, 8, 70, 64) == 8
     assert kept_rows(BLOCKS, 0, 8, 30, 64) == 8 and kept_rows(BLOCKS, 16, 30, 30, 64) == 0  # the final block
-    assert Slot(seq=0, cache=list(range(40)), exact=40, stale=list(range(100)), cut=NARROW).refreshable(64) == 0
     assert LEAD == TILED_FROM  # the tiled kernel's first row count (edge_run/engine/llama/model.py)
+
+
+@X86
+def test_a_short_prompt_and_its_answer_are_refreshed_as_a_long_prompt_would_compute_them() -> None:
+    """Its next turn, of 64 tokens or more, reuses only rows computed in calls of 64 or more: the refresh computes the
+    prompt's rows again too, once they make a call of 64 with the answer's (then its tail, as a wide slot's)."""
+    slot = Slot(seq=0, cache=list(range(40)), exact=40, stale=list(range(100, 200)), cut=NARROW)
+    assert slot.refreshable(64) == 128  # 140 rows: two calls, and a tail of 12 is too short for a call of its own
+    assert Slot(seq=0, cache=list(range(40)), exact=40, stale=list(range(20)), cut=NARROW).refreshable(64) == 0
+    assert Slot(seq=0, cache=list(range(40)), exact=40, stale=list(range(60)), cut=NARROW).refreshable(64) == 100
+    slot.widen()
+    assert (slot.cut, slot.cache, slot.exact, slot.stale) == (WIDE, [], 0, [*range(40), *range(100, 200)])
+    assert slot.refreshable(64) == 128 and slot.refresh_rows(64) == 64
 
 
 @X86
