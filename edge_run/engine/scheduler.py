@@ -59,9 +59,9 @@ __all__ = ["PREFILL_BLOCK", "Scheduler"]
 log = logging.getLogger(__name__)
 
 PREFILL_BLOCK = 64  # slots.TILE: blocks of 64 rows share calls; a new turn computes its last 64 rows or more again
-# The idle refresh starts this long after the latest answer ended (a request stops its call under way, which a burst's
-# requests sent at once would start in vain), so that a person's next turn, seconds later, finds it done.
-REFRESH_AFTER = 0.5
+# The idle refresh starts this long after the latest answer ended: a burst's requests sent at once would stop its call
+# (all but the answer's next turn do) and leave it to start again; an agent's next turn, a tool call later, finds some.
+REFRESH_AFTER = 0.1
 
 
 class Scheduler:

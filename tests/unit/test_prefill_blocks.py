@@ -217,7 +217,7 @@ def test_a_free_slot_refreshes_its_answer_in_calls_of_64_rows_and_its_tail_in_on
 
 
 def test_the_idle_refresh_waits_a_moment_after_the_latest_answer() -> None:
-    """A request sent at once must not wait behind a block of the answer just finished (Scheduler.REFRESH_AFTER);
+    """A burst's requests sent at once would stop the refresh's call (Scheduler.REFRESH_AFTER): it waits a moment;
     the engine thread sleeps until the refresh is due (``refresh_in``), then it is work."""
     scheduler = Scheduler(None, None, None, slots=2, cores=CoreShare(1))  # type: ignore[arg-type]  # not decoded
     assert scheduler.refresh_in() is None and not scheduler.has_work()
