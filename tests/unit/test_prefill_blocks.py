@@ -11,6 +11,7 @@ import pytest
 
 from edge_run.engine.llama.context import Batch
 from edge_run.engine.llama.model import TILED_FROM
+from edge_run.engine.prefix import refresh_slot
 from edge_run.engine.scheduler import REFRESH_AFTER, Scheduler
 from edge_run.engine.slots import (
     BLOCKS,
@@ -26,6 +27,7 @@ from edge_run.engine.slots import (
     kept_rows,
     most_stale,
     next_block,
+    pick_slot,
     reusable,
 )
 from edge_run.engine.threads import CoreShare
@@ -249,6 +251,9 @@ class _Computes:
     def seq_rm(self, seq: int, p0: int, p1: int = -1) -> None:
         self.dropped_from.append((seq, p0))
 
+    def seq_cp(self, src: int, dst: int) -> None:
+        self.copied = (src, dst)
+
     def decode(self, batch, *, causal: bool = True, abort=None) -> bool:
         self.arrive()
         return abort is None or not abort()
@@ -286,6 +291,21 @@ def test_a_request_stops_the_idle_refresh_call_under_way_but_the_next_turn_waits
         assert scheduler.tokens_refreshed == 128 and slot.exact == 428 and slot.stale == list(range(1128, 1200))
     finally:
         batch.close()
+
+
+def test_the_refresh_copies_a_kept_prompt_aside_and_a_request_that_reuses_neither_takes_the_copy_first() -> None:
+    """A prompt kept with its last row's logits (for the same prompt again) stays; its answer is refreshed in a copy,
+    in the least recently used other idle slot. The copy counts as used just before it, so that a request that
+    reuses neither evicts the copy, not the kept prompt."""
+    ctx = _Computes(lambda: None)
+    kept = Slot(seq=0, cache=list(range(100)), exact=100, stale=list(range(500, 580)), cut=WIDE, last_used=10.0)
+    kept.final_logits = object()  # type: ignore[assignment]  # kept logits: only whether there are any counts
+    older = Slot(seq=1, cache=list(range(900, 950)), exact=50, cut=NARROW, last_used=5.0)
+    assert refresh_slot([kept, older], 64, ctx) is older and ctx.copied == (0, 1)
+    assert (older.cache, older.stale, older.cut) == (list(range(100)), list(range(500, 580)), WIDE)
+    assert kept.final_logits is not None and kept.stale == [] and kept.cache == list(range(100))
+    assert older.last_used < kept.last_used
+    assert pick_slot([kept, older], [kept, older], list(range(2000, 2100)), 64) is older
 
 
 def images(n: int, rows: int, gap: int, first: int) -> tuple[tuple[int, int], ...]:
