@@ -259,6 +259,7 @@ class _Computes:
         return abort is None or not abort()
 
 
+@X86  # calls of 64 rows from anywhere (a wide slot's refresh)
 def test_a_request_stops_the_idle_refresh_call_under_way_but_the_next_turn_waits_for_it() -> None:
     """The refresh's call stops once a request comes (llama.cpp drops the rows it wrote, and so does the slot): a
     request never waits behind a call of 64 rows. But the answer's next turn, which will reuse those rows, lets the
