@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edge_run.engine.slots import COPY_GAIN, NARROW, most_stale, reusable, shared_rows
+from edge_run.engine.slots import COPY_GAIN, NARROW, most_stale, reusable, shared_rows, spares
 
 if TYPE_CHECKING:
     from collections import deque
@@ -41,11 +41,11 @@ def take_prefix(
 
 def set_aside(slots: list[Slot], slot: Slot, ctx: Context) -> Slot:
     """The slot in which the idle refresh computes ``slot``'s finished answer, whose prompt is kept whole with its last
-    row's logits for the same prompt again: the least recently used other idle slot, which takes a copy of the KV
+    row's logits for the same prompt again: the least recently used of its :func:`spares`, which takes a copy of the KV
     and the answer (then both are kept), or else ``slot``. Either way the prompt's final block is dropped there: the
     refresh computes it as the answer's next turn would. The copy counts as used just before ``slot``: a request that
     reuses neither takes it first."""
-    spare = min((s for s in slots if s.idle and s is not slot), key=lambda s: s.last_used, default=None)
+    spare = min(spares(slots, slot), key=lambda s: s.last_used, default=None)
     if spare is not None:
         ctx.seq_cp(slot.seq, spare.seq)
         spare.cache, spare.exact, spare.last_used = slot.cache[: slot.exact], slot.exact, slot.last_used - 1e-3

@@ -44,6 +44,7 @@ __all__ = [
     "plan_moves",
     "reusable",
     "shared_rows",
+    "spares",
     "stale_tokens",
 ]
 
@@ -353,12 +354,30 @@ def kept_rows(cut: str, start: int, end: int, n: int, block: int, whole: Whole =
     return end - start if cut == WIDE or end - start >= LEAD else 0
 
 
+def spares(slots: list[Slot], slot: Slot) -> list[Slot]:
+    """The other idle slots that the refresh of ``slot``'s answer may copy its KV into, to keep its prompt (with its
+    last row's logits) for the same prompt again: any, or for a ``NARROW`` prompt only those that keep no such prompt
+    of their own. Its answer's next turn may never come, and a burst of short requests would lose one of them to
+    each refresh (8 short prompts cycling over 8 slots: every round some came cold)."""
+    narrow = slot.cut == NARROW
+    return [s for s in slots if s.idle and s is not slot and not (narrow and s.final_logits is not None)]
+
+
+def _due(slots: list[Slot], slot: Slot, block: int) -> int:
+    """The tokens the refresh will compute in ``slot``: none for a ``NARROW`` prompt kept whole whose other idle slots
+    all keep one too (alone, it is computed again in its own slot)."""
+    others = [s for s in slots if s.idle and s is not slot]
+    if slot.cut == NARROW and slot.final_logits is not None and others and not spares(slots, slot):
+        return 0
+    return slot.refreshable(block)
+
+
 def most_stale(slots: list[Slot], block: int) -> Slot | None:
     """The most recently used idle slot that has a whole block (or in a free cut, any token) to compute again."""
-    found = (s for s in slots if s.idle and s.refreshable(block))
+    found = (s for s in slots if s.idle and _due(slots, s, block))
     return max(found, key=lambda s: s.last_used, default=None)
 
 
 def stale_tokens(slots: list[Slot], block: int) -> int:
     """Tokens of finished answers still to compute again (background work of an idle engine)."""
-    return sum(s.refreshable(block) for s in slots if s.idle)
+    return sum(_due(slots, s, block) for s in slots if s.idle)

@@ -29,6 +29,8 @@ from edge_run.engine.slots import (
     next_block,
     pick_slot,
     reusable,
+    spares,
+    stale_tokens,
 )
 from edge_run.engine.threads import CoreShare
 
@@ -175,6 +177,24 @@ def test_a_short_prompt_and_its_answer_are_refreshed_as_a_long_prompt_would_comp
     slot.widen()
     assert (slot.cut, slot.cache, slot.exact, slot.stale) == (WIDE, [], 0, [*range(40), *range(100, 200)])
     assert slot.refreshable(64) == 128 and slot.refresh_rows(64) == 64
+
+
+@X86
+def test_a_short_prompt_kept_whole_is_refreshed_only_into_a_slot_that_keeps_no_prompt_whole() -> None:
+    """Its refresh copies it aside (the prompt stays, with its last row's logits, for the same prompt again), but
+    never over another prompt kept so: short requests cycling over the slots would lose one to each refresh."""
+    short = Slot(seq=0, cache=list(range(40)), exact=40, stale=list(range(100, 200)), cut=NARROW, last_used=9.0)
+    other = Slot(seq=1, cache=list(range(50, 90)), exact=40, cut=NARROW, last_used=1.0)
+    short.final_logits = other.final_logits = object()  # type: ignore[assignment]  # kept: only whether counts
+    assert spares([short, other], short) == [] and most_stale([short, other], 64) is None
+    assert stale_tokens([short, other], 64) == 0
+    assert most_stale([short], 64) is short  # alone, it is computed again in its own slot
+    other.final_logits = None  # a refreshed copy, or nothing kept whole
+    assert spares([short, other], short) == [other] and most_stale([short, other], 64) is short
+    assert stale_tokens([short, other], 64) == 128
+    wide = Slot(seq=0, cache=list(range(100)), exact=100, stale=list(range(500, 580)), cut=WIDE)
+    other.final_logits = wide.final_logits = object()  # type: ignore[assignment]
+    assert spares([wide, other], wide) == [other]  # a long prompt's answer is a conversation's: it evicts the LRU
 
 
 @X86
