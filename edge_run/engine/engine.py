@@ -334,7 +334,8 @@ class Engine:
             "ctx_per_slot": self.options.ctx,
             "device_sampling": s.device_sampling if s else False,
             "threads": self.options.threads,
-            "threads_now": s.threads_now if s else self.options.threads,
+            "threads_now": s.steps.threads_now if s else self.options.threads,
+            "steps_late": s.steps.late if s else 0,
             "thread_switches": s.governor.switches if s else 0,
         }
 

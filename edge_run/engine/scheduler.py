@@ -41,7 +41,7 @@ from edge_run.engine.output import token_chunk
 from edge_run.engine.prefix import goes_on, refresh_slot, take_prefix
 from edge_run.engine.slots import Slot, call_end, calls, cut_of, kept_rows, most_stale, pick_slot, stale_tokens
 from edge_run.engine.text import TextStream
-from edge_run.engine.threads import CoreShare, ThreadGovernor, kind
+from edge_run.engine.threads import CoreShare, Steps, ThreadGovernor, kind
 from edge_run.engine.types import Chunk
 
 if TYPE_CHECKING:
@@ -94,9 +94,10 @@ class Scheduler:
         # among others does; None on a GPU
         self.lone_row_threads, self.device_sampling = lone_row_threads, device_sampling
         self.governor, self.company = ThreadGovernor(threads, adapt=adapt_threads), Company()
-        self.threads_now = threads  # what the context was last set to (the governor may be trying another)
         self.cores = cores or CoreShare(threads)  # shared with the other loaded models
         self.member = self.cores.join()
+        stoppable = not device_sampling  # a call that samples on the device is not done twice (threads.Steps)
+        self.steps = Steps(ctx, self.governor, self.cores, self.member, lone_row_threads, stoppable)
         self.encoder = Encoder(self.cores, self.member, beside=encode_beside)  # images and audio (a projector)
         self.ctx, self._slots = ctx, [Slot(seq=i) for i in range(slots)]
         self._batch, self._embd = batch, embd_batch  # embd_batch: media rows (a model with a projector)
@@ -188,7 +189,7 @@ class Scheduler:
             else:
                 (batch := self._batch).fill(tokens[a:b], pos, slot.seq, last_logits=last)
             causal = all(s.causal for s in slot.media if s.start == start + a)  # Gemma 3: a whole span is a run
-            if not self._decode(batch, per=self.block, causal=causal, abort=abort):  # a final block: whole blocks
+            if not self.steps.decode(batch, per=self.block, causal=causal, abort=abort):  # a final block: whole blocks
                 self.ctx.seq_rm(slot.seq, slot.pos(start), -1)
                 return -1
         slot.cache += tokens
@@ -231,7 +232,7 @@ class Scheduler:
                 slot.logit_index = batch.add(slot.next_token, slot.pos(len(slot.cache)), slot.seq, True)
             for i, token in enumerate(drafts):
                 batch.add(token, at + 1 + i, rows[0].seq, True)
-            self._decode(batch)
+            self.steps.decode(batch)
             for slot in call:
                 self._accept(slot, drafts, out)
         if alone:
@@ -257,26 +258,6 @@ class Scheduler:
         slot.draft_k = next_k(slot.draft_k, real, kept, self.max_drafts)
         if slot.job is not None:
             self.ctx.seq_rm(slot.seq, slot.pos(len(slot.cache)), -1)  # the rejected drafts
-
-    def _decode(self, batch: Batch | EmbdBatch, *, per: int = 0, causal: bool = True, abort: Abort = None) -> bool:
-        """One ``llama_decode`` on the governor's threads or fewer (the core share), a lone row with a split KV on
-        ``lone_row_threads``; the governor learns from the others, as ``batch.n / per`` steps of ``per`` rows.
-        False where ``abort`` stopped it."""
-        lone = self.lone_row_threads if batch.n == 1 and self.ctx.splits_lone_row(batch.position(0)) else None
-        step = kind(per or batch.n, batch.position(0))
-        wanted = lone or self.governor.for_step(step)
-        threads = self.cores.acquire(self.member, wanted)  # or fewer: this model's free share of the cores
-        if threads != self.threads_now:
-            self.ctx.set_threads(threads)
-        self.threads_now, start = threads, time.perf_counter()
-        try:
-            done = self.ctx.decode(batch, causal=causal, abort=abort)
-        finally:
-            self.cores.release(self.member)
-        if done and lone is None and threads == wanted:  # a step cut short by the core share says nothing
-            seconds = time.perf_counter() - start
-            self.governor.observe(threads, step, seconds * per / batch.n if per else seconds)
-        return done
 
     def _admit(self, out: list[tuple[Job, Chunk]]) -> bool:
         """Give waiting requests idle slots, in order; whether any request got one."""

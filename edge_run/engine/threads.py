@@ -20,7 +20,11 @@ whichever is faster:
   machine one can be lucky); a step far slower than the setting in use ends the try at once, so a try
   of all threads on a busy machine costs one step, and so does a step of one thread no faster than all
   of them, so a try of one thread on a quiet machine costs one step too. When all threads won but are
-  given up again soon after, the wait keeps growing instead of starting over.
+  given up again soon after, the wait keeps growing instead of starting over;
+- a step on all threads does not run to its end when it collapses: past ``COLLAPSE`` times the best recent step of
+  its kind (a try of more threads: what loses it), :class:`Steps` stops it and does it again on one thread. A
+  collapsed step took 0.3 to 0.9 s where one thread takes 20 ms, so noticing the load cost 3 of them, over a second,
+  and every lost try of all threads one more; now each costs a few normal steps.
 
 A "kind" of step is its number of rows, how far its KV reaches (in spans of ``KV_SPAN`` cells) and its thread
 count: a step of 4 rows takes longer than one of a single row, and one at 8,000 cells longer than one at 700,
@@ -33,8 +37,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Hashable
+from typing import Any
 
-__all__ = ["CoreShare", "ThreadGovernor", "kind"]
+__all__ = ["CoreShare", "Steps", "ThreadGovernor", "kind"]
 
 KV_SPAN = 1024  # a step's kind counts its KV in spans of this many cells
 PROBE_EVERY = 2.0  # seconds between tries of the other setting, at first
@@ -52,6 +57,10 @@ ABORT_FEWER = 1.0
 SLOW = 1.5  # a step this many times slower than the best recent one of its kind is slow...
 SLOW_IN, SLOW_OF = 3, 4  # ... and 3 slow steps of the latest 4 mean the machine just got busy
 DRIFT = 1.002  # how fast the best recent step time rises, per step
+# A step on all threads that runs this many times its kind's best recent time is stopped and done again on one thread:
+# on 2 cores beside a CPU-bound process, a 10 ms step of SmolLM2-135M took 0.3 to 0.9 s (its threads wait at every
+# barrier for one that has no core), and the 3 slow steps that start a try cost a second
+COLLAPSE = 3.0
 SMOOTH = 0.2  # weight of the newest step in the usual time
 
 
@@ -90,6 +99,17 @@ class ThreadGovernor:
             return self.alternative
         return self.threads
 
+    def deadline(self, threads: int, rows: Hashable) -> float | None:
+        """How long a step of kind ``rows`` on ``threads`` may run before it is stopped (:class:`Steps`): on all
+        threads, ``COLLAPSE`` times the best recent step of its kind; on a try of more threads, what loses the try
+        anyway. None on one thread, and for a kind with no time yet."""
+        if not self.adapt or threads == 1:
+            return None
+        if threads != self.threads:  # a try of more threads
+            return ABORT * self._usual[(self.threads, rows)]  # for_step tries only kinds that have one
+        best = self._best.get((threads, rows))
+        return None if best is None else COLLAPSE * best
+
     def observe(self, threads: int, rows: Hashable, seconds: float) -> None:
         """Record a step of kind ``rows`` (:func:`kind`, or a row count) that took ``seconds`` with ``threads``."""
         if not self.adapt:
@@ -122,9 +142,10 @@ class ThreadGovernor:
         self._best[key] = best
         if self.threads == self.max:
             self._recent = [*self._recent[-(SLOW_OF - 1) :], seconds > SLOW * best]
-            if sum(self._recent) >= SLOW_IN:  # the machine just got busy: try fewer threads now
-                self._probe_now = True
+            if sum(self._recent) >= SLOW_IN:  # the machine just got busy: try fewer threads now, against this step
+                self._probe_now = True  # (the usual time lags behind: a try judged by it lost to steps stopped early)
                 self._recent = []
+                self._usual[key] = max(self._usual[key], seconds)
 
     def _switch(self, threads: int, rows: Hashable, seconds: float) -> None:
         now = self._clock()
@@ -136,6 +157,65 @@ class ThreadGovernor:
         self.switches += 1
         self._switched_at = now
         self._usual[(threads, rows)] = seconds
+
+
+class Steps:
+    """Each ``llama_decode`` of one model's context, on the governor's threads within the model's share of the cores
+    (a lone row with a split KV on ``lone_row_threads``). A step on more than one thread that runs past its deadline
+    (:meth:`ThreadGovernor.deadline`: the machine just got busy, or a try lost) is stopped, and done again on one
+    thread, which waits at no barrier for a thread that has no core. llama.cpp drops a stopped call's rows, and a row
+    computes the same on any thread count, so no answer moves. ``stoppable`` is False where a call may not be done
+    twice (its samplers run inside it and draw their random numbers as it starts)."""
+
+    def __init__(
+        self, ctx: Any, governor: ThreadGovernor, cores: CoreShare, member: int, lone_row: int | None, stoppable: bool
+    ) -> None:
+        self.ctx, self.governor, self.cores, self.member = ctx, governor, cores, member
+        self.lone_row_threads, self.stoppable = lone_row, stoppable
+        self.threads_now = governor.max  # what the context was last set to (the governor may be trying another)
+        self.late = 0  # steps stopped at their deadline and done again on one thread (``/health``: ``steps_late``)
+
+    def decode(self, batch: Any, *, per: int = 0, causal: bool = True, abort: Callable[[], bool] | None = None) -> bool:
+        """One ``llama_decode`` (the governor learns from it as ``batch.n / per`` steps of ``per`` rows); False where
+        ``abort`` stopped it. A call with ``abort`` is idle work (the refresh of an answer): it takes the setting in
+        use and tries nothing, since a lost try of its long calls put the next try off by 50 of them (``TRY_SHARE``),
+        and the next request found one thread on a machine gone quiet (17 s of 64-row calls at 350 ms)."""
+        lone = self.lone_row_threads if batch.n == 1 and self.ctx.splits_lone_row(batch.position(0)) else None
+        step = kind(per or batch.n, batch.position(0))
+        share = batch.n / per if per else 1.0
+        tried = self.governor.threads if abort else self.governor.for_step(step)
+        wanted = (lone, False) if lone else (tried, True)
+        done, late = self._run(batch, step, share, wanted, causal, abort)
+        if late:
+            self.late += 1
+            done, _ = self._run(batch, step, share, (1, False), causal, abort)
+        return done
+
+    def _run(
+        self,
+        batch: Any,
+        step: Hashable,
+        share: float,
+        wanted: tuple[int, bool],
+        causal: bool,
+        abort: Callable[[], bool] | None,
+    ) -> tuple[bool, bool]:
+        """The call on ``wanted`` threads, judged by the governor where asked; (done, stopped at its deadline)."""
+        threads = self.cores.acquire(self.member, wanted[0])  # or fewer: this model's free share of the cores
+        if threads != self.threads_now:
+            self.ctx.set_threads(threads)
+        self.threads_now = threads
+        judged = wanted[1] and threads == wanted[0]  # a step cut short by the core share says nothing
+        limit = self.governor.deadline(threads, step) if judged and self.stoppable else None
+        start = time.perf_counter()
+        try:
+            done = self.ctx.decode(batch, causal=causal, abort=abort, deadline=limit and limit * share)
+        finally:
+            self.cores.release(self.member)
+        late = not done and limit is not None and not (abort is not None and abort())
+        if judged and (done or late):
+            self.governor.observe(threads, step, (time.perf_counter() - start) / share)
+        return done, late
 
 
 class CoreShare:

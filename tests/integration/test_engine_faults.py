@@ -12,6 +12,7 @@ import pytest
 from edge_run.engine import Engine, EngineOptions, SamplerSpec
 from edge_run.engine.llama import context as llama_context
 from edge_run.engine.llama import model as llama_model
+from edge_run.engine.threads import ThreadGovernor
 from edge_run.errors import EngineFailure
 from tests.support import share_of_cores
 
@@ -31,10 +32,10 @@ def test_a_failed_step_fails_its_requests_and_the_engine_serves_on(
     real_decode, real_seq_rm = llama_context.Context.decode, llama_context.Context.seq_rm
     broken = {"on": False}
 
-    def decode(self: llama_context.Context, batch: llama_context.Batch, *, causal: bool = True, abort=None) -> bool:
+    def decode(self: llama_context.Context, batch: llama_context.Batch, *, causal=True, abort=None, deadline=None):
         if broken["on"]:
             raise EngineFailure("llama_decode returned -3")  # what Context.decode raises
-        return real_decode(self, batch, causal=causal, abort=abort)
+        return real_decode(self, batch, causal=causal, abort=abort, deadline=deadline)
 
     def seq_rm(self: llama_context.Context, seq: int, p0: int, p1: int = -1) -> None:
         if broken["on"] and also_when_clearing:
@@ -71,11 +72,11 @@ def test_a_failed_step_leaves_the_waiting_requests_to_run(model_path: Path, monk
     real_decode = llama_context.Context.decode
     fail_next = {"n": 0}
 
-    def decode(self: llama_context.Context, batch: llama_context.Batch, *, causal: bool = True, abort=None) -> bool:
+    def decode(self: llama_context.Context, batch: llama_context.Batch, *, causal=True, abort=None, deadline=None):
         if fail_next["n"]:
             fail_next["n"] -= 1
             raise EngineFailure("llama_decode returned -3")
-        return real_decode(self, batch, causal=causal, abort=abort)
+        return real_decode(self, batch, causal=causal, abort=abort, deadline=deadline)
 
     monkeypatch.setattr(llama_context.Context, "decode", decode)
 
@@ -191,3 +192,58 @@ def test_a_call_that_its_abort_stops_keeps_none_of_its_rows(model_path: Path, ca
         batch.close()
         ctx.close()
         model.close()
+
+
+def test_a_call_past_its_deadline_stops_keeps_none_of_its_rows_and_the_next_call_runs(model_path: Path) -> None:
+    """``Context.decode``'s ``deadline`` (a step that collapsed beside a busy process, ``threads.Steps``): the flag that
+    llama.cpp's abort callback reads goes up past it, the call stops and drops its rows, and the flag is down again
+    for the next call, which computes the rows as a call never stopped does."""
+    model = llama_model.Model(model_path, gpu_layers=0)
+    ctx = llama_context.Context(model, n_seq=1, n_ctx_seq=512, n_batch=512, threads=share_of_cores())
+    batch = llama_context.Batch(512)
+    tokens = model.tokenize("The river runs past the old mill and under the stone bridge. " * 12)[:130]
+    try:
+        batch.fill(tokens[:64], 0, 0, last_logits=False)
+        assert ctx.decode(batch)
+        batch.fill(tokens[64:128], 64, 0, last_logits=True)
+        assert not ctx.decode(batch, deadline=1e-6)  # 64 rows take milliseconds
+        assert llama_context.L.llama_memory_seq_pos_max(ctx._mem, 0) == 63
+        assert ctx.decode(batch, deadline=60.0)
+        in_time = ctx.logits(63).copy()
+        ctx.seq_rm(0, 64, -1)
+        assert ctx.decode(batch)
+        assert (in_time == ctx.logits(63)).all()
+        ctx.seq_rm(0, 64, -1)
+        assert ctx.decode(batch, abort=lambda: False)  # the refresh's own callback reads the flag too: it is down
+    finally:
+        batch.close()
+        ctx.close()
+        model.close()
+
+
+@pytest.mark.all_cores
+def test_steps_stopped_at_their_deadline_and_done_again_on_one_thread_give_the_same_answer(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every step on two threads stopped at once, as on a machine that just got busy (``threads.Steps``), and done
+    again on one (the prompt's and the first tokens', then the governor's tries): the answer and its
+    log-probabilities, to the bit, are a one-thread engine's."""
+    text = "Tell me about the river, the old mill and the stone bridge. " * 8
+
+    async def run(threads: int) -> tuple[list, int]:
+        options = EngineOptions(ctx=1024, threads=threads, gpu_layers=0, slots=1, max_queue=1, batch=512)
+        engine = Engine("t", model_path, options)
+        await engine.load()
+        try:
+            prompt = await engine.prompt_tokens([{"role": "user", "content": text}])
+            gen = await engine.generate(prompt, SamplerSpec(temperature=0), max_tokens=40, stops=(), top_logprobs=2)
+            chunks = [(c.text, c.logprobs) async for c in gen]
+            return chunks, engine.status()["steps_late"]
+        finally:
+            await engine.close()
+
+    quiet, _ = asyncio.run(run(1))
+    monkeypatch.setattr(ThreadGovernor, "deadline", lambda self, threads, rows: 1e-6 if threads > 1 else None)
+    stopped, late = asyncio.run(run(2))
+    assert late >= 3  # each step on two threads: until the governor gives the second thread up, then its tries
+    assert stopped == quiet

@@ -6,7 +6,17 @@ from typing import ClassVar
 
 import pytest
 
-from edge_run.engine.threads import PROBE_EVERY, PROBE_MAX, TRY_SHARE, ThreadGovernor, kind
+from edge_run.engine.threads import (
+    ABORT,
+    COLLAPSE,
+    PROBE_EVERY,
+    PROBE_MAX,
+    TRY_SHARE,
+    CoreShare,
+    Steps,
+    ThreadGovernor,
+    kind,
+)
 
 
 class Machine:
@@ -292,3 +302,132 @@ def test_a_try_at_a_short_kv_is_not_judged_by_the_steps_at_a_long_one():
     used = m.run(g, 50, rows=kind(64, 700))  # type: ignore[arg-type]  # a kind, as the scheduler passes it
     assert g.threads == 2 and g.switches == 0 and used[0] == 2
     assert kind(64, 700) != kind(64, 8000) and kind(64, 700) == kind(64, 1000)
+
+
+class Stopping(Machine):
+    """As :class:`Steps` runs them: a step on more threads than one that runs past its deadline is stopped there and
+    done again on one thread (that one unjudged); such steps show as ``-threads``."""
+
+    def run(self, governor: ThreadGovernor, steps: int, rows: int = 1) -> list[int]:
+        used = []
+        for _ in range(steps):
+            threads = governor.for_step(rows)
+            seconds = (self.BUSY if self.busy else self.QUIET)[threads]
+            limit = governor.deadline(threads, rows)
+            if limit is not None and seconds > limit:
+                self.now += limit + (self.BUSY if self.busy else self.QUIET)[1]
+                governor.observe(threads, rows, limit)
+                used.append(-threads)
+                continue
+            self.now += seconds
+            governor.observe(threads, rows, seconds)
+            used.append(threads)
+        return used
+
+
+def test_a_step_may_run_a_few_times_its_best_on_all_threads_and_a_try_what_loses_it():
+    m = Machine()
+    g = ThreadGovernor(2, clock=m.clock)
+    assert g.deadline(2, 1) is None  # no time yet for that kind
+    m.run(g, 100)
+    assert g.deadline(2, 1) == pytest.approx(COLLAPSE * Machine.QUIET[2])
+    assert g.deadline(1, 1) is None and ThreadGovernor(1).deadline(1, 1) is None  # one thread never collapses
+    m.busy = True
+    m.run(g, 20)
+    assert g.threads == 1
+    assert g.deadline(2, 1) == pytest.approx(ABORT * Machine.BUSY[1], rel=0.1)  # a try of both: it loses past that
+
+
+def test_collapsed_steps_are_stopped_so_the_load_costs_a_few_normal_steps_to_notice():
+    m = Stopping()
+    g = ThreadGovernor(2, clock=m.clock)
+    m.run(g, 100)
+    m.busy = True
+    start = m.now
+    used = m.run(g, 9)
+    assert used == [-2, -2, -2, 1, 1, 1, 1, 1, 1]  # stopped at 3 times the best, then the try at one thread wins
+    assert g.threads == 1
+    noticing = m.now - start - 9 * Machine.BUSY[1]
+    assert noticing == pytest.approx(3 * COLLAPSE * Machine.QUIET[2], rel=0.01)  # 3 collapsed steps: 1.2 s
+
+
+def test_while_busy_a_try_of_all_threads_costs_a_step_and_a_half():
+    m = Stopping()
+    g = ThreadGovernor(2, clock=m.clock)
+    m.run(g, 100)
+    m.busy = True
+    used = m.run(g, 3000)
+    assert g.threads == 1 and -2 in used[20:] and 2 not in used
+    spent = m.now - 100 * Machine.QUIET[2]
+    assert spent < 1.03 * len(used) * Machine.BUSY[1]  # against 1.25 when each try took its collapsed step
+    m.busy = False
+    m.run(g, 3000)
+    assert g.threads == 2  # and it comes back
+
+
+def test_a_lone_collapsed_step_on_a_quiet_machine_is_stopped_and_keeps_every_thread():
+    m = Stopping()
+    g = ThreadGovernor(2, clock=m.clock)
+    m.run(g, 100)
+    m.busy = True
+    assert m.run(g, 1) == [-2]
+    m.busy = False
+    m.run(g, 100)
+    assert g.threads == 2 and g.switches == 0
+
+
+class _Context:
+    """A context that stops every call given a deadline while ``late`` (as llama.cpp does once the alarm goes off)."""
+
+    def __init__(self, late: bool = True) -> None:
+        self.late, self.threads, self.calls = late, 2, []  # made with 2 threads
+
+    def splits_lone_row(self, pos: int) -> bool:
+        return pos >= 256
+
+    def set_threads(self, threads: int) -> None:
+        self.threads = threads
+
+    def decode(self, batch, *, causal: bool = True, abort=None, deadline=None) -> bool:
+        self.calls.append((self.threads, deadline))
+        return not (deadline is not None and self.late) and (abort is None or not abort())
+
+
+class _Batch:
+    def __init__(self, n: int, pos: int = 0) -> None:
+        self.n, self._pos = n, pos
+
+    def position(self, i: int) -> int:
+        return self._pos + i
+
+
+def _steps(ctx: _Context, *, stoppable: bool = True) -> Steps:
+    governor = ThreadGovernor(2)
+    governor.observe(2, kind(1, 0), 0.010)  # a best time for steps of one row
+    return Steps(ctx, governor, CoreShare(2), 1, 1, stoppable)
+
+
+def test_a_step_stopped_at_its_deadline_is_done_again_on_one_thread():
+    ctx = _Context()
+    steps = _steps(ctx)
+    assert steps.decode(_Batch(1))
+    assert ctx.calls == [(2, pytest.approx(COLLAPSE * 0.010)), (1, None)]
+    assert steps.late == 1 and steps.threads_now == 1
+    ctx.late = False
+    assert steps.decode(_Batch(1)) and ctx.calls[-1][0] == 2 and steps.late == 1
+
+
+def test_a_step_its_caller_stops_or_that_samples_inside_the_call_is_not_done_again():
+    ctx = _Context(late=False)
+    assert not _steps(ctx).decode(_Batch(1), abort=lambda: True)  # a request came: the refresh's call stops
+    assert ctx.calls == [(2, pytest.approx(COLLAPSE * 0.010))]
+    ctx = _Context()
+    steps = _steps(ctx, stoppable=False)
+    assert steps.decode(_Batch(1)) and ctx.calls == [(2, None)] and steps.late == 0
+
+
+def test_a_lone_row_with_a_split_kv_runs_on_its_own_thread_count_with_no_deadline():
+    ctx = _Context()
+    steps = _steps(ctx)
+    steps.governor.observe(2, kind(1, 300), 0.010)
+    assert steps.decode(_Batch(1, pos=300)) and ctx.calls == [(1, None)]

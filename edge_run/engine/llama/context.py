@@ -6,6 +6,9 @@ Everything here runs on the engine thread.
 from __future__ import annotations
 
 import ctypes
+import os
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import llama_cpp as L
@@ -19,6 +22,52 @@ if TYPE_CHECKING:
     from edge_run.engine.llama.model import Model
 
 __all__ = ["Batch", "Context", "EmbdBatch"]
+
+# llama.cpp asks its abort callback after each graph node, on a compute thread. libc's strlen over a 2-byte flag
+# answers without Python (and without waiting for the GIL): 0 while the flag is clear, 1 once :class:`_Alarm` sets it.
+_LIBC = ctypes.cdll.msvcrt if os.name == "nt" else ctypes.CDLL(None)
+_FLAG_SET = L.ggml_abort_callback(ctypes.cast(_LIBC.strlen, ctypes.c_void_p).value or 0)
+
+
+class _Alarm:
+    """Sets a flag once a call has run past its deadline: a thread of its own, which sleeps until the deadline it
+    knows (a call that ends first disarms it, and an arm wakes it only for an earlier deadline than that one)."""
+
+    def __init__(self) -> None:
+        self.flag = (ctypes.c_ubyte * 2)()
+        self._cond = threading.Condition()
+        self._at: float | None = None  # the deadline of the call under way (monotonic seconds)
+        self._wakes: float | None = None  # when the thread wakes next (None: when told)
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def arm(self, at: float) -> None:
+        with self._cond:
+            self._at = at
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="edge-run-deadline", daemon=True)
+                self._thread.start()
+            elif self._wakes is None or at < self._wakes:
+                self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._at = None
+            self.flag[0] = 0
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._at is not None and self._at <= time.monotonic():
+                    self.flag[0] = 1
+                    self._at = None
+                self._wakes = self._at
+                self._cond.wait(None if self._at is None else self._at - time.monotonic())
 
 
 class _Rows:
@@ -125,6 +174,11 @@ class Context:
         # way a row's position does not say how many cells its sequence holds
         mrope = L.llama_model_rope_type(model.ptr) in (L.LLAMA_ROPE_TYPE_MROPE, L.LLAMA_ROPE_TYPE_IMROPE)
         self._swa = L.llama_model_n_swa(model.ptr) > 0 or mrope
+        self._alarm = _Alarm()
+        self._watch_flag()
+
+    def _watch_flag(self) -> None:
+        L.llama_set_abort_callback(self._ptr, _FLAG_SET, ctypes.cast(self._alarm.flag, ctypes.c_void_p))
 
     def splits_lone_row(self, pos: int) -> bool:
         """Whether a sequence's lone row at ``pos`` may have its KV split between threads, which makes its logits
@@ -138,24 +192,36 @@ class Context:
     def ptr(self) -> L.llama_context_p:
         return self._ptr
 
-    def decode(self, batch: Batch | EmbdBatch, *, causal: bool = True, abort: Callable[[], bool] | None = None) -> bool:
+    def decode(
+        self,
+        batch: Batch | EmbdBatch,
+        *,
+        causal: bool = True,
+        abort: Callable[[], bool] | None = None,
+        deadline: float | None = None,
+    ) -> bool:
         """One ``llama_decode``; ``causal=False`` lets the batch's rows attend to each other (a Gemma 3 image).
-        ``abort``, asked after each graph node (on the CPU ~500 times a call, ~1 µs each), stops the call when true:
-        then llama.cpp drops the rows it had written, and this returns False."""
+        ``abort``, asked after each graph node (on the CPU ~500 times a call), stops the call when true, and so does
+        running past ``deadline`` seconds: then llama.cpp drops the rows it had written, and this returns False."""
         batch._b.n_tokens = batch.n
         if not causal:
             L.llama_set_causal_attn(self._ptr, False)
-        stop = L.ggml_abort_callback(lambda _: abort()) if abort is not None else None
+        flag = self._alarm.flag
+        stop = L.ggml_abort_callback(lambda _: flag[0] or abort()) if abort is not None else None
         if stop is not None:
             L.llama_set_abort_callback(self._ptr, stop, None)
+        if deadline is not None:
+            self._alarm.arm(time.monotonic() + deadline)
         try:
             rc = L.llama_decode(self._ptr, batch._b)
         finally:
+            if deadline is not None:
+                self._alarm.disarm()
             if not causal:
                 L.llama_set_causal_attn(self._ptr, True)
             if stop is not None:
-                L.llama_set_abort_callback(self._ptr, L.ggml_abort_callback(0), None)
-        if rc == 2 and stop is not None:
+                self._watch_flag()
+        if rc == 2 and (stop is not None or deadline is not None):
             return False
         if rc != 0:
             raise EngineFailure(f"llama_decode returned {rc}")
@@ -189,5 +255,6 @@ class Context:
 
     def close(self) -> None:
         if self._ptr:
+            self._alarm.close()
             L.llama_free(self._ptr)
             self._ptr = None
