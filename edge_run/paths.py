@@ -1,6 +1,7 @@
 """Where edge-run keeps its files. The only module that imports platformdirs.
 
-``EDGE_RUN_HOME`` relocates everything under one folder (tests point it at a temp dir).
+``EDGE_RUN_HOME`` relocates everything under one folder (tests point it at a temp dir), and
+``EDGE_RUN_KERNEL_CHECKS`` the file of kernel checks (the suite shares one between its servers).
 """
 
 from __future__ import annotations
@@ -23,18 +24,21 @@ class Paths:
     config_dir: Path
     data_dir: Path
     log_dir: Path
+    checks_file: Path | None = None  # EDGE_RUN_KERNEL_CHECKS
 
     @classmethod
     def resolve(cls, environ: dict[str, str] | None = None) -> Paths:
         env = os.environ if environ is None else environ
         home = env.get("EDGE_RUN_HOME")
+        checks = Path(env["EDGE_RUN_KERNEL_CHECKS"]).expanduser() if env.get("EDGE_RUN_KERNEL_CHECKS") else None
         if home:
             root = Path(home).expanduser()
-            return cls(config_dir=root / "config", data_dir=root / "data", log_dir=root / "logs")
+            return cls(root / "config", root / "data", root / "logs", checks)
         return cls(
             config_dir=Path(platformdirs.user_config_dir(APP, appauthor=False)),
             data_dir=Path(platformdirs.user_data_dir(APP, appauthor=False)),
             log_dir=Path(platformdirs.user_log_dir(APP, appauthor=False)),
+            checks_file=checks,
         )
 
     @property
@@ -54,6 +58,11 @@ class Paths:
     @property
     def registry_file(self) -> Path:
         return self.config_dir / "models.json"
+
+    @property
+    def kernel_checks(self) -> Path:
+        """Whether this CPU's kernels compute rows alike, by model (``engine/llama/kernels.py``): checked once."""
+        return self.checks_file or self.data_dir / "kernel-checks.json"
 
     @property
     def models_dir(self) -> Path:

@@ -279,7 +279,7 @@ def build_server(settings: Settings, paths: Paths, keys: KeyStore | None, *, log
     specs = inventory(paths, catalog, settings.model, bundled=_bundled())
     specs, preload = _resolve_preloads(settings.preload, specs, paths, catalog)
     cores = CoreShare(settings.threads or physical_cores())
-    base = engine_options(settings, cores)
+    base = dataclasses.replace(engine_options(settings, cores), kernel_checks=paths.kernel_checks)
     specs = [_sized(s, base) for s in specs]
     pools = upstream_pools(settings)
     _check_links(specs, pools)

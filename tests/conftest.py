@@ -45,6 +45,9 @@ def pytest_configure(config: pytest.Config) -> None:
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         os.environ.setdefault("EDGE_RUN_THREADS", str(max(1, physical_cores() // workers)))
+    # every server checks a model's kernels at its first load on a machine (engine/llama/kernels.py): the suite's
+    # servers share one file of verdicts, so that each model and thread count is checked once, not at every start
+    os.environ.setdefault("EDGE_RUN_KERNEL_CHECKS", str(cache_dir() / "kernel-checks.json"))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -16,7 +16,7 @@ from edge_run.engine.embedding import Pooler
 from edge_run.engine.generation import Generation
 from edge_run.engine.placement import Placement, gpu_devices
 from edge_run.engine.scheduler import PREFILL_BLOCK, Scheduler
-from edge_run.engine.slots import Job
+from edge_run.engine.slots import TILE, Job
 from edge_run.engine.templates import ChatTemplate
 from edge_run.engine.threads import CoreShare
 from edge_run.engine.types import Chunk
@@ -67,6 +67,7 @@ class Engine:
         self._projector: Projector | None = None
         self._placement: Placement | None = None
         self.vram_used = 0  # device memory the load took (weights, KV cache, compute buffers)
+        self.kernels_failed: list[str] = []  # kernel properties that do not hold here: the model runs in safe mode
 
     def placement(self) -> Placement:
         """Where the layers go; decided once, before loading (it reads the free GPU memory)."""
@@ -90,6 +91,7 @@ class Engine:
 
     def _load_blocking(self, loop: asyncio.AbstractEventLoop) -> None:
         from edge_run.engine.llama.context import Batch, Context, EmbdBatch
+        from edge_run.engine.llama.kernels import verdict
         from edge_run.engine.llama.media import Projector
         from edge_run.engine.llama.model import Model
 
@@ -112,6 +114,11 @@ class Engine:
                 log.exception("%s: the projector %s did not load; text only", self.model_id, opts.mmproj)
         if placement.devices:
             self.vram_used = max(0, sum(d.free for d in placement.devices) - sum(d.free for d in gpu_devices()))
+        free = TILE == PREFILL_BLOCK  # x86-64: prompts cut freely (slots.cut_of)
+        self.kernels_failed = [] if offloaded else verdict(model, self.path, opts.threads, opts.kernel_checks, free)
+        failed = set(self.kernels_failed)  # each property that fails takes away what rests on it (llama/kernels.py)
+        threads = 1 if "threads" in failed else opts.threads
+        self._ctx.set_threads(threads)
         scheduler = Scheduler(
             model,
             self._ctx,
@@ -119,12 +126,13 @@ class Engine:
             slots=opts.slots,
             # offloaded whole, blocks of half a batch, and no drafts (see the scheduler's docstring)
             block=(opts.batch + 1) // 2 if offloaded else min(PREFILL_BLOCK, (opts.batch + 1) // 2),
-            max_drafts=0 if offloaded else opts.draft_max,
-            row_limit=None if offloaded else model.row_limit,
+            max_drafts=0 if offloaded or "rows" in failed else opts.draft_max,
+            row_limit=1 if "rows" in failed else None if offloaded else model.row_limit,
             lone_row_threads=None if offloaded else 1,
             device_sampling=offloaded if opts.device_sampling is None else opts.device_sampling,
-            threads=opts.threads,
-            adapt_threads=not offloaded,  # offloaded whole, the CPU threads barely work
+            threads=threads,
+            adapt_threads=not offloaded and "threads" not in failed,  # offloaded whole, the CPU threads barely work
+            safe=bool(failed & {"wide", "narrow"}),
             cores=opts.cores,
             embd_batch=EmbdBatch(opts.batch, p.n_embd, mrope=p.mrope) if (p := self._projector) is not None else None,
             encode_beside=self._projector is not None and self._projector.beside,
@@ -336,6 +344,7 @@ class Engine:
             "threads": self.options.threads,
             "threads_now": s.steps.threads_now if s else self.options.threads,
             "steps_late": s.steps.late if s else 0,
+            "kernels_failed": self.kernels_failed,
             "thread_switches": s.governor.switches if s else 0,
         }
 

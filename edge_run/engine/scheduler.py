@@ -39,7 +39,7 @@ from edge_run.engine.gather import gather
 from edge_run.engine.media import rows_at, runs, unencoded
 from edge_run.engine.output import token_chunk
 from edge_run.engine.prefix import goes_on, refresh_slot, take_prefix
-from edge_run.engine.slots import Slot, call_end, calls, cut_of, kept_rows, most_stale, pick_slot, stale_tokens
+from edge_run.engine.slots import BLOCKS, Slot, call_end, calls, cut_of, kept_rows, most_stale, pick_slot, stale_tokens
 from edge_run.engine.text import TextStream
 from edge_run.engine.threads import CoreShare, Steps, ThreadGovernor, kind
 from edge_run.engine.types import Chunk
@@ -87,8 +87,12 @@ class Scheduler:
         cores: CoreShare | None = None,
         embd_batch: EmbdBatch | None = None,
         encode_beside: bool = False,
+        safe: bool = False,
     ) -> None:
         self.model, self.block = model, block
+        # safe mode, where this CPU's kernels do not compute rows alike in shared calls (llama/kernels.py): every prompt
+        # from its first token in blocks of their own calls, nothing refreshed (and, from the engine, a row a call)
+        self.safe = safe
         self.max_drafts, self.row_limit = max_drafts, row_limit  # rows in a call of generated rows (None: any)
         # a lone row's KV split between threads (:meth:`Context.splits_lone_row`): on one it computes what a row
         # among others does; None on a GPU
@@ -109,7 +113,7 @@ class Scheduler:
 
     @property
     def tokens_stale(self) -> int:
-        return stale_tokens(self._slots, self.block)
+        return 0 if self.safe else stale_tokens(self._slots, self.block)
 
     def has_work(self) -> bool:
         """Whether a step would do anything: requests waiting or generating, or a finished answer to refresh now."""
@@ -117,7 +121,7 @@ class Scheduler:
 
     def refresh_in(self) -> float | None:
         """Seconds until the idle refresh is due (0: now); None when no answer is left to refresh."""
-        slot = most_stale(self._slots, self.block)
+        slot = None if self.safe else most_stale(self._slots, self.block)
         return None if slot is None else max(0.0, slot.last_used + REFRESH_AFTER - time.monotonic())
 
     def close(self) -> None:
@@ -156,7 +160,9 @@ class Scheduler:
         while slot.n_prompt_done < n:
             start = slot.n_prompt_done
             trying = self.governor.for_step(kind(self.block, slot.pos(start))) != self.governor.threads  # or media
-            end = call_end(start, n, self.block, 0 if job.media or trying else budget - used, job.whole, cut=slot.cut)
+            end = call_end(
+                start, n, self.block, 0 if job.media or trying or self.safe else budget - used, job.whole, cut=slot.cut
+            )
             if used and used + end - start > budget:
                 break
             if (span := unencoded(slot.media, start, end)) is not None:  # beside the engine while others generate
@@ -291,6 +297,8 @@ class Scheduler:
     def _start(self, slot: Slot, job: Job, *, fork: bool = False) -> None:
         if fork:  # the KV arrives by copy from the leader once its prompt is done
             slot.n_prompt_done, slot.replay = len(job.prompt), None
+        elif self.safe:  # every prompt from its first token
+            slot.n_prompt_done, slot.replay = 0, None
         else:  # replayed logits feed one sample: not a leader's followers, nor the device's sampler
             replay = not job.followers and not self.device_sampling
             self.prefix_copies += take_prefix(self._slots, slot, job.prompt, self.block, self.ctx, replay, job.whole)
@@ -298,7 +306,7 @@ class Scheduler:
         self.ctx.seq_rm(slot.seq, slot.pos(keep), -1)
         del slot.cache[keep:]
         slot.exact = min(slot.exact, keep)
-        slot.stale, slot.final_logits, slot.job, slot.cut = [], slot.replay, job, cut_of(job.prompt, self.block)
+        slot.stale, slot.final_logits, slot.job, slot.cut = [], slot.replay, job, self._cut(job.prompt)
         # the device samples unless the host needs the logits: log-probabilities, forked choices, a grammar
         if self.device_sampling and not fork and job.top_logprobs is None and not job.followers:
             if job.sampler.spec.offloadable:
@@ -309,6 +317,9 @@ class Scheduler:
         slot.drafter = None if slot.device_sampler or not self.max_drafts else Drafter(job.prompt, self.max_drafts)
         slot.draft_k, slot.accepted, slot.rejected = self.max_drafts, 0, 0
         self.busy += 1
+
+    def _cut(self, prompt: list[int]) -> str:
+        return BLOCKS if self.safe else cut_of(prompt, self.block)
 
     def _fork(self, leader: Slot, out: list[tuple[Job, Chunk]]) -> None:
         """Give each waiting follower the leader's prompt KV and a sample from the same logits."""

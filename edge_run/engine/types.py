@@ -33,6 +33,7 @@ class EngineOptions:
     pooling: str | None = None  # mean, cls, last or rank; None: the model's own (a chat model's: mean)
     mmproj: Path | None = None  # a multimodal projector: images and audio in (llama.cpp's mtmd)
     mmproj_offload: bool = True  # the projector on the GPU when the model is offloaded whole
+    kernel_checks: Path | None = None  # where kernel checks' verdicts are kept (llama/kernels.py); None: not kept
 
 
 @dataclass(slots=True)

@@ -1,0 +1,167 @@
+"""Whether this CPU's kernels compute a row alike in the calls that the scheduler treats as alike, for one model.
+
+The same-answer guarantee shares rows between calls on the strength of four properties of ggml-cpu's kernels,
+which the suite proves on the CPUs it runs on (``test_thread_switch.py``, ``test_determinism.py``) and which
+another CPU, or another weight type, might not have:
+
+- ``wide``: a call of 64 rows of a sequence or more computes each row alike whatever its width and its start
+  (prompts of 64 tokens or more, cut freely: ``slots.WIDE``; x86-64 only);
+- ``narrow``: so does a call of 8 to 63 rows (shorter prompts: ``slots.NARROW``; x86-64 only);
+- ``rows``: a generated row computes alike alone, with drafts after it and beside another sequence's row, in calls
+  up to the model's row limit (drafts and neighbours);
+- ``threads``: each of those computes alike on one thread and on all (the thread governor, and the share of the
+  cores that other models leave).
+
+:func:`check` computes a short text each way through a context of its own and compares the logits to the bit
+(1.4 to 2.5 s for a 135M or 270M model, 5 s for a 1B one on 2 cores). The engine runs it once per model, CPU, llama.cpp
+build and thread count, keeps the verdict in a file (:func:`checked`), and gives up what a failed property carries:
+``wide`` or ``narrow``, reuse (every prompt from its first token, a block a call: ``Scheduler.safe``); ``rows``,
+drafts and neighbours (a generated row a call); ``threads``, all threads but one. An F16 model fails ``rows`` on a
+2-core Xeon with AVX-512: a row alone and a row beside another compute other logits (by 4e-4), as K-quant rows do
+in calls of 8 or more.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import llama_cpp as L
+import numpy as np
+
+from edge_run.engine.llama.context import Batch, Context
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from edge_run.engine.llama.model import Model
+
+__all__ = ["check", "checked", "machine_key", "verdict"]
+
+log = logging.getLogger(__name__)
+
+TEXT = "The river runs past the old mill and under the stone bridge, and the miller counts the sacks. " * 12
+WIDE_ROWS = 65  # two calls of this many rows against one of twice as many
+AT = 2 * WIDE_ROWS  # where the generated rows are checked
+MOST_ROWS = 63  # a generated step's rows at most on the CPU (drafts.step_drafts), under flash attention's tiles
+CHECK = 1  # this check's version, in the key of its verdicts: a changed check runs again
+
+
+def check(model: Model, *, threads: int, row_limit: int | None, free_cuts: bool) -> list[str]:
+    """The properties (``wide``, ``narrow``, ``rows``, ``threads``) that do not hold for ``model`` on this CPU at
+    ``threads`` threads; ``wide`` and ``narrow`` only where the scheduler cuts prompts freely (``free_cuts``)."""
+    ctx = Context(model, n_seq=2, n_ctx_seq=256, n_batch=256, threads=threads)
+    batch = Batch(256)
+    tokens = model.tokenize(TEXT)[:200]
+    failed = []
+    try:
+
+        def logits(index: int) -> np.ndarray:
+            return np.ctypeslib.as_array(L.llama_get_logits_ith(ctx.ptr, index), shape=(model.n_vocab,)).copy()
+
+        def prompt(widths: list[int], on: int, seq: int = 0) -> np.ndarray:
+            """The first ``sum(widths)`` tokens in calls of ``widths`` rows on ``on`` threads; the last row's logits."""
+            ctx.seq_rm(seq, 0, -1)
+            ctx.set_threads(on)
+            start = 0
+            for width in widths:
+                batch.fill(tokens[start : start + width], start, seq, last_logits=True)
+                ctx.decode(batch)
+                start += width
+            return logits(batch.n - 1)
+
+        def row(drafts: int, beside: bool, on: int) -> np.ndarray:
+            """The row at ``AT`` of sequence 0, with ``drafts`` rows after it or another sequence's beside it."""
+            ctx.set_threads(on)
+            batch.clear()
+            for seq in (0, 1) if beside else (0,):
+                batch.add(tokens[AT], AT, seq, True)
+            for i in range(drafts):
+                batch.add(tokens[AT + 1 + i], AT + 1 + i, 0, True)
+            ctx.decode(batch)
+            for seq in (0, 1):
+                ctx.seq_rm(seq, AT, -1)
+            return logits(0)
+
+        def differ(name: str, *ways: np.ndarray) -> None:
+            if not all(np.array_equal(ways[0], way) for way in ways[1:]) and name not in failed:
+                failed.append(name)
+
+        if free_cuts:
+            narrow = prompt([40], threads)
+            differ("narrow", narrow, prompt([8, 32], threads))
+            differ("threads", narrow, prompt([40], 1))
+        differ("threads", prompt([WIDE_ROWS], threads), prompt([WIDE_ROWS], 1))
+        wide = prompt([2 * WIDE_ROWS], threads, seq=1)  # the KV of both sequences, before the rows at AT
+        cut = prompt([WIDE_ROWS, WIDE_ROWS], threads)
+        if free_cuts:
+            differ("wide", wide, cut)
+        most = min(row_limit or MOST_ROWS, MOST_ROWS) - 1
+        alone = row(0, False, threads)  # under 256 cells: a lone row's KV is not split between threads
+        differ("rows", alone, row(1, False, threads), row(most, False, threads), row(0, True, threads))
+        differ("threads", alone, row(0, False, 1))
+    finally:
+        batch.close()
+        ctx.close()
+    return failed
+
+
+def machine_key(model_path: Path, threads: int) -> str:
+    """What a verdict holds for: this CPU (its model and flags), the llama.cpp build, the model file, the threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [line for line in info.splitlines() if line.startswith(("model name", "flags", "Features"))]
+        cpu = " ".join(sorted(set(lines))) or cpu
+    except OSError:
+        pass
+    stat = model_path.stat()
+    system = L.llama_print_system_info().decode(errors="replace")
+    model = [str(model_path.resolve()), stat.st_size, stat.st_mtime_ns]
+    return json.dumps([CHECK, cpu, system, L.__version__, *model, threads])
+
+
+def checked(file: Path | None, key: str, run: Callable[[], list[str]]) -> list[str]:
+    """``run``'s verdict for ``key``, from ``file`` where it holds one, else run and kept there (written whole, so a
+    reader never sees half a file; two servers that check at once both write, and either verdict is right)."""
+    kept: dict[str, list[str]] = {}
+    if file is not None:
+        try:
+            kept = dict(json.loads(file.read_text()))
+        except (OSError, ValueError):
+            kept = {}
+        if key in kept:
+            return list(kept[key])
+    verdict = run()
+    if file is not None:
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            part = file.with_name(f"{file.name}.{os.getpid()}.part")
+            part.write_text(json.dumps({**kept, key: verdict}))
+            part.replace(file)
+        except OSError:
+            log.warning("could not keep the kernel check's verdict in %s: it runs again at the next load", file)
+    return verdict
+
+
+def verdict(model: Model, path: Path, threads: int, keep: Path | None, free_cuts: bool) -> list[str]:
+    """The properties that fail for ``model`` (loaded from ``path``) at ``threads`` threads here: checked at its
+    first load on this machine, then read from ``keep``."""
+
+    def run() -> list[str]:
+        log.info("%s: checking that this CPU computes the model's rows alike in shared calls (once)", path.name)
+        return check(model, threads=threads, row_limit=model.row_limit, free_cuts=free_cuts)
+
+    failed = checked(keep, machine_key(path, threads), run)
+    if failed:
+        log.warning(
+            "%s: on this CPU the model's rows do not compute alike in shared calls (%s): it is served without what "
+            "rests on them (reuse, drafts and neighbours, or threads), so that a request keeps its answer",
+            path.name,
+            ", ".join(failed),
+        )
+    return failed

@@ -1,0 +1,124 @@
+"""The kernel check at a model's first load on a machine (``engine/llama/kernels.py``): it finds rows that do not
+compute alike, its verdict is kept and read back, and a model whose kernels fail it is served in safe mode, where a
+request still gets the answer a fresh server gives it."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from edge_run.engine.llama.kernels import check, checked, machine_key
+from edge_run.engine.llama.model import Model
+from edge_run.engine.slots import TILE
+from tests.integration.test_determinism import answer, client, comparable, turn
+from tests.payloads import synth_pair
+from tests.support import set_up, share_of_cores, start_server
+
+pytestmark = pytest.mark.integration
+
+FREE = TILE == 64  # x86-64: prompts are cut freely, and the check asks about it too
+
+
+def test_the_check_passes_here_and_finds_k_quant_rows_past_the_row_limit(model_path: Path, k_quant_model_path: Path):
+    """Both test models compute their rows alike on the suite's CPUs (the suite proves each property on its own too).
+    Asked about K-quant rows in calls of 63, past the row limit of 7 where ggml-cpu's tiled kernel takes the
+    products, the check finds that they do not compute alike: it can fail."""
+    if os.environ.get("GGML_CPU_TILED_MM") == "0":
+        pytest.skip("GGML_CPU_TILED_MM=0 in this process: ggml's tiled kernel is off")
+    threads = share_of_cores()
+    for path in (model_path, k_quant_model_path):
+        model = Model(path, gpu_layers=0)
+        try:
+            assert check(model, threads=threads, row_limit=model.row_limit, free_cuts=FREE) == [], path.name
+            if model.row_limit is not None:
+                assert check(model, threads=threads, row_limit=None, free_cuts=FREE) == ["rows"]
+        finally:
+            model.close()
+
+
+def test_a_verdict_is_kept_by_machine_model_and_threads(tmp_path: Path, model_path: Path) -> None:
+    runs: list[str] = []
+
+    def run(verdict: list[str]):
+        return lambda: runs.append("ran") or verdict
+
+    file = tmp_path / "checks" / "kernel-checks.json"
+    key = machine_key(model_path, 2)
+    assert checked(file, key, run(["rows"])) == ["rows"]
+    assert checked(file, key, run([])) == ["rows"] and runs == ["ran"]  # read back, not checked again
+    assert checked(file, machine_key(model_path, 1), run([])) == [] and len(runs) == 2  # another thread count
+    assert json.loads(file.read_text()) == {key: ["rows"], machine_key(model_path, 1): []}
+    file.write_text("{half a fi")
+    assert checked(file, key, run([])) == [] and len(runs) == 3  # a file that does not parse: checked again
+    assert checked(None, key, run(["wide"])) == ["wide"] and len(runs) == 4  # nowhere to keep it
+
+
+def test_a_model_whose_kernels_fail_is_served_without_what_rests_on_them(
+    tmp_path: Path, model_path: Path, make_server
+) -> None:
+    """A verdict that no property holds: the model runs on one thread, computes every prompt from its first token
+    (nothing cached) a block a call, and a generated row a call, with no drafts. A conversation's turns, the last
+    one beside another request, are a fresh server's answers, to the bit."""
+    threads = share_of_cores()
+    checks = tmp_path / "kernel-checks.json"
+    checks.write_text(json.dumps({machine_key(model_path, threads): ["narrow", "wide", "rows", "threads"]}))
+    env = {"EDGE_RUN_KERNEL_CHECKS": str(checks)}
+    warm = make_server("--threads", str(threads), "--slots", "2", env=env)
+    figures = warm.health()["models"][0]
+    assert figures["kernels_failed"] == ["narrow", "wide", "rows", "threads"] and figures["threads_now"] == 1
+    c = client(warm)
+    messages = [{"role": "user", "content": "Tell me about the old mill by the river, and the miller's sacks."}]
+    answers = []
+    for question in ("Who lives there?", "And the bridge? Repeat: the stone bridge, the stone bridge."):
+        got, cached, text = answer(c, turn(messages))
+        answers.append(got)
+        assert cached == 0
+        messages += [{"role": "assistant", "content": text}, {"role": "user", "content": question}]
+    other = turn([{"role": "user", "content": "Count from one to twenty, in words."}])
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        beside = pool.submit(answer, c, other)
+        last, cached, _ = answer(c, turn(messages))
+        beside.result()
+    after = warm.health()["models"][0]
+    assert cached == 0 and after["drafts_accepted"] + after["drafts_rejected"] == 0
+    fresh = client(make_server("--threads", str(threads), "--slots", "2", env=env))
+    assert answer(fresh, turn(messages))[0] == last
+    assert answer(fresh, turn(messages[:3]))[0] == answers[1]
+
+
+def test_an_f16_models_rows_fail_here_and_it_decodes_a_row_a_call(tmp_path: Path, model_path: Path) -> None:
+    """A tiny Qwen2-VL in F16 (``bench/synth.py qwen2vl``): on the suite's Xeon (AVX-512) a generated row alone and
+    one beside another compute other logits, so the check fails ``rows``, and the server drafts nothing and decodes
+    each row in a call of its own: an answer beside another request is the answer alone."""
+    f16, _ = synth_pair("qwen2vl", tmp_path / "synth", model_path)
+    model = Model(f16, gpu_layers=0)
+    try:
+        failed = check(model, threads=share_of_cores(), row_limit=model.row_limit, free_cuts=FREE)
+    finally:
+        model.close()
+    if "rows" not in failed:
+        pytest.skip(f"this CPU computes the F16 model's rows alike ({failed or 'every property holds'})")
+    assert failed == ["rows"]
+    home = tmp_path / "home"
+    set_up(home, "models", "add", str(f16), "--id", "f16")
+    server = start_server(home, "--model", "f16", "--slots", "2", "--draft-max", "8")
+    try:
+        assert server.health()["models"][0]["kernels_failed"] == ["rows"]
+        c = client(server)
+        ask = turn([{"role": "user", "content": "the stone bridge, the stone bridge, the stone bridge, the"}])
+        alone = comparable(c.chat.completions.create(model="f16", **ask))[0]
+        long = {"max_tokens": 400, "logit_bias": {"0": -100, "2": -100}}  # SmolLM2's end tokens: it runs on
+        stream = c.chat.completions.create(model="f16", messages=[{"role": "user", "content": "Hi."}], stream=True,
+                                           **long)  # fmt: skip
+        next(iter(stream))  # generating: the next request's rows are decoded beside its rows
+        together = comparable(c.chat.completions.create(model="f16", **ask))[0]
+        assert sum(1 for _ in stream) > 10  # it was still generating when the other answer ended
+        assert together == alone
+        figures = server.health()["models"][0]
+        assert figures["drafts_accepted"] + figures["drafts_rejected"] == 0
+    finally:
+        server.stop()
