@@ -115,7 +115,8 @@ class Engine:
         if placement.devices:
             self.vram_used = max(0, sum(d.free for d in placement.devices) - sum(d.free for d in gpu_devices()))
         free = TILE == PREFILL_BLOCK  # x86-64: prompts cut freely (slots.cut_of)
-        self.kernels_failed = [] if offloaded else verdict(model, self.path, opts.threads, opts.kernel_checks, free)
+        checks = opts.kernel_checks
+        self.kernels_failed = [] if offloaded else verdict(model, self.path, opts.threads, checks, free, opts.cores)
         failed = set(self.kernels_failed)  # each property that fails takes away what rests on it (llama/kernels.py)
         threads = 1 if "threads" in failed else opts.threads
         self._ctx.set_threads(threads)

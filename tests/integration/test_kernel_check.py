@@ -8,12 +8,15 @@ import concurrent.futures
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from edge_run.engine.llama import kernels
 from edge_run.engine.llama.kernels import check, checked, machine_key
 from edge_run.engine.llama.model import Model
 from edge_run.engine.slots import TILE
+from edge_run.engine.threads import CoreShare
 from tests.integration.test_determinism import answer, client, comparable, turn
 from tests.payloads import synth_pair
 from tests.support import set_up, share_of_cores, start_server
@@ -43,8 +46,8 @@ def test_the_check_passes_here_and_finds_k_quant_rows_past_the_row_limit(model_p
 def test_a_verdict_is_kept_by_machine_model_and_threads(tmp_path: Path, model_path: Path) -> None:
     runs: list[str] = []
 
-    def run(verdict: list[str]):
-        return lambda: runs.append("ran") or verdict
+    def run(verdict: list[str], keep: bool = True):
+        return lambda: runs.append("ran") or (verdict, keep)
 
     file = tmp_path / "checks" / "kernel-checks.json"
     key = machine_key(model_path, 2)
@@ -55,6 +58,9 @@ def test_a_verdict_is_kept_by_machine_model_and_threads(tmp_path: Path, model_pa
     file.write_text("{half a fi")
     assert checked(file, key, run([])) == [] and len(runs) == 3  # a file that does not parse: checked again
     assert checked(None, key, run(["wide"])) == ["wide"] and len(runs) == 4  # nowhere to keep it
+    other = machine_key(model_path, 3)
+    assert checked(file, other, run([], keep=False)) == [] and len(runs) == 5  # checked on fewer threads: not kept
+    assert checked(file, other, run(["rows"])) == ["rows"] and len(runs) == 6
 
 
 def test_a_model_whose_kernels_fail_is_served_without_what_rests_on_them(
@@ -122,3 +128,20 @@ def test_an_f16_models_rows_fail_here_and_it_decodes_a_row_a_call(tmp_path: Path
         assert figures["drafts_accepted"] + figures["drafts_rejected"] == 0
     finally:
         server.stop()
+
+
+def test_the_check_takes_its_share_of_the_cores_and_keeps_only_a_verdict_on_every_thread(
+    tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model loaded while another answers checks on its share of the cores (never more threads than cores), and
+    such a verdict, on fewer threads than the model's, is used but not kept: the next load checks again."""
+    seen: list[int] = []
+    monkeypatch.setattr(kernels, "check", lambda model, *, threads, row_limit, free_cuts: seen.append(threads) or [])
+    cores, file, model = CoreShare(2), tmp_path / "kernel-checks.json", SimpleNamespace(row_limit=None)
+    answering = cores.join()
+    cores.set_active(answering, True)
+    assert kernels.verdict(model, model_path, 2, file, True, cores) == [] and seen == [1] and not file.exists()
+    cores.set_active(answering, False)
+    assert kernels.verdict(model, model_path, 2, file, True, cores) == [] and seen == [1, 2] and file.exists()
+    assert kernels.verdict(model, model_path, 2, file, True, cores) == [] and seen == [1, 2]
+    assert cores.peak == 2

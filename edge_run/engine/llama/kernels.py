@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from edge_run.engine.llama.model import Model
+    from edge_run.engine.threads import CoreShare
 
 __all__ = ["check", "checked", "machine_key", "verdict"]
 
@@ -125,9 +126,10 @@ def machine_key(model_path: Path, threads: int) -> str:
     return json.dumps([CHECK, cpu, system, L.__version__, *model, threads])
 
 
-def checked(file: Path | None, key: str, run: Callable[[], list[str]]) -> list[str]:
-    """``run``'s verdict for ``key``, from ``file`` where it holds one, else run and kept there (written whole, so a
-    reader never sees half a file; two servers that check at once both write, and either verdict is right)."""
+def checked(file: Path | None, key: str, run: Callable[[], tuple[list[str], bool]]) -> list[str]:
+    """The verdict for ``key``, from ``file`` where it holds one, else ``run``'s (``(verdict, whether to keep it)``),
+    kept there: written whole, so that a reader never sees half a file (two servers that check at once both write,
+    and either verdict is right)."""
     kept: dict[str, list[str]] = {}
     if file is not None:
         try:
@@ -136,8 +138,8 @@ def checked(file: Path | None, key: str, run: Callable[[], list[str]]) -> list[s
             kept = {}
         if key in kept:
             return list(kept[key])
-    verdict = run()
-    if file is not None:
+    verdict, keep = run()
+    if file is not None and keep:
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
             part = file.with_name(f"{file.name}.{os.getpid()}.part")
@@ -148,13 +150,27 @@ def checked(file: Path | None, key: str, run: Callable[[], list[str]]) -> list[s
     return verdict
 
 
-def verdict(model: Model, path: Path, threads: int, keep: Path | None, free_cuts: bool) -> list[str]:
+def verdict(
+    model: Model, path: Path, threads: int, keep: Path | None, free_cuts: bool, cores: CoreShare | None = None
+) -> list[str]:
     """The properties that fail for ``model`` (loaded from ``path``) at ``threads`` threads here: checked at its
-    first load on this machine, then read from ``keep``."""
+    first load on this machine, then read from ``keep``. The check takes its threads from ``cores``, the share that
+    the models answering meanwhile leave it; checked on fewer than ``threads``, its verdict is used but not kept."""
 
-    def run() -> list[str]:
+    def run() -> tuple[list[str], bool]:
         log.info("%s: checking that this CPU computes the model's rows alike in shared calls (once)", path.name)
-        return check(model, threads=threads, row_limit=model.row_limit, free_cuts=free_cuts)
+        if cores is None:
+            return check(model, threads=threads, row_limit=model.row_limit, free_cuts=free_cuts), True
+        member = cores.join()
+        cores.set_active(member, True)
+        try:
+            got = cores.acquire(member, threads)
+            try:
+                return check(model, threads=got, row_limit=model.row_limit, free_cuts=free_cuts), got == threads
+            finally:
+                cores.release(member)
+        finally:
+            cores.set_active(member, False)
 
     failed = checked(keep, machine_key(path, threads), run)
     if failed:
