@@ -1,6 +1,6 @@
 """Random-weight GGUFs in the exact tensor layout of a real family, for speed tests without downloads.
 
-    python bench/synth.py --shape llama-1b|llama-8b|tiny --type q4_k_m|q8_0 --out FILE
+    python bench/synth.py --shape llama-1b|llama-8b|tiny --type q4_k_m|q8_0|f16|bf16 --out FILE
     python bench/synth.py embed-cls|embed-last|rerank --out DIR [--seed N]   (synth_retrieval.py; prints the path)
     python bench/synth.py vision|vision-gemma3|audio --out DIR [--seed N] [--size S] [--check]   (synth_media.py)
     python bench/synth.py qwen2vl --out DIR [--seed N] [--check]   (synth_qwen2vl.py: text model + mmproj; 2 paths)
@@ -84,8 +84,8 @@ def use_more_bits(i_layer: int, n_layers: int) -> bool:
 
 def tensor_plan(shape: Shape, qtype: str, n_vocab: int) -> Iterator[tuple[str, tuple[int, ...], str]]:
     """(name, ggml shape (ne0 first), type name) for each tensor, in llama.cpp's convert order."""
-    q = "Q8_0" if qtype == "q8_0" else "Q4_K"
-    out = "Q8_0" if qtype == "q8_0" else "Q6_K"
+    q = {"q8_0": "Q8_0", "f16": "F16", "bf16": "BF16"}.get(qtype, "Q4_K")
+    out = "Q6_K" if q == "Q4_K" else q
     h, kv = shape.hidden, shape.kv_heads * shape.head_dim
     if shape.rope_factor is not None:
         yield "rope_freqs.weight", (shape.head_dim // 2,), "F32"
@@ -124,6 +124,7 @@ def llama3_rope_factors(shape: Shape) -> np.ndarray:
     return np.array(out, dtype=np.float32)
 
 
+_FLOATS = ("F16", "BF16")
 # Where the fp16 scale fields sit in each block: (offset of d, offset of dmin or None).
 _SCALE_FIELDS = {"Q8_0": (0, None), "Q4_0": (0, None), "Q4_K": (0, 2), "Q6_K": (208, None)}
 
@@ -136,6 +137,8 @@ class Blocks:
         self.qtype = gguf.GGMLQuantizationType[type_name]
         self.block_size, self.type_size = gguf.GGML_QUANT_SIZES[self.qtype]
         self.rng = rng
+        if type_name in _FLOATS:  # unquantized: random weights of the usual spread, as halves of floats
+            return
         self.d_off, self.dmin_off = _SCALE_FIELDS[type_name]
         # Measure the spread of the weights with d = 1 on a sample, then pick d for WEIGHT_STD.
         # For Q4_K (w = d*sc*q - dmin*m, q in 0..15 and sc, m in 0..63) dmin = 7.5 d centres the weights on 0.
@@ -147,6 +150,11 @@ class Blocks:
     def raw(self, n_values: int) -> np.ndarray:
         """``n_values`` weights as a (n_blocks, type_size) uint8 array."""
         n_blocks = n_values // self.block_size
+        if self.qtype.name in _FLOATS:
+            weights = self.rng.standard_normal(n_values, dtype=np.float32) * WEIGHT_STD
+            if self.qtype.name == "F16":
+                return weights.astype("<f2").view(np.uint8).reshape(n_blocks, 2)
+            return (weights.view("<u4") >> 16).astype("<u2").view(np.uint8).reshape(n_blocks, 2)  # BF16: the high half
         data = self.rng.integers(0, 256, size=(n_blocks, self.type_size), dtype=np.uint8)
         d = np.frombuffer(np.float16(self.d).tobytes(), dtype=np.uint8)
         data[:, self.d_off : self.d_off + 2] = d
@@ -226,7 +234,11 @@ def write(shape_name: str, qtype: str, out: Path, tokenizer: Path = DEFAULT_TOKE
     w.add_head_count_kv(shape.kv_heads)
     w.add_rope_freq_base(shape.rope_theta)
     w.add_layer_norm_rms_eps(shape.rms_eps)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if qtype == "q8_0" else gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    w.add_file_type(
+        gguf.LlamaFileType[
+            {"q8_0": "MOSTLY_Q8_0", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16"}.get(qtype, "MOSTLY_Q4_K_M")
+        ]
+    )
     w.add_vocab_size(n_vocab)
     w.add_rope_dimension_count(shape.head_dim)
     for key, value, vtype, sub in fields:
@@ -356,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=epilog)
     p.add_argument("--shape", choices=sorted(SHAPES), required=True)
-    p.add_argument("--type", choices=["q4_k_m", "q8_0"], required=True)
+    p.add_argument("--type", choices=["q4_k_m", "q8_0", "f16", "bf16"], required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER, help="a GGUF to copy tokenizer.* from")
     p.add_argument("--seed", type=int, default=0)
