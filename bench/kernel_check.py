@@ -2,10 +2,10 @@
 
     flock /tmp/edge-run-cpu.lock .venv/bin/python bench/kernel_check.py MODEL.gguf [MODEL.gguf ...] [--threads 2]
 
-For each model it prints the properties that fail on this CPU (``wide``, ``narrow``, ``rows``, ``threads``; none is
-the usual verdict) and how long the check took, at the given thread count and on one thread. For a property that
-fails, it prints how far apart the ways' logits are for the generated row (``rows``): alone against with a draft
-and beside another sequence's row.
+For each model it prints the properties that fail on this CPU (``wide``, ``narrow``, ``rows``, ``lone``,
+``threads``; none is the usual verdict) and how long the check took, at the given thread count and on one thread.
+Where a generated row fails (``rows`` or ``lone``), it prints how far its logits alone are from its logits with a
+draft and beside another sequence's row.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main() -> None:
                 failed = kernels.check(model, threads=threads, row_limit=model.row_limit, free_cuts=TILE == 64)
                 seconds = time.perf_counter() - start
                 print(f"{path.name[:36]:36} {threads:>7} {', '.join(failed) or 'none':24} {seconds:>7.2f}")
-            if "rows" in failed:
+            if {"rows", "lone"} & set(failed):
                 print(f"  a generated row's logits, against alone: {row_gap(model, args.threads)}")
         finally:
             model.close()

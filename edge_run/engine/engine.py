@@ -114,11 +114,10 @@ class Engine:
                 log.exception("%s: the projector %s did not load; text only", self.model_id, opts.mmproj)
         if placement.devices:
             self.vram_used = max(0, sum(d.free for d in placement.devices) - sum(d.free for d in gpu_devices()))
-        free = TILE == PREFILL_BLOCK  # x86-64: prompts cut freely (slots.cut_of)
-        checks = opts.kernel_checks
-        self.kernels_failed = [] if offloaded else verdict(model, self.path, opts.threads, checks, free, opts.cores)
+        free = TILE == PREFILL_BLOCK  # x86-64: prompts cut freely (slots.cut_of); a GPU is not checked
+        self.kernels_failed = [] if offloaded else verdict(model, self.path, opts, free_cuts=free)
         failed = set(self.kernels_failed)  # each property that fails takes away what rests on it (llama/kernels.py)
-        threads = 1 if "threads" in failed else opts.threads
+        threads, pad = 1 if "threads" in failed else opts.threads, "lone" in failed  # pad: no sampling on a device
         self._ctx.set_threads(threads)
         scheduler = Scheduler(
             model,
@@ -130,10 +129,11 @@ class Engine:
             max_drafts=0 if offloaded or "rows" in failed else opts.draft_max,
             row_limit=1 if "rows" in failed else None if offloaded else model.row_limit,
             lone_row_threads=None if offloaded else 1,
-            device_sampling=offloaded if opts.device_sampling is None else opts.device_sampling,
+            device_sampling=(offloaded if opts.device_sampling is None else opts.device_sampling) and not pad,
             threads=threads,
             adapt_threads=not offloaded and "threads" not in failed,  # offloaded whole, the CPU threads barely work
             safe=bool(failed & {"wide", "narrow"}),
+            pad_lone=pad,
             cores=opts.cores,
             embd_batch=EmbdBatch(opts.batch, p.n_embd, mrope=p.mrope) if (p := self._projector) is not None else None,
             encode_beside=self._projector is not None and self._projector.beside,

@@ -88,11 +88,13 @@ class Scheduler:
         embd_batch: EmbdBatch | None = None,
         encode_beside: bool = False,
         safe: bool = False,
+        pad_lone: bool = False,
     ) -> None:
         self.model, self.block = model, block
         # safe mode, where this CPU's kernels do not compute rows alike in shared calls (llama/kernels.py): every prompt
         # from its first token in blocks of their own calls, nothing refreshed (and, from the engine, a row a call)
         self.safe = safe
+        self.pad_lone = pad_lone  # a lone generated row takes a filler: here a call of one row computes otherwise
         self.max_drafts, self.row_limit = max_drafts, row_limit  # rows in a call of generated rows (None: any)
         # a lone row's KV split between threads (:meth:`Context.splits_lone_row`): on one it computes what a row
         # among others does; None on a GPU
@@ -225,6 +227,8 @@ class Scheduler:
         fit = min(limit, self.ctx.n_ctx_seq - len(rows[0].cache)) - 1  # in a call and in the context
         drafter = rows[0].drafter if len(rows) == 1 else None  # only a slot generating alone drafts
         drafts = step_drafts(drafter, rows[0].draft_k, rows[0].generated, fit) if drafter else []
+        if self.pad_lone and len(rows) == 1 and not drafts and fit > 0:  # every generated row in calls of 2 or more
+            drafts = drafter.filler() if drafter else [rows[0].next_token or 0]
         at = rows[0].pos(len(rows[0].cache))  # a lone row on fewer threads than the governor's: a split KV
         few = self.lone_row_threads is not None and self.lone_row_threads < self.governor.threads
         alone = few and drafter is not None and not drafts and fit > 0 and self.ctx.splits_lone_row(at)

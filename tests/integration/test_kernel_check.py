@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from edge_run.engine import EngineOptions
 from edge_run.engine.llama import kernels
 from edge_run.engine.llama.kernels import check, checked, machine_key
 from edge_run.engine.llama.model import Model
@@ -96,38 +97,40 @@ def test_a_model_whose_kernels_fail_is_served_without_what_rests_on_them(
     assert answer(fresh, turn(messages[:3]))[0] == answers[1]
 
 
-def test_an_f16_models_rows_fail_here_and_it_decodes_a_row_a_call(tmp_path: Path, model_path: Path) -> None:
-    """A tiny Qwen2-VL in F16 (``bench/synth.py qwen2vl``): on the suite's Xeon (AVX-512) a generated row alone and
-    one beside another compute other logits, so the check fails ``rows``, and the server drafts nothing and decodes
-    each row in a call of its own: an answer beside another request is the answer alone."""
+def test_an_f16_models_lone_rows_fail_here_and_each_takes_a_filler(tmp_path: Path, model_path: Path) -> None:
+    """A tiny Qwen2-VL in F16 (``bench/synth.py qwen2vl``): on the suite's Xeon (AVX-512) a generated row alone in its
+    call computes other logits than in any call of 2 rows or more, which agree. The check fails ``lone``, and the
+    server gives every lone row a filler: an answer beside a stream is the answer alone, with drafts or without."""
     f16, _ = synth_pair("qwen2vl", tmp_path / "synth", model_path)
     model = Model(f16, gpu_layers=0)
     try:
         failed = check(model, threads=share_of_cores(), row_limit=model.row_limit, free_cuts=FREE)
     finally:
         model.close()
-    if "rows" not in failed:
-        pytest.skip(f"this CPU computes the F16 model's rows alike ({failed or 'every property holds'})")
-    assert failed == ["rows"]
-    home = tmp_path / "home"
-    set_up(home, "models", "add", str(f16), "--id", "f16")
-    server = start_server(home, "--model", "f16", "--slots", "2", "--draft-max", "8")
-    try:
-        assert server.health()["models"][0]["kernels_failed"] == ["rows"]
-        c = client(server)
-        ask = turn([{"role": "user", "content": "the stone bridge, the stone bridge, the stone bridge, the"}])
-        alone = comparable(c.chat.completions.create(model="f16", **ask))[0]
-        long = {"max_tokens": 400, "logit_bias": {"0": -100, "2": -100}}  # SmolLM2's end tokens: it runs on
-        stream = c.chat.completions.create(model="f16", messages=[{"role": "user", "content": "Hi."}], stream=True,
-                                           **long)  # fmt: skip
-        next(iter(stream))  # generating: the next request's rows are decoded beside its rows
-        together = comparable(c.chat.completions.create(model="f16", **ask))[0]
-        assert sum(1 for _ in stream) > 10  # it was still generating when the other answer ended
-        assert together == alone
-        figures = server.health()["models"][0]
-        assert figures["drafts_accepted"] + figures["drafts_rejected"] == 0
-    finally:
-        server.stop()
+    if "lone" not in failed:
+        pytest.skip(f"this CPU computes the F16 model's lone rows alike ({failed or 'every property holds'})")
+    assert failed == ["lone"]
+    ask = turn([{"role": "user", "content": "the stone bridge, the stone bridge, the stone bridge, the"}])
+    answers = []
+    for drafts in ("8", "0"):
+        home = tmp_path / f"home-{drafts}"
+        set_up(home, "models", "add", str(f16), "--id", "f16")
+        server = start_server(home, "--model", "f16", "--slots", "2", "--draft-max", drafts)
+        try:
+            assert server.health()["models"][0]["kernels_failed"] == ["lone"]
+            c = client(server)
+            answers.append(comparable(c.chat.completions.create(model="f16", **ask))[0])
+            long = {"max_tokens": 400, "logit_bias": {"0": -100, "2": -100}}  # SmolLM2's end tokens: it runs on
+            hi = [{"role": "user", "content": "Hi."}]
+            stream = c.chat.completions.create(model="f16", messages=hi, stream=True, **long)
+            next(iter(stream))  # generating: the next request's rows are decoded beside its rows
+            answers.append(comparable(c.chat.completions.create(model="f16", **ask))[0])
+            assert sum(1 for _ in stream) > 10  # it was still generating when the other answer ended
+            figures = server.health()["models"][0]
+            assert figures["drafts_accepted"] + figures["drafts_rejected"] > 0  # the fillers
+        finally:
+            server.stop()
+    assert answers == [answers[0]] * 4
 
 
 def test_the_check_takes_its_share_of_the_cores_and_keeps_only_a_verdict_on_every_thread(
@@ -138,10 +141,12 @@ def test_the_check_takes_its_share_of_the_cores_and_keeps_only_a_verdict_on_ever
     seen: list[int] = []
     monkeypatch.setattr(kernels, "check", lambda model, *, threads, row_limit, free_cuts: seen.append(threads) or [])
     cores, file, model = CoreShare(2), tmp_path / "kernel-checks.json", SimpleNamespace(row_limit=None)
+    options = EngineOptions(ctx=512, threads=2, gpu_layers=0, slots=1, max_queue=1, batch=64, cores=cores,
+                            kernel_checks=file)  # fmt: skip
     answering = cores.join()
     cores.set_active(answering, True)
-    assert kernels.verdict(model, model_path, 2, file, True, cores) == [] and seen == [1] and not file.exists()
+    assert kernels.verdict(model, model_path, options, free_cuts=True) == [] and seen == [1] and not file.exists()
     cores.set_active(answering, False)
-    assert kernels.verdict(model, model_path, 2, file, True, cores) == [] and seen == [1, 2] and file.exists()
-    assert kernels.verdict(model, model_path, 2, file, True, cores) == [] and seen == [1, 2]
+    assert kernels.verdict(model, model_path, options, free_cuts=True) == [] and seen == [1, 2] and file.exists()
+    assert kernels.verdict(model, model_path, options, free_cuts=True) == [] and seen == [1, 2]
     assert cores.peak == 2

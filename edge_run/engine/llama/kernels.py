@@ -1,14 +1,14 @@
 """Whether this CPU's kernels compute a row alike in the calls that the scheduler treats as alike, for one model.
 
-The same-answer guarantee shares rows between calls on the strength of four properties of ggml-cpu's kernels,
+The same-answer guarantee shares rows between calls on the strength of these properties of ggml-cpu's kernels,
 which the suite proves on the CPUs it runs on (``test_thread_switch.py``, ``test_determinism.py``) and which
 another CPU, or another weight type, might not have:
 
 - ``wide``: a call of 64 rows of a sequence or more computes each row alike whatever its width and its start
   (prompts of 64 tokens or more, cut freely: ``slots.WIDE``; x86-64 only);
 - ``narrow``: so does a call of 8 to 63 rows (shorter prompts: ``slots.NARROW``; x86-64 only);
-- ``rows``: a generated row computes alike alone, with drafts after it and beside another sequence's row, in calls
-  up to the model's row limit (drafts and neighbours);
+- ``rows``: a generated row computes alike with drafts after it and beside another sequence's row, in calls up to
+  the model's row limit (drafts and neighbours), and ``lone``: alone in its call too;
 - ``threads``: each of those computes alike on one thread and on all (the thread governor, and the share of the
   cores that other models leave).
 
@@ -16,9 +16,10 @@ another CPU, or another weight type, might not have:
 (1.4 to 2.5 s for a 135M or 270M model, 5 s for a 1B one on 2 cores). The engine runs it once per model, CPU, llama.cpp
 build and thread count, keeps the verdict in a file (:func:`checked`), and gives up what a failed property carries:
 ``wide`` or ``narrow``, reuse (every prompt from its first token, a block a call: ``Scheduler.safe``); ``rows``,
-drafts and neighbours (a generated row a call); ``threads``, all threads but one. An F16 model fails ``rows`` on a
-2-core Xeon with AVX-512: a row alone and a row beside another compute other logits (by 4e-4), as K-quant rows do
-in calls of 8 or more.
+drafts and neighbours (a generated row a call); ``lone``, the lone row (it takes a filler draft, so that every
+generated row is computed in a call of 2 rows or more); ``threads``, all threads but one. F16 and BF16 models fail
+``lone`` on a 2-core Xeon with AVX-512: a row alone computes other logits (by up to 4e-4) than in any call of 2 to
+63 rows, which agree, whatever the thread count.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from edge_run.engine.llama.model import Model
-    from edge_run.engine.threads import CoreShare
+    from edge_run.engine.types import EngineOptions
 
 __all__ = ["check", "checked", "machine_key", "verdict"]
 
@@ -53,16 +54,13 @@ CHECK = 1  # this check's version, in the key of its verdicts: a changed check r
 
 
 def check(model: Model, *, threads: int, row_limit: int | None, free_cuts: bool) -> list[str]:
-    """The properties (``wide``, ``narrow``, ``rows``, ``threads``) that do not hold for ``model`` on this CPU at
-    ``threads`` threads; ``wide`` and ``narrow`` only where the scheduler cuts prompts freely (``free_cuts``)."""
+    """The properties (``wide``, ``narrow``, ``rows``, ``lone``, ``threads``) that do not hold for ``model`` on this
+    CPU at ``threads`` threads; ``wide`` and ``narrow`` only where the scheduler cuts prompts freely (``free_cuts``)."""
     ctx = Context(model, n_seq=2, n_ctx_seq=256, n_batch=256, threads=threads)
     batch = Batch(256)
     tokens = model.tokenize(TEXT)[:200]
     failed = []
     try:
-
-        def logits(index: int) -> np.ndarray:
-            return np.ctypeslib.as_array(L.llama_get_logits_ith(ctx.ptr, index), shape=(model.n_vocab,)).copy()
 
         def prompt(widths: list[int], on: int, seq: int = 0) -> np.ndarray:
             """The first ``sum(widths)`` tokens in calls of ``widths`` rows on ``on`` threads; the last row's logits."""
@@ -73,7 +71,7 @@ def check(model: Model, *, threads: int, row_limit: int | None, free_cuts: bool)
                 batch.fill(tokens[start : start + width], start, seq, last_logits=True)
                 ctx.decode(batch)
                 start += width
-            return logits(batch.n - 1)
+            return ctx.logits(batch.n - 1).copy()
 
         def row(drafts: int, beside: bool, on: int) -> np.ndarray:
             """The row at ``AT`` of sequence 0, with ``drafts`` rows after it or another sequence's beside it."""
@@ -86,7 +84,7 @@ def check(model: Model, *, threads: int, row_limit: int | None, free_cuts: bool)
             ctx.decode(batch)
             for seq in (0, 1):
                 ctx.seq_rm(seq, AT, -1)
-            return logits(0)
+            return ctx.logits(0).copy()
 
         def differ(name: str, *ways: np.ndarray) -> None:
             if not all(np.array_equal(ways[0], way) for way in ways[1:]) and name not in failed:
@@ -102,9 +100,14 @@ def check(model: Model, *, threads: int, row_limit: int | None, free_cuts: bool)
         if free_cuts:
             differ("wide", wide, cut)
         most = min(row_limit or MOST_ROWS, MOST_ROWS) - 1
+        pair = row(1, False, threads)
+        differ("rows", pair, row(most, False, threads), row(0, True, threads))
         alone = row(0, False, threads)  # under 256 cells: a lone row's KV is not split between threads
-        differ("rows", alone, row(1, False, threads), row(most, False, threads), row(0, True, threads))
-        differ("threads", alone, row(0, False, 1))
+        if "rows" not in failed:
+            differ("lone", pair, alone)
+        differ("threads", pair, row(1, False, 1))
+        if "lone" not in failed:
+            differ("threads", alone, row(0, False, 1))
     finally:
         batch.close()
         ctx.close()
@@ -150,12 +153,12 @@ def checked(file: Path | None, key: str, run: Callable[[], tuple[list[str], bool
     return verdict
 
 
-def verdict(
-    model: Model, path: Path, threads: int, keep: Path | None, free_cuts: bool, cores: CoreShare | None = None
-) -> list[str]:
-    """The properties that fail for ``model`` (loaded from ``path``) at ``threads`` threads here: checked at its
-    first load on this machine, then read from ``keep``. The check takes its threads from ``cores``, the share that
-    the models answering meanwhile leave it; checked on fewer than ``threads``, its verdict is used but not kept."""
+def verdict(model: Model, path: Path, options: EngineOptions, *, free_cuts: bool) -> list[str]:
+    """The properties that fail for ``model`` (loaded from ``path``) at its threads here: checked at its first load
+    on this machine, then read from the options' ``kernel_checks``. The check takes its threads from the options'
+    ``cores``, the share that the models answering meanwhile leave it; checked on fewer threads than the model's,
+    its verdict is used but not kept."""
+    threads, keep, cores = options.threads, options.kernel_checks, options.cores
 
     def run() -> tuple[list[str], bool]:
         log.info("%s: checking that this CPU computes the model's rows alike in shared calls (once)", path.name)
