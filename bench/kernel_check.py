@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from edge_run.engine.llama import kernels
-from edge_run.engine.llama.context import Batch, Context
 from edge_run.engine.llama.model import Model
 from edge_run.engine.slots import TILE
 
@@ -28,33 +27,15 @@ from peers import cpu_model
 
 def row_gap(model: Model, threads: int) -> str:
     """The largest logit gap between a generated row alone and with a draft, and beside another sequence's row."""
-    ctx = Context(model, n_seq=2, n_ctx_seq=256, n_batch=256, threads=threads)
-    batch = Batch(256)
-    tokens = model.tokenize(kernels.TEXT)[:200]
-    at = kernels.AT
+    probe = kernels.Probe(model, threads)
     try:
-        for seq in (0, 1):
-            batch.fill(tokens[:at], 0, seq, last_logits=False)
-            ctx.decode(batch)
-
-        def row(drafts: int, beside: bool) -> np.ndarray:
-            batch.clear()
-            for seq in (0, 1) if beside else (0,):
-                batch.add(tokens[at], at, seq, True)
-            for i in range(drafts):
-                batch.add(tokens[at + 1 + i], at + 1 + i, 0, True)
-            ctx.decode(batch)
-            for seq in (0, 1):
-                ctx.seq_rm(seq, at, -1)
-            return ctx.logits(0).copy()
-
-        alone = row(0, False)
-        return (
-            f"with a draft {np.abs(alone - row(1, False)).max():.2e}, beside {np.abs(alone - row(0, True)).max():.2e}"
-        )
+        probe.prompt([kernels.AT], threads, seq=1)
+        probe.prompt([kernels.AT], threads)
+        alone = probe.row(0, False, threads)
+        draft, beside = probe.row(1, False, threads), probe.row(0, True, threads)
+        return f"with a draft {np.abs(alone - draft).max():.2e}, beside {np.abs(alone - beside).max():.2e}"
     finally:
-        batch.close()
-        ctx.close()
+        probe.close()
 
 
 def main() -> None:

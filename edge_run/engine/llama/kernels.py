@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from edge_run.engine.llama.model import Model
     from edge_run.engine.types import EngineOptions
 
-__all__ = ["check", "checked", "machine_key", "verdict"]
+__all__ = ["Probe", "check", "checked", "machine_key", "verdict"]
 
 log = logging.getLogger(__name__)
 
@@ -53,43 +53,57 @@ MOST_ROWS = 63  # a generated step's rows at most on the CPU (drafts.step_drafts
 CHECK = 1  # this check's version, in the key of its verdicts: a changed check runs again
 
 
+class Probe:
+    """A context of its own with two sequences, and the ways of computing a row that :func:`check` compares."""
+
+    def __init__(self, model: Model, threads: int) -> None:
+        self.ctx = Context(model, n_seq=2, n_ctx_seq=256, n_batch=256, threads=threads)
+        self.batch = Batch(256)
+        self.tokens = model.tokenize(TEXT)[:200]
+
+    def prompt(self, widths: list[int], on: int, seq: int = 0) -> np.ndarray:
+        """The first ``sum(widths)`` tokens in calls of ``widths`` rows on ``on`` threads; the last row's logits."""
+        ctx, batch = self.ctx, self.batch
+        ctx.seq_rm(seq, 0, -1)
+        ctx.set_threads(on)
+        start = 0
+        for width in widths:
+            batch.fill(self.tokens[start : start + width], start, seq, last_logits=True)
+            ctx.decode(batch)
+            start += width
+        return ctx.logits(batch.n - 1).copy()
+
+    def row(self, drafts: int, beside: bool, on: int) -> np.ndarray:
+        """The row at ``AT`` of sequence 0 (both hold ``AT`` tokens), with ``drafts`` rows after it or another
+        sequence's beside it, on ``on`` threads; its logits."""
+        ctx, batch, tokens = self.ctx, self.batch, self.tokens
+        ctx.set_threads(on)
+        batch.clear()
+        for seq in (0, 1) if beside else (0,):
+            batch.add(tokens[AT], AT, seq, True)
+        for i in range(drafts):
+            batch.add(tokens[AT + 1 + i], AT + 1 + i, 0, True)
+        ctx.decode(batch)
+        for seq in (0, 1):
+            ctx.seq_rm(seq, AT, -1)
+        return ctx.logits(0).copy()
+
+    def close(self) -> None:
+        self.batch.close()
+        self.ctx.close()
+
+
 def check(model: Model, *, threads: int, row_limit: int | None, free_cuts: bool) -> list[str]:
     """The properties (``wide``, ``narrow``, ``rows``, ``lone``, ``threads``) that do not hold for ``model`` on this
     CPU at ``threads`` threads; ``wide`` and ``narrow`` only where the scheduler cuts prompts freely (``free_cuts``)."""
-    ctx = Context(model, n_seq=2, n_ctx_seq=256, n_batch=256, threads=threads)
-    batch = Batch(256)
-    tokens = model.tokenize(TEXT)[:200]
-    failed = []
+    probe, failed = Probe(model, threads), []
+    prompt, row = probe.prompt, probe.row
+
+    def differ(name: str, *ways: np.ndarray) -> None:
+        if not all(np.array_equal(ways[0], way) for way in ways[1:]) and name not in failed:
+            failed.append(name)
+
     try:
-
-        def prompt(widths: list[int], on: int, seq: int = 0) -> np.ndarray:
-            """The first ``sum(widths)`` tokens in calls of ``widths`` rows on ``on`` threads; the last row's logits."""
-            ctx.seq_rm(seq, 0, -1)
-            ctx.set_threads(on)
-            start = 0
-            for width in widths:
-                batch.fill(tokens[start : start + width], start, seq, last_logits=True)
-                ctx.decode(batch)
-                start += width
-            return ctx.logits(batch.n - 1).copy()
-
-        def row(drafts: int, beside: bool, on: int) -> np.ndarray:
-            """The row at ``AT`` of sequence 0, with ``drafts`` rows after it or another sequence's beside it."""
-            ctx.set_threads(on)
-            batch.clear()
-            for seq in (0, 1) if beside else (0,):
-                batch.add(tokens[AT], AT, seq, True)
-            for i in range(drafts):
-                batch.add(tokens[AT + 1 + i], AT + 1 + i, 0, True)
-            ctx.decode(batch)
-            for seq in (0, 1):
-                ctx.seq_rm(seq, AT, -1)
-            return ctx.logits(0).copy()
-
-        def differ(name: str, *ways: np.ndarray) -> None:
-            if not all(np.array_equal(ways[0], way) for way in ways[1:]) and name not in failed:
-                failed.append(name)
-
         if free_cuts:
             narrow = prompt([40], threads)
             differ("narrow", narrow, prompt([8, 32], threads))
@@ -109,8 +123,7 @@ def check(model: Model, *, threads: int, row_limit: int | None, free_cuts: bool)
         if "lone" not in failed:
             differ("threads", alone, row(0, False, 1))
     finally:
-        batch.close()
-        ctx.close()
+        probe.close()
     return failed
 
 
