@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -166,59 +167,55 @@ def test_an_embedder_repacks_its_weights_but_never_into_amx_buffers(
     assert seen == [not amx]
 
 
-def test_a_call_that_its_abort_stops_keeps_none_of_its_rows(model_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.fixture
+def second_block(model_path: Path) -> Iterator[tuple[llama_context.Context, llama_context.Batch]]:
+    """A context holding a text's first 64 rows, and a batch of its next 64 (the last one's logits asked)."""
+    model = llama_model.Model(model_path, gpu_layers=0)
+    ctx = llama_context.Context(model, n_seq=1, n_ctx_seq=512, n_batch=512, threads=share_of_cores())
+    batch = llama_context.Batch(512)
+    tokens = model.tokenize("The river runs past the old mill and under the stone bridge. " * 12)[:130]
+    try:
+        batch.fill(tokens[:64], 0, 0, last_logits=False)
+        assert ctx.decode(batch)
+        batch.fill(tokens[64:128], 64, 0, last_logits=True)
+        yield ctx, batch
+    finally:
+        batch.close()
+        ctx.close()
+        model.close()
+
+
+def test_a_call_that_its_abort_stops_keeps_none_of_its_rows(second_block, caplog: pytest.LogCaptureFixture) -> None:
     """``Context.decode``'s ``abort`` (the idle refresh's call, when a request comes): llama.cpp stops after the graph
     node it asks at, drops the rows the call wrote, and the same rows computed again give the logits they would have
     given. Its stop is not logged as an error."""
-    model = llama_model.Model(model_path, gpu_layers=0)
-    ctx = llama_context.Context(model, n_seq=1, n_ctx_seq=512, n_batch=512, threads=share_of_cores())
-    batch = llama_context.Batch(512)
-    tokens = model.tokenize("The river runs past the old mill and under the stone bridge. " * 12)[:130]
-    try:
-        batch.fill(tokens[:64], 0, 0, last_logits=False)
-        assert ctx.decode(batch)
-        asked = []
-        batch.fill(tokens[64:128], 64, 0, last_logits=True)
-        with caplog.at_level(logging.ERROR):
-            assert not ctx.decode(batch, abort=lambda: not asked.append(1))  # stop at once
-        assert not caplog.records
-        assert len(asked) == 1 and llama_context.L.llama_memory_seq_pos_max(ctx._mem, 0) == 63
-        assert ctx.decode(batch, abort=lambda: False)
-        stopped_first = ctx.logits(63).copy()
-        ctx.seq_rm(0, 64, -1)
-        assert ctx.decode(batch)
-        assert (stopped_first == ctx.logits(63)).all()
-    finally:
-        batch.close()
-        ctx.close()
-        model.close()
+    ctx, batch = second_block
+    asked = []
+    with caplog.at_level(logging.ERROR):
+        assert not ctx.decode(batch, abort=lambda: not asked.append(1))  # stop at once
+    assert not caplog.records
+    assert len(asked) == 1 and llama_context.L.llama_memory_seq_pos_max(ctx._mem, 0) == 63
+    assert ctx.decode(batch, abort=lambda: False)
+    stopped_first = ctx.logits(63).copy()
+    ctx.seq_rm(0, 64, -1)
+    assert ctx.decode(batch)
+    assert (stopped_first == ctx.logits(63)).all()
 
 
-def test_a_call_past_its_deadline_stops_keeps_none_of_its_rows_and_the_next_call_runs(model_path: Path) -> None:
+def test_a_call_past_its_deadline_stops_keeps_none_of_its_rows_and_the_next_call_runs(second_block) -> None:
     """``Context.decode``'s ``deadline`` (a step that collapsed beside a busy process, ``threads.Steps``): the flag that
     llama.cpp's abort callback reads goes up past it, the call stops and drops its rows, and the flag is down again
     for the next call, which computes the rows as a call never stopped does."""
-    model = llama_model.Model(model_path, gpu_layers=0)
-    ctx = llama_context.Context(model, n_seq=1, n_ctx_seq=512, n_batch=512, threads=share_of_cores())
-    batch = llama_context.Batch(512)
-    tokens = model.tokenize("The river runs past the old mill and under the stone bridge. " * 12)[:130]
-    try:
-        batch.fill(tokens[:64], 0, 0, last_logits=False)
-        assert ctx.decode(batch)
-        batch.fill(tokens[64:128], 64, 0, last_logits=True)
-        assert not ctx.decode(batch, deadline=1e-6)  # 64 rows take milliseconds
-        assert llama_context.L.llama_memory_seq_pos_max(ctx._mem, 0) == 63
-        assert ctx.decode(batch, deadline=60.0)
-        in_time = ctx.logits(63).copy()
-        ctx.seq_rm(0, 64, -1)
-        assert ctx.decode(batch)
-        assert (in_time == ctx.logits(63)).all()
-        ctx.seq_rm(0, 64, -1)
-        assert ctx.decode(batch, abort=lambda: False)  # the refresh's own callback reads the flag too: it is down
-    finally:
-        batch.close()
-        ctx.close()
-        model.close()
+    ctx, batch = second_block
+    assert not ctx.decode(batch, deadline=1e-6)  # 64 rows take milliseconds
+    assert llama_context.L.llama_memory_seq_pos_max(ctx._mem, 0) == 63
+    assert ctx.decode(batch, deadline=60.0)
+    in_time = ctx.logits(63).copy()
+    ctx.seq_rm(0, 64, -1)
+    assert ctx.decode(batch)
+    assert (in_time == ctx.logits(63)).all()
+    ctx.seq_rm(0, 64, -1)
+    assert ctx.decode(batch, abort=lambda: False)  # the refresh's own callback reads the flag too: it is down
 
 
 @pytest.mark.all_cores

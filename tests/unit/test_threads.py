@@ -32,11 +32,19 @@ class Machine:
     def clock(self) -> float:
         return self.now
 
+    STOPS = False  # whether a step past its deadline is stopped (``Stopping``)
+
     def run(self, governor: ThreadGovernor, steps: int, rows: int = 1) -> list[int]:
         used = []
         for _ in range(steps):
             threads = governor.for_step(rows)
             seconds = (self.BUSY if self.busy else self.QUIET)[threads]
+            limit = governor.deadline(threads, rows) if self.STOPS else None
+            if limit is not None and seconds > limit:  # stopped, and done again on one thread, unjudged
+                self.now += limit + (self.BUSY if self.busy else self.QUIET)[1]
+                governor.observe(threads, rows, limit)
+                used.append(-threads)
+                continue
             self.now += seconds
             governor.observe(threads, rows, seconds)
             used.append(threads)
@@ -308,21 +316,7 @@ class Stopping(Machine):
     """As :class:`Steps` runs them: a step on more threads than one that runs past its deadline is stopped there and
     done again on one thread (that one unjudged); such steps show as ``-threads``."""
 
-    def run(self, governor: ThreadGovernor, steps: int, rows: int = 1) -> list[int]:
-        used = []
-        for _ in range(steps):
-            threads = governor.for_step(rows)
-            seconds = (self.BUSY if self.busy else self.QUIET)[threads]
-            limit = governor.deadline(threads, rows)
-            if limit is not None and seconds > limit:
-                self.now += limit + (self.BUSY if self.busy else self.QUIET)[1]
-                governor.observe(threads, rows, limit)
-                used.append(-threads)
-                continue
-            self.now += seconds
-            governor.observe(threads, rows, seconds)
-            used.append(threads)
-        return used
+    STOPS = True
 
 
 def test_a_step_may_run_a_few_times_its_best_on_all_threads_and_a_try_what_loses_it():
