@@ -67,7 +67,7 @@ class Engine:
         self._projector: Projector | None = None
         self._placement: Placement | None = None
         self.vram_used = 0  # device memory the load took (weights, KV cache, compute buffers)
-        self.kernels_failed: list[str] = []  # kernel properties that do not hold here: the model runs in safe mode
+        self.kernels_failed: list[str] = []  # kernel properties that do not hold here: what rests on them is given up
 
     def placement(self) -> Placement:
         """Where the layers go; decided once, before loading (it reads the free GPU memory)."""

@@ -22,7 +22,9 @@ or any call of 64 rows or more, which computes each row alike.
   does. A row's logits depend neither on its place among its sequence's rows, nor on the thread count, nor
   on the neighbours: drafting, the thread governor and other requests change no answer.
 
-Offloaded whole to a GPU, blocks are half a batch and nothing is drafted: the guarantee is the CPU's.
+Offloaded whole to a GPU, blocks are half a batch and nothing is drafted: the guarantee is the CPU's. Where a model's
+first load found that this CPU computes rows otherwise (:mod:`edge_run.engine.llama.kernels`), what rests on that is
+given up: reuse (``safe``), drafts and neighbours (a row a call), a lone row (``pad_lone``), or threads.
 """
 
 from __future__ import annotations
@@ -91,8 +93,8 @@ class Scheduler:
         pad_lone: bool = False,
     ) -> None:
         self.model, self.block = model, block
-        # safe mode, where this CPU's kernels do not compute rows alike in shared calls (llama/kernels.py): every prompt
-        # from its first token in blocks of their own calls, nothing refreshed (and, from the engine, a row a call)
+        # safe mode, where this CPU's kernels compute a prompt's rows otherwise in the calls shared here (``wide`` or
+        # ``narrow``, llama/kernels.py): every prompt from its first token, a block a call, nothing refreshed
         self.safe = safe
         self.pad_lone = pad_lone  # a lone generated row takes a filler: here a call of one row computes otherwise
         self.max_drafts, self.row_limit = max_drafts, row_limit  # rows in a call of generated rows (None: any)
