@@ -184,28 +184,28 @@ class Steps:
         step = kind(per or batch.n, batch.position(0))
         share = batch.n / per if per else 1.0
         tried = self.governor.threads if abort else self.governor.for_step(step)
-        wanted = (lone, False) if lone else (tried, True)
-        done, late = self._run(batch, step, share, wanted, causal, abort)
+        done, late = self._run(batch, lone or tried, lone is None, step, share, causal, abort)
         if late:
             self.late += 1
-            done, _ = self._run(batch, step, share, (1, False), causal, abort)
+            done, _ = self._run(batch, 1, False, step, share, causal, abort)
         return done
 
     def _run(
         self,
         batch: Any,
+        wanted: int,
+        judged: bool,
         step: Hashable,
         share: float,
-        wanted: tuple[int, bool],
         causal: bool,
         abort: Callable[[], bool] | None,
     ) -> tuple[bool, bool]:
         """The call on ``wanted`` threads, judged by the governor where asked; (done, stopped at its deadline)."""
-        threads = self.cores.acquire(self.member, wanted[0])  # or fewer: this model's free share of the cores
+        threads = self.cores.acquire(self.member, wanted)  # or fewer: this model's free share of the cores
         if threads != self.threads_now:
             self.ctx.set_threads(threads)
         self.threads_now = threads
-        judged = wanted[1] and threads == wanted[0]  # a step cut short by the core share says nothing
+        judged = judged and threads == wanted  # a step cut short by the core share says nothing
         limit = self.governor.deadline(threads, step) if judged and self.stoppable else None
         start = time.perf_counter()
         try:
