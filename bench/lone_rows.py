@@ -1,5 +1,6 @@
-"""Probe: what one generated row costs alone on one thread (edge-run's way past 256 cells), alone on two (split
-KV: answers would depend on the thread count), and with one filler row beside it on two threads (no split).
+"""Probe: what one generated row costs alone on one thread, alone on two (split KV: answers would depend on the
+thread count), alone on two on ggml-cpu's reference kernels (no split: edge-run's way), and with one filler row
+beside it on two threads (no split; edge-run's way past 256 cells where the reference kernels are out of reach).
 
     flock /tmp/edge-run-cpu.lock .venv/bin/python bench/lone_rows.py [--model FILE] [--kv 1000] [--steps 64]
         [--rows 1 2 5 9 17 63 64]
@@ -25,7 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fa_chunks import prefilled
 from peers import cpu_model
 
-WAYS = (("lone row, 1 thread", 1, 1), ("lone row, 2 threads", 1, 2), ("row + filler, 2 threads", 2, 2))
+WAYS = (
+    ("lone row, 1 thread", 1, 1, False),
+    ("lone row, 2 threads", 1, 2, False),
+    ("lone row, 2, reference", 1, 2, True),
+    ("row + filler, 2 threads", 2, 2, False),
+)
 
 
 def main() -> None:
@@ -35,24 +41,24 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--rows", type=int, nargs="*", default=[], help="also steps of this many rows on 2 threads")
     args = ap.parse_args()
-    ways = [*WAYS, *((f"{n} rows, 2 threads", n, 2) for n in args.rows)]
+    ways = [*WAYS, *((f"{n} rows, 2 threads", n, 2, False) for n in args.rows)]
     model = Model(args.model, gpu_layers=0)
     ctx, batch, toks = prefilled(model, args.kv, seed=3)
-    times: dict[str, list[float]] = {name: [] for name, _, _ in ways}
+    times: dict[str, list[float]] = {name: [] for name, *_ in ways}
     for _ in range(args.steps):
-        for name, rows, threads in ways:
+        for name, rows, threads, reference in ways:
             ctx.set_threads(threads)
             batch.clear()
             for i in range(rows):
                 batch.add(toks[args.kv + i], args.kv + i, 0, True)
             start = time.perf_counter()
-            ctx.decode(batch)
+            ctx.decode(batch, reference=reference)
             times[name].append(time.perf_counter() - start)
             ctx.seq_rm(0, args.kv, -1)
     print(cpu_model())
     print(f"{args.model.name}: one step at {args.kv} KV tokens, median of {args.steps}")
     base = statistics.median(times[WAYS[0][0]])
-    for name, rows, _ in ways:
+    for name, rows, *_ in ways:
         ms = statistics.median(times[name]) * 1000
         print(f"{name:26s} {ms:7.2f} ms  {base * 1000 / ms:5.2f}x  {ms / rows:6.2f} ms a row")
 

@@ -8,9 +8,10 @@ before, none after a failure but one now and then (ordinary chat repeats a few t
 
 Drafts are a function of the token history only, so a request drafts the same way every time it is sent.
 
-A step with no draft past 256 KV cells would decode a lone row, on one thread (its KV is not split, so its
-logits do not depend on the thread count). Two rows take the governor's threads with no split: a filler draft
-keeps it company where that is faster (:class:`Company`). Either way the row's logits are the same.
+Without ggml-cpu's reference kernels (``Context.reference``), a step with no draft past 256 KV cells would decode a
+lone row, on one thread (its KV is not split, so its logits do not depend on the thread count). Two rows take the
+governor's threads with no split: a filler draft keeps it company where that is faster (:class:`Company`). Either
+way the row's logits are the same. On the reference kernels a lone row takes the governor's threads unsplit.
 """
 
 from __future__ import annotations

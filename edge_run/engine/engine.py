@@ -68,6 +68,7 @@ class Engine:
         self._placement: Placement | None = None
         self.vram_used = 0  # device memory the load took (weights, KV cache, compute buffers)
         self.kernels_failed: list[str] = []  # kernel properties that do not hold here: what rests on them is given up
+        self.reference_kernels = False  # generated rows on ggml-cpu's reference kernels (Context.decode)
 
     def placement(self) -> Placement:
         """Where the layers go; decided once, before loading (it reads the free GPU memory)."""
@@ -95,8 +96,7 @@ class Engine:
         from edge_run.engine.llama.media import Projector
         from edge_run.engine.llama.model import Model
 
-        opts = self.options
-        placement = self.placement()
+        opts, placement = self.options, self.placement()
         model = Model(self.path, gpu_layers=placement.layers, repack=opts.kind != "chat")
         self.model = model
         if opts.kind != "chat":  # an embedder or a reranker: no slots, no scheduler
@@ -114,8 +114,9 @@ class Engine:
                 log.exception("%s: the projector %s did not load; text only", self.model_id, opts.mmproj)
         if placement.devices:
             self.vram_used = max(0, sum(d.free for d in placement.devices) - sum(d.free for d in gpu_devices()))
-        free = TILE == PREFILL_BLOCK  # x86-64: prompts cut freely (slots.cut_of); a GPU is not checked
-        self.kernels_failed = [] if offloaded else verdict(model, self.path, opts, free_cuts=free)
+        free = TILE == PREFILL_BLOCK  # x86-64: prompts cut freely (slots.cut_of)
+        self.reference_kernels = ref = self._ctx.reference and not offloaded  # generated rows (Context.decode)
+        self.kernels_failed = [] if offloaded else verdict(model, self.path, opts, free_cuts=free, reference=ref)
         failed = set(self.kernels_failed)  # each property that fails takes away what rests on it (llama/kernels.py)
         threads, pad = 1 if "threads" in failed else opts.threads, "lone" in failed  # pad: no sampling on a device
         self._ctx.set_threads(threads)
@@ -127,8 +128,8 @@ class Engine:
             # offloaded whole, blocks of half a batch, and no drafts (see the scheduler's docstring)
             block=(opts.batch + 1) // 2 if offloaded else min(PREFILL_BLOCK, (opts.batch + 1) // 2),
             max_drafts=0 if offloaded or "rows" in failed else opts.draft_max,
-            row_limit=1 if "rows" in failed else None if offloaded else model.row_limit,
-            lone_row_threads=None if offloaded else 1,
+            row_limit=1 if "rows" in failed else None if offloaded or ref else model.row_limit,
+            lone_row_threads=None if offloaded or ref else 1,
             device_sampling=(offloaded if opts.device_sampling is None else opts.device_sampling) and not pad,
             threads=threads,
             adapt_threads=not offloaded and "threads" not in failed,  # offloaded whole, the CPU threads barely work
@@ -346,6 +347,7 @@ class Engine:
             "threads_now": s.steps.threads_now if s else self.options.threads,
             "steps_late": s.steps.late if s else 0,
             "kernels_failed": self.kernels_failed,
+            "reference_kernels": self.reference_kernels,
             "thread_switches": s.governor.switches if s else 0,
         }
 

@@ -17,10 +17,12 @@ or any call of 64 rows or more, which computes each row alike.
   any shared row of a prompt cut its way but its last 64, or 8. The same prompt again reuses all of it, with its
   last row's logits, kept (:mod:`edge_run.engine.prefix`).
 - Generated tokens are decoded one row per slot, a slot generating alone with its drafts
-  (:mod:`edge_run.engine.drafts`); past 256 KV cells (where flash attention would split a lone row's KV
-  between threads) a lone row runs on one thread, or with a filler draft, computing what a row among others
-  does. A row's logits depend neither on its place among its sequence's rows, nor on the thread count, nor
-  on the neighbours: drafting, the thread governor and other requests change no answer.
+  (:mod:`edge_run.engine.drafts`), on ggml-cpu's reference kernels (``Context.decode``): flash attention walks
+  each row's whole KV on one thread, and matrix products take rows one by one. So a row's logits depend neither
+  on its place among its sequence's rows, nor on the thread count, nor on the neighbours: drafting, the thread
+  governor and other requests change no answer. Where llama.cpp's CPU backend is out of reach, a lone row past
+  256 KV cells (where flash attention would split its KV between threads) runs on one thread or with a filler
+  draft, and K-quant rows in calls of 7 at most (``row_limit``), which compute alike there too.
 
 Offloaded whole to a GPU, blocks are half a batch and nothing is drafted: the guarantee is the CPU's. Where a model's
 first load found that this CPU computes rows otherwise (:mod:`edge_run.engine.llama.kernels`), what rests on that is
@@ -244,7 +246,7 @@ class Scheduler:
                 slot.logit_index = batch.add(slot.next_token, slot.pos(len(slot.cache)), slot.seq, True)
             for i, token in enumerate(drafts):
                 batch.add(token, at + 1 + i, rows[0].seq, True)
-            self.steps.decode(batch)
+            self.steps.decode(batch, reference=True)
             for slot in call:
                 self._accept(slot, drafts, out)
         if alone:

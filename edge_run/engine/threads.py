@@ -37,6 +37,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Hashable
+from functools import partial
 from typing import Any
 
 __all__ = ["CoreShare", "Steps", "ThreadGovernor", "kind"]
@@ -175,32 +176,42 @@ class Steps:
         self.threads_now = governor.max  # what the context was last set to (the governor may be trying another)
         self.late = 0  # steps stopped at their deadline and done again on one thread (``/health``: ``steps_late``)
 
-    def decode(self, batch: Any, *, per: int = 0, causal: bool = True, abort: Callable[[], bool] | None = None) -> bool:
+    def decode(
+        self,
+        batch: Any,
+        *,
+        per: int = 0,
+        causal: bool = True,
+        abort: Callable[[], bool] | None = None,
+        reference: bool = False,
+    ) -> bool:
         """One ``llama_decode`` (the governor learns from it as ``batch.n / per`` steps of ``per`` rows); False where
         ``abort`` stopped it. A call with ``abort`` is idle work (the refresh of an answer): it takes the setting in
         use and tries nothing, since a lost try of its long calls put the next try off by 50 of them (``TRY_SHARE``),
-        and the next request found one thread on a machine gone quiet (17 s of 64-row calls at 350 ms)."""
+        and the next request found one thread on a machine gone quiet (17 s of 64-row calls at 350 ms).
+        ``reference``: on ggml-cpu's reference kernels (``Context.decode``)."""
         lone = self.lone_row_threads if batch.n == 1 and self.ctx.splits_lone_row(batch.position(0)) else None
         step = kind(per or batch.n, batch.position(0))
         share = batch.n / per if per else 1.0
         tried = self.governor.threads if abort else self.governor.for_step(step)
-        done, late = self._run(batch, lone or tried, lone is None, step, share, causal, abort)
+        call = partial(self.ctx.decode, batch, causal=causal, abort=abort, reference=reference)
+        done, late = self._run(call, lone or tried, lone is None, step, share, abort)
         if late:
             self.late += 1
-            done, _ = self._run(batch, 1, False, step, share, causal, abort)
+            done, _ = self._run(call, 1, False, step, share, abort)
         return done
 
     def _run(
         self,
-        batch: Any,
+        call: Callable[..., bool],
         wanted: int,
         judged: bool,
         step: Hashable,
         share: float,
-        causal: bool,
         abort: Callable[[], bool] | None,
     ) -> tuple[bool, bool]:
-        """The call on ``wanted`` threads, judged by the governor where asked; (done, stopped at its deadline)."""
+        """``call`` (``Context.decode`` but its deadline) on ``wanted`` threads, judged by the governor where asked;
+        (done, stopped at its deadline)."""
         threads = self.cores.acquire(self.member, wanted)  # or fewer: this model's free share of the cores
         if threads != self.threads_now:
             self.ctx.set_threads(threads)
@@ -209,7 +220,7 @@ class Steps:
         limit = self.governor.deadline(threads, step) if judged and self.stoppable else None
         start = time.perf_counter()
         try:
-            done = self.ctx.decode(batch, causal=causal, abort=abort, deadline=limit and limit * share)
+            done = call(deadline=limit and limit * share)
         finally:
             self.cores.release(self.member)
         late = not done and limit is not None and not (abort is not None and abort())

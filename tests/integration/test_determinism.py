@@ -338,9 +338,10 @@ def test_a_long_prompt_and_a_short_one_that_share_their_start_reuse_none_of_each
 
 
 def test_a_k_quant_answer_is_the_same_beside_seven_others(tmp_path: Path, k_quant_model_path: Path) -> None:
-    """K-quant weights take ggml-cpu's tiled kernel from 8 rows of a call, with other arithmetic (``Model.row_limit``):
-    8 slots generating decode in two calls of 4, and an answer among 7 others is the one it gets alone. Without the
-    limit the logprobs moved (by ~1e-7 on this tiny synthetic Q4_K_M model; 2-vCPU AMD EPYC, AVX2)."""
+    """K-quant weights take ggml-cpu's tiled kernel from 8 rows of a call, with other arithmetic: 8 slots generating
+    decode in one call on the reference kernels, which take no tiles (or, without them, in two calls of 4:
+    ``Model.row_limit``), and an answer among 7 others is the one it gets alone. On the usual kernels in one call the
+    logprobs moved (by ~1e-7 on this tiny synthetic Q4_K_M model; 2-vCPU AMD EPYC, AVX2)."""
     set_up(tmp_path, "models", "add", str(k_quant_model_path), "--id", MODEL_ID)
     server = start_server(tmp_path, "--model", MODEL_ID, "--slots", "8", "--ctx", "512")
     try:

@@ -33,10 +33,10 @@ def test_a_failed_step_fails_its_requests_and_the_engine_serves_on(
     real_decode, real_seq_rm = llama_context.Context.decode, llama_context.Context.seq_rm
     broken = {"on": False}
 
-    def decode(self: llama_context.Context, batch: llama_context.Batch, *, causal=True, abort=None, deadline=None):
+    def decode(self: llama_context.Context, batch: llama_context.Batch, **call):
         if broken["on"]:
             raise EngineFailure("llama_decode returned -3")  # what Context.decode raises
-        return real_decode(self, batch, causal=causal, abort=abort, deadline=deadline)
+        return real_decode(self, batch, **call)
 
     def seq_rm(self: llama_context.Context, seq: int, p0: int, p1: int = -1) -> None:
         if broken["on"] and also_when_clearing:
@@ -73,11 +73,11 @@ def test_a_failed_step_leaves_the_waiting_requests_to_run(model_path: Path, monk
     real_decode = llama_context.Context.decode
     fail_next = {"n": 0}
 
-    def decode(self: llama_context.Context, batch: llama_context.Batch, *, causal=True, abort=None, deadline=None):
+    def decode(self: llama_context.Context, batch: llama_context.Batch, **call):
         if fail_next["n"]:
             fail_next["n"] -= 1
             raise EngineFailure("llama_decode returned -3")
-        return real_decode(self, batch, causal=causal, abort=abort, deadline=deadline)
+        return real_decode(self, batch, **call)
 
     monkeypatch.setattr(llama_context.Context, "decode", decode)
 

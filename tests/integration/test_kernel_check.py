@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from edge_run.engine import EngineOptions
-from edge_run.engine.llama import kernels
+from edge_run.engine.llama import context, kernels
 from edge_run.engine.llama.kernels import check, checked, machine_key
 from edge_run.engine.llama.model import Model
 from edge_run.engine.slots import TILE
@@ -27,19 +27,25 @@ pytestmark = pytest.mark.integration
 FREE = TILE == 64  # x86-64: prompts are cut freely, and the check asks about it too
 
 
-def test_the_check_passes_here_and_finds_k_quant_rows_past_the_row_limit(model_path: Path, k_quant_model_path: Path):
-    """Both test models compute their rows alike on the suite's CPUs (the suite proves each property on its own too).
-    Asked about K-quant rows in calls of 63, past the row limit of 7 where ggml-cpu's tiled kernel takes the
-    products, the check finds that they do not compute alike: it can fail."""
+def test_the_check_passes_here_and_finds_k_quant_rows_past_the_row_limit(
+    model_path: Path, k_quant_model_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Both test models compute their rows alike on the suite's CPUs (the suite proves each property on its own too),
+    generated rows on the reference kernels in calls of any size. Without them, asked about K-quant rows in calls of
+    63, past the row limit of 7 where ggml-cpu's tiled kernel takes the products, the check finds that they do not
+    compute alike: it can fail."""
     if os.environ.get("GGML_CPU_TILED_MM") == "0":
         pytest.skip("GGML_CPU_TILED_MM=0 in this process: ggml's tiled kernel is off")
     threads = share_of_cores()
     for path in (model_path, k_quant_model_path):
         model = Model(path, gpu_layers=0)
         try:
-            assert check(model, threads=threads, row_limit=model.row_limit, free_cuts=FREE) == [], path.name
-            if model.row_limit is not None:
-                assert check(model, threads=threads, row_limit=None, free_cuts=FREE) == ["rows"]
+            assert check(model, threads=threads, row_limit=None, free_cuts=FREE) == [], path.name
+            with monkeypatch.context() as m:
+                m.setattr(context, "cpu_backend", lambda ptr: None)  # a llama.cpp that does not reach them
+                assert check(model, threads=threads, row_limit=model.row_limit, free_cuts=FREE) == [], path.name
+                if model.row_limit is not None:
+                    assert check(model, threads=threads, row_limit=None, free_cuts=FREE) == ["rows"]
         finally:
             model.close()
 
@@ -51,15 +57,15 @@ def test_a_verdict_is_kept_by_machine_model_and_threads(tmp_path: Path, model_pa
         return lambda: runs.append("ran") or (verdict, keep)
 
     file = tmp_path / "checks" / "kernel-checks.json"
-    key = machine_key(model_path, 2)
+    key = machine_key(model_path, 2, True)
     assert checked(file, key, run(["rows"])) == ["rows"]
     assert checked(file, key, run([])) == ["rows"] and runs == ["ran"]  # read back, not checked again
-    assert checked(file, machine_key(model_path, 1), run([])) == [] and len(runs) == 2  # another thread count
-    assert json.loads(file.read_text()) == {key: ["rows"], machine_key(model_path, 1): []}
+    assert checked(file, machine_key(model_path, 1, True), run([])) == [] and len(runs) == 2  # another thread count
+    assert json.loads(file.read_text()) == {key: ["rows"], machine_key(model_path, 1, True): []}
     file.write_text("{half a fi")
     assert checked(file, key, run([])) == [] and len(runs) == 3  # a file that does not parse: checked again
     assert checked(None, key, run(["wide"])) == ["wide"] and len(runs) == 4  # nowhere to keep it
-    other = machine_key(model_path, 3)
+    other = machine_key(model_path, 3, True)
     assert checked(file, other, run([], keep=False)) == [] and len(runs) == 5  # checked on fewer threads: not kept
     assert checked(file, other, run(["rows"])) == ["rows"] and len(runs) == 6
 
@@ -72,7 +78,7 @@ def test_a_model_whose_kernels_fail_is_served_without_what_rests_on_them(
     one beside another request, are a fresh server's answers, to the bit."""
     threads = share_of_cores()
     checks = tmp_path / "kernel-checks.json"
-    checks.write_text(json.dumps({machine_key(model_path, threads): ["narrow", "wide", "rows", "threads"]}))
+    checks.write_text(json.dumps({machine_key(model_path, threads, True): ["narrow", "wide", "rows", "threads"]}))
     env = {"EDGE_RUN_KERNEL_CHECKS": str(checks)}
     warm = make_server("--threads", str(threads), "--slots", "2", env=env)
     figures = warm.health()["models"][0]
@@ -145,8 +151,12 @@ def test_the_check_takes_its_share_of_the_cores_and_keeps_only_a_verdict_on_ever
                             kernel_checks=file)  # fmt: skip
     answering = cores.join()
     cores.set_active(answering, True)
-    assert kernels.verdict(model, model_path, options, free_cuts=True) == [] and seen == [1] and not file.exists()
+
+    def verdict() -> list[str]:
+        return kernels.verdict(model, model_path, options, free_cuts=True, reference=True)
+
+    assert verdict() == [] and seen == [1] and not file.exists()
     cores.set_active(answering, False)
-    assert kernels.verdict(model, model_path, options, free_cuts=True) == [] and seen == [1, 2] and file.exists()
-    assert kernels.verdict(model, model_path, options, free_cuts=True) == [] and seen == [1, 2]
+    assert verdict() == [] and seen == [1, 2] and file.exists()
+    assert verdict() == [] and seen == [1, 2]
     assert cores.peak == 2

@@ -3,13 +3,16 @@ decoded alone on one thread, with drafts after it, or beside another sequence's 
 
 A lone row on two threads is the exception: from 512 KV cells (llama.cpp pads the KV to 256), flash
 attention splits its KV between the threads, and on the CPUs measured its logits moved by up to 0.8
-(this project's 2-vCPU AMD EPYC, AVX2; a 2-vCPU Xeon with AVX-512 and AMX). So the scheduler never
-decodes such a lone row on more than one thread (``Scheduler.lone_row_threads``); a lone row at position 255
+(this project's 2-vCPU AMD EPYC, AVX2; a 2-vCPU Xeon with AVX-512 and AMX). On ggml-cpu's reference kernels
+(``Context.decode``) nothing is split, and no K-quant product takes the tiled kernel: the scheduler decodes every
+generated row so, on all the threads. Where llama.cpp's CPU backend is out of reach (``Context.reference``), it
+never decodes such a lone row on more than one thread (``Scheduler.lone_row_threads``); a lone row at position 255
 or before (256 cells) is not split, and takes all the threads (``Context.splits_lone_row``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -17,6 +20,8 @@ import llama_cpp
 import numpy as np
 import pytest
 
+from edge_run.engine import Engine, EngineOptions, SamplerSpec
+from edge_run.engine.llama import context as llama_context
 from edge_run.engine.llama.context import Batch, Context
 from edge_run.engine.llama.model import Model
 from edge_run.engine.slots import TILE
@@ -56,6 +61,47 @@ def test_a_row_computes_the_same_alone_on_one_thread_with_drafts_or_beside_other
         assert np.array_equal(alone, decode([row, (tokens[5], KV + 1, 0)], threads=1))  # a filler, one thread
         assert np.array_equal(alone, decode([row, (tokens[7], KV, 1)], threads=2))  # beside another sequence
         assert np.array_equal(alone, decode([row, (tokens[7], KV, 1)], threads=1))
+    finally:
+        batch.close()
+        ctx.close()
+        model.close()
+
+
+@pytest.mark.parametrize("name", ["model_path", "k_quant_model_path"])
+def test_on_the_reference_kernels_a_row_computes_alike_in_any_call_on_any_thread_count(
+    name: str, request: pytest.FixtureRequest
+) -> None:
+    """Past 512 cells, a lone row on two threads, a row with 7 or 70 drafts after it (ggml-cpu's tiled kernels from 8
+    and 64 rows) and a row beside 7 other sequences' give the logits of the lone row on one thread. On the usual
+    kernels the lone row on two threads does not (its KV split between the threads)."""
+    model = Model(request.getfixturevalue(name), gpu_layers=0)
+    ctx = Context(model, n_seq=8, n_ctx_seq=1024, n_batch=512, threads=2)
+    batch = Batch(512)
+    tokens = model.tokenize("The river runs past the old mill and under the stone bridge. " * 70)[: KV + 71]
+
+    def first_row(seqs: int = 1, drafts: int = 0, threads: int = 2, reference: bool = True) -> np.ndarray:
+        for seq in range(8):
+            ctx.seq_rm(seq, KV, -1)
+        ctx.set_threads(threads)
+        batch.clear()
+        for seq in range(seqs):
+            batch.add(tokens[KV], KV, seq, True)
+        for i in range(drafts):
+            batch.add(tokens[KV + 1 + i], KV + 1 + i, 0, True)
+        ctx.decode(batch, reference=reference)
+        return model_logits(ctx, model, 0)
+
+    try:
+        assert ctx.reference  # llama.cpp's CPU backend is within reach here (Linux)
+        for start in range(0, KV, 64):
+            batch.fill(tokens[start : start + 64], start, 0, last_logits=False)
+            ctx.decode(batch)
+        for seq in range(1, 8):
+            ctx.seq_cp(0, seq)
+        alone = first_row(threads=1)
+        for way in ({}, {"drafts": 7}, {"drafts": 70}, {"seqs": 8}, {"seqs": 8, "threads": 1}):
+            assert np.array_equal(alone, first_row(**way)), way  # type: ignore[arg-type]
+        assert not np.array_equal(alone, first_row(reference=False))
     finally:
         batch.close()
         ctx.close()
@@ -174,3 +220,31 @@ def test_prompt_rows_compute_alike_in_any_call_of_64_rows_or_more(name: str, req
         batch.close()
         ctx.close()
         model.close()
+
+
+def test_an_answer_on_the_reference_kernels_is_the_answer_without_them(
+    tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine whose generated rows take the reference kernels on two threads, and one where llama.cpp's CPU backend
+    is out of reach (its lone rows past 256 cells on one thread, or with a filler draft): the same answer and
+    log-probabilities, to the bit, with drafts and without."""
+    text = "Tell me about the river, the old mill and the stone bridge. " * 24  # past 256 cells
+
+    async def run(draft_max: int) -> tuple[list, bool]:
+        options = EngineOptions(ctx=1024, threads=2, gpu_layers=0, slots=1, max_queue=1, batch=512,
+                                draft_max=draft_max, kernel_checks=tmp_path / "kernel-checks.json")  # fmt: skip
+        engine = Engine("t", model_path, options)
+        await engine.load()
+        try:
+            prompt = await engine.prompt_tokens([{"role": "user", "content": text}])
+            assert len(prompt) > 256
+            gen = await engine.generate(prompt, SamplerSpec(temperature=0), max_tokens=48, stops=(), top_logprobs=2)
+            return [(c.text, c.logprobs) async for c in gen], engine.status()["reference_kernels"]
+        finally:
+            await engine.close()
+
+    answers = [asyncio.run(run(drafts)) for drafts in (8, 0)]
+    monkeypatch.setattr(llama_context, "cpu_backend", lambda ptr: None)
+    answers += [asyncio.run(run(drafts)) for drafts in (8, 0)]
+    assert [reference for _, reference in answers] == [True, True, False, False]
+    assert all(chunks == answers[0][0] for chunks, _ in answers)

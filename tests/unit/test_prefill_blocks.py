@@ -274,7 +274,7 @@ class _Computes:
     def seq_cp(self, src: int, dst: int) -> None:
         self.copied = (src, dst)
 
-    def decode(self, batch, *, causal: bool = True, abort=None, deadline=None) -> bool:
+    def decode(self, batch, *, causal: bool = True, abort=None, deadline=None, reference: bool = False) -> bool:
         self.arrive()
         return abort is None or not abort()
 

@@ -382,7 +382,7 @@ class _Context:
     def set_threads(self, threads: int) -> None:
         self.threads = threads
 
-    def decode(self, batch, *, causal: bool = True, abort=None, deadline=None) -> bool:
+    def decode(self, batch, *, causal: bool = True, abort=None, deadline=None, reference: bool = False) -> bool:
         self.calls.append((self.threads, deadline))
         return not (deadline is not None and self.late) and (abort is None or not abort())
 

@@ -17,7 +17,16 @@ import llama_cpp as L
 from edge_run.engine.types import GpuDevice
 from edge_run.errors import EngineFailure
 
-__all__ = ["add_rpc_servers", "amx_built", "gpu_devices", "gpu_offload_supported", "init_backend", "quiet_log"]
+__all__ = [
+    "add_rpc_servers",
+    "amx_built",
+    "cpu_backend",
+    "gpu_devices",
+    "gpu_offload_supported",
+    "init_backend",
+    "quiet_log",
+    "set_reference",
+]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,40 @@ def _ggml() -> ctypes.CDLL:
         ]
         lib.ggml_backend_dev_memory.restype = None
     return lib
+
+
+# ggml-cpu's reference kernels (``ggml_backend_cpu_set_use_ref``): flash attention walks a row's whole KV on one thread
+# (no tiles, no KV split between threads) and K-quant products take a call's rows one by one (no tiled kernel). So a
+# row computes alike in any call, alone, beside other sequences' rows or with drafts, on any thread count. llama.cpp
+# reaches its CPU backend only through the context's scheduler, a C++ method that libllama exports where symbols
+# follow the Itanium ABI (Linux, macOS). Elsewhere the scheduler does without (``Context.reference``).
+_GET_SCHED = "_ZNK13llama_context9get_schedEv"
+
+
+def cpu_backend(ptr: L.llama_context_p) -> int | None:
+    """The CPU backend of a llama context, to switch its reference kernels on and off; None where it is out of reach."""
+    try:
+        lib = _ggml()
+    except AttributeError:  # ggml's symbols are not reached through libllama here
+        return None
+    if not (hasattr(lib, _GET_SCHED) and hasattr(lib, "ggml_backend_cpu_set_use_ref")):
+        return None
+    get_sched = lib[_GET_SCHED]
+    get_sched.argtypes, get_sched.restype = [ctypes.c_void_p], ctypes.c_void_p
+    lib.ggml_backend_sched_get_n_backends.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_sched_get_backend.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.ggml_backend_sched_get_backend.restype = ctypes.c_void_p
+    lib.ggml_backend_is_cpu.argtypes, lib.ggml_backend_is_cpu.restype = [ctypes.c_void_p], ctypes.c_bool
+    lib.ggml_backend_cpu_set_use_ref.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+    sched = get_sched(ctypes.cast(ptr, ctypes.c_void_p))
+    n = lib.ggml_backend_sched_get_n_backends(sched)
+    backends = (lib.ggml_backend_sched_get_backend(sched, i) for i in range(n))
+    return next((b for b in backends if b and lib.ggml_backend_is_cpu(b)), None)
+
+
+def set_reference(backend: int, on: bool) -> None:
+    """Switch the reference kernels of a :func:`cpu_backend` on or off, for the calls that follow."""
+    _ggml().ggml_backend_cpu_set_use_ref(backend, on)
 
 
 def gpu_devices() -> list[GpuDevice]:

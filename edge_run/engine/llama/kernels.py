@@ -7,8 +7,9 @@ another CPU, or another weight type, might not have:
 - ``wide``: a call of 64 rows of a sequence or more computes each row alike whatever its width and its start
   (prompts of 64 tokens or more, cut freely: ``slots.WIDE``; x86-64 only);
 - ``narrow``: so does a call of 8 to 63 rows (shorter prompts: ``slots.NARROW``; x86-64 only);
-- ``rows``: a generated row computes alike with drafts after it and beside another sequence's row, in calls up to
-  the model's row limit (drafts and neighbours), and ``lone``: alone in its call too;
+- ``rows``: a generated row computes alike with drafts after it and beside another sequence's row (drafts and
+  neighbours), on the reference kernels where the scheduler takes them, else in calls up to the model's row limit;
+  and ``lone``: alone in its call too;
 - ``threads``: each of those computes alike on one thread and on all (the thread governor, and the share of the
   cores that other models leave).
 
@@ -50,7 +51,7 @@ TEXT = "The river runs past the old mill and under the stone bridge, and the mil
 WIDE_ROWS = 65  # two calls of this many rows against one of twice as many
 AT = 2 * WIDE_ROWS  # where the generated rows are checked
 MOST_ROWS = 63  # a generated step's rows at most on the CPU (drafts.step_drafts), under flash attention's tiles
-CHECK = 1  # this check's version, in the key of its verdicts: a changed check runs again
+CHECK = 2  # this check's version, in the key of its verdicts: a changed check runs again
 
 
 class Probe:
@@ -75,7 +76,7 @@ class Probe:
 
     def row(self, drafts: int, beside: bool, on: int) -> np.ndarray:
         """The row at ``AT`` of sequence 0 (both hold ``AT`` tokens), with ``drafts`` rows after it or another
-        sequence's beside it, on ``on`` threads; its logits."""
+        sequence's beside it, on ``on`` threads, on the reference kernels where the context has them; its logits."""
         ctx, batch, tokens = self.ctx, self.batch, self.tokens
         ctx.set_threads(on)
         batch.clear()
@@ -83,7 +84,7 @@ class Probe:
             batch.add(tokens[AT], AT, seq, True)
         for i in range(drafts):
             batch.add(tokens[AT + 1 + i], AT + 1 + i, 0, True)
-        ctx.decode(batch)
+        ctx.decode(batch, reference=True)  # as the scheduler decodes generated rows
         for seq in (0, 1):
             ctx.seq_rm(seq, AT, -1)
         return ctx.logits(0).copy()
@@ -127,8 +128,9 @@ def check(model: Model, *, threads: int, row_limit: int | None, free_cuts: bool)
     return failed
 
 
-def machine_key(model_path: Path, threads: int) -> str:
-    """What a verdict holds for: this CPU (its model and flags), the llama.cpp build, the model file, the threads."""
+def machine_key(model_path: Path, threads: int, reference: bool) -> str:
+    """What a verdict holds for: this CPU (its model and flags), the llama.cpp build, the model file, the threads,
+    and whether generated rows take the reference kernels."""
     cpu = platform.processor() or platform.machine()
     try:
         info = Path("/proc/cpuinfo").read_text()
@@ -139,7 +141,7 @@ def machine_key(model_path: Path, threads: int) -> str:
     stat = model_path.stat()
     system = L.llama_print_system_info().decode(errors="replace")
     model = [str(model_path.resolve()), stat.st_size, stat.st_mtime_ns]
-    return json.dumps([CHECK, cpu, system, L.__version__, *model, threads])
+    return json.dumps([CHECK, cpu, system, L.__version__, *model, threads, reference])
 
 
 def checked(file: Path | None, key: str, run: Callable[[], tuple[list[str], bool]]) -> list[str]:
@@ -166,29 +168,31 @@ def checked(file: Path | None, key: str, run: Callable[[], tuple[list[str], bool
     return verdict
 
 
-def verdict(model: Model, path: Path, options: EngineOptions, *, free_cuts: bool) -> list[str]:
-    """The properties that fail for ``model`` (loaded from ``path``) at its threads here: checked at its first load
-    on this machine, then read from the options' ``kernel_checks``. The check takes its threads from the options'
+def verdict(model: Model, path: Path, options: EngineOptions, *, free_cuts: bool, reference: bool) -> list[str]:
+    """The properties that fail for ``model`` (loaded from ``path``) at its threads here, its generated rows on the
+    reference kernels where the engine's context has them (``reference``): checked at its first load on this machine,
+    then read from the options' ``kernel_checks``. The check takes its threads from the options'
     ``cores``, the share that the models answering meanwhile leave it; checked on fewer threads than the model's,
     its verdict is used but not kept."""
     threads, keep, cores = options.threads, options.kernel_checks, options.cores
+    limit = None if reference else model.row_limit  # generated rows on the reference kernels: no limit (engine.py)
 
     def run() -> tuple[list[str], bool]:
         log.info("%s: checking that this CPU computes the model's rows alike in shared calls (once)", path.name)
         if cores is None:
-            return check(model, threads=threads, row_limit=model.row_limit, free_cuts=free_cuts), True
+            return check(model, threads=threads, row_limit=limit, free_cuts=free_cuts), True
         member = cores.join()
         cores.set_active(member, True)
         try:
             got = cores.acquire(member, threads)
             try:
-                return check(model, threads=got, row_limit=model.row_limit, free_cuts=free_cuts), got == threads
+                return check(model, threads=got, row_limit=limit, free_cuts=free_cuts), got == threads
             finally:
                 cores.release(member)
         finally:
             cores.set_active(member, False)
 
-    failed = checked(keep, machine_key(path, threads), run)
+    failed = checked(keep, machine_key(path, threads, reference), run)
     if failed:
         log.warning(
             "%s: on this CPU the model's rows do not compute alike in shared calls (%s): it is served without what "
