@@ -17,14 +17,15 @@ whichever is faster:
   (a try on a 64-row block of a long prompt costs that block again, 0.4 to 0.8 s at 3,000 to 8,000 cells of KV;
   llama-server never tries);
 - a try lasts ``TRY_STEPS`` steps and wins on their mean (a single step is noise, and on a busy
-  machine one can be lucky); a step far slower than the setting in use ends the try at once, so a try
-  of all threads on a busy machine costs one step, and so does a step of one thread no faster than all
-  of them, so a try of one thread on a quiet machine costs one step too. When all threads won but are
-  given up again soon after, the wait keeps growing instead of starting over;
+  machine one can be lucky); a second step far slower than the setting in use ends a try of all threads at
+  once, so on a busy machine it costs two steps (one alone is noise: the first step on two threads after the
+  engine sat idle 9 s took 28 ms where one thread took 18, and the quiet answer ran on one thread for good), and a
+  step of one thread no faster than all of them ends a try of one thread, so on a quiet machine that costs one
+  step. When all threads won but are given up again soon after, the wait keeps growing instead of starting over;
 - a step on all threads does not run to its end when it collapses: past ``COLLAPSE`` times the best recent step of
-  its kind (a try of more threads: what loses it), :class:`Steps` stops it and does it again on one thread. A
-  collapsed step took 0.3 to 0.9 s where one thread takes 20 ms, so noticing the load cost 3 of them, over a second,
-  and every lost try of all threads one more; now each costs a few normal steps.
+  its kind (a try of more threads: a step that counts against it), :class:`Steps` stops it and does it again on one
+  thread. A collapsed step took 0.3 to 0.9 s where one thread takes 20 ms, so noticing the load cost 3 of them, over
+  a second, and every lost try of all threads one more; now each costs a few normal steps.
 
 A "kind" of step is its number of rows, how far its KV reaches (in spans of ``KV_SPAN`` cells) and its thread
 count: a step of 4 rows takes longer than one of a single row, and one at 8,000 cells longer than one at 700,
@@ -51,7 +52,8 @@ TRY_SHARE = 0.02  # ... but at least the losing try's steps over this: tries cos
 WIN_FEWER = 0.85
 WIN_MORE = 0.97
 TRY_STEPS = 4  # a try's verdict is the mean of this many steps, unless one step is clearly worse:
-ABORT = 1.5  # a step of the try slower than this share of the setting in use ends the try at once
+ABORT = 1.5  # a second step of a try of more threads slower than this share of the setting in use ends the try
+ABORT_MORE = 2  # ... (the first may be threads that wake up)
 # ... and for a try of fewer threads, a step no faster than the setting in use: on a quiet machine one thread is
 # 1.4 to 2 times slower, under ABORT, and a try went on for 4 prompt blocks every 8 s (a tenth of a long prompt)
 ABORT_FEWER = 1.0
@@ -102,8 +104,8 @@ class ThreadGovernor:
 
     def deadline(self, threads: int, rows: Hashable) -> float | None:
         """How long a step of kind ``rows`` on ``threads`` may run before it is stopped (:class:`Steps`): on all
-        threads, ``COLLAPSE`` times the best recent step of its kind; on a try of more threads, what loses the try
-        anyway. None on one thread, and for a kind with no time yet."""
+        threads, ``COLLAPSE`` times the best recent step of its kind; on a try of more threads, what counts against
+        the try. None on one thread, and for a kind with no time yet."""
         if not self.adapt or threads == 1:
             return None
         if threads != self.threads:  # a try of more threads
@@ -121,12 +123,14 @@ class ThreadGovernor:
             # writing to sockets beside the compute threads) must not hand a batch to one thread
             ref = self._usual[key]  # for_step tries only kinds that have one
             self._tried.append(seconds / ref)  # as a share of the setting in use: steps of several kinds mix
-            limit = (ABORT if threads > self.threads else ABORT_FEWER) * ref
-            if seconds <= limit and len(self._tried) < TRY_STEPS:
+            more = threads > self.threads
+            over = sum(share > (ABORT if more else ABORT_FEWER) for share in self._tried)
+            fine = over < (ABORT_MORE if more else 1)
+            if fine and len(self._tried) < TRY_STEPS:
                 self._probe_now = True  # so far so good: the next step tries too
                 return
             mean = sum(self._tried) / len(self._tried)
-            if seconds <= limit and mean < (WIN_MORE if threads > self.threads else WIN_FEWER):
+            if fine and mean < (WIN_MORE if more else WIN_FEWER):
                 self._switch(threads, rows, seconds)
                 wait = self._wait
             else:
