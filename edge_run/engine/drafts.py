@@ -6,12 +6,11 @@ How many: all it may while the text's last 6 tokens came before it (a copy under
 6 tokens after a change (a renamed name, a changed word); on a shorter match, as many as were kept the step
 before, none after a failure but one now and then (ordinary chat repeats a few tokens often, 6 seldom).
 
-Drafts are a function of the token history only, so a request drafts the same way every time it is sent.
-
-Without ggml-cpu's reference kernels (``Context.reference``), a step with no draft past 256 KV cells would decode a
-lone row, on one thread (its KV is not split, so its logits do not depend on the thread count). Two rows take the
-governor's threads with no split: a filler draft keeps it company where that is faster (:class:`Company`). Either
-way the row's logits are the same. On the reference kernels a lone row takes the governor's threads unsplit.
+Drafts are a function of the token history only. Whether a step with none takes a filler draft (the usual one,
+else the token again) is not: :class:`Company` takes the way whose latest steps gave tokens faster. Either way the
+row's logits are the same, so the answer is too. A lone row runs on the governor's threads on ggml-cpu's reference
+kernels (``Context.reference``); without them past 256 KV cells on one thread (its KV is not split, so its logits do
+not depend on the thread count), where a filler's two rows take the governor's threads with no split.
 """
 
 from __future__ import annotations
@@ -100,9 +99,11 @@ def step_drafts(drafter: Drafter | None, k: int, generated: int, fit: int) -> li
 
 
 class Company:
-    """Whether a lone row goes with a filler draft on the governor's threads, or alone on one thread: the way whose
-    latest steps were faster (a filler costs a row: on a 2-core Intel Xeon 0.92x of alone for SmolLM2-135M's step,
-    0.67x for Gemma 3 270M's), the other tried now and then, since the machine's load changes both."""
+    """Whether a lone row (a slot with no draft this step) goes with a filler draft or alone: the way whose latest
+    steps gave tokens faster, the other tried now and then, since the machine's load and the text change both. A
+    filler costs a row and is kept now and then (the usual draft: a story that repeats itself); alone, a row runs on
+    the governor's threads on the reference kernels, else past 256 cells on one thread (on a 2-core Intel Xeon the
+    filler's step took 0.92x of that for SmolLM2-135M, 0.67x for Gemma 3 270M)."""
 
     def __init__(self) -> None:
         self._seconds: dict[bool, list[float]] = {True: [], False: []}
@@ -114,7 +115,8 @@ class Company:
         best = min((True, False), key=lambda way: statistics.median(self._seconds[way] or [0.0]))
         return not best if self._steps % TRY_EVERY == 0 else best
 
-    def observe(self, filler: bool, seconds: float) -> None:
+    def observe(self, filler: bool, seconds: float, tokens: int = 1) -> None:
+        """A step of that way took ``seconds`` and gave ``tokens`` (its row's, and a filler's where it was kept)."""
         kept = self._seconds[filler]
-        kept.append(seconds)
+        kept.append(seconds / max(1, tokens))
         del kept[:-KEPT]

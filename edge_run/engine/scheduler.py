@@ -100,13 +100,13 @@ class Scheduler:
         self.safe = safe
         self.pad_lone = pad_lone  # a lone generated row takes a filler: here a call of one row computes otherwise
         self.max_drafts, self.row_limit = max_drafts, row_limit  # rows in a call of generated rows (None: any)
-        # a lone row's KV split between threads (:meth:`Context.splits_lone_row`): on one it computes what a row
-        # among others does; None on a GPU
-        self.lone_row_threads, self.device_sampling = lone_row_threads, device_sampling
+        self.device_sampling = device_sampling
         self.governor, self.company = ThreadGovernor(threads, adapt=adapt_threads), Company()
         self.cores = cores or CoreShare(threads)  # shared with the other loaded models
         self.member = self.cores.join()
         stoppable = not device_sampling  # a call that samples on the device is not done twice (threads.Steps)
+        # a lone row's KV split between threads (:meth:`Context.splits_lone_row`, not on the reference kernels): on
+        # ``lone_row_threads`` (one) it computes what a row among others does; None on a GPU
         self.steps = Steps(ctx, self.governor, self.cores, self.member, lone_row_threads, stoppable)
         self.encoder = Encoder(self.cores, self.member, beside=encode_beside)  # images and audio (a projector)
         self.ctx, self._slots = ctx, [Slot(seq=i) for i in range(slots)]
@@ -233,10 +233,9 @@ class Scheduler:
         drafts = step_drafts(drafter, rows[0].draft_k, rows[0].generated, fit) if drafter else []
         if self.pad_lone and len(rows) == 1 and not drafts and fit > 0:  # every generated row in calls of 2 or more
             drafts = drafter.filler() if drafter else [rows[0].next_token or 0]
-        at = rows[0].pos(len(rows[0].cache))  # a lone row on fewer threads than the governor's: a split KV
-        few = self.lone_row_threads is not None and self.lone_row_threads < self.governor.threads
-        alone = few and drafter is not None and not drafts and fit > 0 and self.ctx.splits_lone_row(at)
-        filler = alone and self.company.wanted()  # a filler draft, for the governor's threads
+        at, before = rows[0].pos(len(rows[0].cache)), len(rows[0].cache)
+        alone = drafter is not None and not drafts and fit > 0  # alone, or with a filler: the faster way (Company)
+        filler = alone and self.company.wanted()
         drafts = drafter.filler() if filler and drafter else drafts
         start = time.perf_counter()
         for call in calls(rows, limit):
@@ -250,7 +249,7 @@ class Scheduler:
             for slot in call:
                 self._accept(slot, drafts, out)
         if alone:
-            self.company.observe(filler, time.perf_counter() - start)
+            self.company.observe(filler, time.perf_counter() - start, len(rows[0].cache) - before)
 
     def _accept(self, slot: Slot, drafts: list[int], out: list[tuple[Job, Chunk]]) -> None:
         """Sample the slot's rows in order while each sample equals the token decoded after it."""

@@ -6,7 +6,7 @@ attention splits its KV between the threads, and on the CPUs measured its logits
 (this project's 2-vCPU AMD EPYC, AVX2; a 2-vCPU Xeon with AVX-512 and AMX). On ggml-cpu's reference kernels
 (``Context.decode``) nothing is split, and no K-quant product takes the tiled kernel: the scheduler decodes every
 generated row so, on all the threads. Where llama.cpp's CPU backend is out of reach (``Context.reference``), it
-never decodes such a lone row on more than one thread (``Scheduler.lone_row_threads``); a lone row at position 255
+never decodes such a lone row on more than one thread (``threads.Steps.lone_row_threads``); a lone row at position 255
 or before (256 cells) is not split, and takes all the threads (``Context.splits_lone_row``).
 """
 

@@ -91,6 +91,18 @@ def test_company_tries_both_ways_then_takes_the_faster_and_tries_the_other_now_a
     assert company.wanted() is False
 
 
+def test_company_judges_by_the_time_a_token() -> None:
+    """A filler step that takes longer but is kept often gives tokens faster: a story that repeats itself."""
+    company = Company()
+    for _ in range(KEPT):
+        company.observe(False, 0.020, 1)
+        company.observe(True, 0.030, 2)  # 15 ms a token
+    assert company.wanted() is True
+    for _ in range(KEPT):
+        company.observe(True, 0.030, 1)  # not kept any more
+    assert company.wanted() is False
+
+
 def test_company_judges_by_the_median_of_its_latest_steps() -> None:
     company = Company()
     for seconds in (0.030, 0.030, 0.030):
