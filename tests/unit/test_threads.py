@@ -106,13 +106,19 @@ def test_while_busy_the_full_count_is_tried_less_and_less_often():
     assert sum(Machine.BUSY[t] for t in used) < 1.25 * len(used) * Machine.BUSY[1]
 
 
-def test_it_returns_to_every_thread_once_the_machine_is_quiet_again():
-    m = Machine()
+def _after_a_busy_spell(m: Machine) -> ThreadGovernor:
+    """A governor that saw 100 quiet steps, then 1,000 busy ones; the machine quiet again."""
     g = ThreadGovernor(2, clock=m.clock)
     m.run(g, 100)
     m.busy = True
     m.run(g, 1000)
     m.busy = False
+    return g
+
+
+def test_it_returns_to_every_thread_once_the_machine_is_quiet_again():
+    m = Machine()
+    g = _after_a_busy_spell(m)
     m.run(g, 3000)
     assert g.threads == 2
     assert g.switches == 2
@@ -123,11 +129,7 @@ def test_a_try_of_all_threads_outlasts_one_slow_step_of_threads_waking_up():
     the step on one (on a 2-vCPU Xeon, 28 ms against 18), and ended the try, so the whole answer ran on one thread.
     Now the try goes on, and wins."""
     m = Stopping()
-    g = ThreadGovernor(2, clock=m.clock)
-    m.run(g, 100)
-    m.busy = True
-    m.run(g, 1000)
-    m.busy = False
+    g = _after_a_busy_spell(m)
     m.now += 9.0
     assert g.threads == 1 and g.for_step(1) == 2  # a try is due
     g.observe(2, 1, 1.05 * g.deadline(2, 1))  # waking up: stopped at its deadline, a little after it
