@@ -16,6 +16,9 @@ whichever is faster:
   win, the wait is at least ``1 / TRY_SHARE`` of those steps, so that tries cost at most that share of the time
   (a try on a 64-row block of a long prompt costs that block again, 0.4 to 0.8 s at 3,000 to 8,000 cells of KV;
   llama-server never tries);
+- a try that is due waits for a cheap step (``CHEAP``), up to ``PROBE_MAX``: a try of one thread on a quiet machine
+  costs its step again, 10 ms on a generated row but 100 to 250 ms on a prompt block (a cold 180-token prompt's first
+  round at 0.77x llama-server; a 12-turn conversation paid one a few turns);
 - a try lasts ``TRY_STEPS`` steps and wins on their mean (a single step is noise, and on a busy
   machine one can be lucky); a second step far slower than the setting in use ends a try of all threads at
   once, so on a busy machine it costs two steps (one alone is noise: the first step on two threads after the
@@ -65,6 +68,9 @@ DRIFT = 1.002  # how fast the best recent step time rises, per step
 # barrier for one that has no core), and the 3 slow steps that start a try cost a second
 COLLAPSE = 3.0
 SMOOTH = 0.2  # weight of the newest step in the usual time
+# A try that is due waits for a step no dearer than this many times the cheapest kind the setting in use has a time
+# for (a generated row, not a prompt block), ``PROBE_MAX`` at most
+CHEAP = 2.0
 
 
 def kind(rows: int, pos: int) -> tuple[int, int]:
@@ -98,9 +104,14 @@ class ThreadGovernor:
         and went on for good: a server first asked seconds after it started ran on one thread from then on)."""
         if not self.adapt or (self.threads, rows) not in self._usual:
             return self.threads
-        if self._probe_now or self._clock() >= self._next_probe:
+        if self._probe_now:
             return self.alternative
-        return self.threads
+        now = self._clock()
+        if now < self._next_probe:
+            return self.threads
+        cheapest = min(t for (threads, _), t in self._usual.items() if threads == self.threads)
+        cheap = self._usual[(self.threads, rows)] <= CHEAP * cheapest
+        return self.alternative if cheap or now >= self._next_probe + PROBE_MAX else self.threads
 
     def deadline(self, threads: int, rows: Hashable) -> float | None:
         """How long a step of kind ``rows`` on ``threads`` may run before it is stopped (:class:`Steps`): on all

@@ -137,6 +137,36 @@ def test_a_try_of_all_threads_outlasts_one_slow_step_of_threads_waking_up():
     assert g.threads == 2 and used == [2, 2, 2, 2]
 
 
+def test_a_due_try_waits_for_a_cheap_step_but_not_for_ever():
+    """A conversation's turns: a prompt block of 64 rows (0.2 s), then generated rows (10 ms). A try of one thread
+    costs its step again: it lands on a generated row. Prompt blocks alone are tried too, once overdue."""
+    m = Machine()
+    m.QUIET = {2: 0.010, 1: 0.016}
+    g = ThreadGovernor(2, clock=m.clock)
+    blocks = {2: 0.200, 1: 0.320}
+    tried_on = []
+    for _ in range(200):  # 200 turns, 6 s each
+        for rows, times, steps in ((64, blocks, 1), (1, m.QUIET, 200)):
+            for _ in range(steps):
+                threads = g.for_step(rows)
+                m.now += times[threads]
+                g.observe(threads, rows, times[threads])
+                if threads == 1:
+                    tried_on.append(rows)
+    assert g.threads == 2 and tried_on and set(tried_on) == {1}
+    g = ThreadGovernor(2, clock=m.clock)  # a generated row once, then a long prompt's blocks only
+    start = m.now
+    g.observe(2, 1, m.QUIET[2])
+    first_try = None
+    for _ in range(200):  # 40 s of blocks
+        threads = g.for_step(64)
+        if threads == 1 and first_try is None:
+            first_try = m.now - start
+        m.now += blocks[threads]
+        g.observe(threads, 64, blocks[threads])
+    assert first_try is not None and PROBE_EVERY + PROBE_MAX <= first_try < PROBE_EVERY + PROBE_MAX + 1
+
+
 def test_a_machine_busy_from_the_start_is_found_by_the_tries():
     m = Machine()
     m.busy = True
