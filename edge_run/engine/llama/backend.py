@@ -112,6 +112,8 @@ def cpu_backend(ptr: L.llama_context_p) -> int | None:
     lib.ggml_backend_is_cpu.argtypes, lib.ggml_backend_is_cpu.restype = [ctypes.c_void_p], ctypes.c_bool
     lib.ggml_backend_cpu_set_use_ref.argtypes = [ctypes.c_void_p, ctypes.c_bool]
     sched = get_sched(ctypes.cast(ptr, ctypes.c_void_p))
+    if not sched:
+        return None
     n = lib.ggml_backend_sched_get_n_backends(sched)
     backends = (lib.ggml_backend_sched_get_backend(sched, i) for i in range(n))
     return next((b for b in backends if b and lib.ggml_backend_is_cpu(b)), None)
