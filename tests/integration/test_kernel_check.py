@@ -42,7 +42,7 @@ def test_the_check_passes_here_and_finds_k_quant_rows_past_the_row_limit(
         try:
             assert check(model, threads=threads, row_limit=None, free_cuts=FREE) == [], path.name
             with monkeypatch.context() as m:
-                m.setattr(context, "cpu_backend", lambda ptr: None)  # a llama.cpp that does not reach them
+                m.setattr(context, "reference_switch", lambda ptr: None)  # a llama.cpp that does not reach them
                 assert check(model, threads=threads, row_limit=model.row_limit, free_cuts=FREE) == [], path.name
                 if model.row_limit is not None:
                     assert check(model, threads=threads, row_limit=None, free_cuts=FREE) == ["rows"]

@@ -244,7 +244,7 @@ def test_an_answer_on_the_reference_kernels_is_the_answer_without_them(
             await engine.close()
 
     answers = [asyncio.run(run(drafts)) for drafts in (8, 0)]
-    monkeypatch.setattr(llama_context, "cpu_backend", lambda ptr: None)
+    monkeypatch.setattr(llama_context, "reference_switch", lambda ptr: None)
     answers += [asyncio.run(run(drafts)) for drafts in (8, 0)]
     assert [reference for _, reference in answers] == [True, True, False, False]
     assert all(chunks == answers[0][0] for chunks, _ in answers)

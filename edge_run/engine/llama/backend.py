@@ -11,21 +11,25 @@ import ctypes
 import logging
 import os
 import socket
+from functools import partial
+from typing import TYPE_CHECKING
 
 import llama_cpp as L
 
 from edge_run.engine.types import GpuDevice
 from edge_run.errors import EngineFailure
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 __all__ = [
     "add_rpc_servers",
     "amx_built",
-    "cpu_backend",
     "gpu_devices",
     "gpu_offload_supported",
     "init_backend",
     "quiet_log",
-    "set_reference",
+    "reference_switch",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,8 +100,9 @@ def _ggml() -> ctypes.CDLL:
 _GET_SCHED = "_ZNK13llama_context9get_schedEv"
 
 
-def cpu_backend(ptr: L.llama_context_p) -> int | None:
-    """The CPU backend of a llama context, to switch its reference kernels on and off; None where it is out of reach."""
+def reference_switch(ptr: L.llama_context_p) -> Callable[[bool], None] | None:
+    """What switches the reference kernels of a llama context's CPU backend on and off, for the calls that follow;
+    None where that backend is out of reach."""
     try:
         lib = _ggml()
     except AttributeError:  # ggml's symbols are not reached through libllama here
@@ -116,12 +121,8 @@ def cpu_backend(ptr: L.llama_context_p) -> int | None:
         return None
     n = lib.ggml_backend_sched_get_n_backends(sched)
     backends = (lib.ggml_backend_sched_get_backend(sched, i) for i in range(n))
-    return next((b for b in backends if b and lib.ggml_backend_is_cpu(b)), None)
-
-
-def set_reference(backend: int, on: bool) -> None:
-    """Switch the reference kernels of a :func:`cpu_backend` on or off, for the calls that follow."""
-    _ggml().ggml_backend_cpu_set_use_ref(backend, on)
+    cpu = next((b for b in backends if b and lib.ggml_backend_is_cpu(b)), None)
+    return None if cpu is None else partial(lib.ggml_backend_cpu_set_use_ref, cpu)
 
 
 def gpu_devices() -> list[GpuDevice]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import llama_cpp as L
 import numpy as np
 
-from edge_run.engine.llama.backend import cpu_backend, set_reference
+from edge_run.engine.llama.backend import reference_switch
 from edge_run.errors import EngineFailure
 
 if TYPE_CHECKING:
@@ -177,13 +177,13 @@ class Context:
         self._swa = L.llama_model_n_swa(model.ptr) > 0 or mrope
         self._alarm = _Alarm()
         self._watch_flag()
-        self._cpu = cpu_backend(self._ptr)
+        self._reference = reference_switch(self._ptr)
 
     @property
     def reference(self) -> bool:
         """Whether :meth:`decode` can take ggml-cpu's reference kernels, with which a row computes alike in any call
         on any thread count (generated rows: alone, with drafts or beside others)."""
-        return self._cpu is not None
+        return self._reference is not None
 
     def _watch_flag(self) -> None:
         L.llama_set_abort_callback(self._ptr, _FLAG_SET, ctypes.cast(self._alarm.flag, ctypes.c_void_p))
@@ -214,9 +214,9 @@ class Context:
         each graph node (on the CPU ~500 times a call), stops the call when true, and so does running past
         ``deadline`` seconds: then llama.cpp drops the rows it had written, and this returns False."""
         batch._b.n_tokens = batch.n
-        ref = self._cpu if reference else None
-        if ref is not None:
-            set_reference(ref, True)
+        switch = self._reference if reference else None
+        if switch is not None:
+            switch(True)
         if not causal:
             L.llama_set_causal_attn(self._ptr, False)
         flag = self._alarm.flag
@@ -232,8 +232,8 @@ class Context:
                 self._alarm.disarm()
             if not causal:
                 L.llama_set_causal_attn(self._ptr, True)
-            if ref is not None:
-                set_reference(ref, False)
+            if switch is not None:
+                switch(False)
             if stop is not None:
                 self._watch_flag()
         if rc == 2 and (stop is not None or deadline is not None):
