@@ -114,9 +114,9 @@ class Engine:
                 log.exception("%s: the projector %s did not load; text only", self.model_id, opts.mmproj)
         if placement.devices:
             self.vram_used = max(0, sum(d.free for d in placement.devices) - sum(d.free for d in gpu_devices()))
-        free = TILE == PREFILL_BLOCK  # x86-64: prompts cut freely (slots.cut_of)
         self.reference_kernels = ref = self._ctx.reference and not offloaded  # generated rows (Context.decode)
-        self.kernels_failed = [] if offloaded else verdict(model, self.path, opts, free_cuts=free, reference=ref)
+        free, limit = TILE == PREFILL_BLOCK, None if ref else model.row_limit  # x86-64 cuts freely; ref: any rows
+        self.kernels_failed = [] if offloaded else verdict(model, self.path, opts, free, reference=ref, row_limit=limit)
         failed = set(self.kernels_failed)  # each property that fails takes away what rests on it (llama/kernels.py)
         threads, pad = 1 if "threads" in failed else opts.threads, "lone" in failed  # pad: no sampling on a device
         self._ctx.set_threads(threads)
@@ -128,7 +128,7 @@ class Engine:
             # offloaded whole, blocks of half a batch, and no drafts (see the scheduler's docstring)
             block=(opts.batch + 1) // 2 if offloaded else min(PREFILL_BLOCK, (opts.batch + 1) // 2),
             max_drafts=0 if offloaded or "rows" in failed else opts.draft_max,
-            row_limit=1 if "rows" in failed else None if offloaded or ref else model.row_limit,
+            row_limit=1 if "rows" in failed else None if offloaded else limit,
             lone_row_threads=None if offloaded or ref else 1,
             device_sampling=(offloaded if opts.device_sampling is None else opts.device_sampling) and not pad,
             threads=threads,

@@ -153,7 +153,7 @@ def test_the_check_takes_its_share_of_the_cores_and_keeps_only_a_verdict_on_ever
     cores.set_active(answering, True)
 
     def verdict() -> list[str]:
-        return kernels.verdict(model, model_path, options, free_cuts=True, reference=True)
+        return kernels.verdict(model, model_path, options, True, reference=True, row_limit=None)
 
     assert verdict() == [] and seen == [1] and not file.exists()
     cores.set_active(answering, False)

@@ -168,14 +168,15 @@ def checked(file: Path | None, key: str, run: Callable[[], tuple[list[str], bool
     return verdict
 
 
-def verdict(model: Model, path: Path, options: EngineOptions, *, free_cuts: bool, reference: bool) -> list[str]:
+def verdict(
+    model: Model, path: Path, options: EngineOptions, free_cuts: bool, *, reference: bool, row_limit: int | None
+) -> list[str]:
     """The properties that fail for ``model`` (loaded from ``path``) at its threads here, its generated rows on the
-    reference kernels where the engine's context has them (``reference``): checked at its first load on this machine,
-    then read from the options' ``kernel_checks``. The check takes its threads from the options'
-    ``cores``, the share that the models answering meanwhile leave it; checked on fewer threads than the model's,
-    its verdict is used but not kept."""
-    threads, keep, cores = options.threads, options.kernel_checks, options.cores
-    limit = None if reference else model.row_limit  # generated rows on the reference kernels: no limit (engine.py)
+    reference kernels where the engine's context has them (``reference``) and in calls of ``row_limit`` rows at most,
+    as the scheduler will decode them: checked at its first load on this machine, then read from the options'
+    ``kernel_checks``. The check takes its threads from the options' ``cores``, the share that the models answering
+    meanwhile leave it; checked on fewer threads than the model's, its verdict is used but not kept."""
+    threads, keep, cores, limit = options.threads, options.kernel_checks, options.cores, row_limit
 
     def run() -> tuple[list[str], bool]:
         log.info("%s: checking that this CPU computes the model's rows alike in shared calls (once)", path.name)
