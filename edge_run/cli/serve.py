@@ -213,7 +213,7 @@ class _GpuLayers(click.ParamType):
     "--draft-max",
     type=click.IntRange(min=0),
     help="Tokens drafted per step at most, looked up in the text so far (0: none; on the CPU 62 at most, and 6 for a "
-    "K-quant model).  [default: 8]",
+    "K-quant model where ggml-cpu's reference kernels are out of reach).  [default: 8]",
 )
 @click.option(
     "--reasoning-format",
