@@ -27,8 +27,9 @@ NGRAMS = (4, 2)
 RETRY_EVERY = 16
 # A run of this many tokens that came before is a copy under way: it drafts all it may, whatever failed before.
 COPY_RUN = 6
-# Company tries the way it does not take once in this many steps, and keeps this many step times of each way.
-TRY_EVERY, KEPT = 16, 5
+# Company tries the way it does not take once in this many steps at first, and half as often each time that try loses
+# again, down to once in ``TRY_MOST``; it keeps this many steps of each way.
+TRY_EVERY, TRY_MOST, KEPT = 16, 256, 5
 
 
 class Drafter:
@@ -103,20 +104,36 @@ class Company:
     steps gave tokens faster, the other tried now and then, since the machine's load and the text change both. A
     filler costs a row and is kept now and then (the usual draft: a story that repeats itself); alone, a row runs on
     the governor's threads on the reference kernels, else past 256 cells on one thread (on a 2-core Intel Xeon the
-    filler's step took 0.92x of that for SmolLM2-135M, 0.67x for Gemma 3 270M)."""
+    filler's step took 0.92x of that for SmolLM2-135M, 0.67x for Gemma 3 270M). A try that loses costs a row, so
+    a way that keeps losing is tried ever less often: tried once in 16 steps, fillers cost 128-token answers of
+    ordinary chat 3% (bench/README.md)."""
 
     def __init__(self) -> None:
         self._seconds: dict[bool, list[float]] = {True: [], False: []}
-        self._steps = 0
+        self._tokens: dict[bool, list[int]] = {True: [], False: []}
+        self._every, self._due = TRY_EVERY, TRY_EVERY
+        self._trying = False
+
+    def _pace(self, way: bool) -> float:
+        """Seconds a token of ``way``'s latest steps: the median step (a step slowed by the governor's try is not the
+        rule) over the mean tokens a step (a filler is kept or not); 0 for a way never taken."""
+        seconds, tokens = self._seconds[way], self._tokens[way]
+        return statistics.median(seconds) * len(tokens) / sum(tokens) if seconds else 0.0
+
+    def _best(self) -> bool:
+        return min((True, False), key=self._pace)
 
     def wanted(self) -> bool:
         """Whether this step takes a filler (untried ways first)."""
-        self._steps += 1
-        best = min((True, False), key=lambda way: statistics.median(self._seconds[way] or [0.0]))
-        return not best if self._steps % TRY_EVERY == 0 else best
+        self._due -= 1
+        self._trying = self._due <= 0
+        return not self._best() if self._trying else self._best()
 
     def observe(self, filler: bool, seconds: float, tokens: int = 1) -> None:
         """A step of that way took ``seconds`` and gave ``tokens`` (its row's, and a filler's where it was kept)."""
-        kept = self._seconds[filler]
-        kept.append(seconds / max(1, tokens))
-        del kept[:-KEPT]
+        self._seconds[filler] = [*self._seconds[filler], seconds][-KEPT:]
+        self._tokens[filler] = [*self._tokens[filler], max(1, tokens)][-KEPT:]
+        if self._trying:  # a try that gave tokens faster than the way taken comes again soon, one that did not later
+            won = seconds / max(1, tokens) < self._pace(not filler)
+            self._every = TRY_EVERY if won else min(TRY_MOST, 2 * self._every)
+            self._due, self._trying = self._every, False

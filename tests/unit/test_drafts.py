@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_run.engine.drafts import COPY_RUN, KEPT, RETRY_EVERY, TRY_EVERY, Company, Drafter, next_k, step_drafts
+from edge_run.engine.drafts import COPY_RUN, KEPT, RETRY_EVERY, TRY_MOST, Company, Drafter, next_k, step_drafts
 from edge_run.engine.slots import TILE
 
 
@@ -78,17 +78,32 @@ def test_a_filler_is_the_usual_draft_else_the_last_token_again() -> None:
     assert Drafter([], most=8).filler() == []
 
 
-def test_company_tries_both_ways_then_takes_the_faster_and_tries_the_other_now_and_then() -> None:
+def test_company_tries_both_ways_then_takes_the_faster_and_tries_the_other_ever_less_often() -> None:
     company, ways = Company(), []
-    for _ in range(3 * TRY_EVERY):
+    for _ in range(600):
         filler = company.wanted()
         ways.append(filler)
         company.observe(filler, 0.020 if filler else 0.030)  # the filler's steps are faster
     assert ways[:2] == [True, False]  # each way untried at first
-    assert ways[2:] == [(i + 3) % TRY_EVERY != 0 for i in range(len(ways) - 2)]  # the other way once in TRY_EVERY
+    tries = [step for step, way in enumerate(ways, 1) if not way][1:]
+    assert tries == [16, 48, 112, 240, 496]  # once in TRY_EVERY steps, then half as often while it loses
+    assert 496 - 240 == TRY_MOST
     for _ in range(KEPT):  # the machine changes: alone is faster now
         company.observe(True, 0.050)
     assert company.wanted() is False
+
+
+def test_a_try_that_gives_tokens_faster_comes_again_soon_until_its_way_is_taken() -> None:
+    company, ways = Company(), []
+    for step in range(1, 200):
+        filler = company.wanted()
+        ways.append(filler)
+        alone = 0.030 if step < 60 else 0.010  # from step 60 on, a row alone is faster
+        company.observe(filler, 0.020 if filler else alone)
+    tries = [step for step, way in enumerate(ways, 1) if not way][1:]
+    assert tries[:5] == [16, 48, 112, 128, 144]  # 112 won: the next tries come TRY_EVERY steps later
+    assert not any(ways[144:159])  # from then on alone, till the filler's own try
+    assert ways[159] is True
 
 
 def test_company_judges_by_the_time_a_token() -> None:
