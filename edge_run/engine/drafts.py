@@ -106,7 +106,7 @@ class Company:
     the governor's threads on the reference kernels, else past 256 cells on one thread (on a 2-core Intel Xeon the
     filler's step took 0.92x of that for SmolLM2-135M, 0.67x for Gemma 3 270M). A try that loses costs a row, so
     a way that keeps losing is tried ever less often: tried once in 16 steps, fillers cost 128-token answers of
-    ordinary chat 3% (bench/README.md)."""
+    ordinary chat about 4% (bench/README.md)."""
 
     def __init__(self) -> None:
         self._seconds: dict[bool, list[float]] = {True: [], False: []}
