@@ -16,6 +16,7 @@ not depend on the thread count), where a filler's two rows take the governor's t
 from __future__ import annotations
 
 import statistics
+from collections import deque
 
 from edge_run.engine.slots import TILE
 
@@ -109,16 +110,16 @@ class Company:
     ordinary chat about 4% (bench/README.md)."""
 
     def __init__(self) -> None:
-        self._seconds: dict[bool, list[float]] = {True: [], False: []}
-        self._tokens: dict[bool, list[int]] = {True: [], False: []}
+        # each way's latest steps: (seconds, tokens given)
+        self._steps: dict[bool, deque[tuple[float, int]]] = {way: deque(maxlen=KEPT) for way in (True, False)}
         self._every, self._due = TRY_EVERY, TRY_EVERY
         self._trying = False
 
     def _pace(self, way: bool) -> float:
         """Seconds a token of ``way``'s latest steps: the median step (a step slowed by the governor's try is not the
         rule) over the mean tokens a step (a filler is kept or not); 0 for a way never taken."""
-        seconds, tokens = self._seconds[way], self._tokens[way]
-        return statistics.median(seconds) * len(tokens) / sum(tokens) if seconds else 0.0
+        steps = self._steps[way]
+        return statistics.median(s for s, _ in steps) * len(steps) / sum(t for _, t in steps) if steps else 0.0
 
     def _best(self) -> bool:
         return min((True, False), key=self._pace)
@@ -131,8 +132,7 @@ class Company:
 
     def observe(self, filler: bool, seconds: float, tokens: int = 1) -> None:
         """A step of that way took ``seconds`` and gave ``tokens`` (its row's, and a filler's where it was kept)."""
-        self._seconds[filler] = [*self._seconds[filler], seconds][-KEPT:]
-        self._tokens[filler] = [*self._tokens[filler], max(1, tokens)][-KEPT:]
+        self._steps[filler].append((seconds, max(1, tokens)))
         if self._trying:  # a try that gave tokens faster than the way taken comes again soon, one that did not later
             won = seconds / max(1, tokens) < self._pace(not filler)
             self._every = TRY_EVERY if won else min(TRY_MOST, 2 * self._every)
