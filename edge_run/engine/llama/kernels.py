@@ -176,18 +176,18 @@ def verdict(
     as the scheduler will decode them: checked at its first load on this machine, then read from the options'
     ``kernel_checks``. The check takes its threads from the options' ``cores``, the share that the models answering
     meanwhile leave it; checked on fewer threads than the model's, its verdict is used but not kept."""
-    threads, keep, cores, limit = options.threads, options.kernel_checks, options.cores, row_limit
+    threads, keep, cores = options.threads, options.kernel_checks, options.cores
 
     def run() -> tuple[list[str], bool]:
         log.info("%s: checking that this CPU computes the model's rows alike in shared calls (once)", path.name)
         if cores is None:
-            return check(model, threads=threads, row_limit=limit, free_cuts=free_cuts), True
+            return check(model, threads=threads, row_limit=row_limit, free_cuts=free_cuts), True
         member = cores.join()
         cores.set_active(member, True)
         try:
             got = cores.acquire(member, threads)
             try:
-                return check(model, threads=got, row_limit=limit, free_cuts=free_cuts), got == threads
+                return check(model, threads=got, row_limit=row_limit, free_cuts=free_cuts), got == threads
             finally:
                 cores.release(member)
         finally:
